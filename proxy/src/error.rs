@@ -1,0 +1,90 @@
+//! The data plane's errors.
+
+use std::io;
+use std::net::SocketAddr;
+
+use thiserror::Error;
+
+/// Why a byte string is not a hostname.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NameError {
+    /// Nothing (or only a dot).
+    #[error("empty name")]
+    Empty,
+    /// Longer than 253 bytes.
+    #[error("name is {0} bytes long, over 253")]
+    TooLong(usize),
+    /// Two dots in a row, or a leading dot.
+    #[error("empty label")]
+    EmptyLabel,
+    /// A label over 63 bytes.
+    #[error("label is {0} bytes long, over 63")]
+    LabelTooLong(usize),
+    /// A byte that is not a letter, digit, `-` or `_`.
+    #[error("byte 0x{0:02x} is not allowed in a hostname")]
+    BadByte(u8),
+}
+
+/// Why a routing table could not be built.
+#[derive(Debug, Error)]
+pub enum TableError {
+    /// A hostname pattern that does not parse.
+    #[error("route {route}: hostname {hostname:?}: {source}")]
+    BadHostname {
+        /// The route naming it.
+        route: String,
+        /// The hostname as written.
+        hostname: String,
+        /// What is wrong with it.
+        source: NameError,
+    },
+    /// A backend that is not `host:port`.
+    #[error("backend {backend:?}: {why}")]
+    BadBackend {
+        /// The backend as written.
+        backend: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A route with no hostnames.
+    #[error("route {route} has no hostnames")]
+    NoHostnames {
+        /// The route.
+        route: String,
+    },
+    /// A route with no backends.
+    #[error("route {route} has no backends")]
+    NoBackends {
+        /// The route.
+        route: String,
+    },
+    /// Two routes with the same name.
+    #[error("route name {route} is used twice")]
+    DuplicateRoute {
+        /// The name.
+        route: String,
+    },
+    /// One hostname in two routes.
+    #[error("hostname {hostname} is claimed by route {first} and route {second}")]
+    DuplicateHostname {
+        /// The hostname, normalised.
+        hostname: String,
+        /// The route that claimed it first.
+        first: String,
+        /// The route that claimed it again.
+        second: String,
+    },
+}
+
+/// Errors that stop a listener from starting.
+#[derive(Debug, Error)]
+pub enum ListenError {
+    /// socket/bind/listen failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the kernel said.
+        source: io::Error,
+    },
+}
