@@ -88,3 +88,15 @@ pub enum ListenError {
         source: io::Error,
     },
 }
+
+/// No backend of a route accepted a connection.
+#[derive(Debug, Error)]
+#[error("route {route}: no backend reachable; last tried {backend}: {source}")]
+pub struct ConnectError {
+    /// The route whose backends were tried.
+    pub route: String,
+    /// The last backend tried.
+    pub backend: String,
+    /// Why the last attempt failed.
+    pub source: io::Error,
+}

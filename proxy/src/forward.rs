@@ -1,0 +1,151 @@
+//! Moving bytes both ways between a client and its backend until both sides are done.
+
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+
+/// Bytes moved each way, and whether the pair was closed for being idle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Bytes from the client to the backend, the ClientHello included.
+    pub client_to_backend: u64,
+    /// Bytes from the backend to the client.
+    pub backend_to_client: u64,
+    /// The pair was closed by `idle_timeout`.
+    pub idle_timed_out: bool,
+}
+
+/// What both directions of one connection share: byte counts and the time of the last
+/// transfer, written once per batch (never per byte) and read by the idle watchdog.
+pub(crate) struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    client_to_backend: AtomicU64,
+    backend_to_client: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn record(&self, counter: &AtomicU64, bytes: usize) {
+        counter.fetch_add(bytes as u64, Ordering::Relaxed);
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    fn totals(&self, idle_timed_out: bool) -> Totals {
+        Totals {
+            client_to_backend: self.client_to_backend.load(Ordering::Relaxed),
+            backend_to_client: self.backend_to_client.load(Ordering::Relaxed),
+            idle_timed_out,
+        }
+    }
+}
+
+/// Sends `first` (the bytes read while routing) to the backend, then copies both directions
+/// until each has seen EOF. One side's EOF becomes a write shutdown on the other while the
+/// other direction keeps flowing. An error on either side ends both; so does `idle_timeout`
+/// without a byte moving either way.
+pub async fn forward(
+    client: TcpStream,
+    backend: TcpStream,
+    first: &[u8],
+    idle_timeout: Duration,
+) -> io::Result<Totals> {
+    write_all(&backend, first).await?;
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        client_to_backend: AtomicU64::new(first.len() as u64),
+        backend_to_client: AtomicU64::new(0),
+    };
+    let both = async {
+        tokio::try_join!(
+            pump(&client, &backend, &activity, &activity.client_to_backend),
+            pump(&backend, &client, &activity, &activity.backend_to_client),
+        )
+    };
+    tokio::select! {
+        done = both => done.map(|_| activity.totals(false)),
+        () = idle(&activity, idle_timeout) => Ok(activity.totals(true)),
+    }
+}
+
+/// Resolves once nothing has moved for `limit`; wakes once per `limit`, not per transfer.
+async fn idle(activity: &Activity, limit: Duration) {
+    loop {
+        let deadline = activity.last() + limit;
+        if Instant::now() >= deadline {
+            return;
+        }
+        sleep_until(deadline).await;
+    }
+}
+
+async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        to.writable().await?;
+        match to.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Passes the EOF on: the peer reads EOF once everything before it is delivered.
+pub(crate) fn shutdown_write(to: &TcpStream) -> io::Result<()> {
+    match SockRef::from(to).shutdown(Shutdown::Write) {
+        // The peer is already gone; the other direction reports that if it matters.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(target_os = "linux")]
+use crate::splice::pump;
+
+#[cfg(not(target_os = "linux"))]
+use copy::pump;
+
+/// The portable path: a buffer that exists only while data is flowing.
+#[cfg(not(target_os = "linux"))]
+mod copy {
+    use super::*;
+
+    /// Large enough for a full TLS record plus headers in one read.
+    const COPY_BUFFER: usize = 32 * 1024;
+
+    pub(super) async fn pump(
+        from: &TcpStream,
+        to: &TcpStream,
+        activity: &Activity,
+        counter: &AtomicU64,
+    ) -> io::Result<()> {
+        let mut buf = Vec::new();
+        loop {
+            from.readable().await?;
+            if buf.is_empty() {
+                buf.resize(COPY_BUFFER, 0);
+            }
+            match from.try_read(&mut buf) {
+                Ok(0) => return shutdown_write(to),
+                Ok(n) => {
+                    write_all(to, &buf[..n]).await?;
+                    activity.record(counter, n);
+                }
+                // Drained: give the buffer back so an idle connection holds none.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf = Vec::new(),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Listening sockets and the accept loop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::connection;
+use crate::error::ListenError;
+use crate::Proxy;
+
+/// Pending connections the kernel may queue before accept; matches common somaxconn ceilings.
+pub const DEFAULT_BACKLOG: i32 = 4096;
+
+/// Idle time before the first keepalive probe: long-lived API watches sit idle for minutes
+/// behind NATs and load balancers that forget flows after a few minutes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// First and last pause after an accept error; doubling in between.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Binds a TCP listener on `addr` with SO_REUSEADDR, IPv6-only for IPv6 addresses (so
+/// `0.0.0.0:p` and `[::]:p` can both be listed), and the given backlog.
+pub fn bind(addr: SocketAddr, backlog: i32) -> Result<TcpListener, ListenError> {
+    let fail = |source| ListenError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(fail)?;
+    }
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(backlog).map_err(fail)?;
+    TcpListener::from_std(socket.into()).map_err(fail)
+}
+
+/// Sets the options every proxied socket gets, on either side: no Nagle delay (TLS records
+/// are already batched by the endpoints) and keepalive so dead peers are noticed.
+pub(crate) fn tune(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// Accepts connections until `shutdown` fires, spawning one task per connection on `tasks`.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut in_burst = false;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                in_burst = false;
+                tasks.spawn(connection::handle(proxy.clone(), stream, peer));
+            }
+            Err(error) => {
+                // EMFILE/ENFILE/ENOBUFS/ENOMEM clear up as connections close; a per-connection
+                // error (ECONNABORTED) does too. Either way: pause, never spin, never exit.
+                if !in_burst {
+                    tracing::warn!(%error, "accept failed; backing off");
+                    in_burst = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+}
