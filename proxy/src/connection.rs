@@ -40,8 +40,16 @@ pub enum Outcome {
     NotTls,
     /// No complete ClientHello within `client_hello_timeout`.
     ClientHelloTimeout,
+    /// The client's address is not in the route's allow list.
+    Denied,
     /// No backend of the route accepted a connection.
     BackendUnreachable,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Outcome {
@@ -53,6 +61,7 @@ impl Outcome {
             Self::NoSni => "no_sni",
             Self::NotTls => "not_tls",
             Self::ClientHelloTimeout => "client_hello_timeout",
+            Self::Denied => "denied",
             Self::BackendUnreachable => "backend_unreachable",
         }
     }
@@ -104,9 +113,9 @@ pub(crate) async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, peer: Socke
                     .await;
                     return;
                 }
-                HelloError::Refused(r) => (Outcome::NotTls, format!("{}: {r:?}", r.as_str())),
+                HelloError::Refused(r) => (Outcome::NotTls, r.to_string()),
             };
-            tracing::info!(%peer, reason = outcome.as_str(), detail, "connection refused");
+            tracing::info!(%peer, reason = %outcome, detail, "connection refused");
             return;
         }
     };
@@ -129,12 +138,16 @@ pub(crate) async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, peer: Socke
     };
     // Connections keep the route, never the whole table: a swap frees the old table's memory.
     drop(snapshot);
+    if !route.allows(peer.ip()) {
+        tracing::info!(%peer, reason = %Outcome::Denied, route = route.name(), %server_name, "connection refused");
+        return;
+    }
     tracing::trace!(%peer, %server_name, hello_bytes = len, elapsed = ?started.elapsed(), "client hello read");
 
     let (backend, backend_addr) = match connect::connect(&route, settings.connect_timeout).await {
         Ok(connected) => connected,
         Err(error) => {
-            tracing::info!(%peer, reason = Outcome::BackendUnreachable.as_str(), route = route.name(), %server_name, detail = %error, "connection refused");
+            tracing::info!(%peer, reason = %Outcome::BackendUnreachable, route = route.name(), %server_name, detail = %error, "connection refused");
             return;
         }
     };
@@ -188,7 +201,7 @@ async fn refuse_with_alert(
     outcome: Outcome,
     detail: &str,
 ) {
-    tracing::info!(%peer, reason = outcome.as_str(), detail, "connection refused");
+    tracing::info!(%peer, reason = %outcome, detail, "connection refused");
     if client.write_all(&UNRECOGNIZED_NAME_ALERT).await.is_err() || client.shutdown().await.is_err()
     {
         return;

@@ -74,6 +74,16 @@ pub enum TableError {
         /// The route that claimed it again.
         second: String,
     },
+    /// One hosted-cluster ID in two routes.
+    #[error("cluster ID {cluster_id} is claimed by route {first} and route {second}")]
+    DuplicateClusterId {
+        /// The ID.
+        cluster_id: String,
+        /// The route that claimed it first.
+        first: String,
+        /// The route that claimed it again.
+        second: String,
+    },
 }
 
 /// Errors that stop a listener from starting.

@@ -6,12 +6,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use ipnet::IpNet;
 
 use crate::error::TableError;
 use crate::name::{HostPattern, ServerName};
@@ -80,6 +81,10 @@ pub struct Route {
     hostnames: Vec<HostPattern>,
     backends: Vec<Backend>,
     source: Box<str>,
+    /// Client networks allowed to use the route; empty allows everyone.
+    allowed_cidrs: Vec<IpNet>,
+    /// The hosted cluster's ID, for routing PROXY-v2 connections that name it instead of SNI.
+    cluster_id: Option<Box<str>>,
     /// Round-robin cursor; shared by every connection that routes here through this table.
     next: AtomicUsize,
 }
@@ -104,8 +109,45 @@ impl Route {
             hostnames,
             backends,
             source: source.into(),
+            allowed_cidrs: Vec::new(),
+            cluster_id: None,
             next: AtomicUsize::new(0),
         })
+    }
+
+    /// Restricts the route to clients from `cidrs` (empty: everyone).
+    pub fn with_allowed_cidrs(mut self, cidrs: Vec<IpNet>) -> Self {
+        self.allowed_cidrs = cidrs;
+        self
+    }
+
+    /// Makes the route reachable by this hosted-cluster ID as well as by its hostnames.
+    pub fn with_cluster_id(mut self, cluster_id: impl Into<Box<str>>) -> Self {
+        self.cluster_id = Some(cluster_id.into());
+        self
+    }
+
+    /// The client networks allowed; empty allows everyone.
+    pub fn allowed_cidrs(&self) -> &[IpNet] {
+        &self.allowed_cidrs
+    }
+
+    /// The hosted-cluster ID this route answers, if any.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    /// Whether a client at `addr` may use this route. IPv4-mapped IPv6 peers (from dual-stack
+    /// sockets) are checked as the IPv4 address they are.
+    pub fn allows(&self, addr: IpAddr) -> bool {
+        if self.allowed_cidrs.is_empty() {
+            return true;
+        }
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        self.allowed_cidrs.iter().any(|net| net.contains(&addr))
     }
 
     /// The route's name, unique within its table.
@@ -143,6 +185,8 @@ impl fmt::Debug for Route {
             .field("hostnames", &self.hostnames)
             .field("backends", &self.backends)
             .field("source", &self.source)
+            .field("allowed_cidrs", &self.allowed_cidrs)
+            .field("cluster_id", &self.cluster_id)
             .finish()
     }
 }
@@ -153,6 +197,7 @@ pub struct Table {
     exact: HashMap<ServerName, Arc<Route>>,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<ServerName, Arc<Route>>,
+    by_cluster_id: HashMap<Box<str>, Arc<Route>>,
     routes: Vec<Arc<Route>>,
 }
 
@@ -181,6 +226,15 @@ impl Table {
                     });
                 }
             }
+            if let Some(id) = &route.cluster_id {
+                if let Some(first) = table.by_cluster_id.insert(id.clone(), route.clone()) {
+                    return Err(TableError::DuplicateClusterId {
+                        cluster_id: id.to_string(),
+                        first: first.name.to_string(),
+                        second: route.name.to_string(),
+                    });
+                }
+            }
             table.routes.push(route);
         }
         Ok(table)
@@ -195,6 +249,11 @@ impl Table {
         // Each '.' starts a shorter suffix; the first one found is the longest that matches.
         name.match_indices('.')
             .find_map(|(dot, _)| self.wildcard.get(&name[dot + 1..]))
+    }
+
+    /// The route a PROXY-v2 connection naming hosted-cluster `cluster_id` goes to.
+    pub fn lookup_cluster_id(&self, cluster_id: &str) -> Option<&Arc<Route>> {
+        self.by_cluster_id.get(cluster_id)
     }
 
     /// Every route, in the order the source gave them.
@@ -342,6 +401,37 @@ mod tests {
         assert_eq!(order(&r), ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:1"]);
         assert_eq!(order(&r), ["127.0.0.1:3", "127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(order(&r), ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+    }
+
+    #[test]
+    fn allow_lists_check_the_peer_address() {
+        let open = route("open", &["a.test"], &["127.0.0.1:1"]);
+        assert!(open.allows("192.0.2.1".parse().unwrap()));
+        let r = route("r", &["x.test"], &["127.0.0.1:1"]).with_allowed_cidrs(vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ]);
+        assert!(r.allows("127.0.0.1".parse().unwrap()));
+        assert!(r.allows("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(r.allows("2001:db8::5".parse().unwrap()));
+        assert!(!r.allows("127.0.0.2".parse().unwrap()));
+        assert!(!r.allows("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn cluster_ids_are_unique_and_looked_up() {
+        let table = Table::new(vec![
+            route("a", &["a.test"], &["127.0.0.1:1"]).with_cluster_id("id-a"),
+            route("b", &["b.test"], &["127.0.0.1:2"]),
+        ])
+        .unwrap();
+        assert_eq!(table.lookup_cluster_id("id-a").map(|r| r.name()), Some("a"));
+        assert!(table.lookup_cluster_id("id-b").is_none());
+        assert!(Table::new(vec![
+            route("a", &["a.test"], &["127.0.0.1:1"]).with_cluster_id("x"),
+            route("b", &["b.test"], &["127.0.0.1:2"]).with_cluster_id("x"),
+        ])
+        .is_err());
     }
 
     #[test]
