@@ -12,7 +12,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use proxy::SharedTable;
+use prometheus_client::registry::Registry;
+use proxy::{Proxy, SharedTable};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,15 +25,31 @@ pub struct State {
     pub table: Arc<SharedTable>,
     /// Set once every proxy listener is bound.
     pub listening: AtomicBool,
+    /// True once every routing source has loaded (Kubernetes: its first full list).
+    pub sources_ready: tokio::sync::watch::Receiver<bool>,
+    /// Set when a drain starts: the load balancer should stop sending new connections.
+    pub draining: AtomicBool,
+    /// Every metric of the process.
+    pub registry: Registry,
+    /// The data plane, for endpoint health.
+    pub proxy: Arc<Proxy>,
 }
 
 impl State {
     fn ready(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err("draining");
+        }
         if !self.listening.load(Ordering::Acquire) {
             return Err("listeners not bound yet");
         }
         if !self.table.is_loaded() {
             return Err("no routing table loaded yet");
+        }
+        if !*self.sources_ready.borrow() {
+            return Err(
+                "the kubernetes source has not listed HostedClusters, Routes and Services yet",
+            );
         }
         Ok(())
     }
@@ -43,6 +60,14 @@ struct RoutesView<'a> {
     generation: u64,
     loaded_at: String,
     routes: Vec<RouteView<'a>>,
+    ejected_endpoints: Vec<EjectedView>,
+}
+
+#[derive(Serialize)]
+struct EjectedView {
+    endpoint: String,
+    remaining_seconds: f64,
+    failures: u32,
 }
 
 #[derive(Serialize)]
@@ -97,6 +122,7 @@ fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             ),
         },
         "/routes" => routes(state),
+        "/metrics" => metrics(state),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
@@ -117,9 +143,32 @@ fn routes(state: &State) -> Response<Full<Bytes>> {
                 source: route.source(),
             })
             .collect(),
+        ejected_endpoints: state
+            .proxy
+            .health()
+            .ejected()
+            .into_iter()
+            .map(|e| EjectedView {
+                endpoint: e.endpoint.to_string(),
+                remaining_seconds: e.remaining.as_secs_f64(),
+                failures: e.failures,
+            })
+            .collect(),
     };
     match serde_json::to_vec_pretty(&view) {
         Ok(body) => response(StatusCode::OK, "application/json", body.into()),
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
+}
+
+fn metrics(state: &State) -> Response<Full<Bytes>> {
+    let mut body = String::with_capacity(64 * 1024);
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => response(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body.into(),
+        ),
         Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
     }
 }

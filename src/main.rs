@@ -12,9 +12,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use control::{Config, FileSource, Publisher};
+use control::config::LogFormat;
+use control::kube::KubeSource;
+use control::{Config, FileSource, Publisher, SourceKind};
+use prometheus_client::registry::Registry;
 use proxy::{listener, Proxy, Settings, SharedTable};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -49,15 +52,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let result = match cli.command {
-        Some(Command::Check) => return check(cli.config.as_deref()),
+        Some(Command::Check) => {
+            init_logging(LogFormat::Text, "info");
+            return check(cli.config.as_deref());
+        }
         Some(Command::Demo { listen, admin }) => {
+            init_logging(LogFormat::Text, "info");
             runtime().and_then(|rt| rt.block_on(demo::run(listen, admin)))
         }
         None => match cli.config {
             Some(path) => match load(&path) {
-                Ok(config) => runtime().and_then(|rt| rt.block_on(run(path, config))),
+                Ok(config) => {
+                    init_logging(config.log_format, &config.log_level);
+                    runtime().and_then(|rt| rt.block_on(run(path, config)))
+                }
                 Err(code) => return code,
             },
             None => Err(anyhow::anyhow!(
@@ -74,14 +83,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr: JSON lines for collectors, or text for terminals. `RUST_LOG` overrides
+/// the configured level.
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -118,26 +133,58 @@ fn check(path: Option<&Path>) -> ExitCode {
     }
 }
 
-/// Runs the proxy on `config` (loaded from `path`, which is then watched) until SIGTERM/SIGINT.
+/// Runs the proxy on `config` (loaded from `path`, which is then watched) until SIGTERM/SIGINT
+/// and the drain that follows.
 pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = proxy::Metrics::register(&mut registry);
     let table = Arc::new(SharedTable::default());
-    let publisher = Arc::new(Publisher::new(table.clone()));
-    publisher.publish(config.table()?, "file");
+    let control_metrics = control::metrics::ControlMetrics::register(&mut registry);
+    let publisher = Arc::new(Publisher::new(table.clone()).with_metrics(control_metrics));
+    publisher.update(SourceKind::File, config.route_specs())?;
+    // Ready once every source has loaded: the file just did; Kubernetes after its first
+    // full list of every watched kind.
+    let (sources_ready, sources_ready_rx) =
+        tokio::sync::watch::channel(config.kubernetes.is_none());
+    let kube_source = match &config.kubernetes {
+        Some(kube) => {
+            // The Kubernetes client's TLS uses the process default: ring, as everywhere else.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = control::kube::default_client().await.context(
+                "`kubernetes:` is set but no Kubernetes client configuration was found \
+                 (KUBECONFIG, ~/.kube/config, or the in-cluster service account)",
+            )?;
+            Some(KubeSource::new(
+                client,
+                kube.clone(),
+                publisher.clone(),
+                sources_ready,
+            ))
+        }
+        None => None,
+    };
 
     let admin_listener = listener::bind(config.admin, listener::DEFAULT_BACKLOG)?;
     log_listening("admin", &admin_listener);
     let mut listeners = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
-        let bound = listener::bind(*addr, listener::DEFAULT_BACKLOG)?;
+        let bound = listener::bind(*addr, config.listen_backlog)?;
         log_listening("proxy", &bound);
         listeners.push(bound);
     }
 
+    // Two tokens: listeners stop at the end of shutdown_delay, everything else at exit.
+    let stop_accepting = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let connections = TaskTracker::new();
+    let proxy = Arc::new(Proxy::new(settings(&config), table.clone(), metrics));
     let state = Arc::new(admin::State {
-        table: table.clone(),
+        table,
         listening: Default::default(),
+        sources_ready: sources_ready_rx,
+        draining: Default::default(),
+        registry,
+        proxy: proxy.clone(),
     });
     tokio::spawn(admin::serve(
         admin_listener,
@@ -145,26 +192,63 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let file_source = FileSource::new(path, config.clone(), publisher).run(shutdown.clone());
-    let proxy = Arc::new(Proxy::new(settings(&config), table));
+    if let Some(kube_source) = kube_source {
+        tokio::spawn(kube_source.run(shutdown.clone()));
+    }
     for bound in listeners {
         tokio::spawn(listener::serve(
             bound,
             proxy.clone(),
-            shutdown.clone(),
+            stop_accepting.clone(),
             connections.clone(),
         ));
     }
     state.listening.store(true, Ordering::Release);
 
+    let mut signals = Signals::new()?;
     tokio::select! {
-        signalled = wait_for_signal() => signalled?,
+        signal = signals.next() => tracing::info!(signal, "draining: readiness off, still accepting for shutdown_delay"),
         // The watch only ends early if it cannot be set up: better to fail loudly now than
         // to serve a table that silently stops following its file.
         watched = file_source => watched.context("cannot watch the config file")?,
     }
-    tracing::info!("shutting down");
+    state.draining.store(true, Ordering::Release);
+    let outcome = drain(&config, &mut signals, &stop_accepting, &connections).await;
     shutdown.cancel();
-    Ok(())
+    outcome
+}
+
+/// The drain after the first signal: keep accepting for `shutdown_delay` (the load balancer
+/// is still sending while it notices readiness is off), stop accepting, then let established
+/// connections finish for up to `drain_timeout`. A second signal ends it at once.
+async fn drain(
+    config: &Config,
+    signals: &mut Signals,
+    stop_accepting: &CancellationToken,
+    connections: &TaskTracker,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        () = tokio::time::sleep(config.shutdown_delay) => {}
+        signal = signals.next() => anyhow::bail!("{signal} again during the shutdown delay: exiting now"),
+    }
+    stop_accepting.cancel();
+    connections.close();
+    tracing::info!(
+        active = connections.len(),
+        drain_timeout = ?config.drain_timeout,
+        "listeners closed; waiting for established connections"
+    );
+    tokio::select! {
+        () = connections.wait() => {
+            tracing::info!("drained: every connection finished");
+            Ok(())
+        }
+        () = tokio::time::sleep(config.drain_timeout) => {
+            tracing::warn!(cut = connections.len(), "drain_timeout reached; closing the rest");
+            Ok(())
+        }
+        signal = signals.next() => anyhow::bail!("{signal} again while draining: exiting now, cutting {} connections", connections.len()),
+    }
 }
 
 fn settings(config: &Config) -> Settings {
@@ -173,6 +257,9 @@ fn settings(config: &Config) -> Settings {
         connect_timeout: config.connect_timeout,
         idle_timeout: config.idle_timeout,
         max_client_hello: config.max_client_hello,
+        max_connections: config.max_connections,
+        log_connections: config.log_connections,
+        outlier_detection: config.outlier_detection,
     }
 }
 
@@ -183,12 +270,25 @@ fn log_listening(kind: &str, listener: &tokio::net::TcpListener) {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, as one stream.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// Waits for the next signal and names it.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }

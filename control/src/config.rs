@@ -7,6 +7,9 @@
 //! connect_timeout: 10s            # optional
 //! idle_timeout: 1h                # optional
 //! max_client_hello: 16384         # optional, bytes, 512 to 1 MiB
+//! kubernetes: {debounce: 100ms}   # optional: route HostedClusters too
+//! cluster_id_listen: 0.0.0.0:6443 # optional: PROXY-v2 listener routing by ClusterID
+//! revoke_grace: 30s               # optional: duration, or `off`
 //! routes:
 //!   - name: cluster-a             # optional; defaults to the first hostname as written
 //!     hostnames: [api.a.example.test, "*.apps.a.example.test"]
@@ -25,12 +28,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use proxy::{Backend, HostPattern, Route, Table};
+use ipnet::IpNet;
+use proxy::{Backend, HostPattern, OutlierPolicy, Table};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_saphyr::{Location, MessageFormatter, Spanned};
+use std::sync::Arc;
 
 use crate::error::{ConfigError, Problem, RouteRef};
+use crate::route_spec::RouteSpec;
 
 /// `admin` when the file does not say.
 pub const DEFAULT_ADMIN: SocketAddr =
@@ -50,6 +56,19 @@ pub const MIN_MAX_CLIENT_HELLO: usize = 512;
 pub const MAX_MAX_CLIENT_HELLO: usize = 1024 * 1024;
 /// The `source` of every route read from the file.
 pub const ROUTE_SOURCE: &str = "file";
+/// `kubernetes.debounce` when the file does not say: long enough to batch the burst of
+/// events one hosted cluster's creation makes, short enough to route it well within a second.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
+/// The longest `kubernetes.debounce` accepted: beyond it, changes stop being prompt.
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(10);
+/// `listen_backlog` when the file does not say.
+pub const DEFAULT_LISTEN_BACKLOG: i32 = proxy::listener::DEFAULT_BACKLOG;
+/// `shutdown_delay` when the file does not say: a few load-balancer health-check intervals.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+/// `drain_timeout` when the file does not say.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// `revoke_grace` when the file does not say.
+pub const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(30);
 
 /// A validated config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,8 +87,59 @@ pub struct Config {
     pub max_client_hello: usize,
     /// The routes, in file order (may be empty: then every connection is refused).
     pub routes: Vec<RouteConfig>,
+    /// The Kubernetes source, when the file has a `kubernetes:` key.
+    pub kubernetes: Option<KubernetesConfig>,
+    /// Where to accept PROXY-v2 connections routed by the ClusterID TLV, if anywhere.
+    pub cluster_id_listen: Option<SocketAddr>,
+    /// How long an established connection that a new table no longer admits is kept before
+    /// it is closed; `None` (`off`) keeps it.
+    pub revoke_grace: Option<Duration>,
+    /// Connections open at once over all listeners; `None` is unlimited.
+    pub max_connections: Option<usize>,
+    /// The kernel's accept queue length for each `listen` address.
+    pub listen_backlog: i32,
+    /// After SIGTERM, how long listeners keep accepting while readiness is off.
+    pub shutdown_delay: Duration,
+    /// After listeners close, how long established connections may take to finish.
+    pub drain_timeout: Duration,
+    /// `text` for terminals, `json` for log collectors.
+    pub log_format: LogFormat,
+    /// The log filter when `RUST_LOG` is not set, e.g. `info` or `info,proxy=debug`.
+    pub log_level: String,
+    /// Whether each forwarded connection logs a summary line when it closes.
+    pub log_connections: bool,
+    /// When backend endpoints are skipped after connect failures.
+    pub outlier_detection: OutlierPolicy,
     /// The file name used in messages.
     origin: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `kubernetes:` section: route the hosted clusters of the cluster the client reaches.
+///
+/// The client is configured the standard way (`KUBECONFIG`, `~/.kube/config`, then the
+/// in-cluster service account), so the section only tunes the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// How long changes are batched after the first one before the table is rebuilt.
+    pub debounce: Duration,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            debounce: DEFAULT_DEBOUNCE,
+        }
+    }
 }
 
 /// One validated route.
@@ -81,6 +151,10 @@ pub struct RouteConfig {
     pub hostnames: Vec<HostPattern>,
     /// Where it forwards to, in order (at least one).
     pub backends: Vec<Backend>,
+    /// Forwarded connections allowed at once; `None` is unlimited.
+    pub max_connections: Option<u32>,
+    /// Client networks allowed; empty allows everyone.
+    pub allowed_cidrs: Vec<IpNet>,
 }
 
 // === impl Config ===
@@ -153,19 +227,30 @@ impl Config {
             source,
         };
         let routes = self
-            .routes
+            .route_specs()
             .iter()
-            .map(|r| {
-                Route::new(
-                    r.name.as_str(),
-                    r.hostnames.clone(),
-                    r.backends.clone(),
-                    ROUTE_SOURCE,
-                )
-            })
+            .map(RouteSpec::to_route)
             .collect::<Result<Vec<_>, _>>()
             .map_err(table_error)?;
         Table::new(routes).map_err(table_error)
+    }
+
+    /// The routes as the publish step takes them, each with source [`ROUTE_SOURCE`].
+    pub fn route_specs(&self) -> Vec<RouteSpec> {
+        let source: Arc<str> = ROUTE_SOURCE.into();
+        self.routes
+            .iter()
+            .map(|r| RouteSpec {
+                max_connections: r.max_connections,
+                allowed_cidrs: r.allowed_cidrs.clone(),
+                ..RouteSpec::new(
+                    r.name.as_str(),
+                    r.hostnames.clone(),
+                    r.backends.clone(),
+                    source.clone(),
+                )
+            })
+            .collect()
     }
 
     /// The name this config was read under (the file path), as used in messages.
@@ -196,6 +281,35 @@ impl Config {
         check(
             "max_client_hello",
             self.max_client_hello != other.max_client_hello,
+        );
+        check("kubernetes", self.kubernetes != other.kubernetes);
+        check(
+            "cluster_id_listen",
+            self.cluster_id_listen != other.cluster_id_listen,
+        );
+        check("revoke_grace", self.revoke_grace != other.revoke_grace);
+        check(
+            "max_connections",
+            self.max_connections != other.max_connections,
+        );
+        check(
+            "listen_backlog",
+            self.listen_backlog != other.listen_backlog,
+        );
+        check(
+            "shutdown_delay",
+            self.shutdown_delay != other.shutdown_delay,
+        );
+        check("drain_timeout", self.drain_timeout != other.drain_timeout);
+        check("log_format", self.log_format != other.log_format);
+        check("log_level", self.log_level != other.log_level);
+        check(
+            "log_connections",
+            self.log_connections != other.log_connections,
+        );
+        check(
+            "outlier_detection",
+            self.outlier_detection != other.outlier_detection,
         );
         changed
     }
@@ -248,6 +362,31 @@ struct RawConfig {
     idle_timeout: Option<Spanned<String>>,
     max_client_hello: Option<Spanned<String>>,
     routes: Option<Vec<Spanned<RawRoute>>>,
+    kubernetes: Option<Spanned<RawKubernetes>>,
+    cluster_id_listen: Option<Spanned<String>>,
+    revoke_grace: Option<Spanned<String>>,
+    max_connections: Option<Spanned<String>>,
+    listen_backlog: Option<Spanned<String>>,
+    shutdown_delay: Option<Spanned<String>>,
+    drain_timeout: Option<Spanned<String>>,
+    log_format: Option<Spanned<String>>,
+    log_level: Option<Spanned<String>>,
+    log_connections: Option<Spanned<String>>,
+    outlier_detection: Option<Spanned<RawOutlier>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    consecutive_failures: Option<Spanned<String>>,
+    base_ejection_time: Option<Spanned<String>>,
+    max_ejection_time: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    debounce: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +395,8 @@ struct RawRoute {
     name: Option<Spanned<String>>,
     hostnames: Option<Vec<Spanned<String>>>,
     backends: Option<Vec<Spanned<String>>>,
+    max_connections: Option<Spanned<String>>,
+    allowed_cidrs: Option<Vec<Spanned<String>>>,
 }
 
 /// `key: value` or `key: [value, ...]`.
@@ -330,26 +471,149 @@ impl RawConfig {
             .admin
             .and_then(|admin| socket_addr("admin", &admin, &mut p))
             .unwrap_or(DEFAULT_ADMIN);
-        let mut duration = |key, value: Option<Spanned<String>>, default| {
-            value
-                .and_then(|v| validate_duration(key, &v, &mut p))
-                .unwrap_or(default)
-        };
-        let client_hello_timeout = duration(
+        let client_hello_timeout = duration_or(
             "client_hello_timeout",
             self.client_hello_timeout,
             DEFAULT_CLIENT_HELLO_TIMEOUT,
+            &mut p,
         );
-        let connect_timeout = duration(
+        let connect_timeout = duration_or(
             "connect_timeout",
             self.connect_timeout,
             DEFAULT_CONNECT_TIMEOUT,
+            &mut p,
         );
-        let idle_timeout = duration("idle_timeout", self.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        let idle_timeout = duration_or(
+            "idle_timeout",
+            self.idle_timeout,
+            DEFAULT_IDLE_TIMEOUT,
+            &mut p,
+        );
         let max_client_hello = self
             .max_client_hello
             .and_then(|v| validate_max_client_hello(&v, &mut p))
             .unwrap_or(DEFAULT_MAX_CLIENT_HELLO);
+        let revoke_grace = match self.revoke_grace {
+            None => Some(DEFAULT_REVOKE_GRACE),
+            Some(v) if v.value.trim() == "off" => None,
+            Some(v) => Some(validate_duration("revoke_grace", &v, &mut p).unwrap_or_default()),
+        };
+        let kubernetes = self.kubernetes.map(|k| {
+            let debounce = k.value.debounce.and_then(|v| {
+                let d = validate_duration("kubernetes.debounce", &v, &mut p)?;
+                if d > MAX_DEBOUNCE {
+                    p.at(
+                        v.referenced,
+                        None,
+                        format!(
+                            "kubernetes.debounce: {} is above the maximum of {}",
+                            humantime::format_duration(d),
+                            humantime::format_duration(MAX_DEBOUNCE)
+                        ),
+                    );
+                    return None;
+                }
+                Some(d)
+            });
+            KubernetesConfig {
+                debounce: debounce.unwrap_or(DEFAULT_DEBOUNCE),
+            }
+        });
+        let cluster_id_listen = self.cluster_id_listen.and_then(|v| {
+            let addr = socket_addr("cluster_id_listen", &v, &mut p)?;
+            if listen.contains(&addr) || addr == admin {
+                p.at(
+                    v.referenced,
+                    None,
+                    format!("cluster_id_listen: {addr} is already used by `listen` or `admin`"),
+                );
+            }
+            Some(addr)
+        });
+        let max_connections = self
+            .max_connections
+            .and_then(|v| count::<usize>("max_connections", &v, 1, &mut p));
+        let listen_backlog = self
+            .listen_backlog
+            .and_then(|v| count::<i32>("listen_backlog", &v, 1, &mut p))
+            .unwrap_or(DEFAULT_LISTEN_BACKLOG);
+        let shutdown_delay = match self.shutdown_delay {
+            // Zero is a real choice here (tests, or no load balancer in front).
+            Some(v) if v.value.trim() == "0s" || v.value.trim() == "0" => Duration::ZERO,
+            other => duration_or("shutdown_delay", other, DEFAULT_SHUTDOWN_DELAY, &mut p),
+        };
+        let drain_timeout = duration_or(
+            "drain_timeout",
+            self.drain_timeout,
+            DEFAULT_DRAIN_TIMEOUT,
+            &mut p,
+        );
+        let log_format = match self.log_format {
+            None => LogFormat::Text,
+            Some(v) => match v.value.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    p.at(
+                        v.referenced,
+                        None,
+                        format!("log_format: {other:?} is not `text` or `json`"),
+                    );
+                    LogFormat::Text
+                }
+            },
+        };
+        let log_level = match self.log_level {
+            None => "info".to_owned(),
+            Some(v) => match tracing_subscriber::EnvFilter::try_new(&v.value) {
+                Ok(_) => v.value,
+                Err(err) => {
+                    p.at(
+                        v.referenced,
+                        None,
+                        format!("log_level: {:?}: {err}", v.value),
+                    );
+                    "info".to_owned()
+                }
+            },
+        };
+        let log_connections = self
+            .log_connections
+            .and_then(|v| boolean("log_connections", &v, &mut p))
+            .unwrap_or(false);
+        let outlier_detection = self
+            .outlier_detection
+            .map(|o| {
+                let o = o.value;
+                let default = OutlierPolicy::default();
+                let policy = OutlierPolicy {
+                    consecutive_failures: o
+                        .consecutive_failures
+                        .and_then(|v| {
+                            count::<u32>("outlier_detection.consecutive_failures", &v, 0, &mut p)
+                        })
+                        .unwrap_or(default.consecutive_failures),
+                    base_ejection: duration_or(
+                        "outlier_detection.base_ejection_time",
+                        o.base_ejection_time,
+                        default.base_ejection,
+                        &mut p,
+                    ),
+                    max_ejection: duration_or(
+                        "outlier_detection.max_ejection_time",
+                        o.max_ejection_time,
+                        default.max_ejection,
+                        &mut p,
+                    ),
+                };
+                if policy.max_ejection < policy.base_ejection {
+                    p.nowhere(
+                        "outlier_detection: max_ejection_time is below base_ejection_time".into(),
+                    );
+                }
+                policy
+            })
+            .unwrap_or_default();
         let routes = validate_routes(self.routes.unwrap_or_default(), &mut p);
         Config {
             listen,
@@ -359,6 +623,17 @@ impl RawConfig {
             idle_timeout,
             max_client_hello,
             routes,
+            kubernetes,
+            cluster_id_listen,
+            revoke_grace,
+            max_connections,
+            listen_backlog,
+            shutdown_delay,
+            drain_timeout,
+            log_format,
+            log_level,
+            log_connections,
+            outlier_detection,
             origin: origin.to_owned(),
         }
     }
@@ -422,6 +697,18 @@ fn socket_addr(key: &str, value: &Spanned<String>, p: &mut Problems<'_>) -> Opti
     }
 }
 
+/// The duration at `value`, or `default` when absent or bad (a bad one is a problem).
+fn duration_or(
+    key: &str,
+    value: Option<Spanned<String>>,
+    default: Duration,
+    p: &mut Problems<'_>,
+) -> Duration {
+    value
+        .and_then(|v| validate_duration(key, &v, p))
+        .unwrap_or(default)
+}
+
 fn validate_duration(key: &str, value: &Spanned<String>, p: &mut Problems<'_>) -> Option<Duration> {
     match humantime::parse_duration(&value.value) {
         Ok(d) if d.is_zero() => {
@@ -447,6 +734,44 @@ fn validate_duration(key: &str, value: &Spanned<String>, p: &mut Problems<'_>) -
     }
 }
 
+/// A whole number of at least `min`.
+fn count<N: std::str::FromStr + PartialOrd + From<u8> + fmt::Display>(
+    key: &str,
+    value: &Spanned<String>,
+    min: u8,
+    p: &mut Problems<'_>,
+) -> Option<N> {
+    match value.value.trim().parse::<N>() {
+        Ok(n) if n >= N::from(min) => Some(n),
+        _ => {
+            p.at(
+                value.referenced,
+                None,
+                format!(
+                    "{key}: {:?} is not a whole number of at least {min}",
+                    value.value
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn boolean(key: &str, value: &Spanned<String>, p: &mut Problems<'_>) -> Option<bool> {
+    match value.value.trim() {
+        "true" => Some(true),
+        "false" => Some(false),
+        other => {
+            p.at(
+                value.referenced,
+                None,
+                format!("{key}: {other:?} is not true or false"),
+            );
+            None
+        }
+    }
+}
+
 fn validate_max_client_hello(value: &Spanned<String>, p: &mut Problems<'_>) -> Option<usize> {
     let why = match value.value.parse::<usize>() {
         Ok(n) if n < MIN_MAX_CLIENT_HELLO => {
@@ -462,6 +787,14 @@ fn validate_max_client_hello(value: &Spanned<String>, p: &mut Problems<'_>) -> O
     None
 }
 
+/// A network, or a lone address as the network of just that address.
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
 fn validate_routes(raw: Vec<Spanned<RawRoute>>, p: &mut Problems<'_>) -> Vec<RouteConfig> {
     // Who claimed each name and hostname first, to name both routes in a clash.
     let mut names: HashMap<String, RouteRef> = HashMap::new();
@@ -473,6 +806,8 @@ fn validate_routes(raw: Vec<Spanned<RawRoute>>, p: &mut Problems<'_>) -> Vec<Rou
             name,
             hostnames,
             backends,
+            max_connections,
+            allowed_cidrs,
         } = route.value;
         let hostnames = hostnames.unwrap_or_default();
         let backends = backends.unwrap_or_default();
@@ -572,11 +907,40 @@ fn validate_routes(raw: Vec<Spanned<RawRoute>>, p: &mut Problems<'_>) -> Vec<Rou
             }
         }
 
+        let max_connections = match max_connections {
+            None => None,
+            Some(v) => match v.value.trim().parse::<u32>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    let why = format!(
+                        "max_connections: {:?} is not a whole number of at least 1",
+                        v.value
+                    );
+                    p.at(v.referenced, Some(&this), why);
+                    ok = false;
+                    None
+                }
+            },
+        };
+        let mut cidrs = Vec::new();
+        for cidr in allowed_cidrs.unwrap_or_default() {
+            match parse_cidr(&cidr.value) {
+                Some(net) => cidrs.push(net),
+                None => {
+                    let why = format!("allowed_cidrs: {:?} is not an IPv4 or IPv6 network (e.g. 10.0.0.0/8, 2001:db8::/32, 192.0.2.7)", cidr.value);
+                    p.at(cidr.referenced, Some(&this), why);
+                    ok = false;
+                }
+            }
+        }
+
         if ok {
             routes.push(RouteConfig {
                 name: name_value.unwrap_or_default(),
                 hostnames: patterns,
                 backends: parsed,
+                max_connections,
+                allowed_cidrs: cidrs,
             });
         }
     }
@@ -734,17 +1098,90 @@ mod tests {
     }
 
     #[test]
+    fn operations_keys_have_defaults_and_take_values() {
+        let config = Config::parse(MINIMAL, "t").unwrap();
+        assert_eq!(config.max_connections, None);
+        assert_eq!(config.listen_backlog, DEFAULT_LISTEN_BACKLOG);
+        assert_eq!(config.shutdown_delay, DEFAULT_SHUTDOWN_DELAY);
+        assert_eq!(config.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.log_level, "info");
+        assert!(!config.log_connections);
+        assert_eq!(config.outlier_detection, OutlierPolicy::default());
+
+        let config = Config::parse(
+            &format!(
+                "{MINIMAL}max_connections: 1000\nlisten_backlog: 128\nshutdown_delay: 0s\n\
+                 drain_timeout: 2m\nlog_format: json\nlog_level: debug,proxy=trace\n\
+                 log_connections: true\noutlier_detection:\n  consecutive_failures: 0\n\
+                 \x20 base_ejection_time: 1s\n  max_ejection_time: 1m\n\
+                 routes:\n  - hostnames: [a.test]\n    backends: [\"127.0.0.1:1\"]\n\
+                 \x20   max_connections: 5\n    allowed_cidrs: [10.0.0.0/8, \"2001:db8::/32\", 192.0.2.7]\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.max_connections, Some(1000));
+        assert_eq!(config.listen_backlog, 128);
+        assert_eq!(config.shutdown_delay, Duration::ZERO);
+        assert_eq!(config.drain_timeout, Duration::from_secs(120));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.log_level, "debug,proxy=trace");
+        assert!(config.log_connections);
+        assert_eq!(config.outlier_detection.consecutive_failures, 0);
+        assert_eq!(
+            config.outlier_detection.max_ejection,
+            Duration::from_secs(60)
+        );
+        let route = &config.routes[0];
+        assert_eq!(route.max_connections, Some(5));
+        let cidrs: Vec<String> = route
+            .allowed_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(cidrs, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
+        let table = config.table().unwrap();
+        assert_eq!(table.routes()[0].max_connections(), Some(5));
+        assert!(table.routes()[0].allows("10.1.2.3".parse().unwrap()));
+        assert!(!table.routes()[0].allows("11.1.2.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn operations_keys_report_bad_values() {
+        let found = problems(&format!(
+            "{MINIMAL}max_connections: 0\nlog_format: xml\nlog_connections: maybe\n\
+             outlier_detection:\n  base_ejection_time: 1m\n  max_ejection_time: 1s\n\
+             routes:\n  - hostnames: [a.test]\n    backends: [\"127.0.0.1:1\"]\n\
+             \x20   max_connections: -1\n    allowed_cidrs: [10.0.0.0/33]\n"
+        ));
+        let text = found.join("\n");
+        for expected in [
+            "max_connections: \"0\" is not a whole number of at least 1",
+            "log_format: \"xml\" is not `text` or `json`",
+            "log_connections: \"maybe\" is not true or false",
+            "max_ejection_time is below base_ejection_time",
+            "routes[0] (\"a.test\"): max_connections: \"-1\"",
+            "allowed_cidrs: \"10.0.0.0/33\" is not an IPv4 or IPv6 network",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_bad_yaml_give_file_line_and_column() {
         assert_eq!(
             one_problem(&format!("{MINIMAL}listne: 0.0.0.0:1\n")),
             "2:1: unknown field `listne`, expected one of listen, admin, client_hello_timeout, \
-             connect_timeout, idle_timeout, max_client_hello, routes"
+             connect_timeout, idle_timeout, max_client_hello, routes, kubernetes, \
+             cluster_id_listen, revoke_grace, max_connections, listen_backlog, shutdown_delay, \
+             drain_timeout, log_format, log_level, log_connections, outlier_detection"
         );
         assert_eq!(
             one_problem(&format!(
                 "{MINIMAL}routes:\n  - hostnames: [a.test]\n    backend: [\"10.0.0.1:1\"]\n"
             )),
-            "4:5: unknown field `backend`, expected one of name, hostnames, backends"
+            "4:5: unknown field `backend`, expected one of name, hostnames, backends, max_connections, allowed_cidrs"
         );
         assert_eq!(
             one_problem(&format!("{MINIMAL}routes:\n  - hostnames: [a.test\n")),
@@ -853,6 +1290,91 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_cluster_id_listen_and_revoke_grace() {
+        let config = Config::parse(MINIMAL, "t").unwrap();
+        assert_eq!(config.kubernetes, None);
+        assert_eq!(config.cluster_id_listen, None);
+        assert_eq!(config.revoke_grace, Some(DEFAULT_REVOKE_GRACE));
+
+        let config = Config::parse(
+            &format!(
+                "{MINIMAL}kubernetes: {{}}\ncluster_id_listen: \"[::]:6443\"\nrevoke_grace: off\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.kubernetes, Some(KubernetesConfig::default()));
+        assert_eq!(config.kubernetes.unwrap().debounce, DEFAULT_DEBOUNCE);
+        assert_eq!(config.cluster_id_listen, Some("[::]:6443".parse().unwrap()));
+        assert_eq!(config.revoke_grace, None);
+
+        let config = Config::parse(
+            &format!("{MINIMAL}kubernetes:\n  debounce: 20ms\nrevoke_grace: 2m\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            config.kubernetes.unwrap().debounce,
+            Duration::from_millis(20)
+        );
+        assert_eq!(config.revoke_grace, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn kubernetes_cluster_id_listen_and_revoke_grace_problems() {
+        assert_eq!(
+            problems(&format!(
+                "{MINIMAL}kubernetes:\n  debounce: 11s\ncluster_id_listen: \"0.0.0.0:8443\"\n\
+                 revoke_grace: 0s\n"
+            )),
+            [
+                "3:13: kubernetes.debounce: 11s is above the maximum of 10s",
+                "4:20: cluster_id_listen: 0.0.0.0:8443 is already used by `listen` or `admin`",
+                "5:15: revoke_grace: must be more than zero",
+            ]
+        );
+        assert_eq!(
+            one_problem(&format!("{MINIMAL}kubernetes: {{kubeconfig: x}}\n")),
+            "2:14: unknown field `kubeconfig`, expected one of debounce"
+        );
+        assert_eq!(
+            one_problem(&format!("{MINIMAL}cluster_id_listen: 6443\n")),
+            "2:20: cluster_id_listen: \"6443\" is not an IP address and port \
+             (e.g. 0.0.0.0:8443 or [::]:8443)"
+        );
+        assert_eq!(
+            one_problem(&format!("{MINIMAL}revoke_grace: never\n")),
+            "2:15: revoke_grace: \"never\" is not a duration (expected number at 0); \
+             write e.g. 250ms, 5s, 1h30m"
+        );
+        let a = Config::parse(MINIMAL, "t").unwrap();
+        let b = Config::parse(
+            &format!("{MINIMAL}kubernetes: {{}}\nrevoke_grace: off\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            a.restart_settings_changed(&b),
+            ["kubernetes", "revoke_grace"]
+        );
+    }
+
+    #[test]
+    fn route_specs_say_file() {
+        let config = Config::parse(
+            &format!(
+                "{MINIMAL}routes: [{{name: a, hostnames: [a.test], backends: [\"10.0.0.1:1\"]}}]\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        let specs = config.route_specs();
+        assert_eq!(specs.len(), 1);
+        assert_eq!((&*specs[0].name, &*specs[0].source), ("a", "file"));
+        assert!(specs[0].allowed_cidrs.is_empty() && specs[0].cluster_id.is_none());
+    }
+
+    #[test]
     fn load_names_the_file() {
         let err = Config::load("/nonexistent/sniroute.yaml").unwrap_err();
         assert!(
@@ -888,6 +1410,7 @@ mod tests {
         assert_eq!(config.idle_timeout, DEFAULT_IDLE_TIMEOUT);
         assert_eq!(config.max_client_hello, DEFAULT_MAX_CLIENT_HELLO);
         assert!(config.routes.len() >= 2);
+        assert_eq!(config.revoke_grace, Some(DEFAULT_REVOKE_GRACE));
         config.table().unwrap();
     }
 }

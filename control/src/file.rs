@@ -25,9 +25,9 @@ use tokio::sync::Notify;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ROUTE_SOURCE};
+use crate::config::Config;
 use crate::error::ConfigError;
-use crate::publish::Publisher;
+use crate::publish::{Publisher, SourceKind};
 
 /// How long the directory must be quiet before the file is read: editors and the ConfigMap
 /// updater make several changes in a burst, and reading mid-burst only logs a spurious error.
@@ -118,6 +118,7 @@ impl FileSource {
                 if !state.failing || forced {
                     let error = ConfigError::Read { file, source };
                     tracing::warn!(error = %error, "config reload failed");
+                    self.publisher.source_failed(SourceKind::File);
                 }
                 state.failing = true;
                 state.seen = None;
@@ -141,6 +142,7 @@ impl FileSource {
             Ok(built) => built,
             Err(error) => {
                 tracing::warn!(error = %error, "config reload failed");
+                self.publisher.source_failed(SourceKind::File);
                 state.failing = true;
                 return;
             }
@@ -163,7 +165,13 @@ impl FileSource {
                  the routes were applied"
             );
         }
-        self.publisher.publish(table, ROUTE_SOURCE);
+        // The table was built above only to validate; the publisher merges the routes with
+        // the other sources' and builds the table in use.
+        drop(table);
+        if self.publisher.update(SourceKind::File, config.route_specs()).is_err() {
+            state.failing = true;
+            return;
+        }
         state.applied = Some(bytes);
     }
 }
@@ -280,7 +288,9 @@ mod tests {
             let config = Config::load(&path).unwrap();
             between(&path);
             let publisher = Arc::new(Publisher::new(Arc::default()));
-            publisher.publish(config.table().unwrap(), ROUTE_SOURCE);
+            publisher
+                .update(SourceKind::File, config.route_specs())
+                .unwrap();
             let shared = publisher.shared().clone();
             let shutdown = CancellationToken::new();
             let source = FileSource::new(path, config, publisher);

@@ -1,23 +1,30 @@
 //! sniroute's control plane: where routing tables come from.
 //!
-//! Sources turn what operators wrote into a complete [`proxy::Table`] and hand it to the one
-//! [`Publisher`], which swaps it into the [`proxy::SharedTable`] that connections read and logs
-//! what changed. Today there is one source, the YAML file:
+//! Sources state the routes they want as [`RouteSpec`]s and hand them to the one
+//! [`Publisher`], which keeps the latest set of every source, merges them into one
+//! [`proxy::Table`] (the file wins conflicts), swaps it into the [`proxy::SharedTable`] that
+//! connections read, and logs what changed. Two sources:
 //!
-//! - [`Config`] is the file's schema; [`Config::load`] reads and validates it, reporting every
-//!   problem with file, line and route, and [`Config::table`] builds its routes. The binary
-//!   does both before binding anything (`sniroute check` is exactly that).
-//! - [`FileSource`] then watches the file and publishes each valid change; a bad change is
-//!   logged and the last good table stays.
+//! - The YAML file. [`Config`] is its schema; [`Config::load`] reads and validates it,
+//!   reporting every problem with file, line and route, and [`Config::table`] builds its
+//!   routes. The binary does both before binding anything (`sniroute check` is exactly that).
+//!   [`FileSource`] then watches the file and publishes each valid change; a bad change is
+//!   logged and the last good routes stay.
+//! - Kubernetes ([`kube::KubeSource`], on when the file has a `kubernetes:` key): watches
+//!   HostedClusters, their Routes and Services, and publishes each hosted cluster's routes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod error;
 pub mod file;
+pub mod kube;
+pub mod metrics;
 pub mod publish;
+pub mod route_spec;
 
-pub use config::{Config, RouteConfig};
+pub use config::{Config, KubernetesConfig, RouteConfig};
 pub use error::{ConfigError, Problem, RouteRef};
 pub use file::FileSource;
-pub use publish::{Published, Publisher};
+pub use publish::{Conflict, ConflictKind, Published, Publisher, SourceKind};
+pub use route_spec::RouteSpec;

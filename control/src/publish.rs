@@ -1,17 +1,64 @@
-//! The one publish step: every source hands its complete table here, never to the `ArcSwap`.
+//! The one publish step: every source hands its routes here, never to the `ArcSwap`.
+//!
+//! Each source (the file, Kubernetes) states the complete set of routes it wants with
+//! [`Publisher::update`]. The publisher keeps the latest set from every source, merges them
+//! into one [`Table`] (the file wins every conflict; between Kubernetes routes the first in
+//! the source's order wins), swaps it in, logs what changed, and tells subscribers (the
+//! revocation hook) about the new snapshot. A source that fails simply stops calling
+//! `update`: its last good routes stay in the table.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use proxy::{Route, SharedTable, Table};
+use proxy::{HostPattern, Route, SharedTable, Snapshot, Table, TableError};
+use tokio::sync::watch;
 
-/// Swaps complete tables into the shared table, one at a time, and logs what each changed.
+use crate::metrics::ControlMetrics;
+use crate::route_spec::RouteSpec;
+
+/// Who stated a set of routes; the order is the priority (the file wins over Kubernetes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SourceKind {
+    /// The `routes:` of the config file.
+    File,
+    /// The Kubernetes source (HostedClusters, Routes, Services).
+    Kubernetes,
+}
+
+impl SourceKind {
+    /// The name used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Merges every source's routes into tables and swaps them in, one at a time.
 #[derive(Debug)]
 pub struct Publisher {
     shared: Arc<SharedTable>,
-    /// Held from reading the previous table to storing the next, so two publishers never
-    /// diff against the same previous table or reuse a generation.
-    order: Mutex<()>,
+    /// The latest routes of every source. Held from reading the previous table to storing the
+    /// next, so two sources never diff against the same previous table or reuse a generation.
+    state: Mutex<Sources>,
+    /// Every published snapshot, for whoever must react to a swap (revocation).
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    metrics: ControlMetrics,
+}
+
+#[derive(Debug, Default)]
+struct Sources {
+    routes: BTreeMap<SourceKind, Vec<RouteSpec>>,
+    /// The conflicts reported by the last publish, so a lasting conflict is logged once.
+    conflicts: HashSet<String>,
 }
 
 /// What one publish did, as logged.
@@ -25,8 +72,61 @@ pub struct Published {
     pub added: usize,
     /// Route names in the previous table and not the new one.
     pub removed: usize,
-    /// Route names in both whose hostnames or backends differ.
+    /// Route names in both whose hostnames, backends, allow list or cluster ID differ.
     pub changed: usize,
+    /// Hostnames, route names or cluster IDs claimed twice (the later claim was dropped).
+    pub conflicts: usize,
+}
+
+/// A claim dropped while merging because an earlier route (by source priority, then order)
+/// holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// What was claimed twice.
+    pub what: ConflictKind,
+    /// The value claimed twice (a hostname, a route name, a cluster ID).
+    pub value: String,
+    /// The route that keeps it, and its source.
+    pub winner: (String, String),
+    /// The route that lost it, and its source.
+    pub loser: (String, String),
+    /// Whether the losing route was left out of the table entirely.
+    pub dropped: bool,
+}
+
+/// What a [`Conflict`] is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// A route name.
+    Name,
+    /// A hostname.
+    Hostname,
+    /// A hosted-cluster ID.
+    ClusterId,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.what {
+            ConflictKind::Name => "route name",
+            ConflictKind::Hostname => "hostname",
+            ConflictKind::ClusterId => "cluster ID",
+        };
+        let ((winner, winner_source), (loser, loser_source)) = (&self.winner, &self.loser);
+        write!(
+            f,
+            "{what} {} is claimed by route {winner} ({winner_source}) and route {loser} \
+             ({loser_source}); ",
+            self.value
+        )?;
+        match (self.dropped, self.what) {
+            (true, _) => write!(f, "route {loser} is left out"),
+            (false, ConflictKind::ClusterId) => {
+                write!(f, "route {loser} is routed by hostname only")
+            }
+            (false, _) => write!(f, "route {loser} goes without it"),
+        }
+    }
 }
 
 // === impl Publisher ===
@@ -34,10 +134,24 @@ pub struct Published {
 impl Publisher {
     /// A publisher into `shared`, which connections read.
     pub fn new(shared: Arc<SharedTable>) -> Self {
+        let snapshots = watch::Sender::new(shared.load());
         Self {
             shared,
-            order: Mutex::new(()),
+            state: Mutex::default(),
+            snapshots,
+            metrics: ControlMetrics::default(),
         }
+    }
+
+    /// Reports publishes and source failures in `metrics` (registered by the caller).
+    pub fn with_metrics(mut self, metrics: ControlMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts a failure of `source` that kept its last good routes in the table.
+    pub fn source_failed(&self, source: SourceKind) {
+        self.metrics.source_failed(source);
     }
 
     /// The table connections read.
@@ -45,37 +159,161 @@ impl Publisher {
         &self.shared
     }
 
-    /// Makes `table` the one connections route by; `source` says who built it (e.g. `file`).
-    pub fn publish(&self, table: Table, source: &str) -> Published {
-        // The guard orders publishes and protects no data, so a poisoned lock is still usable.
-        let _order = self
-            .order
+    /// Every snapshot published from now on (and the current one). The revocation hook: a
+    /// receiver compares each new table with the connections it routed by the old one.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.subscribe()
+    }
+
+    /// Replaces `source`'s routes with `routes` and publishes the merged table.
+    ///
+    /// Fails only if the merged routes still do not make a table (a bug: merging removes
+    /// every duplicate); then nothing is published and the table in use stays.
+    pub fn update(
+        &self,
+        source: SourceKind,
+        routes: Vec<RouteSpec>,
+    ) -> Result<Published, TableError> {
+        // The lock orders publishes; its data stays consistent even if a holder panicked.
+        let mut state = self
+            .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let previous_routes = state.routes.insert(source, routes);
+        let (merged, conflicts) = merge(state.routes.values().map(Vec::as_slice));
+        let table = match merged.and_then(Table::new) {
+            Ok(table) => table,
+            Err(error) => {
+                // Put the source's last good routes back, so the next update merges those.
+                match previous_routes {
+                    Some(previous) => state.routes.insert(source, previous),
+                    None => state.routes.remove(&source),
+                };
+                tracing::error!(%error, %source, "merged routes do not make a table; keeping the table in use");
+                return Err(error);
+            }
+        };
+        let reported: HashSet<String> = conflicts.iter().map(ToString::to_string).collect();
+        for conflict in &reported {
+            if !state.conflicts.contains(conflict) {
+                tracing::warn!(%source, conflict = %conflict, "route conflict");
+            }
+        }
+        state.conflicts = reported;
+
         let previous = self.shared.load();
         let (added, removed, changed) = diff(&previous.table, &table);
         let routes = table.routes().len();
-        let generation = self.shared.publish(table).generation;
+        let snapshot = self.shared.publish(table);
+        let generation = snapshot.generation;
+        self.snapshots.send_replace(snapshot);
+        self.metrics.published(generation, routes);
+        let conflicts = conflicts.len();
         tracing::info!(
             generation,
             routes,
             added,
             removed,
             changed,
-            source,
+            conflicts,
+            source = source.as_str(),
             "table published"
         );
-        Published {
+        Ok(Published {
             generation,
             routes,
             added,
             removed,
             changed,
-        }
+            conflicts,
+        })
     }
 }
 
-/// Counts route names added, removed, and kept with different hostnames or backends.
+/// Builds the routes of one table from `sources`, highest priority first: a route name,
+/// hostname or cluster ID already taken by an earlier route is dropped from the later one (and
+/// a route left without hostnames is left out), so the result never has duplicates.
+pub fn merge<'a>(
+    sources: impl IntoIterator<Item = &'a [RouteSpec]>,
+) -> (Result<Vec<Route>, TableError>, Vec<Conflict>) {
+    let sources: Vec<&[RouteSpec]> = sources.into_iter().collect();
+    let total = sources.iter().map(|s| s.len()).sum();
+    let mut names: HashMap<&str, &RouteSpec> = HashMap::with_capacity(total);
+    let mut hosts: HashMap<&HostPattern, &RouteSpec> = HashMap::with_capacity(total * 2);
+    let mut ids: HashMap<&str, &RouteSpec> = HashMap::new();
+    let mut conflicts = Vec::new();
+    let mut routes = Vec::with_capacity(total);
+    let conflict = |what, value: String, winner: &RouteSpec, loser: &RouteSpec, dropped| Conflict {
+        what,
+        value,
+        winner: (winner.name.to_string(), winner.source.to_string()),
+        loser: (loser.name.to_string(), loser.source.to_string()),
+        dropped,
+    };
+    for spec in sources.into_iter().flatten() {
+        if let Some(winner) = names.get(&*spec.name) {
+            conflicts.push(conflict(
+                ConflictKind::Name,
+                spec.name.to_string(),
+                winner,
+                spec,
+                true,
+            ));
+            continue;
+        }
+        let mut kept = Vec::with_capacity(spec.hostnames.len());
+        let mut lost = Vec::new();
+        for host in &spec.hostnames {
+            match hosts.get(host) {
+                // Listed twice in the same route: one is enough.
+                Some(owner) if std::ptr::eq(*owner, spec) => {}
+                Some(owner) => lost.push((host, *owner)),
+                None => {
+                    hosts.insert(host, spec);
+                    kept.push(host.clone());
+                }
+            }
+        }
+        let dropped = kept.is_empty();
+        for (host, winner) in lost {
+            conflicts.push(conflict(
+                ConflictKind::Hostname,
+                host.to_string(),
+                winner,
+                spec,
+                dropped,
+            ));
+        }
+        if dropped {
+            continue;
+        }
+        names.insert(&spec.name, spec);
+        let mut with_cluster_id = false;
+        if let Some(id) = &spec.cluster_id {
+            match ids.get(&**id) {
+                Some(winner) => conflicts.push(conflict(
+                    ConflictKind::ClusterId,
+                    id.to_string(),
+                    winner,
+                    spec,
+                    false,
+                )),
+                None => {
+                    ids.insert(id, spec);
+                    with_cluster_id = true;
+                }
+            }
+        }
+        let route = spec.build(kept, with_cluster_id);
+        match route {
+            Ok(route) => routes.push(route),
+            Err(error) => return (Err(error), conflicts),
+        }
+    }
+    (Ok(routes), conflicts)
+}
+
+/// Counts route names added, removed, and kept with different targets.
 fn diff(old: &Table, new: &Table) -> (usize, usize, usize) {
     let old: HashMap<&str, &Route> = old.routes().iter().map(|r| (r.name(), &**r)).collect();
     let (mut added, mut changed) = (0, 0);
@@ -90,27 +328,31 @@ fn diff(old: &Table, new: &Table) -> (usize, usize, usize) {
     (added, old.len() - kept, changed)
 }
 
-/// Whether two routes answer the same hostnames and forward to the same backends, ignoring
-/// the order they were written in.
+/// Whether two routes answer the same hostnames, forward to the same backends, admit the same
+/// clients and carry the same cluster ID, ignoring the order lists were written in.
 fn same_targets(a: &Route, b: &Route) -> bool {
     fn sorted<T: ToString>(items: &[T]) -> Vec<String> {
         let mut v: Vec<String> = items.iter().map(T::to_string).collect();
         v.sort_unstable();
         v
     }
-    sorted(a.hostnames()) == sorted(b.hostnames()) && sorted(a.backends()) == sorted(b.backends())
+    sorted(a.hostnames()) == sorted(b.hostnames())
+        && sorted(a.backends()) == sorted(b.backends())
+        && sorted(a.allowed_cidrs()) == sorted(b.allowed_cidrs())
+        && a.cluster_id() == b.cluster_id()
+        && a.max_connections() == b.max_connections()
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use std::io;
 
-    use proxy::{Backend, HostPattern};
+    use proxy::{Backend, ServerName};
 
     use super::*;
 
-    fn route(name: &str, hosts: &[&str], backends: &[&str]) -> Route {
-        Route::new(
+    pub(crate) fn spec(name: &str, hosts: &[&str], backends: &[&str], source: &str) -> RouteSpec {
+        RouteSpec::new(
             name,
             hosts
                 .iter()
@@ -120,9 +362,21 @@ pub(crate) mod tests {
                 .iter()
                 .map(|b| Backend::parse(b).unwrap())
                 .collect(),
-            "test",
+            source.into(),
         )
-        .unwrap()
+    }
+
+    fn file(name: &str, hosts: &[&str], backends: &[&str]) -> RouteSpec {
+        spec(name, hosts, backends, "file")
+    }
+
+    fn route_for(publisher: &Publisher, host: &str) -> Option<(String, String)> {
+        let snapshot = publisher.shared().load();
+        let name = ServerName::parse(host.as_bytes()).unwrap();
+        snapshot
+            .table
+            .lookup(&name)
+            .map(|r| (r.name().to_owned(), r.source().to_owned()))
     }
 
     /// Captures this thread's log lines, for asserting on them.
@@ -163,15 +417,16 @@ pub(crate) mod tests {
         let logs = Logs::default();
         let _guard = logs.capture();
         let publisher = Publisher::new(Arc::default());
-        let first = publisher.publish(
-            Table::new(vec![
-                route("a", &["a.test"], &["10.0.0.1:1"]),
-                route("b", &["b.test", "*.b.test"], &["10.0.0.1:2", "10.0.0.2:2"]),
-                route("c", &["c.test"], &["10.0.0.1:3"]),
-            ])
-            .unwrap(),
-            "file",
-        );
+        let first = publisher
+            .update(
+                SourceKind::File,
+                vec![
+                    file("a", &["a.test"], &["10.0.0.1:1"]),
+                    file("b", &["b.test", "*.b.test"], &["10.0.0.1:2", "10.0.0.2:2"]),
+                    file("c", &["c.test"], &["10.0.0.1:3"]),
+                ],
+            )
+            .unwrap();
         assert_eq!(
             first,
             Published {
@@ -179,21 +434,23 @@ pub(crate) mod tests {
                 routes: 3,
                 added: 3,
                 removed: 0,
-                changed: 0
+                changed: 0,
+                conflicts: 0,
             }
         );
 
-        let second = publisher.publish(
-            Table::new(vec![
-                // Same targets written in another order: not a change.
-                route("b", &["*.b.test", "b.test"], &["10.0.0.2:2", "10.0.0.1:2"]),
-                route("c", &["c.test"], &["10.0.0.9:3"]),
-                route("d", &["d.test"], &["10.0.0.1:4"]),
-                route("e", &["e.test"], &["10.0.0.1:5"]),
-            ])
-            .unwrap(),
-            "file",
-        );
+        let second = publisher
+            .update(
+                SourceKind::File,
+                vec![
+                    // Same targets written in another order: not a change.
+                    file("b", &["*.b.test", "b.test"], &["10.0.0.2:2", "10.0.0.1:2"]),
+                    file("c", &["c.test"], &["10.0.0.9:3"]),
+                    file("d", &["d.test"], &["10.0.0.1:4"]),
+                    file("e", &["e.test"], &["10.0.0.1:5"]),
+                ],
+            )
+            .unwrap();
         assert_eq!(
             second,
             Published {
@@ -201,7 +458,8 @@ pub(crate) mod tests {
                 routes: 4,
                 added: 2,
                 removed: 1,
-                changed: 1
+                changed: 1,
+                conflicts: 0,
             }
         );
         assert_eq!(publisher.shared().load().generation, 2);
@@ -212,26 +470,123 @@ pub(crate) mod tests {
             lines,
             [
                 " INFO control::publish: table published generation=1 routes=3 \
-                 added=3 removed=0 changed=0 source=\"file\"",
+                 added=3 removed=0 changed=0 conflicts=0 source=\"file\"",
                 " INFO control::publish: table published generation=2 routes=4 \
-                 added=2 removed=1 changed=1 source=\"file\"",
+                 added=2 removed=1 changed=1 conflicts=0 source=\"file\"",
             ]
         );
     }
 
     #[test]
-    fn hostname_change_is_a_change() {
+    fn hostname_allow_list_and_cluster_id_changes_are_changes() {
         let publisher = Publisher::new(Arc::default());
-        publisher.publish(
-            Table::new(vec![route("a", &["a.test"], &["10.0.0.1:1"])]).unwrap(),
-            "t",
-        );
-        let p = publisher.publish(
-            Table::new(vec![route("a", &["a.test", "a2.test"], &["10.0.0.1:1"])]).unwrap(),
-            "t",
-        );
+        let base = file("a", &["a.test"], &["10.0.0.1:1"]);
+        publisher
+            .update(SourceKind::File, vec![base.clone()])
+            .unwrap();
+        let p = publisher
+            .update(
+                SourceKind::File,
+                vec![file("a", &["a.test", "a2.test"], &["10.0.0.1:1"])],
+            )
+            .unwrap();
         assert_eq!((p.added, p.removed, p.changed), (0, 0, 1));
-        let p = publisher.publish(Table::default(), "t");
+        let mut narrowed = base.clone();
+        narrowed.allowed_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
+        let p = publisher.update(SourceKind::File, vec![narrowed]).unwrap();
+        assert_eq!(p.changed, 1);
+        let mut with_id = base;
+        with_id.cluster_id = Some("id".into());
+        let p = publisher.update(SourceKind::File, vec![with_id]).unwrap();
+        assert_eq!(p.changed, 1);
+        let p = publisher.update(SourceKind::File, Vec::new()).unwrap();
         assert_eq!((p.routes, p.added, p.removed, p.changed), (0, 0, 1, 0));
+    }
+
+    #[test]
+    fn sources_are_kept_apart_and_the_file_wins_conflicts() {
+        let logs = Logs::default();
+        let _guard = logs.capture();
+        let publisher = Publisher::new(Arc::default());
+        let mut snapshots = publisher.subscribe();
+        publisher
+            .update(
+                SourceKind::File,
+                vec![file("shared-name", &["a.test"], &["10.0.0.1:1"])],
+            )
+            .unwrap();
+        let hc = "hostedcluster ns/x";
+        let mut first_id = spec("k1", &["a.test", "b.test"], &["10.0.1.1:1"], hc);
+        first_id.cluster_id = Some("id-1".into());
+        let mut second_id = spec("k4", &["d.test"], &["10.0.1.4:1"], hc);
+        second_id.cluster_id = Some("id-1".into());
+        let kube = vec![
+            first_id,
+            spec("k2", &["A.test."], &["10.0.1.2:1"], hc),
+            spec("shared-name", &["c.test"], &["10.0.1.3:1"], hc),
+            second_id,
+            spec("k5", &["e.test", "e.test"], &["10.0.1.5:1"], hc),
+        ];
+        let p = publisher
+            .update(SourceKind::Kubernetes, kube.clone())
+            .unwrap();
+        assert_eq!((p.routes, p.conflicts), (4, 4), "{}", logs.text());
+        assert_eq!(
+            route_for(&publisher, "a.test"),
+            Some(("shared-name".into(), "file".into()))
+        );
+        assert_eq!(
+            route_for(&publisher, "b.test"),
+            Some(("k1".into(), hc.into()))
+        );
+        assert_eq!(route_for(&publisher, "c.test"), None);
+        assert_eq!(
+            route_for(&publisher, "d.test"),
+            Some(("k4".into(), hc.into()))
+        );
+        assert_eq!(
+            route_for(&publisher, "e.test"),
+            Some(("k5".into(), hc.into()))
+        );
+        let snapshot = publisher.shared().load();
+        assert_eq!(
+            snapshot.table.lookup_cluster_id("id-1").unwrap().name(),
+            "k1"
+        );
+
+        // The file changing keeps the Kubernetes routes; the same conflicts are not re-logged.
+        publisher
+            .update(
+                SourceKind::File,
+                vec![
+                    file("shared-name", &["a.test"], &["10.0.0.1:1"]),
+                    file("f2", &["z.test"], &["10.0.0.1:2"]),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            route_for(&publisher, "b.test"),
+            Some(("k1".into(), hc.into()))
+        );
+        assert_eq!(
+            route_for(&publisher, "z.test"),
+            Some(("f2".into(), "file".into()))
+        );
+        let text = logs.text();
+        assert_eq!(text.matches("route conflict").count(), 4, "{text}");
+        assert!(
+            text.contains(
+                "hostname a.test is claimed by route shared-name (file) and route k1 \
+                 (hostedcluster ns/x); route k1 goes without it"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("route k2 is left out"), "{text}");
+        assert!(text.contains("route name shared-name is claimed"), "{text}");
+        assert!(
+            text.contains("route k4 is routed by hostname only"),
+            "{text}"
+        );
+        assert_eq!(snapshots.borrow_and_update().generation, 3);
     }
 }

@@ -1,11 +1,12 @@
 //! Reading the SNI out of a client's first bytes: a pure function over a buffer.
 //!
-//! The caller peeks or reads the connection's first bytes and calls [`parse`] again each time more
-//! arrive. [`Parsed::NeedMore`] means read again; the other two answers are final, and each is
-//! given at the earliest byte that settles it, so a client is never waited on for bytes that
-//! could not change the answer. The record layer is ours (a hello may span any number of
-//! records); the hello itself is walked with a small cursor that borrows from the buffer, so the
-//! common single-record hello is read without copying or allocating.
+//! The caller peeks or reads the connection's first bytes and calls [`parse`] again each time
+//! more arrive. [`Parsed::NeedMore`] means read again; the other answers are final. Framing
+//! verdicts (not TLS, too large, broken records) come at the earliest byte that settles them,
+//! so a client is never waited on for bytes that could not change the answer; the hello's
+//! contents are judged once its last record is in. The record layer is ours (a hello may span
+//! any number of records); the hello itself is walked with a small cursor that borrows from the
+//! buffer, so the common single-record hello is never copied.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -8,16 +8,22 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::error::ConnectError;
+use crate::health::EndpointHealth;
 use crate::table::{Backend, Route};
 
 /// Connects to the first backend that accepts, starting at the route's round-robin cursor.
-/// Each address gets its own `connect_timeout`, so one black-holed endpoint cannot use up
-/// the time of the ones after it. Names are resolved now, so DNS changes are followed.
+///
+/// Each address gets its own `connect_timeout`, so one black-holed endpoint cannot use up the
+/// time of the ones after it. Names are resolved now, so DNS changes are followed. Ejected
+/// endpoints are skipped, and tried last rather than not at all: a route whose endpoints are
+/// all ejected still gets its chance.
 pub async fn connect(
     route: &Route,
     connect_timeout: Duration,
+    health: &EndpointHealth,
 ) -> Result<(TcpStream, SocketAddr), ConnectError> {
     let mut last = None;
+    let mut ejected = Vec::new();
     for backend in route.backends_in_turn() {
         let addrs = match resolve(backend).await {
             Ok(addrs) => addrs,
@@ -28,20 +34,20 @@ pub async fn connect(
             }
         };
         for addr in addrs {
-            match timeout(connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => return Ok((stream, addr)),
-                Ok(Err(error)) => {
-                    tracing::debug!(route = route.name(), %addr, %error, "backend connect failed");
-                    last = Some((addr.to_string(), error));
-                }
-                Err(_) => {
-                    tracing::debug!(route = route.name(), %addr, "backend connect timed out");
-                    last = Some((
-                        addr.to_string(),
-                        io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
-                    ));
-                }
+            if health.is_ejected(addr) {
+                ejected.push(addr);
+                continue;
             }
+            match attempt(route, addr, connect_timeout, health).await {
+                Ok(stream) => return Ok((stream, addr)),
+                Err(error) => last = Some((addr.to_string(), error)),
+            }
+        }
+    }
+    for addr in ejected {
+        match attempt(route, addr, connect_timeout, health).await {
+            Ok(stream) => return Ok((stream, addr)),
+            Err(error) => last = Some((addr.to_string(), error)),
         }
     }
     let (backend, source) = last.unwrap_or_else(|| {
@@ -53,6 +59,26 @@ pub async fn connect(
         backend,
         source,
     })
+}
+
+async fn attempt(
+    route: &Route,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    health: &EndpointHealth,
+) -> io::Result<TcpStream> {
+    let result = match timeout(connect_timeout, TcpStream::connect(addr)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    };
+    match &result {
+        Ok(_) => health.succeeded(addr),
+        Err(error) => {
+            tracing::debug!(route = route.name(), %addr, %error, "backend connect failed");
+            health.failed(route.name(), addr);
+        }
+    }
+    result
 }
 
 async fn resolve(backend: &Backend) -> io::Result<Vec<SocketAddr>> {

@@ -1,5 +1,6 @@
 //! One proxied connection, from accept to close.
 
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use crate::client_hello::{self, ClientHello, Parsed, Refusal};
 use crate::connect;
 use crate::forward;
 use crate::listener;
+use crate::metrics::ActiveGuard;
 use crate::Proxy;
 
 /// A fatal `unrecognized_name` alert (RFC 6066 section 3): record type 21, TLS 1.2 record
@@ -32,7 +34,7 @@ const INITIAL_HELLO_BUFFER: usize = 1024;
 pub enum Outcome {
     /// Forwarded to a backend.
     Routed,
-    /// The SNI names no route.
+    /// The SNI names no route (or is not a hostname).
     UnknownSni,
     /// The ClientHello has no SNI.
     NoSni,
@@ -44,15 +46,23 @@ pub enum Outcome {
     Denied,
     /// No backend of the route accepted a connection.
     BackendUnreachable,
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+    /// Over the global or the route's connection limit.
+    Limited,
 }
 
 impl Outcome {
+    /// Every outcome, for metrics that should show zeros.
+    pub const ALL: [Outcome; 8] = [
+        Self::Routed,
+        Self::UnknownSni,
+        Self::NoSni,
+        Self::NotTls,
+        Self::ClientHelloTimeout,
+        Self::Denied,
+        Self::BackendUnreachable,
+        Self::Limited,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,7 +73,14 @@ impl Outcome {
             Self::ClientHelloTimeout => "client_hello_timeout",
             Self::Denied => "denied",
             Self::BackendUnreachable => "backend_unreachable",
+            Self::Limited => "limited",
         }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -75,9 +92,36 @@ enum HelloError {
     Timeout,
 }
 
+impl HelloError {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Self::Timeout => Outcome::ClientHelloTimeout,
+            Self::Refused(Refusal::BadServerName(_)) => Outcome::UnknownSni,
+            Self::Refused(_) | Self::Closed | Self::Io(_) => Outcome::NotTls,
+        }
+    }
+}
+
+impl Display for HelloError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(refusal) => write!(f, "{refusal}"),
+            Self::Closed => f.write_str("closed before a complete ClientHello"),
+            Self::Io(error) => write!(f, "read failed: {error}"),
+            Self::Timeout => f.write_str("no complete ClientHello in time"),
+        }
+    }
+}
+
 /// Serves one accepted connection to its end; never panics on input, never fails other
-/// connections.
-pub(crate) async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, peer: SocketAddr) {
+/// connections. `_active` is the connection's slot in the active gauge (and the global
+/// limit's permit, if any), released however this ends.
+pub(crate) async fn handle<P: Send>(
+    proxy: Arc<Proxy>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    _active: (ActiveGuard, P),
+) {
     if let Err(error) = listener::tune(&client) {
         tracing::debug!(%peer, %error, "cannot set socket options");
     }
@@ -93,80 +137,91 @@ pub(crate) async fn handle(proxy: Arc<Proxy>, mut client: TcpStream, peer: Socke
     let hello = match read {
         Ok(hello) => hello,
         Err(error) => {
-            let (outcome, detail) = match error {
-                HelloError::Timeout => (
-                    Outcome::ClientHelloTimeout,
-                    "no complete ClientHello in time".to_owned(),
-                ),
-                HelloError::Closed => (
-                    Outcome::NotTls,
-                    "closed before a complete ClientHello".to_owned(),
-                ),
-                HelloError::Io(e) => (Outcome::NotTls, format!("read failed: {e}")),
-                HelloError::Refused(Refusal::BadServerName(e)) => {
-                    refuse_with_alert(
-                        client,
-                        peer,
-                        Outcome::UnknownSni,
-                        &format!("server_name is not a hostname: {e}"),
-                    )
-                    .await;
-                    return;
-                }
-                HelloError::Refused(r) => (Outcome::NotTls, r.to_string()),
-            };
-            tracing::info!(%peer, reason = %outcome, detail, "connection refused");
-            return;
+            let outcome = error.outcome();
+            let alert = outcome == Outcome::UnknownSni;
+            return proxy.refuse(client, peer, outcome, &error, alert).await;
         }
     };
+    proxy
+        .metrics
+        .client_hello_seconds
+        .observe(started.elapsed().as_secs_f64());
     let ClientHello { server_name, len } = hello;
     let Some(server_name) = server_name else {
-        refuse_with_alert(
-            client,
-            peer,
-            Outcome::NoSni,
-            "ClientHello has no server_name",
-        )
-        .await;
-        return;
+        let why = "ClientHello has no server_name";
+        return proxy.refuse(client, peer, Outcome::NoSni, &why, true).await;
     };
     let snapshot = proxy.table.load();
     let Some(route) = snapshot.table.lookup(&server_name).cloned() else {
-        let detail = format!("no route for {server_name}");
-        refuse_with_alert(client, peer, Outcome::UnknownSni, &detail).await;
-        return;
+        let why = format!("no route for {server_name}");
+        return proxy
+            .refuse(client, peer, Outcome::UnknownSni, &why, true)
+            .await;
     };
     // Connections keep the route, never the whole table: a swap frees the old table's memory.
     drop(snapshot);
     if !route.allows(peer.ip()) {
-        tracing::info!(%peer, reason = %Outcome::Denied, route = route.name(), %server_name, "connection refused");
-        return;
+        let why = format!(
+            "{server_name}: client not in route {}'s allowed_cidrs",
+            route.name()
+        );
+        return proxy
+            .refuse(client, peer, Outcome::Denied, &why, false)
+            .await;
     }
-    tracing::trace!(%peer, %server_name, hello_bytes = len, elapsed = ?started.elapsed(), "client hello read");
+    let gauge = proxy.metrics.route_gauge(route.name());
+    let Some(_route_active) = ActiveGuard::try_take(gauge, route.max_connections()) else {
+        let why = format!(
+            "{server_name}: route {} is at max_connections",
+            route.name()
+        );
+        return proxy
+            .refuse(client, peer, Outcome::Limited, &why, false)
+            .await;
+    };
+    tracing::trace!(%peer, %server_name, hello_bytes = len, "client hello read");
 
-    let (backend, backend_addr) = match connect::connect(&route, settings.connect_timeout).await {
+    let connecting = Instant::now();
+    let connected = connect::connect(&route, settings.connect_timeout, &proxy.health).await;
+    proxy
+        .metrics
+        .backend_connect_seconds
+        .observe(connecting.elapsed().as_secs_f64());
+    let (backend, backend_addr) = match connected {
         Ok(connected) => connected,
         Err(error) => {
-            tracing::info!(%peer, reason = %Outcome::BackendUnreachable, route = route.name(), %server_name, detail = %error, "connection refused");
-            return;
+            return proxy
+                .refuse(client, peer, Outcome::BackendUnreachable, &error, false)
+                .await
         }
     };
+    proxy.metrics.count(Outcome::Routed);
     if let Err(error) = listener::tune(&backend) {
         tracing::debug!(%peer, %backend_addr, %error, "cannot set socket options");
     }
     tracing::debug!(%peer, %server_name, route = route.name(), backend = %backend_addr, "routed");
-    match forward::forward(client, backend, &buf, settings.idle_timeout).await {
-        Ok(totals) => tracing::debug!(
-            %peer, route = route.name(), backend = %backend_addr,
+    let forwarded = forward::forward(
+        client,
+        backend,
+        &buf,
+        settings.idle_timeout,
+        &proxy.metrics.bytes,
+    )
+    .await;
+    let (totals, error) = match forwarded {
+        Ok(totals) => (totals, None),
+        Err(error) => (Default::default(), Some(error)),
+    };
+    if settings.log_connections {
+        tracing::info!(
+            %peer, %server_name, route = route.name(), backend = %backend_addr,
             client_to_backend = totals.client_to_backend,
             backend_to_client = totals.backend_to_client,
             idle_timeout = totals.idle_timed_out,
             duration = ?started.elapsed(),
+            error = error.as_ref().map(tracing::field::display),
             "connection closed"
-        ),
-        Err(error) => {
-            tracing::debug!(%peer, route = route.name(), backend = %backend_addr, %error, "connection ended with an error")
-        }
+        );
     }
 }
 
@@ -194,27 +249,61 @@ async fn read_hello(
     }
 }
 
-/// Sends the `unrecognized_name` alert, logs the refusal, and closes cleanly.
-async fn refuse_with_alert(
-    mut client: TcpStream,
-    peer: SocketAddr,
-    outcome: Outcome,
-    detail: &str,
-) {
-    tracing::info!(%peer, reason = %outcome, detail, "connection refused");
-    if client.write_all(&UNRECOGNIZED_NAME_ALERT).await.is_err() || client.shutdown().await.is_err()
-    {
-        return;
-    }
-    let mut discard = [0u8; 4096];
-    let mut discarded = 0;
-    let _ = timeout(LINGER_AFTER_ALERT, async {
-        while let Ok(n @ 1..) = client.read(&mut discard).await {
-            discarded += n;
-            if discarded > LINGER_DISCARD_MAX {
-                break;
-            }
+// === impl Proxy ===
+
+impl Proxy {
+    /// Counts and logs a refusal, sends the `unrecognized_name` alert if `alert`, and closes.
+    async fn refuse(
+        &self,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        outcome: Outcome,
+        why: &(dyn Display + Sync),
+        alert: bool,
+    ) {
+        self.metrics.count(outcome);
+        if self.refusal_log.allow() {
+            tracing::info!(%peer, reason = %outcome, detail = %why, "connection refused");
         }
-    })
-    .await;
+        if !alert {
+            return;
+        }
+        if client.write_all(&UNRECOGNIZED_NAME_ALERT).await.is_err()
+            || client.shutdown().await.is_err()
+        {
+            return;
+        }
+        let mut discard = [0u8; 4096];
+        let mut discarded = 0;
+        let _ = timeout(LINGER_AFTER_ALERT, async {
+            while let Ok(n @ 1..) = client.read(&mut discard).await {
+                discarded += n;
+                if discarded > LINGER_DISCARD_MAX {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Counts and logs a connection refused before it was read, over the global limit.
+    pub(crate) fn refuse_over_limit(&self, peer: SocketAddr) {
+        self.metrics.count(Outcome::Limited);
+        if self.refusal_log.allow() {
+            tracing::info!(%peer, reason = %Outcome::Limited, detail = "at the global max_connections", "connection refused");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_index_their_own_counter() {
+        // Metrics::count indexes its counters by discriminant.
+        for (i, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i, "{outcome}");
+        }
+    }
 }

@@ -5,9 +5,12 @@ use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
+
+use crate::metrics::ByteCounters;
 
 /// Bytes moved each way, and whether the pair was closed for being idle.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,13 +28,20 @@ pub struct Totals {
 pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
-    client_to_backend: AtomicU64,
-    backend_to_client: AtomicU64,
+    client_to_backend: Direction,
+    backend_to_client: Direction,
+}
+
+/// One direction's bytes: this connection's own count, and the process-wide counter.
+pub(crate) struct Direction {
+    bytes: AtomicU64,
+    total: Counter,
 }
 
 impl Activity {
-    pub(crate) fn record(&self, counter: &AtomicU64, bytes: usize) {
-        counter.fetch_add(bytes as u64, Ordering::Relaxed);
+    pub(crate) fn record(&self, direction: &Direction, bytes: usize) {
+        direction.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        direction.total.inc_by(bytes as u64);
         let now = self.start.elapsed().as_millis() as u64;
         self.last_ms.store(now, Ordering::Relaxed);
     }
@@ -42,8 +52,8 @@ impl Activity {
 
     fn totals(&self, idle_timed_out: bool) -> Totals {
         Totals {
-            client_to_backend: self.client_to_backend.load(Ordering::Relaxed),
-            backend_to_client: self.backend_to_client.load(Ordering::Relaxed),
+            client_to_backend: self.client_to_backend.bytes.load(Ordering::Relaxed),
+            backend_to_client: self.backend_to_client.bytes.load(Ordering::Relaxed),
             idle_timed_out,
         }
     }
@@ -52,20 +62,28 @@ impl Activity {
 /// Sends `first` (the bytes read while routing) to the backend, then copies both directions
 /// until each has seen EOF. One side's EOF becomes a write shutdown on the other while the
 /// other direction keeps flowing. An error on either side ends both; so does `idle_timeout`
-/// without a byte moving either way.
+/// without a byte moving either way. Bytes are added to `counters` as they move.
 pub async fn forward(
     client: TcpStream,
     backend: TcpStream,
     first: &[u8],
     idle_timeout: Duration,
+    counters: &ByteCounters,
 ) -> io::Result<Totals> {
     write_all(&backend, first).await?;
     let activity = Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
-        client_to_backend: AtomicU64::new(first.len() as u64),
-        backend_to_client: AtomicU64::new(0),
+        client_to_backend: Direction {
+            bytes: AtomicU64::new(0),
+            total: counters.client_to_backend.clone(),
+        },
+        backend_to_client: Direction {
+            bytes: AtomicU64::new(0),
+            total: counters.backend_to_client.clone(),
+        },
     };
+    activity.record(&activity.client_to_backend, first.len());
     let both = async {
         tokio::try_join!(
             pump(&client, &backend, &activity, &activity.client_to_backend),
@@ -128,7 +146,7 @@ mod copy {
         from: &TcpStream,
         to: &TcpStream,
         activity: &Activity,
-        counter: &AtomicU64,
+        counter: &Direction,
     ) -> io::Result<()> {
         let mut buf = Vec::new();
         loop {

@@ -8,12 +8,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
+use crate::log_limit::LogLimiter;
+
+/// Refusal log lines allowed per second; past that they are counted and summarised.
+const REFUSAL_LOG_LINES_PER_SECOND: u32 = 50;
+
 pub mod client_hello;
 pub mod connect;
 pub mod connection;
 pub mod error;
 pub mod forward;
+pub mod health;
 pub mod listener;
+mod log_limit;
+pub mod metrics;
 pub mod name;
 #[cfg(target_os = "linux")]
 mod splice;
@@ -21,6 +31,8 @@ pub mod table;
 
 pub use connection::Outcome;
 pub use error::{ConnectError, ListenError, NameError, TableError};
+pub use health::{EndpointHealth, OutlierPolicy};
+pub use metrics::Metrics;
 pub use name::{HostPattern, ServerName};
 pub use table::{Backend, Route, SharedTable, Snapshot, Table};
 
@@ -35,18 +47,44 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// The largest ClientHello (all its records, in bytes) that is read before refusing.
     pub max_client_hello: usize,
+    /// Connections open at once, over all listeners; `None` is unlimited.
+    pub max_connections: Option<usize>,
+    /// Whether every forwarded connection logs a summary line when it closes.
+    pub log_connections: bool,
+    /// When backend endpoints are ejected.
+    pub outlier_detection: OutlierPolicy,
 }
 
-/// Everything a connection task needs: the knobs and the current routing table.
+/// Everything a connection task needs: the knobs, the current routing table, and the state
+/// shared by all connections.
 #[derive(Debug)]
 pub struct Proxy {
     settings: Settings,
     table: Arc<SharedTable>,
+    metrics: Arc<Metrics>,
+    health: EndpointHealth,
+    connection_limit: Option<Arc<Semaphore>>,
+    refusal_log: LogLimiter,
 }
 
 impl Proxy {
-    /// A proxy routing by whatever table is published into `table`.
-    pub fn new(settings: Settings, table: Arc<SharedTable>) -> Self {
-        Self { settings, table }
+    /// A proxy routing by whatever table is published into `table`, counting into `metrics`.
+    pub fn new(settings: Settings, table: Arc<SharedTable>, metrics: Arc<Metrics>) -> Self {
+        let connection_limit = settings
+            .max_connections
+            .map(|limit| Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))));
+        Self {
+            health: EndpointHealth::new(settings.outlier_detection, metrics.clone()),
+            settings,
+            table,
+            metrics,
+            connection_limit,
+            refusal_log: LogLimiter::new(REFUSAL_LOG_LINES_PER_SECOND),
+        }
+    }
+
+    /// Backend endpoint health, for the admin server.
+    pub fn health(&self) -> &EndpointHealth {
+        &self.health
     }
 }

@@ -70,7 +70,20 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 in_burst = false;
-                tasks.spawn(connection::handle(proxy.clone(), stream, peer));
+                // The permit is taken here, before a task exists: over the limit, a new
+                // connection costs one close and a counter, nothing more.
+                let permit = match &proxy.connection_limit {
+                    Some(limit) => match limit.clone().try_acquire_owned() {
+                        Ok(permit) => Some(permit),
+                        Err(_) => {
+                            proxy.refuse_over_limit(peer);
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                let active = (proxy.metrics.open(), permit);
+                tasks.spawn(connection::handle(proxy.clone(), stream, peer, active));
             }
             Err(error) => {
                 // EMFILE/ENFILE/ENOBUFS/ENOMEM clear up as connections close; a per-connection

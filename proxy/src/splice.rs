@@ -6,13 +6,12 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::AtomicU64;
 
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::forward::{shutdown_write, Activity};
+use crate::forward::{shutdown_write, Activity, Direction};
 
 /// Bytes asked of one splice; the default pipe capacity (16 pages), so a splice into an
 /// empty pipe never blocks on the pipe, only on the socket.
@@ -55,7 +54,7 @@ pub(crate) async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     activity: &Activity,
-    counter: &AtomicU64,
+    counter: &Direction,
 ) -> io::Result<()> {
     loop {
         from.readable().await?;

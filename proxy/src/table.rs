@@ -85,6 +85,8 @@ pub struct Route {
     allowed_cidrs: Vec<IpNet>,
     /// The hosted cluster's ID, for routing PROXY-v2 connections that name it instead of SNI.
     cluster_id: Option<Box<str>>,
+    /// Forwarded connections allowed at once; `None` is unlimited.
+    max_connections: Option<u32>,
     /// Round-robin cursor; shared by every connection that routes here through this table.
     next: AtomicUsize,
 }
@@ -111,6 +113,7 @@ impl Route {
             source: source.into(),
             allowed_cidrs: Vec::new(),
             cluster_id: None,
+            max_connections: None,
             next: AtomicUsize::new(0),
         })
     }
@@ -125,6 +128,17 @@ impl Route {
     pub fn with_cluster_id(mut self, cluster_id: impl Into<Box<str>>) -> Self {
         self.cluster_id = Some(cluster_id.into());
         self
+    }
+
+    /// Limits the route to `limit` forwarded connections at once.
+    pub fn with_max_connections(mut self, limit: u32) -> Self {
+        self.max_connections = Some(limit);
+        self
+    }
+
+    /// Forwarded connections allowed at once, if limited.
+    pub fn max_connections(&self) -> Option<u32> {
+        self.max_connections
     }
 
     /// The client networks allowed; empty allows everyone.
@@ -187,6 +201,7 @@ impl fmt::Debug for Route {
             .field("source", &self.source)
             .field("allowed_cidrs", &self.allowed_cidrs)
             .field("cluster_id", &self.cluster_id)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }

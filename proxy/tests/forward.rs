@@ -34,9 +34,15 @@ async fn proxied(
     let (proxy_backend, backend_end) = pair().await;
     let first = first.to_vec();
     let task = tokio::spawn(async move {
-        forward(proxy_client, proxy_backend, &first, idle)
-            .await
-            .unwrap()
+        forward(
+            proxy_client,
+            proxy_backend,
+            &first,
+            idle,
+            &Default::default(),
+        )
+        .await
+        .unwrap()
     });
     (client_end, backend_end, task)
 }

@@ -1,0 +1,523 @@
+//! From one HostedCluster, its Routes and its Services to the routes sniroute serves: a pure
+//! function, mirroring HyperShift's shared-ingress config generator.
+//!
+//! The rules, in order:
+//!
+//! 1. A HostedCluster being deleted (`metadata.deletionTimestamp` set) is skipped.
+//! 2. Only clusters that use the shared ingress are routed: ARO HCP clusters (platform
+//!    `Azure` authenticating with `ManagedIdentities`; an Azure cluster without
+//!    `spec.platform.azure` counts, as HyperShift's fallback does) whose API server is public
+//!    (Azure `topology` unset, `Public` or `PublicAndPrivate`). Others are skipped.
+//! 3. `spec.networking.apiServer.allowedCIDRBlocks`, when set, restricts every route of the
+//!    cluster to those networks (empty entries are ignored). One entry that is not a CIDR
+//!    skips the whole cluster: routing it with a shorter list could admit no-one, or with
+//!    none, everyone.
+//! 4. The hosted control plane namespace is `<namespace>-<name>`. Its Routes labelled
+//!    `hypershift.openshift.io/hosted-control-plane` and named `kube-apiserver`, `oauth`,
+//!    `konnectivity-server`, `ignition-server` or `metrics-proxy` are routed, in name order:
+//!    `spec.host` goes to the ClusterIP of the Service named by `spec.to.name` in that
+//!    namespace. The port is the one HyperShift's HAProxy uses for that endpoint (6443, 6443,
+//!    8091, 443, 443) when the Service has it, else the Service's first port, so a Service
+//!    port change re-routes. Routes with other names (internal routes) are not served.
+//! 5. `spec.kubeAPIServerDNSName`, when set, is one more name for the `kube-apiserver`
+//!    Service (joined to the `kube-apiserver` Route's route when that goes to it too).
+//! 6. `spec.clusterID` is attached to the route to the `kube-apiserver` Service, for
+//!    PROXY-v2 connections from the cluster's nodes, unless the API server is private
+//!    (Azure `topology` `Private` or `PublicAndPrivate`, or Swift networking), where
+//!    HyperShift serves no such backend either.
+//!
+//! A Route that cannot be routed (missing or malformed Service, no ClusterIP, no port, a bad
+//! host) is left out and reported as a [`Rejection`]; the cluster's other routes still are.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use proxy::{Backend, HostPattern};
+
+use super::objects::{HostedCluster, Route, Service};
+use crate::route_spec::RouteSpec;
+
+/// The Service HyperShift's kube-apiserver listens behind, in every control plane namespace.
+pub const KUBE_APISERVER_SERVICE: &str = "kube-apiserver";
+
+/// The Routes the shared ingress serves, by name, with the Service port HyperShift's HAProxy
+/// uses for each.
+pub const SERVED_ROUTES: &[(&str, u16)] = &[
+    ("kube-apiserver", 6443),
+    ("oauth", 6443),
+    ("konnectivity-server", 8091),
+    ("ignition-server", 443),
+    ("metrics-proxy", 443),
+];
+
+/// The HAProxy port for the kube-apiserver (its Route and `kubeAPIServerDNSName`).
+const KUBE_APISERVER_PORT: u16 = 6443;
+
+/// An object as the watch delivered it: parsed, or not (then with what is known of it).
+pub type Parsed<T> = Result<T, Invalid>;
+
+/// An object that did not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Its `metadata.name`, if that much parsed.
+    pub name: String,
+    /// What was wrong.
+    pub error: String,
+}
+
+/// What one hosted cluster maps to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mapped {
+    /// Why the whole cluster is not routed, if it is not.
+    pub skipped: Option<Skip>,
+    /// Its routes, in a stable order.
+    pub routes: Vec<RouteSpec>,
+    /// Its Routes (or names) that could not be routed.
+    pub rejections: Vec<Rejection>,
+}
+
+/// Why a whole hosted cluster is not routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// No `metadata.name` or `metadata.namespace`.
+    Unnamed,
+    /// `metadata.deletionTimestamp` is set.
+    BeingDeleted,
+    /// Not an ARO HCP cluster: it does not use the shared ingress.
+    NotSharedIngress {
+        /// `spec.platform.type`, and the Azure authentication type when it matters.
+        platform: String,
+    },
+    /// The API server is not publicly exposed.
+    NotPublic {
+        /// The topology or endpoint access that says so.
+        access: String,
+    },
+    /// An `allowedCIDRBlocks` entry is not a CIDR.
+    BadAllowedCidr {
+        /// The entry.
+        cidr: String,
+    },
+}
+
+impl Skip {
+    /// A short, bounded name (for logs and metric labels).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unnamed => "unnamed",
+            Self::BeingDeleted => "being_deleted",
+            Self::NotSharedIngress { .. } => "not_shared_ingress",
+            Self::NotPublic { .. } => "not_public",
+            Self::BadAllowedCidr { .. } => "bad_allowed_cidr",
+        }
+    }
+
+    /// Whether the cluster is wrong (worth a warning) rather than deliberately not routed.
+    pub fn is_problem(&self) -> bool {
+        matches!(self, Self::Unnamed | Self::BadAllowedCidr { .. })
+    }
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unnamed => f.write_str("no metadata.name or metadata.namespace"),
+            Self::BeingDeleted => f.write_str("being deleted"),
+            Self::NotSharedIngress { platform } => {
+                write!(f, "not an ARO HCP cluster (platform {platform}): no shared ingress")
+            }
+            Self::NotPublic { access } => write!(f, "API server not public ({access})"),
+            Self::BadAllowedCidr { cidr } => write!(
+                f,
+                "spec.networking.apiServer.allowedCIDRBlocks: {cidr:?} is not a CIDR; \
+                 the cluster is not routed until it is fixed"
+            ),
+        }
+    }
+}
+
+/// One Route (or `kubeAPIServerDNSName`) of a routed cluster that is not routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The object, e.g. `route clusters-foo/oauth`.
+    pub object: String,
+    /// Why, as a bounded name.
+    pub reason: RejectReason,
+    /// Why, for people.
+    pub detail: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.detail)
+    }
+}
+
+/// Why one route was not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The Route object did not parse.
+    MalformedRoute,
+    /// The Route has no `spec.host`.
+    NoHost,
+    /// `spec.host` (or `kubeAPIServerDNSName`) is not a hostname.
+    BadHostname,
+    /// `spec.to` is not a Service, or names none.
+    NoService,
+    /// The Service it names does not exist.
+    MissingService,
+    /// The Service did not parse.
+    MalformedService,
+    /// The Service has no usable ClusterIP (unset, `None`, not an address).
+    NoClusterIp,
+    /// The Service has no usable port.
+    NoPort,
+    /// Nothing routes to the kube-apiserver Service, so the ClusterID has no route.
+    NoClusterIdRoute,
+}
+
+impl RejectReason {
+    /// A short, bounded name (for logs and metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedRoute => "malformed_route",
+            Self::NoHost => "no_host",
+            Self::BadHostname => "bad_hostname",
+            Self::NoService => "no_service",
+            Self::MissingService => "missing_service",
+            Self::MalformedService => "malformed_service",
+            Self::NoClusterIp => "no_cluster_ip",
+            Self::NoPort => "no_port",
+            Self::NoClusterIdRoute => "no_cluster_id_route",
+        }
+    }
+}
+
+/// The hosted control plane namespace of `hc`: `<namespace>-<name>`.
+pub fn hcp_namespace(namespace: &str, name: &str) -> String {
+    format!("{namespace}-{name}")
+}
+
+/// The `source` of every route made from the HostedCluster `namespace/name`.
+pub fn source_of(namespace: &str, name: &str) -> String {
+    format!("hostedcluster {namespace}/{name}")
+}
+
+/// Maps one HostedCluster to its routes.
+///
+/// `routes` are the labelled Routes of its control plane namespace (any order; names not
+/// served are ignored) and `service` finds a Service of that namespace by name.
+pub fn map_cluster<'a>(
+    hc: &HostedCluster,
+    routes: impl IntoIterator<Item = &'a Parsed<Route>>,
+    service: impl Fn(&str) -> Option<&'a Parsed<Service>>,
+) -> Mapped {
+    let mut mapped = Mapped::default();
+    let (Some(namespace), Some(name)) = (
+        hc.metadata.namespace.as_deref().filter(|s| !s.is_empty()),
+        hc.metadata.name.as_deref().filter(|s| !s.is_empty()),
+    ) else {
+        mapped.skipped = Some(Skip::Unnamed);
+        return mapped;
+    };
+    if hc.metadata.deletion_timestamp.is_some() {
+        mapped.skipped = Some(Skip::BeingDeleted);
+        return mapped;
+    }
+    let spec = hc.spec.clone().unwrap_or_default();
+    let platform = spec.platform.clone().unwrap_or_default();
+    if let Some(skip) = shared_ingress_skip(&platform) {
+        mapped.skipped = Some(skip);
+        return mapped;
+    }
+    let mut allowed = Vec::new();
+    let blocks = spec
+        .networking
+        .as_ref()
+        .and_then(|n| n.api_server.as_ref())
+        .and_then(|a| a.allowed_cidr_blocks.as_deref())
+        .unwrap_or_default();
+    for cidr in blocks.iter().filter(|c| !c.trim().is_empty()) {
+        match cidr.trim().parse::<IpNet>() {
+            Ok(net) => allowed.push(net),
+            Err(_) => {
+                mapped.skipped = Some(Skip::BadAllowedCidr { cidr: cidr.clone() });
+                return mapped;
+            }
+        }
+    }
+
+    let hcp = hcp_namespace(namespace, name);
+    let source: Arc<str> = source_of(namespace, name).into();
+    let ctx = Ctx {
+        hcp: &hcp,
+        cluster: name,
+        hc_namespace: namespace,
+        source: &source,
+        allowed: &allowed,
+    };
+
+    // Served Routes, in name order (the watch delivers them in any order).
+    let mut served: Vec<(&str, u16, &Parsed<Route>)> = routes
+        .into_iter()
+        .filter_map(|route| {
+            let route_name = match route {
+                Ok(r) => r.metadata.name.as_deref().unwrap_or_default(),
+                Err(invalid) => invalid.name.as_str(),
+            };
+            SERVED_ROUTES
+                .iter()
+                .find(|(served, _)| *served == route_name)
+                .map(|&(served, port)| (served, port, route))
+        })
+        .collect();
+    served.sort_by_key(|(name, _, _)| *name);
+
+    // The index in `mapped.routes` of the route to the kube-apiserver Service.
+    let mut kas: Option<usize> = None;
+    for (route_name, port, route) in served {
+        let object = format!("route {hcp}/{route_name}");
+        match ctx.route(&object, route_name, port, route, &service) {
+            Ok((spec, to_kas)) => {
+                if to_kas && kas.is_none() {
+                    kas = Some(mapped.routes.len());
+                }
+                mapped.routes.push(spec);
+            }
+            Err(rejection) => mapped.rejections.push(rejection),
+        }
+    }
+
+    if let Some(dns_name) = spec
+        .kube_api_server_dns_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        let object = format!("hostedcluster {namespace}/{name} spec.kubeAPIServerDNSName");
+        match host(&object, dns_name) {
+            Err(rejection) => mapped.rejections.push(rejection),
+            Ok(pattern) => match kas {
+                Some(i) => {
+                    if !mapped.routes[i].hostnames.contains(&pattern) {
+                        mapped.routes[i].hostnames.push(pattern);
+                    }
+                }
+                None => match ctx.backend(
+                    &object,
+                    KUBE_APISERVER_SERVICE,
+                    KUBE_APISERVER_PORT,
+                    &service,
+                ) {
+                    Ok(backend) => {
+                        kas = Some(mapped.routes.len());
+                        mapped.routes.push(ctx.spec(
+                            "kube-apiserver-custom",
+                            vec![pattern],
+                            backend,
+                        ));
+                    }
+                    Err(rejection) => mapped.rejections.push(rejection),
+                },
+            },
+        }
+    }
+
+    let cluster_id = spec.cluster_id.as_deref().map(str::trim).unwrap_or_default();
+    if !cluster_id.is_empty() && !is_private(&platform) {
+        match kas {
+            Some(i) => mapped.routes[i].cluster_id = Some(cluster_id.into()),
+            None => mapped.rejections.push(Rejection {
+                object: format!("hostedcluster {namespace}/{name} spec.clusterID"),
+                reason: RejectReason::NoClusterIdRoute,
+                detail: format!(
+                    "no Route or kubeAPIServerDNSName reaches Service {hcp}/{KUBE_APISERVER_SERVICE}, \
+                     so connections naming cluster ID {cluster_id} are refused"
+                ),
+            }),
+        }
+    }
+    mapped
+}
+
+/// What every route of one cluster shares.
+struct Ctx<'c> {
+    hcp: &'c str,
+    cluster: &'c str,
+    hc_namespace: &'c str,
+    source: &'c Arc<str>,
+    allowed: &'c [IpNet],
+}
+
+impl Ctx<'_> {
+    /// The route for one served Route, and whether it goes to the kube-apiserver Service.
+    fn route<'a>(
+        &self,
+        object: &str,
+        route_name: &str,
+        port: u16,
+        route: &Parsed<Route>,
+        service: &impl Fn(&str) -> Option<&'a Parsed<Service>>,
+    ) -> Result<(RouteSpec, bool), Rejection> {
+        let reject = |reason, detail: String| Rejection {
+            object: object.to_owned(),
+            reason,
+            detail,
+        };
+        let route = route.as_ref().map_err(|invalid| {
+            reject(
+                RejectReason::MalformedRoute,
+                format!("does not parse: {}", invalid.error),
+            )
+        })?;
+        let spec = route.spec.clone().unwrap_or_default();
+        let raw_host = spec.host.as_deref().map(str::trim).unwrap_or_default();
+        if raw_host.is_empty() {
+            return Err(reject(RejectReason::NoHost, "no spec.host".into()));
+        }
+        let pattern = host(object, raw_host)?;
+        let to = spec.to.unwrap_or_default();
+        let kind = to.kind.as_deref().unwrap_or("Service");
+        let target = to.name.as_deref().unwrap_or_default();
+        if kind != "Service" || target.is_empty() {
+            return Err(reject(
+                RejectReason::NoService,
+                format!("spec.to is {kind} {target:?}, not a Service"),
+            ));
+        }
+        let backend = self.backend(object, target, port, service)?;
+        let spec = self.spec(route_name, vec![pattern], backend);
+        Ok((spec, target == KUBE_APISERVER_SERVICE))
+    }
+
+    /// The ClusterIP:port of Service `name`, preferring `port` among its ports.
+    fn backend<'a>(
+        &self,
+        object: &str,
+        name: &str,
+        port: u16,
+        service: &impl Fn(&str) -> Option<&'a Parsed<Service>>,
+    ) -> Result<Backend, Rejection> {
+        let hcp = self.hcp;
+        let reject = |reason, detail: String| Rejection {
+            object: object.to_owned(),
+            reason,
+            detail,
+        };
+        let svc = match service(name) {
+            None => {
+                return Err(reject(
+                    RejectReason::MissingService,
+                    format!("Service {hcp}/{name} does not exist"),
+                ))
+            }
+            Some(Err(invalid)) => {
+                return Err(reject(
+                    RejectReason::MalformedService,
+                    format!("Service {hcp}/{name} does not parse: {}", invalid.error),
+                ))
+            }
+            Some(Ok(svc)) => svc,
+        };
+        let spec = svc.spec.clone().unwrap_or_default();
+        let raw_ip = spec.cluster_ip.as_deref().unwrap_or_default();
+        let ip: IpAddr = raw_ip.parse().map_err(|_| {
+            reject(
+                RejectReason::NoClusterIp,
+                format!("Service {hcp}/{name} has no usable spec.clusterIP ({raw_ip:?})"),
+            )
+        })?;
+        let ports: Vec<u16> = spec
+            .ports
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| p.port.and_then(|n| u16::try_from(n).ok()))
+            .filter(|&n| n != 0)
+            .collect();
+        let chosen = if ports.contains(&port) {
+            port
+        } else {
+            *ports.first().ok_or_else(|| {
+                reject(
+                    RejectReason::NoPort,
+                    format!("Service {hcp}/{name} has no port from 1 to 65535"),
+                )
+            })?
+        };
+        Ok(Backend::Addr(SocketAddr::new(ip, chosen)))
+    }
+
+    fn spec(&self, what: &str, hostnames: Vec<HostPattern>, backend: Backend) -> RouteSpec {
+        let mut spec = RouteSpec::new(
+            format!("{}/{}/{what}", self.hc_namespace, self.cluster),
+            hostnames,
+            vec![backend],
+            self.source.clone(),
+        );
+        spec.allowed_cidrs = self.allowed.to_vec();
+        spec
+    }
+}
+
+/// An exact hostname (a Route's host is never a pattern).
+fn host(object: &str, raw: &str) -> Result<HostPattern, Rejection> {
+    let reject = |detail: String| Rejection {
+        object: object.to_owned(),
+        reason: RejectReason::BadHostname,
+        detail,
+    };
+    match HostPattern::parse(raw) {
+        Ok(pattern @ HostPattern::Exact(_)) => Ok(pattern),
+        Ok(HostPattern::Wildcard(_)) => Err(reject(format!(
+            "host {raw:?} is a wildcard; only exact names are routed"
+        ))),
+        Err(err) => Err(reject(format!("host {raw:?}: {err}"))),
+    }
+}
+
+/// Why a cluster with this platform does not use the shared ingress, if it does not.
+fn shared_ingress_skip(platform: &super::objects::PlatformSpec) -> Option<Skip> {
+    let kind = platform.kind.as_deref().unwrap_or_default();
+    if kind != "Azure" {
+        return Some(Skip::NotSharedIngress {
+            platform: if kind.is_empty() { "unset" } else { kind }.to_owned(),
+        });
+    }
+    if let Some(azure) = &platform.azure {
+        let auth = azure
+            .azure_authentication_config
+            .as_ref()
+            .and_then(|a| a.azure_authentication_config_type.as_deref())
+            .unwrap_or_default();
+        if auth != "ManagedIdentities" {
+            return Some(Skip::NotSharedIngress {
+                platform: format!("Azure with authentication {auth:?}"),
+            });
+        }
+        let topology = azure.topology.as_deref().unwrap_or_default();
+        if !matches!(topology, "" | "Public" | "PublicAndPrivate") {
+            return Some(Skip::NotPublic {
+                access: format!("Azure topology {topology}"),
+            });
+        }
+    }
+    None
+}
+
+/// Whether the API server also has a private endpoint, where HyperShift serves no
+/// ClusterID backend for it.
+fn is_private(platform: &super::objects::PlatformSpec) -> bool {
+    let Some(azure) = &platform.azure else {
+        return false;
+    };
+    match azure.topology.as_deref().unwrap_or_default() {
+        "" => azure.private.as_ref().and_then(|p| p.kind.as_deref()) == Some("Swift"),
+        topology => matches!(topology, "Private" | "PublicAndPrivate"),
+    }
+}
+
+#[cfg(test)]
+#[path = "mapping_tests.rs"]
+mod tests;

@@ -1,0 +1,199 @@
+//! Passive outlier detection: endpoints that keep refusing connects are skipped for a while.
+//!
+//! Health is keyed by address and lives outside the routing table, so a table swap does not
+//! forget an ejected endpoint.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+
+/// When an endpoint is ejected, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// Consecutive connect failures that eject an endpoint; 0 turns detection off.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each ejection in a row doubles it.
+    pub base_ejection: Duration,
+    /// The longest an ejection lasts.
+    pub max_ejection: Duration,
+}
+
+impl Default for OutlierPolicy {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    failures: u32,
+    /// Ejections since the last success: the exponent of the back-off.
+    ejections: u32,
+    ejected_until: Option<Instant>,
+    /// The route that saw the ejection, for the metric's label.
+    route: Box<str>,
+}
+
+/// One endpoint that is ejected now, for `/routes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ejected {
+    /// The endpoint's address.
+    pub endpoint: SocketAddr,
+    /// How long it stays ejected.
+    pub remaining: Duration,
+    /// Connect failures in a row.
+    pub failures: u32,
+}
+
+/// The health of every endpoint connected to recently.
+#[derive(Debug)]
+pub struct EndpointHealth {
+    policy: OutlierPolicy,
+    endpoints: Mutex<HashMap<SocketAddr, State>>,
+    metrics: Arc<Metrics>,
+}
+
+impl EndpointHealth {
+    /// Tracks health under `policy`, reporting ejections in `metrics`.
+    pub fn new(policy: OutlierPolicy, metrics: Arc<Metrics>) -> Self {
+        Self {
+            policy,
+            endpoints: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, State>> {
+        // The map holds plain counters: a panic elsewhere cannot leave it inconsistent.
+        self.endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `endpoint` should be skipped now.
+    pub fn is_ejected(&self, endpoint: SocketAddr) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .get(&endpoint)
+            .and_then(|s| s.ejected_until)
+            .is_some_and(|until| until > now)
+    }
+
+    /// Records a successful connect: the endpoint is healthy again.
+    pub fn succeeded(&self, endpoint: SocketAddr) {
+        let mut endpoints = self.lock();
+        // Healthy endpoints are not kept: the map only holds the ones that failed lately.
+        if let Some(state) = endpoints.remove(&endpoint) {
+            if state.ejections > 0 {
+                self.metrics
+                    .set_ejected(&state.route, &endpoint.to_string(), false);
+                tracing::info!(%endpoint, "endpoint healthy again");
+            }
+        }
+    }
+
+    /// Records a failed connect through `route`; may eject the endpoint.
+    pub fn failed(&self, route: &str, endpoint: SocketAddr) {
+        if self.policy.consecutive_failures == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut endpoints = self.lock();
+        let state = endpoints.entry(endpoint).or_default();
+        state.failures += 1;
+        let due = state.failures >= self.policy.consecutive_failures;
+        let already = state.ejected_until.is_some_and(|until| until > now);
+        if due && !already {
+            let factor = 2u32.saturating_pow(state.ejections.min(16));
+            let length = self
+                .policy
+                .base_ejection
+                .saturating_mul(factor)
+                .min(self.policy.max_ejection);
+            state.ejections += 1;
+            state.ejected_until = Some(now + length);
+            state.route = route.into();
+            self.metrics.set_ejected(route, &endpoint.to_string(), true);
+            tracing::warn!(%endpoint, route, failures = state.failures, ejected_for = ?length, "endpoint ejected");
+        }
+    }
+
+    /// The endpoints ejected now.
+    pub fn ejected(&self) -> Vec<Ejected> {
+        let now = Instant::now();
+        let mut list: Vec<_> = self
+            .lock()
+            .iter()
+            .filter_map(|(&endpoint, s)| {
+                let until = s.ejected_until.filter(|&until| until > now)?;
+                Some(Ejected {
+                    endpoint,
+                    remaining: until - now,
+                    failures: s.failures,
+                })
+            })
+            .collect();
+        list.sort_by_key(|e| e.endpoint);
+        list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+
+    fn health(failures: u32) -> EndpointHealth {
+        let policy = OutlierPolicy {
+            consecutive_failures: failures,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(25),
+        };
+        EndpointHealth::new(policy, Metrics::register(&mut Registry::default()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejects_after_consecutive_failures_with_growing_capped_backoff() {
+        let h = health(2);
+        let ep: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        h.failed("r", ep);
+        assert!(!h.is_ejected(ep), "one failure is not enough");
+        h.failed("r", ep);
+        assert!(h.is_ejected(ep));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!h.is_ejected(ep), "first ejection lasts the base time");
+        h.failed("r", ep);
+        assert!(h.is_ejected(ep), "still failing: ejected again at once");
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert!(h.is_ejected(ep), "second ejection is twice as long");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        h.failed("r", ep);
+        tokio::time::advance(Duration::from_secs(24)).await;
+        assert!(h.is_ejected(ep));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!h.is_ejected(ep), "capped at the max");
+        h.succeeded(ep);
+        h.failed("r", ep);
+        assert!(!h.is_ejected(ep), "a success resets the count");
+        assert!(h.ejected().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_turns_detection_off() {
+        let h = health(0);
+        let ep: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for _ in 0..10 {
+            h.failed("r", ep);
+        }
+        assert!(!h.is_ejected(ep));
+    }
+}

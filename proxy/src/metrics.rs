@@ -1,0 +1,173 @@
+//! The data plane's Prometheus metrics.
+//!
+//! Labels stay bounded: outcomes and directions are fixed sets, routes are the table's route
+//! names (never client addresses), endpoints only those that were ever ejected.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::connection::Outcome;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    route: String,
+    endpoint: String,
+}
+
+/// The forwarded-byte counters, held directly so a batch costs one atomic add.
+#[derive(Debug, Clone, Default)]
+pub struct ByteCounters {
+    /// Bytes from clients to backends.
+    pub client_to_backend: Counter,
+    /// Bytes from backends to clients.
+    pub backend_to_client: Counter,
+}
+
+/// Counters, gauges and histograms the connection path updates.
+#[derive(Debug)]
+pub struct Metrics {
+    /// One counter per outcome, indexed like [`Outcome::ALL`]: counting takes no lock.
+    connections: [Counter; Outcome::ALL.len()],
+    active: Gauge,
+    route_active: Family<RouteLabels, Gauge>,
+    pub(crate) bytes: ByteCounters,
+    pub(crate) client_hello_seconds: Histogram,
+    pub(crate) backend_connect_seconds: Histogram,
+    endpoint_ejected: Family<EndpointLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        // 1 ms to ~16 s: a ClientHello or a connect takes from sub-millisecond on a LAN to
+        // the whole timeout for a slowloris or a black-holed backend.
+        let latency = || Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        // Every outcome exists from the start, so rate() and alerts see 0, not absence.
+        let connections = Family::<OutcomeLabels, Counter>::default();
+        let metrics = Self {
+            connections: Outcome::ALL.map(|outcome| {
+                connections.get_or_create_owned(&OutcomeLabels {
+                    outcome: outcome.as_str(),
+                })
+            }),
+            active: Gauge::default(),
+            route_active: Family::default(),
+            bytes: ByteCounters {
+                client_to_backend: bytes.get_or_create_owned(&DirectionLabels {
+                    direction: "client_to_backend",
+                }),
+                backend_to_client: bytes.get_or_create_owned(&DirectionLabels {
+                    direction: "backend_to_client",
+                }),
+            },
+            client_hello_seconds: latency(),
+            backend_connect_seconds: latency(),
+            endpoint_ejected: Family::default(),
+        };
+        registry.register(
+            "sniroute_connections",
+            "Accepted connections by how they ended up",
+            connections,
+        );
+        registry.register(
+            "sniroute_active_connections",
+            "Connections open now (reading a ClientHello or forwarding)",
+            metrics.active.clone(),
+        );
+        registry.register(
+            "sniroute_route_active_connections",
+            "Forwarded connections open now, by route",
+            metrics.route_active.clone(),
+        );
+        registry.register("sniroute_bytes", "Bytes forwarded, by direction", bytes);
+        registry.register(
+            "sniroute_client_hello_seconds",
+            "Time from accept to a complete ClientHello",
+            metrics.client_hello_seconds.clone(),
+        );
+        registry.register(
+            "sniroute_backend_connect_seconds",
+            "Time to connect to a backend, failover included",
+            metrics.backend_connect_seconds.clone(),
+        );
+        registry.register(
+            "sniroute_endpoint_ejected",
+            "1 while a backend endpoint is skipped after consecutive connect failures",
+            metrics.endpoint_ejected.clone(),
+        );
+        Arc::new(metrics)
+    }
+
+    /// Counts one connection's outcome.
+    pub(crate) fn count(&self, outcome: Outcome) {
+        self.connections[outcome as usize].inc();
+    }
+
+    /// Marks a connection open until the guard drops.
+    pub(crate) fn open(self: &Arc<Self>) -> ActiveGuard {
+        self.active.inc();
+        ActiveGuard(self.active.clone())
+    }
+
+    /// The open-connection gauge of `route`.
+    pub(crate) fn route_gauge(&self, route: &str) -> Gauge {
+        self.route_active.get_or_create_owned(&RouteLabels {
+            route: route.to_owned(),
+        })
+    }
+
+    /// Sets whether `endpoint` of `route` is ejected.
+    pub(crate) fn set_ejected(&self, route: &str, endpoint: &str, ejected: bool) {
+        let labels = EndpointLabels {
+            route: route.to_owned(),
+            endpoint: endpoint.to_owned(),
+        };
+        self.endpoint_ejected
+            .get_or_create(&labels)
+            .set(i64::from(ejected));
+    }
+}
+
+/// Decrements a gauge when dropped, whichever path ends the connection.
+#[derive(Debug)]
+pub(crate) struct ActiveGuard(Gauge);
+
+impl ActiveGuard {
+    /// Takes one slot of `gauge` if it is below `limit`.
+    pub(crate) fn try_take(gauge: Gauge, limit: Option<u32>) -> Option<Self> {
+        let before = gauge.inc();
+        if limit.is_some_and(|limit| before >= i64::from(limit)) {
+            gauge.dec();
+            return None;
+        }
+        Some(Self(gauge))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

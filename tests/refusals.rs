@@ -1,0 +1,253 @@
+//! End to end: what the proxy refuses, how, and that refusals and timeouts leave other
+//! connections alone.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rustls::AlertDescription;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+fn one_route(backend: std::net::SocketAddr) -> Cfg {
+    Cfg::new().route("api", &["api.example.test"], &[backend])
+}
+
+#[tokio::test]
+async fn unknown_sni_gets_the_unrecognized_name_alert() {
+    let b1 = TlsBackend::start("b1");
+    let proxy = Sniroute::start(one_route(b1.addr()).yaml());
+    for name in ["nope.other.test", "example.test", "www.example.test"] {
+        let err = tls_connect(proxy.proxy_addr(), name)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{name} must be refused"));
+        assert_eq!(
+            received_alert(&err),
+            Some(AlertDescription::UnrecognisedName),
+            "{name}: expected the unrecognized_name alert, got {err:?}"
+        );
+    }
+    assert_eq!(b1.accepted(), 0, "a refused name reached the backend");
+    proxy.wait_refusal_since(0, "unknown_sni", STEP);
+}
+
+#[tokio::test]
+async fn unknown_sni_alert_bytes_are_exact() {
+    let raw = RawBackend::start();
+    let proxy = Sniroute::start(one_route(raw.addr()).yaml());
+    let hello = with_sni(&fixture("openssl-3.0.bin"), b"unknown.other.test");
+    let mut tcp = raw_connect(proxy.proxy_addr()).await;
+    tcp.write_all(&hello).await.unwrap();
+    let out = read_until_closed(&mut tcp, STEP).await;
+    assert_eq!(out.bytes, UNRECOGNIZED_NAME_ALERT, "bytes before close");
+    assert!(
+        out.end.closed(),
+        "not closed after the alert: {:?}",
+        out.end
+    );
+    assert_eq!(raw.accepted(), 0);
+}
+
+#[tokio::test]
+async fn no_sni_gets_the_same_alert() {
+    let raw = RawBackend::start();
+    let proxy = Sniroute::start(one_route(raw.addr()).yaml());
+    let mark = proxy.log_mark();
+    let mut tcp = raw_connect(proxy.proxy_addr()).await;
+    tcp.write_all(&fixture("openssl-noservername.bin"))
+        .await
+        .unwrap();
+    let out = read_until_closed(&mut tcp, STEP).await;
+    assert_eq!(out.bytes, UNRECOGNIZED_NAME_ALERT, "bytes before close");
+    assert!(
+        out.end.closed(),
+        "not closed after the alert: {:?}",
+        out.end
+    );
+    assert_eq!(raw.accepted(), 0);
+    proxy.wait_refusal_since(mark, "no_sni", STEP);
+}
+
+#[tokio::test]
+async fn plaintext_is_closed_with_nothing_sent() {
+    let raw = RawBackend::start();
+    let proxy = Sniroute::start(one_route(raw.addr()).yaml());
+    let mut tcp = raw_connect(proxy.proxy_addr()).await;
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_until_closed(&mut tcp, STEP).await;
+    assert!(out.end.closed(), "plaintext connection left open");
+    assert_eq!(out.bytes, b"", "nothing may be sent to a non-TLS client");
+    assert_eq!(raw.accepted(), 0);
+    proxy.wait_refusal_since(0, "not_tls", STEP);
+}
+
+#[tokio::test]
+async fn client_hello_timeout_closes_slow_clients() {
+    let raw = RawBackend::start();
+    let proxy = Sniroute::start(
+        one_route(raw.addr())
+            .set("client_hello_timeout", "500ms")
+            .yaml(),
+    );
+    let mut tcp = raw_connect(proxy.proxy_addr()).await;
+    let start = Instant::now();
+    tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let out = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    let took = out.at - start;
+    assert!(out.end.closed(), "still open after 5s");
+    assert!(
+        took >= Duration::from_millis(400),
+        "closed after {took:?}, before the 500ms timeout"
+    );
+    assert!(took <= Duration::from_secs(3), "closed only after {took:?}");
+    assert_eq!(out.bytes, b"");
+    assert_eq!(raw.accepted(), 0);
+    proxy.wait_refusal_since(0, "client_hello_timeout", STEP);
+}
+
+#[tokio::test]
+async fn oversized_hello_is_closed_and_never_forwarded() {
+    let raw = RawBackend::start();
+    let proxy = Sniroute::start(
+        one_route(raw.addr())
+            .set("max_client_hello", "1024")
+            .set("client_hello_timeout", "10s")
+            .yaml(),
+    );
+    let hello = fixture("chromium-156-pq.bin");
+    assert!(hello.len() > 1024);
+    let mut tcp = raw_connect(proxy.proxy_addr()).await;
+    let start = Instant::now();
+    // The proxy may close (even reset) before taking it all.
+    let _ = tcp.write_all(&hello).await;
+    let out = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(out.end.closed(), "oversized hello left open");
+    assert!(
+        out.at - start < Duration::from_secs(3),
+        "closed only after {:?}: the size limit should act before the 10s timeout",
+        out.at - start
+    );
+    assert_eq!(raw.accepted(), 0, "an oversized hello reached the backend");
+    // The limit is what refused it: a small hello through the same proxy is forwarded.
+    let small = fixture("openssl-3.0.bin");
+    let mut tcp = raw_connect(proxy.proxy_addr()).await;
+    tcp.write_all(&small).await.unwrap();
+    assert_eq!(raw.wait_received(0, small.len(), STEP), small);
+}
+
+#[tokio::test]
+async fn record_header_claiming_60000_bytes_is_closed_promptly() {
+    let raw = RawBackend::start();
+    let proxy = Sniroute::start(
+        one_route(raw.addr())
+            .set("client_hello_timeout", "10s")
+            .yaml(),
+    );
+    let mut tcp = raw_connect(proxy.proxy_addr()).await;
+    let start = Instant::now();
+    // Handshake record of 60000 (0xEA60) bytes holding a ClientHello of 59996.
+    tcp.write_all(&[
+        0x16, 0x03, 0x01, 0xea, 0x60, 0x01, 0x00, 0xea, 0x5c, 0x03, 0x03,
+    ])
+    .await
+    .unwrap();
+    let out = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(
+        out.end.closed(),
+        "a 60000-byte record header left the connection open"
+    );
+    assert!(
+        out.at - start < Duration::from_secs(3),
+        "closed only after {:?}",
+        out.at - start
+    );
+    assert_eq!(raw.accepted(), 0);
+}
+
+#[tokio::test]
+async fn no_reachable_backend_closes_and_logs() {
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .route(
+                "api",
+                &["api.example.test"],
+                &[closed_port(), closed_port()],
+            )
+            .yaml(),
+    );
+    let mut tcp = raw_connect(proxy.proxy_addr()).await;
+    tcp.write_all(&fixture("openssl-3.0.bin")).await.unwrap();
+    let out = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    assert!(out.end.closed(), "left open with no reachable backend");
+    proxy.wait_refusal_since(0, "backend_unreachable", STEP);
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_idle_pairs_but_not_busy_ones() {
+    let b1 = TlsBackend::start("b1");
+    let proxy = Sniroute::start(one_route(b1.addr()).set("idle_timeout", "1s").yaml());
+    let mut conn = assert_routes(proxy.proxy_addr(), "api.example.test", "b1").await;
+    // Traffic every 300ms for 2s: longer than the timeout, but never idle for it.
+    for _ in 0..7 {
+        conn.echo(b"keepalive").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    conn.echo(b"still open after 2s of traffic").await;
+    let idle_from = Instant::now();
+    let out = read_until_closed(&mut conn.stream, Duration::from_secs(5)).await;
+    let took = out.at - idle_from;
+    assert!(out.end.closed(), "idle pair still open after 5s");
+    assert!(
+        took >= Duration::from_millis(800),
+        "closed after {took:?} idle, before the 1s timeout"
+    );
+    assert!(
+        took <= Duration::from_secs(3),
+        "closed only after {took:?} idle"
+    );
+    // The backend side is closed too.
+    eventually(STEP, "backend connection closed", || async {
+        (b1.active() == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refusals_do_not_disturb_other_connections() {
+    let b1 = TlsBackend::start("b1");
+    let proxy = Sniroute::start(
+        one_route(b1.addr())
+            .set("client_hello_timeout", "1s")
+            .yaml(),
+    );
+    let addr = proxy.proxy_addr();
+    let mut good = assert_routes(addr, "api.example.test", "b1").await;
+    let unknown = with_sni(&fixture("openssl-3.0.bin"), b"nope.other.test");
+    let mut held = Vec::new();
+    for round in 0..5 {
+        // Plaintext, unknown name, no name, garbage, a hello cut short and left hanging.
+        for junk in [
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            unknown.clone(),
+            fixture("openssl-noservername.bin"),
+            vec![0xff; 64],
+            fixture("openssl-3.0.bin")[..40].to_vec(),
+        ] {
+            let mut tcp = raw_connect(addr).await;
+            let _ = tcp.write_all(&junk).await;
+            held.push(tcp);
+        }
+        // Some clients vanish abruptly.
+        held.truncate(held.len() - 2);
+        good.echo(format!("round {round}").as_bytes()).await;
+    }
+    // New good connections are still served, and the old one is still fine.
+    let mut fresh = assert_routes(addr, "api.example.test", "b1").await;
+    fresh.echo(b"fresh").await;
+    good.echo(b"good survived").await;
+    assert_eq!(b1.handshakes(), 2, "junk reached the backend");
+}
