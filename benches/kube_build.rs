@@ -104,6 +104,11 @@ fn kube_build(c: &mut Criterion) {
                 .expect("a table")
         })
     });
+    let routes = store.routes();
+    group.bench_function("parts/routes_clone", |b| b.iter(|| black_box(store.routes())));
+    group.bench_function("parts/merge", |b| b.iter(|| black_box(control::publish::merge([routes.as_slice()]).0.unwrap())));
+    group.bench_function("parts/merge_table", |b| b.iter(|| black_box(proxy::Table::new(control::publish::merge([routes.as_slice()]).0.unwrap()).unwrap())));
+    group.bench_function("parts/rebuild_one", |b| b.iter(|| { version += 1; let mut svc = fixtures::with_rv(svc.clone(), version); svc["spec"]["ports"][0]["port"] = json!(7000 + version % 2); store.apply(fixtures::service_object(svc)); black_box(store.rebuild()) }));
     group.finish();
 }
 

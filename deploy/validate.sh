@@ -36,7 +36,12 @@ apt_install() {
 # --- the sniroute binary ---
 binary=${1:-}
 if [ -z "$binary" ]; then
-  binary=$(ls -t target/release/sniroute target/debug/sniroute 2>/dev/null | head -n 1 || true)
+  # The newer of the two builds.
+  for candidate in target/release/sniroute target/debug/sniroute; do
+    if [ -x "$candidate" ] && { [ -z "$binary" ] || [ "$candidate" -nt "$binary" ]; }; then
+      binary=$candidate
+    fi
+  done
 fi
 if [ -z "$binary" ] || [ ! -x "$binary" ]; then
   echo "validate.sh: no sniroute binary (build it, or pass its path)" >&2

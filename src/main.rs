@@ -16,7 +16,7 @@ use control::config::LogFormat;
 use control::kube::KubeSource;
 use control::{Config, FileSource, Publisher, SourceKind};
 use prometheus_client::registry::Registry;
-use proxy::{listener, Proxy, Settings, SharedTable};
+use proxy::{listener, ListenerKind, Proxy, Settings, SharedTable};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -166,11 +166,16 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let admin_listener = listener::bind(config.admin, listener::DEFAULT_BACKLOG)?;
     log_listening("admin", &admin_listener);
-    let mut listeners = Vec::with_capacity(config.listen.len());
+    let mut listeners = Vec::with_capacity(config.listen.len() + 1);
     for addr in &config.listen {
         let bound = listener::bind(*addr, config.listen_backlog)?;
         log_listening("proxy", &bound);
-        listeners.push(bound);
+        listeners.push((bound, ListenerKind::Sni));
+    }
+    if let Some(addr) = config.cluster_id_listen {
+        let bound = listener::bind(addr, config.listen_backlog)?;
+        log_listening("cluster_id", &bound);
+        listeners.push((bound, ListenerKind::ClusterId));
     }
 
     // Two tokens: listeners stop at the end of shutdown_delay, everything else at exit.
@@ -191,13 +196,16 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         state.clone(),
         shutdown.clone(),
     ));
-    let file_source = FileSource::new(path, config.clone(), publisher).run(shutdown.clone());
+    let file_source =
+        FileSource::new(path, config.clone(), publisher.clone()).run(shutdown.clone());
     if let Some(kube_source) = kube_source {
         tokio::spawn(kube_source.run(shutdown.clone()));
     }
-    for bound in listeners {
+    tokio::spawn(proxy.clone().revoke_on_swap(publisher.subscribe()));
+    for (bound, kind) in listeners {
         tokio::spawn(listener::serve(
             bound,
+            kind,
             proxy.clone(),
             stop_accepting.clone(),
             connections.clone(),
@@ -260,6 +268,9 @@ fn settings(config: &Config) -> Settings {
         max_connections: config.max_connections,
         log_connections: config.log_connections,
         outlier_detection: config.outlier_detection,
+        accept_proxy_protocol: config.accept_proxy_protocol,
+        trusted_proxies: config.trusted_proxies.clone(),
+        revoke_grace: config.revoke_grace,
     }
 }
 

@@ -29,6 +29,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use proxy::proxy_protocol::{Expect, Version as ProxyVersion};
 use proxy::{Backend, HostPattern, OutlierPolicy, Table};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -110,6 +111,10 @@ pub struct Config {
     pub log_connections: bool,
     /// When backend endpoints are skipped after connect failures.
     pub outlier_detection: OutlierPolicy,
+    /// Which PROXY headers the `listen` listeners take; `None` takes none.
+    pub accept_proxy_protocol: Option<Expect>,
+    /// Peers whose PROXY headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
     /// The file name used in messages.
     origin: String,
 }
@@ -155,6 +160,8 @@ pub struct RouteConfig {
     pub max_connections: Option<u32>,
     /// Client networks allowed; empty allows everyone.
     pub allowed_cidrs: Vec<IpNet>,
+    /// The PROXY header sent to the backends, if any.
+    pub proxy_protocol: Option<ProxyVersion>,
 }
 
 // === impl Config ===
@@ -243,6 +250,7 @@ impl Config {
             .map(|r| RouteSpec {
                 max_connections: r.max_connections,
                 allowed_cidrs: r.allowed_cidrs.clone(),
+                proxy_protocol: r.proxy_protocol,
                 ..RouteSpec::new(
                     r.name.as_str(),
                     r.hostnames.clone(),
@@ -311,6 +319,14 @@ impl Config {
             "outlier_detection",
             self.outlier_detection != other.outlier_detection,
         );
+        check(
+            "accept_proxy_protocol",
+            self.accept_proxy_protocol != other.accept_proxy_protocol,
+        );
+        check(
+            "trusted_proxies",
+            self.trusted_proxies != other.trusted_proxies,
+        );
         changed
     }
 }
@@ -373,6 +389,8 @@ struct RawConfig {
     log_level: Option<Spanned<String>>,
     log_connections: Option<Spanned<String>>,
     outlier_detection: Option<Spanned<RawOutlier>>,
+    accept_proxy_protocol: Option<Spanned<String>>,
+    trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -397,6 +415,7 @@ struct RawRoute {
     backends: Option<Vec<Spanned<String>>>,
     max_connections: Option<Spanned<String>>,
     allowed_cidrs: Option<Vec<Spanned<String>>>,
+    proxy_protocol: Option<Spanned<String>>,
 }
 
 /// `key: value` or `key: [value, ...]`.
@@ -614,6 +633,37 @@ impl RawConfig {
                 policy
             })
             .unwrap_or_default();
+        let accept_proxy_protocol = self
+            .accept_proxy_protocol
+            .and_then(|v| match v.value.trim() {
+                "v1" => Some(Expect::Required(ProxyVersion::V1)),
+                "v2" => Some(Expect::Required(ProxyVersion::V2)),
+                "optional" => Some(Expect::Optional),
+                other => {
+                    let why = format!("accept_proxy_protocol: {other:?} is not v1, v2 or optional");
+                    p.at(v.referenced, None, why);
+                    None
+                }
+            });
+        let mut trusted_proxies = Vec::new();
+        for cidr in self.trusted_proxies.unwrap_or_default() {
+            match parse_cidr(&cidr.value) {
+                Some(net) => trusted_proxies.push(net),
+                None => {
+                    let why = format!(
+                        "trusted_proxies: {:?} is not an IPv4 or IPv6 network",
+                        cidr.value
+                    );
+                    p.at(cidr.referenced, None, why);
+                }
+            }
+        }
+        if accept_proxy_protocol.is_some() && trusted_proxies.is_empty() {
+            p.nowhere(
+                "accept_proxy_protocol needs trusted_proxies: headers from other peers are refused"
+                    .into(),
+            );
+        }
         let routes = validate_routes(self.routes.unwrap_or_default(), &mut p);
         Config {
             listen,
@@ -634,6 +684,8 @@ impl RawConfig {
             log_level,
             log_connections,
             outlier_detection,
+            accept_proxy_protocol,
+            trusted_proxies,
             origin: origin.to_owned(),
         }
     }
@@ -808,6 +860,7 @@ fn validate_routes(raw: Vec<Spanned<RawRoute>>, p: &mut Problems<'_>) -> Vec<Rou
             backends,
             max_connections,
             allowed_cidrs,
+            proxy_protocol,
         } = route.value;
         let hostnames = hostnames.unwrap_or_default();
         let backends = backends.unwrap_or_default();
@@ -934,6 +987,20 @@ fn validate_routes(raw: Vec<Spanned<RawRoute>>, p: &mut Problems<'_>) -> Vec<Rou
             }
         }
 
+        let proxy_protocol = match proxy_protocol {
+            None => None,
+            Some(v) => match v.value.trim() {
+                "v1" => Some(ProxyVersion::V1),
+                "v2" => Some(ProxyVersion::V2),
+                other => {
+                    let why = format!("proxy_protocol: {other:?} is not v1 or v2");
+                    p.at(v.referenced, Some(&this), why);
+                    ok = false;
+                    None
+                }
+            },
+        };
+
         if ok {
             routes.push(RouteConfig {
                 name: name_value.unwrap_or_default(),
@@ -941,6 +1008,7 @@ fn validate_routes(raw: Vec<Spanned<RawRoute>>, p: &mut Problems<'_>) -> Vec<Rou
                 backends: parsed,
                 max_connections,
                 allowed_cidrs: cidrs,
+                proxy_protocol,
             });
         }
     }
@@ -1175,13 +1243,14 @@ mod tests {
             "2:1: unknown field `listne`, expected one of listen, admin, client_hello_timeout, \
              connect_timeout, idle_timeout, max_client_hello, routes, kubernetes, \
              cluster_id_listen, revoke_grace, max_connections, listen_backlog, shutdown_delay, \
-             drain_timeout, log_format, log_level, log_connections, outlier_detection"
+             drain_timeout, log_format, log_level, log_connections, outlier_detection, \
+             accept_proxy_protocol, trusted_proxies"
         );
         assert_eq!(
             one_problem(&format!(
                 "{MINIMAL}routes:\n  - hostnames: [a.test]\n    backend: [\"10.0.0.1:1\"]\n"
             )),
-            "4:5: unknown field `backend`, expected one of name, hostnames, backends, max_connections, allowed_cidrs"
+            "4:5: unknown field `backend`, expected one of name, hostnames, backends, max_connections, allowed_cidrs, proxy_protocol"
         );
         assert_eq!(
             one_problem(&format!("{MINIMAL}routes:\n  - hostnames: [a.test\n")),

@@ -56,7 +56,8 @@ pub struct Publisher {
 
 #[derive(Debug, Default)]
 struct Sources {
-    routes: BTreeMap<SourceKind, Vec<RouteSpec>>,
+    /// Each source's routes, as the slices it handed over (shared, never copied).
+    routes: BTreeMap<SourceKind, Vec<Arc<[RouteSpec]>>>,
     /// The conflicts reported by the last publish, so a lasting conflict is logged once.
     conflicts: HashSet<String>,
 }
@@ -174,13 +175,28 @@ impl Publisher {
         source: SourceKind,
         routes: Vec<RouteSpec>,
     ) -> Result<Published, TableError> {
+        self.update_sets(source, vec![routes.into()])
+    }
+
+    /// [`Publisher::update`] with the routes in shared slices (the Kubernetes source hands
+    /// over one per hosted cluster, unchanged ones shared with its cache).
+    pub fn update_sets(
+        &self,
+        source: SourceKind,
+        routes: Vec<Arc<[RouteSpec]>>,
+    ) -> Result<Published, TableError> {
         // The lock orders publishes; its data stays consistent even if a holder panicked.
         let mut state = self
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let previous_routes = state.routes.insert(source, routes);
-        let (merged, conflicts) = merge(state.routes.values().map(Vec::as_slice));
+        let (merged, conflicts) = merge(
+            state
+                .routes
+                .values()
+                .flat_map(|sets| sets.iter().map(|set| &**set)),
+        );
         let table = match merged.and_then(Table::new) {
             Ok(table) => table,
             Err(error) => {
@@ -331,14 +347,24 @@ fn diff(old: &Table, new: &Table) -> (usize, usize, usize) {
 /// Whether two routes answer the same hostnames, forward to the same backends, admit the same
 /// clients and carry the same cluster ID, ignoring the order lists were written in.
 fn same_targets(a: &Route, b: &Route) -> bool {
-    fn sorted<T: ToString>(items: &[T]) -> Vec<String> {
-        let mut v: Vec<String> = items.iter().map(T::to_string).collect();
-        v.sort_unstable();
-        v
+    /// Equal lists, compared as written first (the usual case, and free), then as sets.
+    fn same<T: PartialEq + ToString>(a: &[T], b: &[T]) -> bool {
+        if a == b {
+            return true;
+        }
+        if a.len() != b.len() {
+            return false;
+        }
+        let sorted = |items: &[T]| {
+            let mut v: Vec<String> = items.iter().map(T::to_string).collect();
+            v.sort_unstable();
+            v
+        };
+        sorted(a) == sorted(b)
     }
-    sorted(a.hostnames()) == sorted(b.hostnames())
-        && sorted(a.backends()) == sorted(b.backends())
-        && sorted(a.allowed_cidrs()) == sorted(b.allowed_cidrs())
+    same(a.hostnames(), b.hostnames())
+        && same(a.backends(), b.backends())
+        && same(a.allowed_cidrs(), b.allowed_cidrs())
         && a.cluster_id() == b.cluster_id()
         && a.max_connections() == b.max_connections()
 }

@@ -27,6 +27,8 @@ pub struct RouteSpec {
     pub cluster_id: Option<Box<str>>,
     /// Forwarded connections allowed at once; `None` is unlimited.
     pub max_connections: Option<u32>,
+    /// The PROXY header sent to the backends, if any.
+    pub proxy_protocol: Option<proxy::proxy_protocol::Version>,
 }
 
 // === impl RouteSpec ===
@@ -47,6 +49,7 @@ impl RouteSpec {
             allowed_cidrs: Vec::new(),
             cluster_id: None,
             max_connections: None,
+            proxy_protocol: None,
         }
     }
 
@@ -71,6 +74,9 @@ impl RouteSpec {
         }
         if let Some(limit) = self.max_connections {
             route = route.with_max_connections(limit);
+        }
+        if let Some(version) = self.proxy_protocol {
+            route = route.with_proxy_protocol(version);
         }
         Ok(route)
     }

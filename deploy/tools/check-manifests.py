@@ -221,9 +221,10 @@ def check_objects(objs, role, where, config_out):
     admin = str(config.get("admin", "127.0.0.1:9090"))
     check(admin.startswith(("0.0.0.0:", "[::]:")) and port_of(admin) == ports.get("admin"), d,
           f"config admin {admin} must listen on all addresses, port {ports.get('admin')}")
-    if "cluster_id_listen" in config:
-        check(port_of(config["cluster_id_listen"]) == ports.get("cluster-id"), d,
-              "config cluster_id_listen must use the cluster-id container port")
+    check("cluster_id_listen" in config
+          and port_of(config["cluster_id_listen"]) == ports.get("cluster-id"), d,
+          "config cluster_id_listen must be set, on the cluster-id container port (the "
+          "Service's 6443 targets it)")
 
     # Shutdown fits in the grace period: preStop, then shutdown_delay, then drain_timeout.
     pre_stop = c.get("lifecycle", {}).get("preStop", {})

@@ -22,7 +22,6 @@ import threading
 import time
 import urllib.request
 
-
 # How many distinct server names the clients use.
 HELLOS = 64
 
@@ -86,7 +85,7 @@ def main():
     binary = sys.argv[1]
     routes = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
     steps = [int(n) for n in (sys.argv[3] if len(sys.argv) > 3 else "1000,4000").split(",")]
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     backend = socket.socket()
@@ -146,11 +145,15 @@ def main():
         time.sleep(3)
         print(f"after reload of {routes} routes: {status(proc.pid)}", flush=True)
     finally:
-        for c in clients:
+        for c in clients + accepted:
             c.close()
-        proc.terminate()
-        proc.wait(timeout=10)
         backend.close()
+        proc.terminate()  # sniroute drains for shutdown_delay (5s by default) first
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 //! One proxied connection, from accept to close.
 
 use std::fmt::Display;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,9 @@ use crate::connect;
 use crate::forward;
 use crate::listener;
 use crate::metrics::ActiveGuard;
+use crate::proxy_protocol::{self, Expect, Parsed as ProxyParsed, Version as ProxyVersion};
+use crate::revoke::RouteKey;
+use crate::table::Route;
 use crate::Proxy;
 
 /// A fatal `unrecognized_name` alert (RFC 6066 section 3): record type 21, TLS 1.2 record
@@ -84,33 +87,51 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// Why reading the ClientHello stopped without a hello.
-enum HelloError {
-    Refused(Refusal),
-    Closed,
-    Io(std::io::Error),
-    Timeout,
+/// A connection turned away: how it is counted, what the log line says, whether it gets the
+/// `unrecognized_name` alert, and the client it is logged under.
+struct Refused {
+    outcome: Outcome,
+    detail: String,
+    alert: bool,
+    client: SocketAddr,
 }
 
-impl HelloError {
-    fn outcome(&self) -> Outcome {
-        match self {
-            Self::Timeout => Outcome::ClientHelloTimeout,
-            Self::Refused(Refusal::BadServerName(_)) => Outcome::UnknownSni,
-            Self::Refused(_) | Self::Closed | Self::Io(_) => Outcome::NotTls,
+impl Refused {
+    fn new(client: SocketAddr, outcome: Outcome, detail: impl Display) -> Self {
+        let alert = matches!(outcome, Outcome::UnknownSni | Outcome::NoSni);
+        Self {
+            outcome,
+            detail: detail.to_string(),
+            alert,
+            client,
         }
     }
 }
 
-impl Display for HelloError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Refused(refusal) => write!(f, "{refusal}"),
-            Self::Closed => f.write_str("closed before a complete ClientHello"),
-            Self::Io(error) => write!(f, "read failed: {error}"),
-            Self::Timeout => f.write_str("no complete ClientHello in time"),
-        }
-    }
+/// A connection with a route: what it was routed by and for whom.
+struct Routed {
+    route: Arc<Route>,
+    key: RouteKey,
+    /// The client: the peer, or the source a trusted PROXY header named.
+    client: SocketAddr,
+    /// For logs: the SNI name or the ClusterID.
+    name: String,
+}
+
+/// One step of reading the start of a connection.
+enum Step<T> {
+    Done(T),
+    More,
+    Refuse(Outcome, String),
+}
+
+/// Which kind of listener accepted the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Routes by the SNI name, after an optional PROXY header from a trusted peer.
+    Sni,
+    /// Routes by the ClusterID TLV of a mandatory PROXY v2 header, without reading SNI.
+    ClusterId,
 }
 
 /// Serves one accepted connection to its end; never panics on input, never fails other
@@ -120,6 +141,7 @@ pub(crate) async fn handle<P: Send>(
     proxy: Arc<Proxy>,
     mut client: TcpStream,
     peer: SocketAddr,
+    kind: ListenerKind,
     _active: (ActiveGuard, P),
 ) {
     if let Err(error) = listener::tune(&client) {
@@ -128,58 +150,32 @@ pub(crate) async fn handle<P: Send>(
     let settings = &proxy.settings;
     let started = Instant::now();
     let mut buf = Vec::with_capacity(INITIAL_HELLO_BUFFER.min(settings.max_client_hello));
-    let read = timeout(
-        settings.client_hello_timeout,
-        read_hello(&mut client, &mut buf, settings.max_client_hello),
-    )
-    .await
-    .unwrap_or(Err(HelloError::Timeout));
-    let hello = match read {
-        Ok(hello) => hello,
-        Err(error) => {
-            let outcome = error.outcome();
-            let alert = outcome == Outcome::UnknownSni;
-            return proxy.refuse(client, peer, outcome, &error, alert).await;
-        }
+    // One deadline for everything before routing: a PROXY header does not buy more time.
+    let routing = proxy.route(&mut client, peer, kind, &mut buf);
+    let routed = match timeout(settings.client_hello_timeout, routing).await {
+        Ok(routed) => routed,
+        Err(_) => Err(Refused::new(
+            peer,
+            Outcome::ClientHelloTimeout,
+            "no complete ClientHello in time",
+        )),
     };
-    proxy
-        .metrics
-        .client_hello_seconds
-        .observe(started.elapsed().as_secs_f64());
-    let ClientHello { server_name, len } = hello;
-    let Some(server_name) = server_name else {
-        let why = "ClientHello has no server_name";
-        return proxy.refuse(client, peer, Outcome::NoSni, &why, true).await;
+    let Routed {
+        route,
+        key,
+        client: client_addr,
+        name,
+    } = match routed {
+        Ok(routed) => routed,
+        Err(refused) => return proxy.refuse(client, refused).await,
     };
-    let snapshot = proxy.table.load();
-    let Some(route) = snapshot.table.lookup(&server_name).cloned() else {
-        let why = format!("no route for {server_name}");
-        return proxy
-            .refuse(client, peer, Outcome::UnknownSni, &why, true)
-            .await;
-    };
-    // Connections keep the route, never the whole table: a swap frees the old table's memory.
-    drop(snapshot);
-    if !route.allows(peer.ip()) {
-        let why = format!(
-            "{server_name}: client not in route {}'s allowed_cidrs",
-            route.name()
-        );
-        return proxy
-            .refuse(client, peer, Outcome::Denied, &why, false)
-            .await;
-    }
     let gauge = proxy.metrics.route_gauge(route.name());
     let Some(_route_active) = ActiveGuard::try_take(gauge, route.max_connections()) else {
-        let why = format!(
-            "{server_name}: route {} is at max_connections",
-            route.name()
-        );
+        let why = format!("{name}: route {} is at max_connections", route.name());
         return proxy
-            .refuse(client, peer, Outcome::Limited, &why, false)
+            .refuse(client, Refused::new(client_addr, Outcome::Limited, why))
             .await;
     };
-    tracing::trace!(%peer, %server_name, hello_bytes = len, "client hello read");
 
     let connecting = Instant::now();
     let connected = connect::connect(&route, settings.connect_timeout, &proxy.health).await;
@@ -190,34 +186,58 @@ pub(crate) async fn handle<P: Send>(
     let (backend, backend_addr) = match connected {
         Ok(connected) => connected,
         Err(error) => {
-            return proxy
-                .refuse(client, peer, Outcome::BackendUnreachable, &error, false)
-                .await
+            let refused = Refused::new(client_addr, Outcome::BackendUnreachable, error);
+            return proxy.refuse(client, refused).await;
         }
     };
     proxy.metrics.count(Outcome::Routed);
     if let Err(error) = listener::tune(&backend) {
         tracing::debug!(%peer, %backend_addr, %error, "cannot set socket options");
     }
-    tracing::debug!(%peer, %server_name, route = route.name(), backend = %backend_addr, "routed");
+    tracing::debug!(client = %client_addr, %peer, name, route = route.name(), backend = %backend_addr, "routed");
+    if let Some(version) = route.proxy_protocol() {
+        match client.local_addr() {
+            Ok(local) => {
+                let mut first = proxy_protocol::encode(version, client_addr, local);
+                first.extend_from_slice(&buf);
+                buf = first;
+            }
+            Err(error) => tracing::debug!(%peer, %error, "no local address for the PROXY header"),
+        }
+    }
+    let registration = settings
+        .revoke_grace
+        .is_some()
+        .then(|| proxy.connections.register(key, client_addr.ip()));
+    let revoked = async {
+        match &registration {
+            Some(registration) => registration.revoked.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
     let forwarded = forward::forward(
         client,
         backend,
         &buf,
         settings.idle_timeout,
         &proxy.metrics.bytes,
+        revoked,
     )
     .await;
     let (totals, error) = match forwarded {
         Ok(totals) => (totals, None),
         Err(error) => (Default::default(), Some(error)),
     };
+    if totals.revoked {
+        tracing::info!(client = %client_addr, name, route = route.name(), "connection revoked: the table no longer admits it");
+    }
     if settings.log_connections {
         tracing::info!(
-            %peer, %server_name, route = route.name(), backend = %backend_addr,
+            client = %client_addr, %peer, name, route = route.name(), backend = %backend_addr,
             client_to_backend = totals.client_to_backend,
             backend_to_client = totals.backend_to_client,
             idle_timeout = totals.idle_timed_out,
+            revoked = totals.revoked,
             duration = ?started.elapsed(),
             error = error.as_ref().map(tracing::field::display),
             "connection closed"
@@ -225,45 +245,195 @@ pub(crate) async fn handle<P: Send>(
     }
 }
 
-/// Reads until the buffer holds a complete ClientHello, growing it up to `max`.
-async fn read_hello(
+/// Reads until `parse` decides, growing `buf` up to `max`. Bytes already in `buf` are parsed
+/// first, so a step can start on what the previous one read past its end.
+async fn read_until<T>(
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
     max: usize,
-) -> Result<ClientHello, HelloError> {
+    mut parse: impl FnMut(&[u8]) -> Step<T>,
+) -> Result<T, (Outcome, String)> {
     loop {
+        match parse(buf) {
+            Step::Done(done) => return Ok(done),
+            Step::Refuse(outcome, why) => return Err((outcome, why)),
+            Step::More => {}
+        }
         if buf.len() == buf.capacity() {
             if buf.len() >= max {
-                return Err(HelloError::Refused(Refusal::TooLarge));
+                return Err((Outcome::NotTls, Refusal::TooLarge.to_string()));
             }
             let target = (buf.capacity() * 2).clamp(INITIAL_HELLO_BUFFER, max);
             buf.reserve_exact(target - buf.len());
         }
-        let n = client.read_buf(buf).await.map_err(HelloError::Io)?;
-        match client_hello::parse(buf, max) {
-            Parsed::Hello(hello) => return Ok(hello),
-            Parsed::Refused(refusal) => return Err(HelloError::Refused(refusal)),
-            Parsed::NeedMore if n == 0 => return Err(HelloError::Closed),
-            Parsed::NeedMore => {}
+        match client.read_buf(buf).await {
+            Ok(0) => {
+                return Err((
+                    Outcome::NotTls,
+                    "closed before a complete ClientHello".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(error) => return Err((Outcome::NotTls, format!("read failed: {error}"))),
         }
+    }
+}
+
+fn hello_step(buf: &[u8], max: usize) -> Step<ClientHello> {
+    match client_hello::parse(buf, max) {
+        Parsed::Hello(hello) => Step::Done(hello),
+        Parsed::NeedMore => Step::More,
+        Parsed::Refused(refusal @ Refusal::BadServerName(_)) => {
+            Step::Refuse(Outcome::UnknownSni, refusal.to_string())
+        }
+        Parsed::Refused(refusal) => Step::Refuse(Outcome::NotTls, refusal.to_string()),
+    }
+}
+
+fn proxy_header_step(buf: &[u8], expect: Expect) -> Step<Option<proxy_protocol::Header>> {
+    match proxy_protocol::parse(buf, expect) {
+        ProxyParsed::Header(header) => Step::Done(Some(header)),
+        ProxyParsed::Absent => Step::Done(None),
+        ProxyParsed::NeedMore => Step::More,
+        ProxyParsed::Invalid(why) => {
+            Step::Refuse(Outcome::NotTls, format!("PROXY protocol: {why}"))
+        }
+    }
+}
+
+/// The peer as an address family-neutral IP: IPv4-mapped IPv6 peers are their IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
 // === impl Proxy ===
 
 impl Proxy {
-    /// Counts and logs a refusal, sends the `unrecognized_name` alert if `alert`, and closes.
-    async fn refuse(
+    /// Reads what routing needs (a PROXY header, the ClientHello) and picks the route.
+    async fn route(
         &self,
-        mut client: TcpStream,
+        client: &mut TcpStream,
         peer: SocketAddr,
-        outcome: Outcome,
-        why: &(dyn Display + Sync),
-        alert: bool,
-    ) {
+        kind: ListenerKind,
+        buf: &mut Vec<u8>,
+    ) -> Result<Routed, Refused> {
+        let max = self.settings.max_client_hello;
+        let refuse = |client, (outcome, why)| Refused::new(client, outcome, why);
+        let expect = match kind {
+            ListenerKind::ClusterId => Some(Expect::Required(ProxyVersion::V2)),
+            ListenerKind::Sni => self.settings.accept_proxy_protocol,
+        };
+        let started = Instant::now();
+        let mut client_addr = peer;
+        let mut cluster_id = None;
+        if let Some(expect) = expect {
+            let header = read_until(client, buf, max, |b| proxy_header_step(b, expect))
+                .await
+                .map_err(|e| refuse(peer, e))?;
+            if let Some(header) = header {
+                let trusted = kind == ListenerKind::ClusterId
+                    || self
+                        .settings
+                        .trusted_proxies
+                        .iter()
+                        .any(|net| net.contains(&canonical(peer.ip())));
+                if !trusted {
+                    return Err(Refused::new(
+                        peer,
+                        Outcome::Denied,
+                        "PROXY header from a peer not in trusted_proxies",
+                    ));
+                }
+                client_addr = header.source.unwrap_or(peer);
+                cluster_id = header.cluster_id;
+                // The header is for us, not the backend.
+                buf.drain(..header.len);
+            }
+        }
+        if kind == ListenerKind::ClusterId {
+            let Some(id) = cluster_id else {
+                return Err(Refused::new(
+                    client_addr,
+                    Outcome::UnknownSni,
+                    "PROXY header without a ClusterID TLV",
+                ));
+            };
+            let snapshot = self.table.load();
+            let Some(route) = snapshot.table.lookup_cluster_id(&id).cloned() else {
+                return Err(Refused::new(
+                    client_addr,
+                    Outcome::UnknownSni,
+                    format!("no route for cluster ID {id}"),
+                ));
+            };
+            self.metrics
+                .client_hello_seconds
+                .observe(started.elapsed().as_secs_f64());
+            // The allow list guards the public API hostnames; this listener carries the hosted
+            // cluster's own nodes, identified by the TLV, which the list does not name.
+            let name = id.to_string();
+            return Ok(Routed {
+                route,
+                key: RouteKey::ClusterId(id),
+                client: client_addr,
+                name,
+            });
+        }
+
+        let hello = read_until(client, buf, max, |b| hello_step(b, max))
+            .await
+            .map_err(|e| refuse(client_addr, e))?;
+        self.metrics
+            .client_hello_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let Some(server_name) = hello.server_name else {
+            return Err(Refused::new(
+                client_addr,
+                Outcome::NoSni,
+                "ClientHello has no server_name",
+            ));
+        };
+        let snapshot = self.table.load();
+        let Some(route) = snapshot.table.lookup(&server_name).cloned() else {
+            return Err(Refused::new(
+                client_addr,
+                Outcome::UnknownSni,
+                format!("no route for {server_name}"),
+            ));
+        };
+        // Connections keep the route, never the whole table: a swap frees the old table's memory.
+        drop(snapshot);
+        if !route.allows(client_addr.ip()) {
+            let why = format!(
+                "{server_name}: client not in route {}'s allowed_cidrs",
+                route.name()
+            );
+            return Err(Refused::new(client_addr, Outcome::Denied, why));
+        }
+        let name = server_name.to_string();
+        Ok(Routed {
+            route,
+            key: RouteKey::Name(server_name),
+            client: client_addr,
+            name,
+        })
+    }
+
+    /// Counts and logs a refusal, sends the `unrecognized_name` alert if it calls for one, and
+    /// closes.
+    async fn refuse(&self, mut client: TcpStream, refused: Refused) {
+        let Refused {
+            outcome,
+            detail,
+            alert,
+            client: client_addr,
+        } = refused;
         self.metrics.count(outcome);
         if self.refusal_log.allow() {
-            tracing::info!(%peer, reason = %outcome, detail = %why, "connection refused");
+            tracing::info!(peer = %client_addr, reason = %outcome, detail, "connection refused");
         }
         if !alert {
             return;

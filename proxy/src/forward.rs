@@ -21,6 +21,8 @@ pub struct Totals {
     pub backend_to_client: u64,
     /// The pair was closed by `idle_timeout`.
     pub idle_timed_out: bool,
+    /// The pair was closed because the routing table no longer admits it.
+    pub revoked: bool,
 }
 
 /// What both directions of one connection share: byte counts and the time of the last
@@ -50,11 +52,11 @@ impl Activity {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 
-    fn totals(&self, idle_timed_out: bool) -> Totals {
+    fn totals(&self) -> Totals {
         Totals {
             client_to_backend: self.client_to_backend.bytes.load(Ordering::Relaxed),
             backend_to_client: self.backend_to_client.bytes.load(Ordering::Relaxed),
-            idle_timed_out,
+            ..Totals::default()
         }
     }
 }
@@ -62,13 +64,15 @@ impl Activity {
 /// Sends `first` (the bytes read while routing) to the backend, then copies both directions
 /// until each has seen EOF. One side's EOF becomes a write shutdown on the other while the
 /// other direction keeps flowing. An error on either side ends both; so does `idle_timeout`
-/// without a byte moving either way. Bytes are added to `counters` as they move.
+/// without a byte moving either way, and so does `revoked` resolving. Bytes are added to
+/// `counters` as they move.
 pub async fn forward(
     client: TcpStream,
     backend: TcpStream,
     first: &[u8],
     idle_timeout: Duration,
     counters: &ByteCounters,
+    revoked: impl std::future::Future<Output = ()>,
 ) -> io::Result<Totals> {
     write_all(&backend, first).await?;
     let activity = Activity {
@@ -91,8 +95,9 @@ pub async fn forward(
         )
     };
     tokio::select! {
-        done = both => done.map(|_| activity.totals(false)),
-        () = idle(&activity, idle_timeout) => Ok(activity.totals(true)),
+        done = both => done.map(|_| activity.totals()),
+        () = idle(&activity, idle_timeout) => Ok(Totals { idle_timed_out: true, ..activity.totals() }),
+        () = revoked => Ok(Totals { revoked: true, ..activity.totals() }),
     }
 }
 

@@ -25,11 +25,13 @@ pub mod listener;
 mod log_limit;
 pub mod metrics;
 pub mod name;
+pub mod proxy_protocol;
+pub mod revoke;
 #[cfg(target_os = "linux")]
 mod splice;
 pub mod table;
 
-pub use connection::Outcome;
+pub use connection::{ListenerKind, Outcome};
 pub use error::{ConnectError, ListenError, NameError, TableError};
 pub use health::{EndpointHealth, OutlierPolicy};
 pub use metrics::Metrics;
@@ -53,6 +55,12 @@ pub struct Settings {
     pub log_connections: bool,
     /// When backend endpoints are ejected.
     pub outlier_detection: OutlierPolicy,
+    /// Which PROXY headers the SNI listeners take; `None` takes none.
+    pub accept_proxy_protocol: Option<proxy_protocol::Expect>,
+    /// Peers whose PROXY headers are believed; a header from anyone else is refused.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a connection the table no longer admits may go on; `None` never revokes.
+    pub revoke_grace: Option<Duration>,
 }
 
 /// Everything a connection task needs: the knobs, the current routing table, and the state
@@ -65,6 +73,7 @@ pub struct Proxy {
     health: EndpointHealth,
     connection_limit: Option<Arc<Semaphore>>,
     refusal_log: LogLimiter,
+    connections: Arc<revoke::Connections>,
 }
 
 impl Proxy {
@@ -80,6 +89,21 @@ impl Proxy {
             metrics,
             connection_limit,
             refusal_log: LogLimiter::new(REFUSAL_LOG_LINES_PER_SECOND),
+            connections: Arc::default(),
+        }
+    }
+
+    /// Follows `snapshots` and revokes connections the new tables refuse, if revocation is
+    /// on; returns at once otherwise.
+    pub async fn revoke_on_swap(
+        self: Arc<Self>,
+        snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    ) {
+        if let Some(grace) = self.settings.revoke_grace {
+            let connections = self.connections.clone();
+            connections
+                .watch(snapshots, grace, self.metrics.clone())
+                .await;
         }
     }
 

@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection;
+use crate::connection::{self, ListenerKind};
 use crate::error::ListenError;
 use crate::Proxy;
 
@@ -55,6 +55,7 @@ pub(crate) fn tune(stream: &TcpStream) -> io::Result<()> {
 /// Accepts connections until `shutdown` fires, spawning one task per connection on `tasks`.
 pub async fn serve(
     listener: TcpListener,
+    kind: ListenerKind,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -83,7 +84,13 @@ pub async fn serve(
                     None => None,
                 };
                 let active = (proxy.metrics.open(), permit);
-                tasks.spawn(connection::handle(proxy.clone(), stream, peer, active));
+                tasks.spawn(connection::handle(
+                    proxy.clone(),
+                    stream,
+                    peer,
+                    kind,
+                    active,
+                ));
             }
             Err(error) => {
                 // EMFILE/ENFILE/ENOBUFS/ENOMEM clear up as connections close; a per-connection

@@ -45,8 +45,16 @@ impl LogLimiter {
                 );
             }
         }
-        if self.used.fetch_add(1, Ordering::Relaxed) < self.per_second {
+        let used = self.used.fetch_add(1, Ordering::Relaxed);
+        if used < self.per_second {
             return true;
+        }
+        if used == self.per_second {
+            // Said at once, so a burst that ends here is still visible in the logs.
+            tracing::warn!(
+                per_second = self.per_second,
+                "connection log lines suppressed for the rest of this second"
+            );
         }
         self.suppressed.fetch_add(1, Ordering::Relaxed);
         false

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub(crate) client_hello_seconds: Histogram,
     pub(crate) backend_connect_seconds: Histogram,
     endpoint_ejected: Family<EndpointLabels, Gauge>,
+    pub(crate) revoked: Counter,
 }
 
 impl Metrics {
@@ -85,6 +86,7 @@ impl Metrics {
             client_hello_seconds: latency(),
             backend_connect_seconds: latency(),
             endpoint_ejected: Family::default(),
+            revoked: Counter::default(),
         };
         registry.register(
             "sniroute_connections",
@@ -116,6 +118,11 @@ impl Metrics {
             "sniroute_endpoint_ejected",
             "1 while a backend endpoint is skipped after consecutive connect failures",
             metrics.endpoint_ejected.clone(),
+        );
+        registry.register(
+            "sniroute_revoked_connections",
+            "Established connections closed because a new table no longer admitted them",
+            metrics.revoked.clone(),
         );
         Arc::new(metrics)
     }

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 
 use crate::error::TableError;
 use crate::name::{HostPattern, ServerName};
+use crate::proxy_protocol::Version as ProxyVersion;
 
 /// Where a backend lives: an address, or a DNS name resolved at connect time.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -87,6 +88,8 @@ pub struct Route {
     cluster_id: Option<Box<str>>,
     /// Forwarded connections allowed at once; `None` is unlimited.
     max_connections: Option<u32>,
+    /// The PROXY header sent to the backend before the client's bytes, if any.
+    proxy_protocol: Option<ProxyVersion>,
     /// Round-robin cursor; shared by every connection that routes here through this table.
     next: AtomicUsize,
 }
@@ -114,6 +117,7 @@ impl Route {
             allowed_cidrs: Vec::new(),
             cluster_id: None,
             max_connections: None,
+            proxy_protocol: None,
             next: AtomicUsize::new(0),
         })
     }
@@ -134,6 +138,17 @@ impl Route {
     pub fn with_max_connections(mut self, limit: u32) -> Self {
         self.max_connections = Some(limit);
         self
+    }
+
+    /// Sends a PROXY header of `version` with the client's address to the backend.
+    pub fn with_proxy_protocol(mut self, version: ProxyVersion) -> Self {
+        self.proxy_protocol = Some(version);
+        self
+    }
+
+    /// The PROXY header version sent to the backend, if any.
+    pub fn proxy_protocol(&self) -> Option<ProxyVersion> {
+        self.proxy_protocol
     }
 
     /// Forwarded connections allowed at once, if limited.
@@ -202,6 +217,7 @@ impl fmt::Debug for Route {
             .field("allowed_cidrs", &self.allowed_cidrs)
             .field("cluster_id", &self.cluster_id)
             .field("max_connections", &self.max_connections)
+            .field("proxy_protocol", &self.proxy_protocol)
             .finish()
     }
 }

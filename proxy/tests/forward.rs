@@ -40,6 +40,7 @@ async fn proxied(
             &first,
             idle,
             &Default::default(),
+            std::future::pending(),
         )
         .await
         .unwrap()

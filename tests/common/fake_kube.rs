@@ -230,8 +230,14 @@ impl FakeKube {
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         let key = (
             kind,
-            object["metadata"]["namespace"].as_str().unwrap_or_default().to_owned(),
-            object["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         );
         let kind_of_event = if delete {
             inner.objects.remove(&key);
@@ -373,7 +379,9 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
         .collect();
     {
         let mut inner = shared.inner.lock().unwrap();
-        inner.requests.push(format!("{} {}", req.method(), req.uri()));
+        inner
+            .requests
+            .push(format!("{} {}", req.method(), req.uri()));
         if inner.outage {
             return reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -422,15 +430,20 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
         .filter(|((k, _, _), o)| *k == kind && selects(&selector, o))
         .map(|(_, o)| o)
         .collect();
-    let page: Vec<Value> = matching.iter().skip(offset).take(limit).map(|o| {
-        let mut o = (*o).clone();
-        // Items of a list carry no kind or apiVersion.
-        if let Some(map) = o.as_object_mut() {
-            map.remove("kind");
-            map.remove("apiVersion");
-        }
-        o
-    }).collect();
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|o| {
+            let mut o = (*o).clone();
+            // Items of a list carry no kind or apiVersion.
+            if let Some(map) = o.as_object_mut() {
+                map.remove("kind");
+                map.remove("apiVersion");
+            }
+            o
+        })
+        .collect();
     let next = offset + page.len();
     let cont = if next < matching.len() {
         next.to_string()
@@ -540,10 +553,13 @@ fn watch(
 /// Whether `object` matches a label selector of `key` / `key=value` terms.
 fn selects(selector: &str, object: &Value) -> bool {
     let labels = &object["metadata"]["labels"];
-    selector.split(',').filter(|t| !t.is_empty()).all(|term| match term.split_once('=') {
-        Some((k, v)) => labels[k.trim_end_matches('=')].as_str() == Some(v),
-        None => !labels[term].is_null(),
-    })
+    selector
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .all(|term| match term.split_once('=') {
+            Some((k, v)) => labels[k.trim_end_matches('=')].as_str() == Some(v),
+            None => !labels[term].is_null(),
+        })
 }
 
 /// Percent-decoding of a query component.
@@ -662,7 +678,10 @@ pub async fn tls_connect_from(source: IpAddr, addr: SocketAddr, sni: &str) -> io
         let mut stream = connector.connect(name, tcp).await?;
         let line = read_line(&mut stream).await?;
         let (backend, sni) = parse_identity(&line).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("not an identity line: {line:?}"))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not an identity line: {line:?}"),
+            )
         })?;
         Ok(TlsConn {
             stream,

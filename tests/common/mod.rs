@@ -401,7 +401,20 @@ impl RawBackend {
 
     /// A raw backend with options.
     pub fn start_with(opts: RawBackendOpts) -> Self {
-        let (listener, addr) = bind_loopback();
+        let (listener, _) = bind_loopback();
+        Self::serve_on(listener, opts)
+    }
+
+    /// A raw backend on a given loopback address (e.g. one a route already names).
+    pub fn start_at(addr: SocketAddr, opts: RawBackendOpts) -> Self {
+        let listener = std::net::TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("raw backend: bind {addr}: {e}"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        Self::serve_on(listener, opts)
+    }
+
+    fn serve_on(listener: std::net::TcpListener, opts: RawBackendOpts) -> Self {
+        let addr = listener.local_addr().expect("local addr");
         let conns: Arc<Mutex<Vec<RawConn>>> = Arc::default();
         let conns2 = conns.clone();
         let thread = BackendThread::spawn("raw", listener, move |listener| async move {
@@ -859,6 +872,17 @@ impl Cfg {
         self
     }
 
+    /// A `key: value` (value written as is) on the route added last, e.g.
+    /// `.route_key("max_connections", "1")`.
+    pub fn route_key(mut self, key: &str, value: &str) -> Self {
+        let route = self
+            .routes
+            .last_mut()
+            .expect("route_key needs a route first");
+        let _ = writeln!(route, "    {key}: {value}");
+        self
+    }
+
     /// The YAML text.
     pub fn yaml(&self) -> String {
         let mut y = String::new();
@@ -933,23 +957,56 @@ pub struct Sniroute {
 
 const CONFIG_NAME: &str = "sniroute.yaml";
 
+/// How [`Sniroute::start_opts`] runs the binary.
+#[derive(Clone, Debug)]
+pub struct StartOpts {
+    /// Proxy listeners expected in the `listening` log lines.
+    pub listeners: usize,
+    /// Extra environment for the child, applied after the harness's `RUST_LOG=info` and
+    /// `NO_COLOR=1` (so `("RUST_LOG", "debug")` overrides the level).
+    pub env: Vec<(String, String)>,
+    /// Run the binary through this command line: `wrapper[0] wrapper[1..] BINARY --config
+    /// FILE`. The wrapper must `exec` it, so the child's pid stays the proxy's (e.g.
+    /// `sh -c 'ulimit -n 64 && exec "$0" "$@"'`).
+    pub wrapper: Vec<String>,
+}
+
+impl Default for StartOpts {
+    fn default() -> Self {
+        Self {
+            listeners: 1,
+            env: Vec::new(),
+            wrapper: Vec::new(),
+        }
+    }
+}
+
 impl Sniroute {
     /// Starts with a plain config file and waits until it is listening and ready.
     pub fn start(yaml: impl AsRef<str>) -> Self {
-        Self::start_layout(yaml.as_ref(), Layout::Plain, 1)
+        Self::start_layout(yaml.as_ref(), Layout::Plain, &StartOpts::default())
     }
 
     /// Starts with `listeners` proxy listeners expected in the logs.
     pub fn start_expecting(yaml: impl AsRef<str>, listeners: usize) -> Self {
-        Self::start_layout(yaml.as_ref(), Layout::Plain, listeners)
+        let opts = StartOpts {
+            listeners,
+            ..StartOpts::default()
+        };
+        Self::start_layout(yaml.as_ref(), Layout::Plain, &opts)
     }
 
     /// Starts with a ConfigMap-style symlinked config.
     pub fn start_configmap(yaml: impl AsRef<str>) -> Self {
-        Self::start_layout(yaml.as_ref(), Layout::ConfigMap, 1)
+        Self::start_layout(yaml.as_ref(), Layout::ConfigMap, &StartOpts::default())
     }
 
-    fn start_layout(yaml: &str, layout: Layout, listeners: usize) -> Self {
+    /// Starts with a plain config file, extra environment and/or a wrapper command.
+    pub fn start_opts(yaml: impl AsRef<str>, opts: &StartOpts) -> Self {
+        Self::start_layout(yaml.as_ref(), Layout::Plain, opts)
+    }
+
+    fn start_layout(yaml: &str, layout: Layout, opts: &StartOpts) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("conf");
         std::fs::create_dir(&conf).unwrap();
@@ -965,11 +1022,20 @@ impl Sniroute {
                 std::os::unix::fs::symlink(format!("..data/{CONFIG_NAME}"), &config).unwrap();
             }
         }
-        let mut child = Command::new(binary())
+        let mut command = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -988,7 +1054,7 @@ impl Sniroute {
             admin: "0.0.0.0:0".parse().unwrap(),
             reader: Some(reader),
         };
-        me.wait_listening(listeners);
+        me.wait_listening(opts.listeners);
         me
     }
 
@@ -1202,6 +1268,35 @@ impl Sniroute {
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Sends `signal` (a name `kill -s` takes: `TERM`, `INT`, `HUP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(
+            status.success(),
+            "kill -s {signal} {}: {status}",
+            self.child.id()
+        );
+    }
+
+    /// Waits (bounded by `within`) for the process to exit; then every log line it wrote is
+    /// in [`Self::logs`]. `None` if it is still running at the deadline (it is not killed).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.join_reader();
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
 }
 
 impl Drop for Sniroute {
@@ -1234,6 +1329,21 @@ pub fn listening_addrs(lines: &[String]) -> (Vec<SocketAddr>, Option<SocketAddr>
     let mut admin = None;
     for line in lines {
         if !line.contains("listening") {
+            continue;
+        }
+        // `log_format: json`: one object per line, the event's fields at the top level.
+        if line.starts_with('{') {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let (Some(kind), Some(addr)) = (v["kind"].as_str(), v["addr"].as_str()) else {
+                continue;
+            };
+            match (kind, addr.parse::<SocketAddr>()) {
+                ("proxy", Ok(addr)) => proxy.push(addr),
+                ("admin", Ok(addr)) => admin = Some(addr),
+                _ => {}
+            }
             continue;
         }
         let field = |key: &str| {

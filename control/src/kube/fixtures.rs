@@ -3,7 +3,7 @@
 //! fuzzing. Not part of the routing logic.
 #![doc(hidden)]
 
-use ::kube::core::DeserializeGuard;
+use super::objects::Guarded;
 use serde_json::{json, Value};
 
 use super::objects::{HostedCluster, Route, Service, HCP_ROUTE_LABEL};
@@ -206,8 +206,9 @@ pub fn service_object(value: Value) -> Object {
     Object::Service(guard::<Service>(value))
 }
 
-fn guard<K: ::kube::Resource + serde::de::DeserializeOwned>(value: Value) -> DeserializeGuard<K> {
-    serde_json::from_value(value).expect("fixture objects have metadata")
+fn guard<K: ::kube::Resource + serde::de::DeserializeOwned>(value: Value) -> Guarded<K> {
+    // Through text, as the watcher receives objects: the guard keeps the raw JSON.
+    serde_json::from_str(&value.to_string()).expect("fixture objects have metadata")
 }
 
 /// A list response body for `kind` holding `items`, as the API server sends it.
@@ -239,8 +240,8 @@ pub fn decode_list(kind: super::store::Kind, body: &[u8]) -> Vec<Object> {
     use super::store::Kind;
     fn items<K: Clone + serde::de::DeserializeOwned + ::kube::Resource>(
         body: &[u8],
-    ) -> Vec<DeserializeGuard<K>> {
-        serde_json::from_slice::<ObjectList<DeserializeGuard<K>>>(body)
+    ) -> Vec<Guarded<K>> {
+        serde_json::from_slice::<ObjectList<Guarded<K>>>(body)
             .expect("a list body")
             .items
     }

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ::kube::core::DeserializeGuard;
+use super::objects::Guarded;
 use ::kube::runtime::watcher::{self, Event};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::{Api, Client};
@@ -147,11 +147,11 @@ impl KubeSource {
             );
             return;
         }
-        let routes = store.routes();
-        let count = routes.len();
+        let routes = store.route_sets();
+        let count: usize = routes.iter().map(|set| set.len()).sum();
         // On failure the publisher has logged it and the table in use stays; the next change
         // retries.
-        if let Ok(published) = self.publisher.update(SourceKind::Kubernetes, routes) {
+        if let Ok(published) = self.publisher.update_sets(SourceKind::Kubernetes, routes) {
             {
                 self.stats.publishes.fetch_add(1, Ordering::Relaxed);
                 let elapsed = started.elapsed();
@@ -196,19 +196,19 @@ fn apply(store: &mut Store, kind: Kind, event: Event<Object>) -> bool {
 /// The three watches, merged into one stream of events tagged with their kind.
 fn watch_all(client: &Client) -> Events {
     let hosted_clusters = kind_stream(
-        Api::<DeserializeGuard<HostedCluster>>::all(client.clone()),
+        Api::<Guarded<HostedCluster>>::all(client.clone()),
         watcher::Config::default(),
         Kind::HostedCluster,
         Object::HostedCluster,
     );
     let routes = kind_stream(
-        Api::<DeserializeGuard<Route>>::all(client.clone()),
+        Api::<Guarded<Route>>::all(client.clone()),
         watcher::Config::default().labels(HCP_ROUTE_LABEL),
         Kind::Route,
         Object::Route,
     );
     let services = kind_stream(
-        Api::<DeserializeGuard<Service>>::all(client.clone()),
+        Api::<Guarded<Service>>::all(client.clone()),
         watcher::Config::default(),
         Kind::Service,
         Object::Service,

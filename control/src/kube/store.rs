@@ -12,8 +12,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
-use ::kube::core::DeserializeGuard;
+use super::objects::Guarded;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::mapping::{self, Invalid, Mapped, Parsed, Rejection, Skip};
@@ -59,11 +60,11 @@ impl fmt::Display for Kind {
 #[derive(Debug, Clone)]
 pub enum Object {
     /// A HostedCluster.
-    HostedCluster(DeserializeGuard<HostedCluster>),
+    HostedCluster(Guarded<HostedCluster>),
     /// A Route.
-    Route(DeserializeGuard<Route>),
+    Route(Guarded<Route>),
     /// A Service.
-    Service(DeserializeGuard<Service>),
+    Service(Guarded<Service>),
 }
 
 /// A HostedCluster's namespace and name.
@@ -106,9 +107,9 @@ enum Entry {
 }
 
 /// What the last build of one cluster gave, so only changes are logged.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Built {
-    routes: Vec<RouteSpec>,
+    routes: Arc<[RouteSpec]>,
     skipped: Option<Skip>,
     rejections: Vec<Rejection>,
     invalid: Option<String>,
@@ -303,7 +304,12 @@ impl Store {
                 }
                 continue;
             };
-            let before = self.built.remove(&key).unwrap_or_default();
+            let before = self.built.remove(&key).unwrap_or_else(|| Built {
+                routes: Arc::new([]),
+                skipped: None,
+                rejections: Vec::new(),
+                invalid: None,
+            });
             self.report(&key, &before, &built);
             if before.routes != built.routes {
                 rebuilt.changed = true;
@@ -313,14 +319,22 @@ impl Store {
         rebuilt
     }
 
-    /// Every built route, cluster by cluster in namespace/name order.
+    /// Every built route, cluster by cluster in namespace/name order: one shared slice per
+    /// cluster, so handing them to the publisher copies nothing.
+    pub fn route_sets(&self) -> Vec<Arc<[RouteSpec]>> {
+        self.built
+            .values()
+            .filter(|b| !b.routes.is_empty())
+            .map(|b| b.routes.clone())
+            .collect()
+    }
+
+    /// Every built route, copied, in the order of [`Store::route_sets`].
     pub fn routes(&self) -> Vec<RouteSpec> {
-        let total = self.built.values().map(|b| b.routes.len()).sum();
-        let mut routes = Vec::with_capacity(total);
-        for built in self.built.values() {
-            routes.extend(built.routes.iter().cloned());
-        }
-        routes
+        self.built
+            .values()
+            .flat_map(|b| b.routes.iter().cloned())
+            .collect()
     }
 
     /// Maps one cluster; `None` if it is gone.
@@ -328,8 +342,10 @@ impl Store {
         let entry = self.clusters.get(key)?;
         let Some(hc) = &entry.good else {
             return Some(Built {
+                routes: Arc::new([]),
+                skipped: None,
+                rejections: Vec::new(),
                 invalid: entry.invalid.clone(),
-                ..Built::default()
             });
         };
         let hcp = mapping::hcp_namespace(&key.namespace, &key.name);
@@ -345,7 +361,7 @@ impl Store {
             |name| services.and_then(|m| m.get(name)).map(|s| &s.value),
         );
         Some(Built {
-            routes,
+            routes: routes.into(),
             skipped,
             rejections,
             invalid: entry.invalid.clone(),
@@ -412,10 +428,7 @@ impl Store {
         };
         Some(match object {
             Object::HostedCluster(g) => {
-                let good = g.0.ok().map(|mut hc| {
-                    hc.metadata = slim(&hc.metadata, true);
-                    hc
-                });
+                let good = g.0.ok();
                 Entry::Cluster(
                     Key {
                         namespace,
@@ -429,17 +442,11 @@ impl Store {
                 )
             }
             Object::Route(g) => {
-                let value = g.0.map_err(|e| invalid(e.error)).map(|mut r| {
-                    r.metadata = slim(&r.metadata, false);
-                    r
-                });
+                let value = g.0.map_err(|e| invalid(e.error));
                 Entry::Route(namespace, name.clone(), Stored { rv, value })
             }
             Object::Service(g) => {
-                let value = g.0.map_err(|e| invalid(e.error)).map(|mut s| {
-                    s.metadata = slim(&s.metadata, false);
-                    s
-                });
+                let value = g.0.map_err(|e| invalid(e.error));
                 Entry::Service(namespace, name.clone(), Stored { rv, value })
             }
         })
@@ -501,28 +508,12 @@ impl Store {
     }
 }
 
-fn meta_of<K: ::kube::Resource>(guard: &DeserializeGuard<K>) -> &ObjectMeta {
+fn meta_of<K: ::kube::Resource<DynamicType = ()>>(guard: &Guarded<K>) -> &ObjectMeta {
     ::kube::Resource::meta(guard)
 }
 
-fn error_of<K>(result: &Result<K, ::kube::core::error_boundary::InvalidObject>) -> Option<String> {
+fn error_of<K>(result: &Result<K, super::objects::InvalidObject>) -> Option<String> {
     result.as_ref().err().map(|e| e.error.clone())
-}
-
-/// The metadata routing reads, without the rest (managed fields, annotations) that would
-/// otherwise be kept for every Service in the cluster.
-fn slim(meta: &ObjectMeta, keep_deletion: bool) -> ObjectMeta {
-    ObjectMeta {
-        name: meta.name.clone(),
-        namespace: meta.namespace.clone(),
-        resource_version: meta.resource_version.clone(),
-        deletion_timestamp: if keep_deletion {
-            meta.deletion_timestamp.clone()
-        } else {
-            None
-        },
-        ..ObjectMeta::default()
-    }
 }
 
 fn remove_from<T>(map: &mut ByNamespace<T>, ns: &str, name: &str) {

@@ -1,0 +1,336 @@
+//! The PROXY protocol (HAProxy's v1 text and v2 binary headers), a pure layer over `ppp`.
+//!
+//! Inbound, a header from a trusted load balancer names the real client; on the ClusterID
+//! listener, its TLV 0x20 names the hosted cluster. Outbound, a route can send one to its
+//! backend so the hosted kube-apiserver sees who connects.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use ppp::v2;
+use ppp::PartialResult;
+
+/// The v2 signature: 12 bytes no text protocol starts with.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+/// The v1 signature.
+const V1_SIGNATURE: &[u8] = b"PROXY ";
+/// The longest v1 header, CRLF included (the spec's 107 bytes).
+const V1_MAX_LEN: usize = 107;
+/// The TLV type HyperShift's node-side proxies put the HostedCluster's `spec.clusterID` in.
+pub const CLUSTER_ID_TLV: u8 = 0x20;
+
+/// A PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V1 => "v1",
+            Self::V2 => "v2",
+        })
+    }
+}
+
+/// Which inbound headers a listener takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Exactly this version, always.
+    Required(Version),
+    /// Either version, or none (the connection starts with TLS).
+    Optional,
+}
+
+/// What the bytes read so far hold at the start of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Too few bytes to tell.
+    NeedMore,
+    /// No header: the connection starts with its payload (only with [`Expect::Optional`]).
+    Absent,
+    /// A complete header of `len` bytes.
+    Header(Header),
+    /// Not a header this listener takes; never becomes one with more bytes.
+    Invalid(&'static str),
+}
+
+/// What an inbound header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Bytes the header takes at the start of the stream; the payload follows.
+    pub len: usize,
+    /// The original client, for PROXY commands over TCP; `None` for LOCAL (health checks)
+    /// or UNKNOWN, where the peer address stands.
+    pub source: Option<SocketAddr>,
+    /// The ClusterID TLV (type 0x20), when present and UTF-8.
+    pub cluster_id: Option<Box<str>>,
+}
+
+/// Reads a PROXY header at the start of `buf`.
+pub fn parse(buf: &[u8], expect: Expect) -> Parsed {
+    let v2 = could_be(buf, V2_SIGNATURE);
+    let v1 = could_be(buf, V1_SIGNATURE);
+    match (expect, v1, v2) {
+        (_, Signature::Prefix, _) | (_, _, Signature::Prefix) => Parsed::NeedMore,
+        (Expect::Required(Version::V2) | Expect::Optional, _, Signature::Full) => parse_v2(buf),
+        (Expect::Required(Version::V1) | Expect::Optional, Signature::Full, _) => parse_v1(buf),
+        (Expect::Optional, Signature::No, Signature::No) => Parsed::Absent,
+        (Expect::Required(Version::V1), _, Signature::Full) => {
+            Parsed::Invalid("a v2 header where v1 is required")
+        }
+        (Expect::Required(Version::V2), Signature::Full, _) => {
+            Parsed::Invalid("a v1 header where v2 is required")
+        }
+        (Expect::Required(_), Signature::No, Signature::No) => Parsed::Invalid("no PROXY header"),
+    }
+}
+
+enum Signature {
+    No,
+    Prefix,
+    Full,
+}
+
+fn could_be(buf: &[u8], signature: &[u8]) -> Signature {
+    let n = buf.len().min(signature.len());
+    if buf[..n] != signature[..n] {
+        Signature::No
+    } else if n < signature.len() {
+        Signature::Prefix
+    } else {
+        Signature::Full
+    }
+}
+
+fn parse_v2(buf: &[u8]) -> Parsed {
+    let header = match v2::Header::try_from(buf) {
+        Ok(header) => header,
+        Err(e) if e.is_incomplete() => return Parsed::NeedMore,
+        Err(_) => return Parsed::Invalid("malformed v2 header"),
+    };
+    let source = match (header.command, header.addresses) {
+        (v2::Command::Local, _) => None,
+        (_, v2::Addresses::IPv4(a)) => {
+            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+        }
+        (_, v2::Addresses::IPv6(a)) => {
+            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+        }
+        (_, v2::Addresses::Unspecified | v2::Addresses::Unix(_)) => None,
+    };
+    let mut cluster_id = None;
+    for tlv in header.tlvs() {
+        let Ok(tlv) = tlv else {
+            return Parsed::Invalid("malformed v2 TLV");
+        };
+        if tlv.kind == CLUSTER_ID_TLV {
+            cluster_id = std::str::from_utf8(&tlv.value).ok().map(Box::from);
+        }
+    }
+    Parsed::Header(Header {
+        len: header.len(),
+        source,
+        cluster_id,
+    })
+}
+
+fn parse_v1(buf: &[u8]) -> Parsed {
+    // Only a whole line is judged: a line cut short can look malformed to the parser.
+    let Some(end) = buf
+        .windows(2)
+        .take(V1_MAX_LEN - 1)
+        .position(|w| w == b"\r\n")
+    else {
+        return if buf.len() >= V1_MAX_LEN {
+            Parsed::Invalid("v1 header longer than 107 bytes")
+        } else {
+            Parsed::NeedMore
+        };
+    };
+    // The whole line is here, so an error the parser calls incomplete is final too.
+    let Ok(header) = ppp::v1::Header::try_from(&buf[..end + 2]) else {
+        return Parsed::Invalid("malformed v1 header");
+    };
+    let source = match header.addresses {
+        ppp::v1::Addresses::Tcp4(a) => {
+            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+        }
+        ppp::v1::Addresses::Tcp6(a) => {
+            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+        }
+        ppp::v1::Addresses::Unknown => None,
+    };
+    Parsed::Header(Header {
+        len: header.header.len(),
+        source,
+        cluster_id: None,
+    })
+}
+
+/// The header a route sends its backend: `client` connected to `local`. Mixed families are
+/// sent as IPv6, with the IPv4 side mapped.
+pub fn encode(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    let (client, local) = same_family(client, local);
+    match version {
+        Version::V1 => {
+            let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+            format!(
+                "PROXY {family} {} {} {} {}\r\n",
+                client.ip(),
+                local.ip(),
+                client.port(),
+                local.port()
+            )
+            .into_bytes()
+        }
+        Version::V2 => {
+            let header = v2::Builder::with_addresses(
+                v2::Version::Two | v2::Command::Proxy,
+                v2::Protocol::Stream,
+                (client, local),
+            );
+            // Building into a Vec cannot fail: the only errors are from io::Write on it.
+            header.build().unwrap_or_default()
+        }
+    }
+}
+
+fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    match (a, b) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => (a, b),
+        _ => (to_v6(a), to_v6(b)),
+    }
+}
+
+fn to_v6(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        v6 => v6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO_START: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00];
+
+    fn v2_with_cluster_id(id: &str) -> Vec<u8> {
+        v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            (
+                "10.1.2.3:5555".parse::<SocketAddr>().unwrap(),
+                "10.9.9.9:6443".parse::<SocketAddr>().unwrap(),
+            ),
+        )
+        .write_tlv(CLUSTER_ID_TLV, id.as_bytes())
+        .unwrap()
+        .build()
+        .unwrap()
+    }
+
+    #[test]
+    fn v2_header_yields_source_cluster_id_and_length_at_every_split() {
+        let mut bytes = v2_with_cluster_id("0b1c2d3e-0000-4000-8000-000000000001");
+        let len = bytes.len();
+        bytes.extend_from_slice(HELLO_START);
+        for cut in 0..len {
+            assert_eq!(
+                parse(&bytes[..cut], Expect::Required(Version::V2)),
+                Parsed::NeedMore,
+                "cut {cut}"
+            );
+        }
+        let want = Parsed::Header(Header {
+            len,
+            source: Some("10.1.2.3:5555".parse().unwrap()),
+            cluster_id: Some("0b1c2d3e-0000-4000-8000-000000000001".into()),
+        });
+        assert_eq!(parse(&bytes, Expect::Required(Version::V2)), want);
+        assert_eq!(parse(&bytes, Expect::Optional), want);
+    }
+
+    #[test]
+    fn v1_header_yields_source_at_every_split() {
+        let mut bytes = b"PROXY TCP6 2001:db8::1 2001:db8::2 40000 443\r\n".to_vec();
+        let len = bytes.len();
+        bytes.extend_from_slice(HELLO_START);
+        for cut in 0..len {
+            assert_eq!(
+                parse(&bytes[..cut], Expect::Required(Version::V1)),
+                Parsed::NeedMore,
+                "cut {cut}"
+            );
+        }
+        assert_eq!(
+            parse(&bytes, Expect::Optional),
+            Parsed::Header(Header {
+                len,
+                source: Some("[2001:db8::1]:40000".parse().unwrap()),
+                cluster_id: None
+            })
+        );
+    }
+
+    #[test]
+    fn optional_passes_tls_through_and_required_refuses_it() {
+        assert_eq!(parse(HELLO_START, Expect::Optional), Parsed::Absent);
+        assert_eq!(
+            parse(&HELLO_START[..1], Expect::Optional),
+            Parsed::Absent,
+            "decided on one byte"
+        );
+        assert!(matches!(
+            parse(HELLO_START, Expect::Required(Version::V2)),
+            Parsed::Invalid(_)
+        ));
+        assert!(matches!(
+            parse(
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+                Expect::Required(Version::V2)
+            ),
+            Parsed::Invalid(_)
+        ));
+        assert!(matches!(
+            parse(&v2_with_cluster_id("x"), Expect::Required(Version::V1)),
+            Parsed::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn malformed_headers_are_invalid_not_pending() {
+        assert!(matches!(
+            parse(b"PROXY TCP4 nonsense here\r\n", Expect::Optional),
+            Parsed::Invalid(_)
+        ));
+        let mut bad = v2_with_cluster_id("x");
+        bad[12] = 0x11; // version 1 in the binary header
+        let got = parse(&bad, Expect::Optional);
+        assert!(matches!(got, Parsed::Invalid(_)), "{got:?}");
+    }
+
+    #[test]
+    fn encodes_what_it_parses() {
+        let client: SocketAddr = "192.0.2.10:40001".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        for version in [Version::V1, Version::V2] {
+            let bytes = encode(version, client, local);
+            let Parsed::Header(header) = parse(&bytes, Expect::Required(version)) else {
+                panic!("{version} did not parse");
+            };
+            assert_eq!((header.len, header.source), (bytes.len(), Some(client)));
+        }
+        assert_eq!(
+            encode(Version::V1, client, local),
+            b"PROXY TCP4 192.0.2.10 127.0.0.1 40001 8443\r\n"
+        );
+        let mixed = encode(Version::V1, client, "[::1]:8443".parse().unwrap());
+        assert_eq!(mixed, b"PROXY TCP6 ::ffff:192.0.2.10 ::1 40001 8443\r\n");
+    }
+}

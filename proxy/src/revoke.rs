@@ -1,0 +1,150 @@
+//! Revocation: closing established connections that a new table would refuse.
+//!
+//! HAProxy and Envoy keep such connections until they end by themselves, which can be days
+//! for a kubectl watch. Here each forwarded connection is registered with what it was routed
+//! by; after every table swap the ones the new table would refuse (route gone, or the client
+//! no longer in its allow list) are closed once `revoke_grace` has passed, if the table then
+//! in force still refuses them.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::name::ServerName;
+use crate::table::{Snapshot, Table};
+
+/// What a connection was routed by.
+#[derive(Debug, Clone)]
+pub(crate) enum RouteKey {
+    /// The SNI name.
+    Name(ServerName),
+    /// The ClusterID TLV.
+    ClusterId(Box<str>),
+}
+
+impl RouteKey {
+    /// Whether `table` would still route a connection from `client` by this key.
+    fn admitted(&self, table: &Table, client: IpAddr) -> bool {
+        match self {
+            Self::Name(name) => table.lookup(name).is_some_and(|r| r.allows(client)),
+            Self::ClusterId(id) => table.lookup_cluster_id(id).is_some(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Live {
+    key: RouteKey,
+    client: IpAddr,
+    revoke: CancellationToken,
+}
+
+/// Every forwarded connection, while revocation is on.
+#[derive(Debug, Default)]
+pub struct Connections {
+    next_id: AtomicU64,
+    live: Mutex<HashMap<u64, Live>>,
+}
+
+/// A connection's entry; removed when dropped.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    connections: Arc<Connections>,
+    id: u64,
+    /// Cancelled when the connection is revoked.
+    pub(crate) revoked: CancellationToken,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.connections.lock().remove(&self.id);
+    }
+}
+
+impl Connections {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Live>> {
+        // Entries are plain data: a panic elsewhere cannot leave them half-written.
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a connection routed by `key` for `client`.
+    pub(crate) fn register(self: &Arc<Self>, key: RouteKey, client: IpAddr) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let revoked = CancellationToken::new();
+        let live = Live {
+            key,
+            client,
+            revoke: revoked.clone(),
+        };
+        self.lock().insert(id, live);
+        Registration {
+            connections: self.clone(),
+            id,
+            revoked,
+        }
+    }
+
+    /// The connections `table` would refuse.
+    fn refused_by(&self, table: &Table) -> Vec<u64> {
+        self.lock()
+            .iter()
+            .filter(|(_, live)| !live.key.admitted(table, live.client))
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Closes those of `ids` that `table` still refuses; returns how many.
+    fn revoke(&self, ids: &[u64], table: &Table) -> usize {
+        let live = self.lock();
+        ids.iter()
+            .filter_map(|id| live.get(id))
+            .filter(|live| !live.key.admitted(table, live.client))
+            .inspect(|live| live.revoke.cancel())
+            .count()
+    }
+
+    /// Follows every published table until `snapshots` closes, revoking after `grace`.
+    pub async fn watch(
+        self: Arc<Self>,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+        grace: Duration,
+        metrics: Arc<Metrics>,
+    ) {
+        while snapshots.changed().await.is_ok() {
+            let snapshot = snapshots.borrow_and_update().clone();
+            let doomed = self.refused_by(&snapshot.table);
+            if doomed.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                connections = doomed.len(),
+                generation = snapshot.generation,
+                grace = ?grace,
+                "established connections no longer admitted; revoking after the grace period"
+            );
+            let connections = self.clone();
+            let latest = snapshots.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                // Judged by the table in force now: a route that came back is left alone.
+                let table = latest.borrow().clone();
+                let revoked = connections.revoke(&doomed, &table.table);
+                metrics.revoked.inc_by(revoked as u64);
+                if revoked > 0 {
+                    tracing::info!(
+                        revoked,
+                        generation = table.generation,
+                        "connections revoked"
+                    );
+                }
+            });
+        }
+    }
+}
