@@ -69,12 +69,15 @@ impl Activity {
 pub async fn forward(
     client: TcpStream,
     backend: TcpStream,
-    first: &[u8],
+    first: Vec<u8>,
     idle_timeout: Duration,
     counters: &ByteCounters,
     revoked: impl std::future::Future<Output = ()>,
 ) -> io::Result<Totals> {
-    write_all(&backend, first).await?;
+    write_all(&backend, &first).await?;
+    let first_len = first.len();
+    // Freed before the pair can go idle: an idle connection holds no buffer.
+    drop(first);
     let activity = Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
@@ -87,7 +90,7 @@ pub async fn forward(
             total: counters.backend_to_client.clone(),
         },
     };
-    activity.record(&activity.client_to_backend, first.len());
+    activity.record(&activity.client_to_backend, first_len);
     let both = async {
         tokio::try_join!(
             pump(&client, &backend, &activity, &activity.client_to_backend),

@@ -37,7 +37,7 @@ async fn proxied(
         forward(
             proxy_client,
             proxy_backend,
-            &first,
+            first,
             idle,
             &Default::default(),
             std::future::pending(),
