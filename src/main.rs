@@ -201,7 +201,7 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     if let Some(kube_source) = kube_source {
         tokio::spawn(kube_source.run(shutdown.clone()));
     }
-    tokio::spawn(proxy.clone().revoke_on_swap(publisher.subscribe()));
+    tokio::spawn(proxy.clone().follow_swaps(publisher.subscribe()));
     for (bound, kind) in listeners {
         tokio::spawn(listener::serve(
             bound,

@@ -663,6 +663,61 @@ async fn global_max_connections_closes_the_extra_one_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_of_removed_routes_go_once_idle() {
+    let a = RawBackend::start();
+    let b = RawBackend::start();
+    let both = Cfg::new()
+        .route("a", &["a.example.test"], &[a.addr()])
+        .route("b", &["b.example.test"], &[b.addr()]);
+    let mut proxy = Sniroute::start(both.yaml());
+    let held = open_raw_stream(&proxy, &a, 0, "a.example.test").await;
+    drop(open_raw_stream(&proxy, &b, 0, "b.example.test").await);
+    let series =
+        |s: &Scrape, route: &str| s.get("sniroute_route_active_connections", &[("route", route)]);
+    scrape_until(&proxy, STEP, "b's connection closed", |s| {
+        series(s, "b") == Some(0.0)
+    });
+
+    // Both routes leave the table: b is idle and its series goes; a still carries a
+    // connection (revoke_grace is off), so its series stays until that ends.
+    let generation = proxy.generation();
+    let c = RawBackend::start();
+    proxy.rename_config(
+        Cfg::new()
+            .route("c", &["c.example.test"], &[c.addr()])
+            .set("revoke_grace", "off")
+            .yaml(),
+    );
+    scrape_until(&proxy, STEP, "the reload published", |s| {
+        s.get("sniroute_table_generation", &[]) == Some(generation as f64 + 1.0)
+    });
+    let after = scrape_until(&proxy, STEP, "b's series pruned", |s| {
+        series(s, "b").is_none()
+    });
+    assert_eq!(
+        series(&after, "a"),
+        Some(1.0),
+        "a busy route's series must stay"
+    );
+
+    // The next swap after a's connection ends takes its series too.
+    drop(held);
+    scrape_until(&proxy, STEP, "a's connection closed", |s| {
+        series(s, "a") == Some(0.0)
+    });
+    proxy.rename_config(
+        Cfg::new()
+            .route("c", &["c.example.test"], &[c.addr()])
+            .route("d", &["d.example.test"], &[c.addr()])
+            .set("revoke_grace", "off")
+            .yaml(),
+    );
+    scrape_until(&proxy, STEP, "a's series pruned", |s| {
+        series(s, "a").is_none()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_max_connections_limits_one_tenant_only() {
     let busy = RawBackend::start();
     let other = RawBackend::start();
@@ -811,13 +866,14 @@ async fn failing_endpoints_are_ejected_skipped_and_come_back() {
         find_ejected(&proxy, solo).is_none(),
         "still ejected after a good connect"
     );
+    // A healthy endpoint has no series: endpoints that come and go leave none behind.
     let scrape = Scrape::of(&proxy);
     assert_eq!(
-        scrape.value(
+        scrape.get(
             "sniroute_endpoint_ejected",
             &[("route", "solo"), ("endpoint", &solo.to_string())]
         ),
-        0.0
+        None
     );
     drop(tcp);
 }

@@ -93,17 +93,30 @@ impl Proxy {
         }
     }
 
-    /// Follows `snapshots` and revokes connections the new tables refuse, if revocation is
-    /// on; returns at once otherwise.
-    pub async fn revoke_on_swap(
+    /// Follows every published table until `snapshots` closes: revokes connections the new
+    /// table refuses (if revocation is on) and drops the metrics of routes that are gone.
+    pub async fn follow_swaps(
         self: Arc<Self>,
-        snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+        mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     ) {
         if let Some(grace) = self.settings.revoke_grace {
             let connections = self.connections.clone();
-            connections
-                .watch(snapshots, grace, self.metrics.clone())
-                .await;
+            tokio::spawn(connections.watch(snapshots.clone(), grace, self.metrics.clone()));
+        }
+        let mut previous = snapshots.borrow_and_update().clone();
+        let mut busy = Vec::new();
+        while snapshots.changed().await.is_ok() {
+            let current = snapshots.borrow_and_update().clone();
+            let gone: Vec<String> = previous
+                .table
+                .routes()
+                .iter()
+                .map(|route| route.name().to_owned())
+                .chain(busy)
+                .filter(|name| current.table.route(name).is_none())
+                .collect();
+            busy = self.metrics.prune_routes(gone);
+            previous = current;
         }
     }
 

@@ -145,15 +145,38 @@ impl Metrics {
         })
     }
 
-    /// Sets whether `endpoint` of `route` is ejected.
+    /// Sets whether `endpoint` of `route` is ejected; a healthy endpoint has no series, so
+    /// endpoints that come and go leave none behind.
     pub(crate) fn set_ejected(&self, route: &str, endpoint: &str, ejected: bool) {
         let labels = EndpointLabels {
             route: route.to_owned(),
             endpoint: endpoint.to_owned(),
         };
-        self.endpoint_ejected
-            .get_or_create(&labels)
-            .set(i64::from(ejected));
+        if ejected {
+            self.endpoint_ejected.get_or_create(&labels).set(1);
+        } else {
+            self.endpoint_ejected.remove(&labels);
+        }
+    }
+
+    /// Drops the per-route series of `routes` (gone from the table) that carry no connection,
+    /// so clusters that come and go over months do not grow the scrape. Returns the ones
+    /// still carrying connections, to try again later.
+    pub(crate) fn prune_routes(&self, routes: Vec<String>) -> Vec<String> {
+        let mut busy = Vec::new();
+        for route in routes {
+            let labels = RouteLabels { route };
+            // The read guard must be gone before remove() takes the write lock.
+            let active = self.route_active.get(&labels).map(|gauge| gauge.get());
+            match active {
+                Some(n) if n > 0 => busy.push(labels.route),
+                Some(_) => {
+                    self.route_active.remove(&labels);
+                }
+                None => {}
+            }
+        }
+        busy
     }
 }
 
@@ -176,5 +199,46 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_drops_idle_series_of_gone_routes_and_keeps_busy_ones() {
+        let metrics = Metrics::register(&mut Registry::default());
+        let _idle = metrics.route_gauge("idle");
+        let busy = ActiveGuard::try_take(metrics.route_gauge("busy"), None);
+        let still_busy = metrics.prune_routes(vec!["idle".into(), "busy".into(), "never".into()]);
+        assert_eq!(still_busy, ["busy"]);
+        let series = |route: &str| {
+            let labels = RouteLabels {
+                route: route.into(),
+            };
+            metrics.route_active.get(&labels).map(|gauge| gauge.get())
+        };
+        assert_eq!(series("idle"), None);
+        assert_eq!(series("busy"), Some(1));
+        drop(busy);
+        assert!(metrics.prune_routes(still_busy).is_empty());
+        assert_eq!(series("busy"), None);
+    }
+
+    #[test]
+    fn healthy_endpoints_have_no_series() {
+        let metrics = Metrics::register(&mut Registry::default());
+        let labels = EndpointLabels {
+            route: "r".into(),
+            endpoint: "127.0.0.1:1".into(),
+        };
+        metrics.set_ejected("r", "127.0.0.1:1", true);
+        assert_eq!(
+            metrics.endpoint_ejected.get(&labels).map(|g| g.get()),
+            Some(1)
+        );
+        metrics.set_ejected("r", "127.0.0.1:1", false);
+        assert!(metrics.endpoint_ejected.get(&labels).is_none());
     }
 }

@@ -4,7 +4,7 @@
 //! swaps it in; a connection loads the current snapshot once, at routing time, so a swap never
 //! touches connections already routed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -229,6 +229,7 @@ pub struct Table {
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<ServerName, Arc<Route>>,
     by_cluster_id: HashMap<Box<str>, Arc<Route>>,
+    by_name: HashMap<Box<str>, Arc<Route>>,
     routes: Vec<Arc<Route>>,
 }
 
@@ -236,10 +237,14 @@ impl Table {
     /// Builds a table, refusing duplicate route names and hostnames claimed by two routes.
     pub fn new(routes: Vec<Route>) -> Result<Self, TableError> {
         let mut table = Self::default();
-        let mut names = HashSet::with_capacity(routes.len());
+        table.by_name.reserve(routes.len());
         for route in routes {
             let route = Arc::new(route);
-            if !names.insert(route.name.clone()) {
+            if table
+                .by_name
+                .insert(route.name.clone(), route.clone())
+                .is_some()
+            {
                 return Err(TableError::DuplicateRoute {
                     route: route.name.to_string(),
                 });
@@ -285,6 +290,11 @@ impl Table {
     /// The route a PROXY-v2 connection naming hosted-cluster `cluster_id` goes to.
     pub fn lookup_cluster_id(&self, cluster_id: &str) -> Option<&Arc<Route>> {
         self.by_cluster_id.get(cluster_id)
+    }
+
+    /// The route named `name`.
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.by_name.get(name)
     }
 
     /// Every route, in the order the source gave them.
