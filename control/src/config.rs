@@ -540,7 +540,8 @@ impl RawConfig {
         });
         let cluster_id_listen = self.cluster_id_listen.and_then(|v| {
             let addr = socket_addr("cluster_id_listen", &v, &mut p)?;
-            if listen.contains(&addr) || addr == admin {
+            // Port 0 asks for a free port: it cannot clash with another port-0 listener.
+            if addr.port() != 0 && (listen.contains(&addr) || addr == admin) {
                 p.at(
                     v.referenced,
                     None,
@@ -719,7 +720,8 @@ fn validate_listen(listen: Option<Spanned<OneOrMany>>, p: &mut Problems<'_>) -> 
         let Some(addr) = socket_addr("listen", item, p) else {
             continue;
         };
-        if !seen.insert(addr) {
+        // Port 0 asks the kernel for a fresh port each time, so it can be listed twice.
+        if addr.port() != 0 && !seen.insert(addr) {
             p.at(
                 item.referenced,
                 None,
@@ -1166,6 +1168,12 @@ mod tests {
     }
 
     #[test]
+    fn port_zero_may_be_listed_twice() {
+        let config = Config::parse("listen: [127.0.0.1:0, 127.0.0.1:0]\n", "t").unwrap();
+        assert_eq!(config.listen.len(), 2);
+    }
+
+    #[test]
     fn operations_keys_have_defaults_and_take_values() {
         let config = Config::parse(MINIMAL, "t").unwrap();
         assert_eq!(config.max_connections, None);
@@ -1401,6 +1409,13 @@ mod tests {
                 "4:20: cluster_id_listen: 0.0.0.0:8443 is already used by `listen` or `admin`",
                 "5:15: revoke_grace: must be more than zero",
             ]
+        );
+        // Port 0 is a fresh port each time, never one `listen` or `admin` already has.
+        let text = "listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\ncluster_id_listen: 127.0.0.1:0\n";
+        let config = Config::parse(text, "test.yaml").expect("port 0 everywhere is valid");
+        assert_eq!(
+            config.cluster_id_listen,
+            Some("127.0.0.1:0".parse().unwrap())
         );
         assert_eq!(
             one_problem(&format!("{MINIMAL}kubernetes: {{kubeconfig: x}}\n")),

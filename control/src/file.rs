@@ -56,6 +56,11 @@ struct State {
     failing: bool,
 }
 
+/// The error on one line (problems separated by `; `), so one event stays one log line.
+fn one_line(error: &ConfigError) -> String {
+    error.to_string().replace('\n', "; ")
+}
+
 // === impl FileSource ===
 
 impl FileSource {
@@ -117,7 +122,7 @@ impl FileSource {
             Err(source) => {
                 if !state.failing || forced {
                     let error = ConfigError::Read { file, source };
-                    tracing::warn!(error = %error, "config reload failed");
+                    tracing::warn!(error = %one_line(&error), "config reload failed");
                     self.publisher.source_failed(SourceKind::File);
                 }
                 state.failing = true;
@@ -141,7 +146,7 @@ impl FileSource {
         let (config, table) = match built {
             Ok(built) => built,
             Err(error) => {
-                tracing::warn!(error = %error, "config reload failed");
+                tracing::warn!(error = %one_line(&error), "config reload failed");
                 self.publisher.source_failed(SourceKind::File);
                 state.failing = true;
                 return;
@@ -168,7 +173,11 @@ impl FileSource {
         // The table was built above only to validate; the publisher merges the routes with
         // the other sources' and builds the table in use.
         drop(table);
-        if self.publisher.update(SourceKind::File, config.route_specs()).is_err() {
+        if self
+            .publisher
+            .update(SourceKind::File, config.route_specs())
+            .is_err()
+        {
             state.failing = true;
             return;
         }
