@@ -1123,6 +1123,23 @@ impl Sniroute {
         self.admin
     }
 
+    /// The address of the `listening kind=<kind>` line (e.g. `cluster_id`), waiting (bounded
+    /// by [`STARTUP`]) for it to be logged.
+    pub fn listener_addr(&self, kind: &str) -> SocketAddr {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if let Some(addr) = listening_addr_of(&self.logs(), kind) {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `listening kind={kind}` line within {STARTUP:?}; logs:\n{}",
+                self.logs().join("\n")
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// The config file path passed with `--config`.
     pub fn config_path(&self) -> &Path {
         &self.config
@@ -1364,6 +1381,29 @@ pub fn listening_addrs(lines: &[String]) -> (Vec<SocketAddr>, Option<SocketAddr>
         }
     }
     (proxy, admin)
+}
+
+/// The address of the first `listening` line of `kind` (text or JSON logs).
+pub fn listening_addr_of(lines: &[String], kind: &str) -> Option<SocketAddr> {
+    lines
+        .iter()
+        .filter(|l| l.contains("listening"))
+        .find_map(|line| {
+            if line.starts_with('{') {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                return (v["kind"].as_str()? == kind)
+                    .then(|| v["addr"].as_str()?.parse().ok())
+                    .flatten();
+            }
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|f| f.strip_prefix(key))
+                    .map(|v| v.trim_matches('"'))
+            };
+            (field("kind=")? == kind)
+                .then(|| field("addr=")?.parse().ok())
+                .flatten()
+        })
 }
 
 /// Runs `sniroute <args>` to completion (bounded by [`STARTUP`]); kills it if it doesn't exit.

@@ -1,0 +1,580 @@
+//! End to end: the PROXY protocol. Routes send v1/v2 headers naming the real client to their
+//! backends; listeners take headers only from `trusted_proxies`, whose source then stands for
+//! the client in allow lists; malformed headers are refused promptly; the ClusterID listener
+//! routes a header's TLV 0x20 to the hosted cluster's kube-apiserver without reading SNI.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fake_kube::FakeKube;
+use common::*;
+use control::kube::fixtures;
+use ppp::v2;
+use rustls::pki_types::ServerName;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::{timeout, Instant};
+use tokio_rustls::TlsConnector;
+
+/// The source a trusted load balancer claims, and one outside the allow lists.
+const CLAIMED: &str = "192.0.2.10:4000";
+const OUTSIDER: &str = "198.51.100.1:4000";
+/// The TLV type carrying the HostedCluster's `spec.clusterID`.
+const CLUSTER_ID_TLV: u8 = 0x20;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A captured ClientHello for `sni` (the fixture's own name is `api.example.test`).
+fn hello(sni: &str) -> Vec<u8> {
+    with_sni(&fixture("openssl-3.0.bin"), sni.as_bytes())
+}
+
+/// A v2 PROXY header `src -> dst`, with a ClusterID TLV if given.
+fn v2_header(src: SocketAddr, dst: SocketAddr, cluster_id: Option<&str>) -> Vec<u8> {
+    let mut builder = v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Proxy,
+        v2::Protocol::Stream,
+        (src, dst),
+    );
+    if let Some(id) = cluster_id {
+        builder = builder.write_tlv(CLUSTER_ID_TLV, id.as_bytes()).unwrap();
+    }
+    builder.build().unwrap()
+}
+
+/// The v1 PROXY line `src -> dst` (same family).
+fn v1_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let family = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+    format!(
+        "PROXY {family} {} {} {} {}\r\n",
+        src.ip(),
+        dst.ip(),
+        src.port(),
+        dst.port()
+    )
+    .into_bytes()
+}
+
+/// A TCP connection to `to` from a socket bound to `from` (port 0).
+async fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
+    let socket = match from {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let tcp = timeout(STEP, socket.connect(to))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    tcp.set_nodelay(true).unwrap();
+    tcp
+}
+
+/// Connects to `to`, sends `bytes` and half-closes: the proxy then forwards EOF after them, so
+/// a backend's record ends exactly where the proxy's sending ended.
+async fn send_from(from: IpAddr, to: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut tcp = connect_from(from, to).await;
+    tcp.write_all(bytes).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    tcp
+}
+
+async fn send(to: SocketAddr, bytes: &[u8]) -> TcpStream {
+    send_from(to.ip(), to, bytes).await
+}
+
+/// Everything connection `index` of `backend` got, up to the EOF the client's half-close caused.
+fn received_all(backend: &RawBackend, index: usize) -> Vec<u8> {
+    let got = backend.wait_received(index, usize::MAX, STEP);
+    assert!(backend.eof_seen(index), "no EOF at connection {index}");
+    got
+}
+
+/// Splits a v2 header off `bytes`: (source, destination, the rest).
+fn split_v2(bytes: &[u8]) -> (SocketAddr, SocketAddr, &[u8]) {
+    let header = v2::Header::try_from(bytes)
+        .unwrap_or_else(|e| panic!("backend did not get a v2 header ({e:?}): {bytes:02x?}"));
+    assert_eq!(header.command, v2::Command::Proxy);
+    assert_eq!(header.protocol, v2::Protocol::Stream);
+    let (src, dst) = match header.addresses {
+        v2::Addresses::IPv4(a) => (
+            SocketAddr::new(a.source_address.into(), a.source_port),
+            SocketAddr::new(a.destination_address.into(), a.destination_port),
+        ),
+        v2::Addresses::IPv6(a) => (
+            SocketAddr::new(a.source_address.into(), a.source_port),
+            SocketAddr::new(a.destination_address.into(), a.destination_port),
+        ),
+        other => panic!("v2 header with addresses {other:?}"),
+    };
+    (src, dst, &bytes[header.len()..])
+}
+
+/// Asserts `backend` got a v2 header `src -> dst` and then exactly `payload`.
+fn assert_v2_then(
+    backend: &RawBackend,
+    index: usize,
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+) {
+    let got = received_all(backend, index);
+    let (got_src, got_dst, rest) = split_v2(&got);
+    assert_eq!((got_src, got_dst), (src, dst), "v2 header addresses");
+    assert!(
+        rest == payload,
+        "after the v2 header: not the ClientHello byte for byte"
+    );
+    assert_eq!(got, [v2_header(src, dst, None), payload.to_vec()].concat());
+}
+
+/// Asserts the proxy closes `tcp` (without forwarding anything) and logs `reason`.
+async fn assert_refused(proxy: &Sniroute, mark: usize, mut tcp: TcpStream, reason: &str) -> String {
+    let out = read_until_closed(&mut tcp, STEP).await;
+    assert!(
+        out.end.closed(),
+        "still open after {STEP:?}, expected refusal {reason}"
+    );
+    proxy.wait_refusal_since(mark, reason, STEP)
+}
+
+// === Sending ===
+
+#[tokio::test]
+async fn routes_send_v2_and_v1_headers_naming_the_client_then_the_hello() {
+    let (b2, b1) = (RawBackend::start(), RawBackend::start());
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .route("two", &["api.example.test"], &[b2.addr()])
+            .route_key("proxy_protocol", "v2")
+            .route("one", &["v1.example.test"], &[b1.addr()])
+            .route_key("proxy_protocol", "v1")
+            .yaml(),
+    );
+    let listen = proxy.proxy_addr();
+
+    let hello2 = hello("api.example.test");
+    let tcp = send(listen, &hello2).await;
+    let client = tcp.local_addr().unwrap();
+    assert_eq!(client.ip(), addr("127.0.0.1:0").ip());
+    assert_v2_then(&b2, 0, client, listen, &hello2);
+
+    let hello1 = hello("v1.example.test");
+    let tcp = send(listen, &hello1).await;
+    let client = tcp.local_addr().unwrap();
+    let want = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+        client.port(),
+        listen.port()
+    );
+    let got = received_all(&b1, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&got[..want.len().min(got.len())]),
+        want
+    );
+    assert!(
+        got[want.len()..] == hello1[..],
+        "v1: not the ClientHello after the header"
+    );
+    assert_eq!((b1.accepted(), b2.accepted()), (1, 1));
+}
+
+#[tokio::test]
+async fn ipv6_clients_get_ipv6_headers() {
+    let (b2, b1) = (RawBackend::start(), RawBackend::start());
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .listen(&["[::1]:0"])
+            .route("two", &["api.example.test"], &[b2.addr()])
+            .route_key("proxy_protocol", "v2")
+            .route("one", &["v1.example.test"], &[b1.addr()])
+            .route_key("proxy_protocol", "v1")
+            .yaml(),
+    );
+    let listen = proxy.proxy_addr();
+    assert!(listen.is_ipv6(), "{listen}");
+
+    let hello2 = hello("api.example.test");
+    let client = send(listen, &hello2).await.local_addr().unwrap();
+    assert_eq!(client.ip(), addr("[::1]:0").ip());
+    assert_v2_then(&b2, 0, client, listen, &hello2);
+
+    let hello1 = hello("v1.example.test");
+    let client = send(listen, &hello1).await.local_addr().unwrap();
+    let want = [v1_header(client, listen), hello1].concat();
+    assert!(want.starts_with(format!("PROXY TCP6 ::1 ::1 {} ", client.port()).as_bytes()));
+    let got = received_all(&b1, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&want)
+    );
+}
+
+// === Accepting ===
+
+/// Routes for the accepting tests: `api` open, `doc` only for 192.0.2.0/24, `lo` only for
+/// loopback, each sending a v2 header so the backend shows which client the proxy used.
+fn accepting(
+    mode: &str,
+    trusted: &str,
+    open: &RawBackend,
+    doc: &RawBackend,
+    lo: &RawBackend,
+) -> Sniroute {
+    Sniroute::start(
+        Cfg::new()
+            .set("accept_proxy_protocol", mode)
+            .set("trusted_proxies", &format!("[{}]", quote(trusted)))
+            .route("api", &["api.example.test"], &[open.addr()])
+            .route_key("proxy_protocol", "v2")
+            .route("doc", &["doc.example.test"], &[doc.addr()])
+            .route_key("allowed_cidrs", "[\"192.0.2.0/24\"]")
+            .route_key("proxy_protocol", "v2")
+            .route("lo", &["lo.example.test"], &[lo.addr()])
+            .route_key("allowed_cidrs", "[\"127.0.0.0/8\"]")
+            .route_key("proxy_protocol", "v2")
+            .yaml(),
+    )
+}
+
+#[tokio::test]
+async fn v2_from_a_trusted_peer_names_the_client_for_allow_lists_and_backends() {
+    let (open, doc, lo) = (
+        RawBackend::start(),
+        RawBackend::start(),
+        RawBackend::start(),
+    );
+    let proxy = accepting("v2", "127.0.0.1/32", &open, &doc, &lo);
+    let listen = proxy.proxy_addr();
+    let claimed = addr(CLAIMED);
+
+    // Routed, and the header's source (not the peer) goes on to the backend.
+    let api = hello("api.example.test");
+    send(
+        listen,
+        &[v2_header(claimed, listen, None), api.clone()].concat(),
+    )
+    .await;
+    assert_v2_then(&open, 0, claimed, listen, &api);
+
+    // The claimed source is what the allow list admits: the peer 127.0.0.1 is not in it.
+    let doc_hello = hello("doc.example.test");
+    let mut tcp = raw_connect(listen).await;
+    // Header and hello in separate writes: the proxy must read past the header's end.
+    tcp.write_all(&v2_header(claimed, listen, None))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    tcp.write_all(&doc_hello).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    assert_v2_then(&doc, 0, claimed, listen, &doc_hello);
+
+    // A claimed source outside the list is denied, and logged under that source...
+    let mark = proxy.log_mark();
+    let header = v2_header(addr(OUTSIDER), listen, None);
+    let tcp = send(listen, &[header.clone(), doc_hello.clone()].concat()).await;
+    let line = assert_refused(&proxy, mark, tcp, "denied").await;
+    assert!(line.contains("198.51.100.1"), "{line}");
+    // ...even where the peer itself would be admitted.
+    let mark = proxy.log_mark();
+    let tcp = send(listen, &[header, hello("lo.example.test")].concat()).await;
+    assert_refused(&proxy, mark, tcp, "denied").await;
+
+    // v2 is required: a bare ClientHello, even from the trusted peer, is not TLS here.
+    let mark = proxy.log_mark();
+    let tcp = send(listen, &api).await;
+    assert_refused(&proxy, mark, tcp, "not_tls").await;
+    // So is a v1 header.
+    let mark = proxy.log_mark();
+    let tcp = send(listen, &[v1_header(claimed, listen), api].concat()).await;
+    assert_refused(&proxy, mark, tcp, "not_tls").await;
+
+    assert_eq!((open.accepted(), doc.accepted(), lo.accepted()), (1, 1, 0));
+}
+
+#[tokio::test]
+async fn v1_from_a_trusted_peer_names_the_client() {
+    let (open, doc, lo) = (
+        RawBackend::start(),
+        RawBackend::start(),
+        RawBackend::start(),
+    );
+    let proxy = accepting("v1", "127.0.0.1/32", &open, &doc, &lo);
+    let listen = proxy.proxy_addr();
+    let claimed = addr(CLAIMED);
+
+    let doc_hello = hello("doc.example.test");
+    send(
+        listen,
+        &[v1_header(claimed, listen), doc_hello.clone()].concat(),
+    )
+    .await;
+    assert_v2_then(&doc, 0, claimed, listen, &doc_hello);
+
+    let mark = proxy.log_mark();
+    let tcp = send(
+        listen,
+        &[v1_header(addr(OUTSIDER), listen), doc_hello.clone()].concat(),
+    )
+    .await;
+    assert_refused(&proxy, mark, tcp, "denied").await;
+
+    // A v2 header is not what this listener takes.
+    let mark = proxy.log_mark();
+    let tcp = send(
+        listen,
+        &[v2_header(claimed, listen, None), doc_hello].concat(),
+    )
+    .await;
+    assert_refused(&proxy, mark, tcp, "not_tls").await;
+    assert_eq!((open.accepted(), doc.accepted(), lo.accepted()), (0, 1, 0));
+}
+
+#[tokio::test]
+async fn optional_takes_a_header_or_a_bare_hello_from_a_trusted_peer() {
+    let (open, doc, lo) = (
+        RawBackend::start(),
+        RawBackend::start(),
+        RawBackend::start(),
+    );
+    let proxy = accepting("optional", "127.0.0.1/32", &open, &doc, &lo);
+    let listen = proxy.proxy_addr();
+    let claimed = addr(CLAIMED);
+
+    let doc_hello = hello("doc.example.test");
+    send(
+        listen,
+        &[v2_header(claimed, listen, None), doc_hello.clone()].concat(),
+    )
+    .await;
+    assert_v2_then(&doc, 0, claimed, listen, &doc_hello);
+    send(
+        listen,
+        &[v1_header(claimed, listen), doc_hello.clone()].concat(),
+    )
+    .await;
+    assert_v2_then(&doc, 1, claimed, listen, &doc_hello);
+
+    // Without a header the peer is the client.
+    let api = hello("api.example.test");
+    let client = send(listen, &api).await.local_addr().unwrap();
+    assert_v2_then(&open, 0, client, listen, &api);
+    let mark = proxy.log_mark();
+    let tcp = send(listen, &doc_hello).await;
+    assert_refused(&proxy, mark, tcp, "denied").await;
+    assert_eq!((open.accepted(), doc.accepted(), lo.accepted()), (1, 2, 0));
+}
+
+#[tokio::test]
+async fn headers_from_untrusted_peers_are_refused_and_allow_lists_use_the_peer() {
+    let (open, doc, lo) = (
+        RawBackend::start(),
+        RawBackend::start(),
+        RawBackend::start(),
+    );
+    let proxy = accepting("optional", "127.0.0.2/32", &open, &doc, &lo);
+    let listen = proxy.proxy_addr();
+    let claimed = addr(CLAIMED);
+    let untrusted: IpAddr = "127.0.0.1".parse().unwrap();
+    let trusted: IpAddr = "127.0.0.2".parse().unwrap();
+
+    // A header from 127.0.0.1 is refused outright, whatever it claims and wherever it goes.
+    for sni in ["api.example.test", "doc.example.test", "lo.example.test"] {
+        let mark = proxy.log_mark();
+        let bytes = [v2_header(claimed, listen, None), hello(sni)].concat();
+        let tcp = send_from(untrusted, listen, &bytes).await;
+        let peer = tcp.local_addr().unwrap();
+        let line = assert_refused(&proxy, mark, tcp, "denied").await;
+        assert!(line.contains(&format!("peer={peer}")), "{sni}: {line}");
+        assert!(line.contains("trusted_proxies"), "{sni}: {line}");
+    }
+    assert_eq!((open.accepted(), doc.accepted(), lo.accepted()), (0, 0, 0));
+
+    // Without a header, allow lists see the peer: 127.0.0.1 is loopback, not 192.0.2.0/24.
+    let lo_hello = hello("lo.example.test");
+    let peer = send_from(untrusted, listen, &lo_hello)
+        .await
+        .local_addr()
+        .unwrap();
+    assert_v2_then(&lo, 0, peer, listen, &lo_hello);
+    let mark = proxy.log_mark();
+    let tcp = send_from(untrusted, listen, &hello("doc.example.test")).await;
+    assert_refused(&proxy, mark, tcp, "denied").await;
+
+    // The same header from the trusted 127.0.0.2 is taken.
+    let doc_hello = hello("doc.example.test");
+    let bytes = [v2_header(claimed, listen, None), doc_hello.clone()].concat();
+    send_from(trusted, listen, &bytes).await;
+    assert_v2_then(&doc, 0, claimed, listen, &doc_hello);
+    assert_eq!((open.accepted(), doc.accepted(), lo.accepted()), (0, 1, 1));
+}
+
+// === Malformed headers ===
+
+#[tokio::test]
+async fn garbage_after_the_v2_signature_is_closed_at_once() {
+    let open = RawBackend::start();
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set("accept_proxy_protocol", "v2")
+            .set("trusted_proxies", "[\"127.0.0.1/32\"]")
+            .set("client_hello_timeout", "5s")
+            .route("api", &["api.example.test"], &[open.addr()])
+            .yaml(),
+    );
+    let listen = proxy.proxy_addr();
+    let mut garbage = v2_header(addr(CLAIMED), listen, None)[..12].to_vec();
+    garbage.extend_from_slice(&[0xff; 40]);
+    let mut tcp = raw_connect(listen).await;
+    let start = Instant::now();
+    tcp.write_all(&garbage).await.unwrap();
+    let out = read_until_closed(&mut tcp, STEP).await;
+    let took = out.at - start;
+    assert!(out.end.closed(), "still open after {STEP:?}");
+    assert!(took < Duration::from_secs(1), "closed only after {took:?}");
+    assert_eq!(out.bytes, b"");
+    proxy.wait_refusal_since(0, "not_tls", STEP);
+    assert_eq!(open.accepted(), 0);
+}
+
+#[tokio::test]
+async fn a_truncated_header_is_closed_at_client_hello_timeout() {
+    let open = RawBackend::start();
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set("accept_proxy_protocol", "v2")
+            .set("trusted_proxies", "[\"127.0.0.1/32\"]")
+            .set("client_hello_timeout", "1s")
+            .route("api", &["api.example.test"], &[open.addr()])
+            .yaml(),
+    );
+    let listen = proxy.proxy_addr();
+    let header = v2_header(addr(CLAIMED), listen, None);
+    let mut tcp = raw_connect(listen).await;
+    let start = Instant::now();
+    tcp.write_all(&header[..header.len() - 5]).await.unwrap();
+    let out = read_until_closed(&mut tcp, STEP).await;
+    let took = out.at - start;
+    assert!(out.end.closed(), "still open after {STEP:?}");
+    assert!(
+        took >= Duration::from_millis(950),
+        "closed after {took:?}, before the 1s client_hello_timeout"
+    );
+    assert!(
+        took <= Duration::from_millis(2500),
+        "closed only after {took:?}"
+    );
+    proxy.wait_refusal_since(0, "client_hello_timeout", STEP);
+    assert_eq!(open.accepted(), 0);
+}
+
+// === The ClusterID listener ===
+
+/// A TLS client without SNI that still verifies the backend's certificate for `localhost`,
+/// after `prefix` on the same connection; returns the backend's identity line.
+async fn tls_after(
+    to: SocketAddr,
+    prefix: &[u8],
+) -> std::io::Result<(String, tokio_rustls::client::TlsStream<TcpStream>)> {
+    let attempt = async {
+        let mut tcp = raw_connect(to).await;
+        tcp.write_all(prefix).await?;
+        let mut config = (*pki().client_config(None)).clone();
+        config.enable_sni = false;
+        let connector = TlsConnector::from(Arc::new(config));
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await?;
+        let mut line = Vec::new();
+        while !line.ends_with(b"\n") && line.len() < 1024 {
+            line.push(tls.read_u8().await?);
+        }
+        tls.write_all(b"ping\n").await?;
+        tls.flush().await?;
+        let mut echo = [0u8; 5];
+        tls.read_exact(&mut echo).await?;
+        assert_eq!(&echo, b"ping\n");
+        Ok((String::from_utf8_lossy(&line).trim_end().to_owned(), tls))
+    };
+    timeout(STEP, attempt)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_id_listener_routes_by_the_tlv_without_sni() {
+    let kas = TlsBackend::start("kas");
+    let fake = FakeKube::start();
+    let (hc, routes, services) = fixtures::cluster("clusters", "c1", 1);
+    let cluster_id = hc["spec"]["clusterID"].as_str().unwrap().to_owned();
+    fake.apply(hc);
+    for route in routes {
+        fake.apply(route);
+    }
+    for mut svc in services {
+        let port = match svc["metadata"]["name"].as_str() {
+            Some("kube-apiserver") => kas.addr().port(),
+            _ => closed_port().port(),
+        };
+        svc["spec"]["clusterIP"] = json!("127.0.0.1");
+        svc["spec"]["clusterIPs"] = json!(["127.0.0.1"]);
+        svc["spec"]["ports"][0]["port"] = json!(port);
+        fake.apply(svc);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.kubeconfig(dir.path());
+    let yaml = Cfg::new()
+        .set("kubernetes", "{}")
+        .set("cluster_id_listen", &quote("127.0.0.1:0"))
+        .yaml();
+    let proxy = Sniroute::start_kube(yaml, &kubeconfig);
+    let listen = proxy.listener_addr("cluster_id");
+    eventually(STARTUP, "/readyz 200", || async {
+        (proxy.readyz() == 200).then_some(())
+    })
+    .await;
+    let peer = addr("10.0.0.7:50000");
+
+    // The cluster's ID reaches its kube-apiserver, though the ClientHello names nothing.
+    let header = v2_header(peer, listen, Some(&cluster_id));
+    let (line, _conn) = eventually(STEP, "routed by cluster ID", || async {
+        tls_after(listen, &header).await.ok()
+    })
+    .await;
+    assert_eq!(line, "backend=kas sni=-");
+    assert_eq!(kas.snis().last(), Some(&None), "the backend saw an SNI");
+    let accepted = kas.accepted();
+
+    // An unknown ID, a header without the TLV, and no header at all are refused.
+    let hello_bytes = hello("api.example.test");
+    let cases = [
+        (
+            v2_header(peer, listen, Some("ffffffff-0000-4000-8000-000000000000")),
+            "unknown_sni",
+        ),
+        (v2_header(peer, listen, None), "unknown_sni"),
+        (Vec::new(), "not_tls"),
+    ];
+    for (prefix, reason) in cases {
+        let mark = proxy.log_mark();
+        let mut tcp = raw_connect(listen).await;
+        tcp.write_all(&[prefix, hello_bytes.clone()].concat())
+            .await
+            .unwrap();
+        let out = read_until_closed(&mut tcp, STEP).await;
+        assert!(out.end.closed(), "{reason}: still open after {STEP:?}");
+        proxy.wait_refusal_since(mark, reason, STEP);
+    }
+    assert_eq!(
+        kas.accepted(),
+        accepted,
+        "a refused connection reached the backend"
+    );
+}

@@ -1,0 +1,222 @@
+//! End to end: revocation. When a new table would refuse an established connection (its route
+//! removed, or its client no longer in the allow list), the proxy closes it once
+//! `revoke_grace` has passed, if the table in force then still refuses it; `off` keeps it.
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::fake_kube::tls_connect_from;
+use common::*;
+use tokio::time::Instant;
+
+const A: &str = "a.example.test";
+const B: &str = "b.example.test";
+/// The log line a swap that dooms established connections writes.
+const DOOMED: &str = "no longer admitted";
+
+/// `sniroute_revoked_connections_total` from `/metrics`.
+fn revoked(proxy: &Sniroute) -> u64 {
+    let (status, body) = proxy.get("/metrics").expect("GET /metrics");
+    assert_eq!(status, 200, "/metrics: {body}");
+    let value = body
+        .lines()
+        .find_map(|l| l.strip_prefix("sniroute_revoked_connections_total "))
+        .unwrap_or_else(|| panic!("no sniroute_revoked_connections_total in:\n{body}"));
+    value.trim().parse::<f64>().expect("a number") as u64
+}
+
+async fn wait_revoked(proxy: &Sniroute, want: u64) {
+    eventually(STEP, "sniroute_revoked_connections_total", || async {
+        (revoked(proxy) == want).then_some(())
+    })
+    .await;
+}
+
+fn assert_no_revocation_logged(proxy: &Sniroute, mark: usize) {
+    for line in ["connection revoked", "connections revoked"] {
+        let found = proxy.logs_since(mark, &[line]);
+        assert!(found.is_empty(), "{found:#?}");
+    }
+}
+
+/// Asserts `conn` stays open (nothing read, not closed) for `d`, then still echoes.
+async fn assert_open_for(conn: &mut TlsConn, d: Duration, what: &str) {
+    let out = read_until_closed(&mut conn.stream, d).await;
+    assert_eq!(out.end, End::TimedOut, "{what}: closed within {d:?}");
+    assert_eq!(out.bytes, b"", "{what}");
+    conn.echo(what.as_bytes()).await;
+}
+
+/// Waits until the connection is closed by the proxy, at least `grace` after `changed` (when
+/// the config was rewritten, so before the swap) and at most `late` after `seen` (when the
+/// swap was seen in the logs).
+async fn assert_revoked(
+    conn: &mut TlsConn,
+    changed: Instant,
+    seen: Instant,
+    grace: Duration,
+    late: Duration,
+) {
+    let out = read_until_closed(&mut conn.stream, grace + late).await;
+    assert!(
+        out.end.closed(),
+        "not revoked {:?} after the swap",
+        out.at - seen
+    );
+    assert_eq!(out.bytes, b"", "data after the revocation");
+    let after = out.at - changed;
+    assert!(
+        after + Duration::from_millis(20) >= grace,
+        "closed {after:?} after the change, before the {grace:?} grace"
+    );
+    assert!(
+        out.at - seen <= grace + late,
+        "closed only {:?} after the swap",
+        out.at - seen
+    );
+}
+
+/// Rewrites the config and waits for the swap that dooms established connections: (when the
+/// file was written, when the swap was seen).
+fn change_dooming(proxy: &mut Sniroute, yaml: String) -> (Instant, Instant) {
+    let mark = proxy.log_mark();
+    let changed = Instant::now();
+    proxy.write_config(yaml);
+    proxy.wait_log_since(mark, &[DOOMED, "connections=1"], STEP);
+    (changed, Instant::now())
+}
+
+#[tokio::test]
+async fn a_removed_route_loses_its_streams_after_the_grace() {
+    let grace = Duration::from_secs(1);
+    let (a, b) = (TlsBackend::start("a"), TlsBackend::start("b"));
+    let only_b = Cfg::new()
+        .set("revoke_grace", "1s")
+        .route("b", &[B], &[b.addr()]);
+    let both = only_b.clone().route("a", &[A], &[a.addr()]);
+    let mut proxy = Sniroute::start(both.yaml());
+    let addr = proxy.proxy_addr();
+    let mut on_a = assert_routes(addr, A, "a").await;
+    let mut on_b = assert_routes(addr, B, "b").await;
+    on_a.echo(b"before").await;
+    on_b.echo(b"before").await;
+    assert_eq!(revoked(&proxy), 0);
+
+    let mark = proxy.log_mark();
+    let (changed, seen) = change_dooming(&mut proxy, only_b.yaml());
+    // Inside the grace the stream still works; new connections to A are refused.
+    on_a.echo(b"during the grace").await;
+    let refused = tls_connect(addr, A).await.err().expect("A still routed");
+    assert_eq!(
+        received_alert(&refused),
+        Some(rustls::AlertDescription::UnrecognisedName)
+    );
+    assert_revoked(&mut on_a, changed, seen, grace, Duration::from_secs(2)).await;
+    proxy.wait_log_since(mark, &["connection revoked", A], STEP);
+    wait_revoked(&proxy, 1).await;
+    eventually(
+        STEP,
+        "backend a sees the revoked connection end",
+        || async { (a.active() == 0).then_some(()) },
+    )
+    .await;
+
+    // The route that stayed is untouched.
+    on_b.echo(b"after the revocation").await;
+    assert_eq!(b.active(), 1);
+    assert!(proxy
+        .logs_since(mark, &["connection revoked", B])
+        .is_empty());
+    assert_eq!(revoked(&proxy), 1);
+}
+
+#[tokio::test]
+async fn a_narrowed_allow_list_revokes_the_clients_it_no_longer_admits() {
+    let grace = Duration::from_secs(1);
+    let a = TlsBackend::start("a");
+    let allowing = |cidr: &str| {
+        Cfg::new()
+            .set("revoke_grace", "1s")
+            .route("a", &[A], &[a.addr()])
+            .route_key("allowed_cidrs", &format!("[{}]", quote(cidr)))
+            .yaml()
+    };
+    let mut proxy = Sniroute::start(allowing("127.0.0.0/8"));
+    let addr = proxy.proxy_addr();
+    let mut from_1 = assert_routes(addr, A, "a").await;
+    let two: IpAddr = "127.0.0.2".parse().unwrap();
+    let mut from_2 = tls_connect_from(two, addr, A)
+        .await
+        .expect("from 127.0.0.2");
+    from_1.echo(b"before").await;
+    from_2.echo(b"before").await;
+
+    let (changed, seen) = change_dooming(&mut proxy, allowing("127.0.0.2/32"));
+    from_1.echo(b"during the grace").await;
+    assert_revoked(&mut from_1, changed, seen, grace, Duration::from_secs(2)).await;
+    wait_revoked(&proxy, 1).await;
+    // The client the narrowed list still admits keeps its stream.
+    from_2.echo(b"still admitted").await;
+    assert_eq!(a.active(), 1);
+}
+
+#[tokio::test]
+async fn a_route_restored_within_the_grace_keeps_its_streams() {
+    let grace = Duration::from_secs(2);
+    let (a, b) = (TlsBackend::start("a"), TlsBackend::start("b"));
+    let only_b = Cfg::new()
+        .set("revoke_grace", "2s")
+        .route("b", &[B], &[b.addr()]);
+    let both = only_b.clone().route("a", &[A], &[a.addr()]);
+    let mut proxy = Sniroute::start(both.yaml());
+    let addr = proxy.proxy_addr();
+    let mut on_a = assert_routes(addr, A, "a").await;
+    on_a.echo(b"before").await;
+
+    let mark = proxy.log_mark();
+    let (changed, _) = change_dooming(&mut proxy, only_b.yaml());
+    let restoring = proxy.log_mark();
+    proxy.write_config(both.yaml());
+    proxy.wait_log_since(restoring, &["table published"], STEP);
+    assert!(
+        changed.elapsed() < grace - Duration::from_millis(300),
+        "the restore took {:?}: too slow to land inside the {grace:?} grace",
+        changed.elapsed()
+    );
+    assert_routes(addr, A, "a").await;
+
+    // Past the end of the grace (judged by the restored table), the stream is still there.
+    let end = changed + grace + Duration::from_secs(1);
+    assert_open_for(&mut on_a, end - Instant::now(), "restored route").await;
+    assert_eq!(revoked(&proxy), 0);
+    assert_no_revocation_logged(&proxy, mark);
+}
+
+#[tokio::test]
+async fn revoke_grace_off_leaves_streams_alone() {
+    let (a, b) = (TlsBackend::start("a"), TlsBackend::start("b"));
+    let only_b = Cfg::new()
+        .set("revoke_grace", "off")
+        .route("b", &[B], &[b.addr()]);
+    let both = only_b.clone().route("a", &[A], &[a.addr()]);
+    let mut proxy = Sniroute::start(both.yaml());
+    let addr = proxy.proxy_addr();
+    let mut on_a = assert_routes(addr, A, "a").await;
+    on_a.echo(b"before").await;
+
+    let mark = proxy.log_mark();
+    proxy.write_config(only_b.yaml());
+    proxy.wait_log_since(mark, &["table published"], STEP);
+    let refused = tls_connect(addr, A).await.err().expect("A still routed");
+    assert_eq!(
+        received_alert(&refused),
+        Some(rustls::AlertDescription::UnrecognisedName)
+    );
+    assert_open_for(&mut on_a, Duration::from_secs(2), "grace off").await;
+    assert_eq!(a.active(), 1);
+    assert_eq!(revoked(&proxy), 0);
+    assert!(proxy.logs_since(mark, &[DOOMED]).is_empty());
+    assert_no_revocation_logged(&proxy, mark);
+}
