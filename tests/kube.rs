@@ -108,7 +108,10 @@ async fn hosted_clusters_appear_change_move_and_disappear() {
     fake.release();
     wait_ready(&proxy).await;
 
-    assert_routes(addr, &api("c1"), "a").await.echo(b"ping").await;
+    assert_routes(addr, &api("c1"), "a")
+        .await
+        .echo(b"ping")
+        .await;
     assert_routes(addr, &oauth("c1"), "b").await;
     let routes = proxy.routes();
     let kas = routes["routes"]
@@ -124,7 +127,10 @@ async fn hosted_clusters_appear_change_move_and_disappear() {
     // Routes, watches with bookmarks.
     assert!(fake.count_requests(&["/hostedclusters?", "limit=500"]) > 0);
     assert!(
-        fake.count_requests(&["/routes?", "labelSelector=hypershift.openshift.io%2Fhosted-control-plane"]) > 0,
+        fake.count_requests(&[
+            "/routes?",
+            "labelSelector=hypershift.openshift.io%2Fhosted-control-plane"
+        ]) > 0,
         "{:#?}",
         fake.requests()
     );
@@ -189,7 +195,11 @@ async fn an_api_outage_keeps_routing_and_the_source_recovers() {
         assert_routes(addr, &api("c1"), "a").await;
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    assert_eq!(proxy.readyz(), 200, "an outage does not make a loaded source unready");
+    assert_eq!(
+        proxy.readyz(),
+        200,
+        "an outage does not make a loaded source unready"
+    );
     assert!(proxy.routes()["routes"].as_array().unwrap().len() >= 5);
 
     fake.recover();
@@ -224,7 +234,10 @@ async fn an_expired_watch_relists_and_picks_up_what_it_missed() {
     });
     wait_routed(addr, &api("c1"), "b", RECOVERY).await;
     wait_unrouted(addr, &api("c2"), SWAP).await;
-    assert!(lists(&fake) > lists_before, "no relist of Services after 410 Gone");
+    assert!(
+        lists(&fake) > lists_before,
+        "no relist of Services after 410 Gone"
+    );
     // Never an empty table in between: c1's other routes stayed routed throughout.
     assert_routes(addr, &oauth("c1"), "b").await;
 }
@@ -289,9 +302,15 @@ async fn file_routes_win_conflicts_with_kubernetes_routes() {
             )
         })
         .collect();
-    assert!(sources.contains(&("pinned".into(), "file".into())), "{sources:?}");
     assert!(
-        sources.contains(&("clusters/c1/oauth".into(), "hostedcluster clusters/c1".into())),
+        sources.contains(&("pinned".into(), "file".into())),
+        "{sources:?}"
+    );
+    assert!(
+        sources.contains(&(
+            "clusters/c1/oauth".into(),
+            "hostedcluster clusters/c1".into()
+        )),
         "{sources:?}"
     );
 }
@@ -319,6 +338,15 @@ async fn bad_objects_and_missing_services_skip_only_what_they_break() {
     assert!(line.contains("HostedCluster"), "{line}");
     let line = proxy.wait_log(&["route not made", "missing_service"], STEP);
     assert!(line.contains("clusters-c3/oauth-openshift"), "{line}");
+    // Counted: the malformed HostedCluster and the route left out, at least.
+    let (_, metrics) = proxy.get("/metrics").unwrap();
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sniroute_source_errors_total{source=\"kubernetes\"} "))
+        .unwrap_or_else(|| panic!("no kubernetes source errors in:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(errors >= 2.0, "{errors}");
 
     // The missing Service appearing routes the Route at once.
     let (_, _, services) = fixtures::cluster("clusters", "c3", 3);

@@ -7,6 +7,7 @@
 //! revocation hook) about the new snapshot. A source that fails simply stops calling
 //! `update`: its last good routes stay in the table.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -280,12 +281,12 @@ pub fn merge<'a>(
         let mut kept = Vec::with_capacity(spec.hostnames.len());
         let mut lost = Vec::new();
         for host in &spec.hostnames {
-            match hosts.get(host) {
+            match hosts.entry(host) {
                 // Listed twice in the same route: one is enough.
-                Some(owner) if std::ptr::eq(*owner, spec) => {}
-                Some(owner) => lost.push((host, *owner)),
-                None => {
-                    hosts.insert(host, spec);
+                Entry::Occupied(owner) if std::ptr::eq(*owner.get(), spec) => {}
+                Entry::Occupied(owner) => lost.push((host, *owner.get())),
+                Entry::Vacant(slot) => {
+                    slot.insert(spec);
                     kept.push(host.clone());
                 }
             }
@@ -331,17 +332,16 @@ pub fn merge<'a>(
 
 /// Counts route names added, removed, and kept with different targets.
 fn diff(old: &Table, new: &Table) -> (usize, usize, usize) {
-    let old: HashMap<&str, &Route> = old.routes().iter().map(|r| (r.name(), &**r)).collect();
     let (mut added, mut changed) = (0, 0);
     for route in new.routes() {
-        match old.get(route.name()) {
+        match old.route(route.name()) {
             None => added += 1,
             Some(before) if !same_targets(before, route) => changed += 1,
             Some(_) => {}
         }
     }
     let kept = new.routes().len() - added;
-    (added, old.len() - kept, changed)
+    (added, old.routes().len() - kept, changed)
 }
 
 /// Whether two routes answer the same hostnames, forward to the same backends, admit the same

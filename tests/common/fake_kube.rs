@@ -372,9 +372,9 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
         .unwrap_or_default()
         .split('&')
         .filter(|kv| !kv.is_empty())
-        .filter_map(|kv| {
+        .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            Some((decode(k), decode(v)))
+            (decode(k), decode(v))
         })
         .collect();
     {
@@ -470,11 +470,17 @@ fn watch(
     timeout: Duration,
 ) -> Reply {
     let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(4096);
-    let line = |value: Value| {
-        let mut bytes = serde_json::to_vec(&value).unwrap();
-        bytes.push(b'\n');
-        Ok(Bytes::from(bytes))
+    // `type` first, then `object`, as the API server writes them (serde_json's map would
+    // sort the keys the other way round).
+    let event_line = |kind_of_event: &str, object: &Value| -> Result<Bytes, io::Error> {
+        Ok(Bytes::from(format!(
+            "{{\"type\":{},\"object\":{}}}\n",
+            json!(kind_of_event),
+            object
+        )))
     };
+    let line =
+        move |value: Value| event_line(value["type"].as_str().unwrap_or("ERROR"), &value["object"]);
     let event = |c: &Change| json!({"type": c.kind_of_event, "object": c.object});
     let mut cut = shared.cut.subscribe();
     cut.mark_unchanged();

@@ -16,7 +16,12 @@ pub const BASE_DOMAIN: &str = "hcp.example.test";
 pub const ENDPOINTS: &[(&str, &str, &str, u16)] = &[
     ("kube-apiserver", "api", "kube-apiserver", 6443),
     ("oauth", "oauth", "oauth-openshift", 6443),
-    ("konnectivity-server", "konnectivity", "konnectivity-server", 8091),
+    (
+        "konnectivity-server",
+        "konnectivity",
+        "konnectivity-server",
+        8091,
+    ),
     ("ignition-server", "ignition", "ignition-server-proxy", 443),
     ("metrics-proxy", "metrics-proxy", "metrics-proxy", 443),
 ];
@@ -172,7 +177,11 @@ pub fn service(hcp: &str, name: &str, cluster_ip: &str, port: u16) -> Value {
 /// no Route uses.
 pub fn cluster(namespace: &str, name: &str, index: usize) -> (Value, Vec<Value>, Vec<Value>) {
     let hcp = format!("{namespace}-{name}");
-    let hc = hosted_cluster(namespace, name, &format!("{index:08x}-5d0c-4d39-9b6e-0c7b3f1a2e4d"));
+    let hc = hosted_cluster(
+        namespace,
+        name,
+        &format!("{index:08x}-5d0c-4d39-9b6e-0c7b3f1a2e4d"),
+    );
     let mut routes = Vec::new();
     let mut services = Vec::new();
     for (i, (route_name, prefix, svc, port)) in ENDPOINTS.iter().enumerate() {
@@ -236,8 +245,8 @@ pub fn list_body(kind: super::store::Kind, items: &[Value], resource_version: u6
 /// Decodes a list response body the way the watcher does (one bad item does not fail the
 /// list), into the objects the store takes.
 pub fn decode_list(kind: super::store::Kind, body: &[u8]) -> Vec<Object> {
-    use ::kube::core::ObjectList;
     use super::store::Kind;
+    use ::kube::core::ObjectList;
     fn items<K: Clone + serde::de::DeserializeOwned + ::kube::Resource>(
         body: &[u8],
     ) -> Vec<Guarded<K>> {
@@ -250,7 +259,10 @@ pub fn decode_list(kind: super::store::Kind, body: &[u8]) -> Vec<Object> {
             .into_iter()
             .map(Object::HostedCluster)
             .collect(),
-        Kind::Route => items::<Route>(body).into_iter().map(Object::Route).collect(),
+        Kind::Route => items::<Route>(body)
+            .into_iter()
+            .map(Object::Route)
+            .collect(),
         Kind::Service => items::<Service>(body)
             .into_iter()
             .map(Object::Service)

@@ -126,7 +126,10 @@ impl fmt::Display for Skip {
             Self::Unnamed => f.write_str("no metadata.name or metadata.namespace"),
             Self::BeingDeleted => f.write_str("being deleted"),
             Self::NotSharedIngress { platform } => {
-                write!(f, "not an ARO HCP cluster (platform {platform}): no shared ingress")
+                write!(
+                    f,
+                    "not an ARO HCP cluster (platform {platform}): no shared ingress"
+                )
             }
             Self::NotPublic { access } => write!(f, "API server not public ({access})"),
             Self::BadAllowedCidr { cidr } => write!(
@@ -325,7 +328,11 @@ pub fn map_cluster<'a>(
         }
     }
 
-    let cluster_id = spec.cluster_id.as_deref().map(str::trim).unwrap_or_default();
+    let cluster_id = spec
+        .cluster_id
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or_default();
     if !cluster_id.is_empty() && !is_private(&platform) {
         match kas {
             Some(i) => mapped.routes[i].cluster_id = Some(cluster_id.into()),

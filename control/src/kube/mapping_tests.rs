@@ -12,7 +12,10 @@ const HCP: &str = "clusters-alpha";
 const ID: &str = "4954e6da-fc87-4e74-9861-05895fe9549d";
 
 fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Parsed<T> {
-    let name = value["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let name = value["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     serde_json::from_value(value).map_err(|e| Invalid {
         name,
         error: e.to_string(),
@@ -64,8 +67,11 @@ impl World {
     }
 }
 
-/// (name, hostnames, backends, cluster id) of each route.
-fn summary(mapped: &Mapped) -> Vec<(String, Vec<String>, Vec<String>, Option<String>)> {
+/// (name, hostnames, backends, cluster id) of one route.
+type Summary = (String, Vec<String>, Vec<String>, Option<String>);
+
+/// Each route, summarised.
+fn summary(mapped: &Mapped) -> Vec<Summary> {
     mapped
         .routes
         .iter()
@@ -168,7 +174,9 @@ fn kube_apiserver_dns_name_joins_the_kube_apiserver_route() {
 #[test]
 fn kube_apiserver_dns_name_without_the_route_gets_its_own_route_and_the_cluster_id() {
     let mut world = World::alpha();
-    world.routes.retain(|r| r["metadata"]["name"] != "kube-apiserver");
+    world
+        .routes
+        .retain(|r| r["metadata"]["name"] != "kube-apiserver");
     world.hc["spec"]["kubeAPIServerDNSName"] = json!("api.custom.example.test");
     let mapped = world.map();
     let custom = summary(&mapped)
@@ -189,7 +197,9 @@ fn kube_apiserver_dns_name_without_the_route_gets_its_own_route_and_the_cluster_
 #[test]
 fn a_cluster_id_without_a_route_to_the_kube_apiserver_is_reported() {
     let mut world = World::alpha();
-    world.routes.retain(|r| r["metadata"]["name"] != "kube-apiserver");
+    world
+        .routes
+        .retain(|r| r["metadata"]["name"] != "kube-apiserver");
     let mapped = world.map();
     assert_eq!(mapped.routes.len(), 4);
     assert_eq!(
@@ -210,14 +220,18 @@ fn allowed_cidr_blocks_restrict_every_route() {
     world.hc["spec"]["networking"]["apiServer"] =
         json!({"allowedCIDRBlocks": ["127.0.0.1/32", "", "2001:db8::/32"]});
     let mapped = world.map();
-    let expected: Vec<ipnet::IpNet> =
-        vec!["127.0.0.1/32".parse().unwrap(), "2001:db8::/32".parse().unwrap()];
+    let expected: Vec<ipnet::IpNet> = vec![
+        "127.0.0.1/32".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ];
     assert_eq!(mapped.routes.len(), 5);
     for route in &mapped.routes {
         assert_eq!(route.allowed_cidrs, expected, "{}", route.name);
     }
     let custom = {
-        world.routes.retain(|r| r["metadata"]["name"] != "kube-apiserver");
+        world
+            .routes
+            .retain(|r| r["metadata"]["name"] != "kube-apiserver");
         world.hc["spec"]["kubeAPIServerDNSName"] = json!("api.custom.example.test");
         world.map()
     };
@@ -258,9 +272,7 @@ fn skip_clusters_that_are_not_aro_hcp() {
     let mapped = world.map();
     assert_eq!(
         mapped.skipped,
-        Some(Skip::NotSharedIngress {
-            platform: s("AWS")
-        })
+        Some(Skip::NotSharedIngress { platform: s("AWS") })
     );
     assert!(!mapped.skipped.as_ref().unwrap().is_problem());
 
@@ -269,8 +281,10 @@ fn skip_clusters_that_are_not_aro_hcp() {
     assert_eq!(world.map().skipped.unwrap().reason(), "not_shared_ingress");
 
     world.hc["spec"].as_object_mut().unwrap().remove("platform");
-    assert_eq!(world.map().skipped.unwrap().to_string(),
-        "not an ARO HCP cluster (platform unset): no shared ingress");
+    assert_eq!(
+        world.map().skipped.unwrap().to_string(),
+        "not an ARO HCP cluster (platform unset): no shared ingress"
+    );
 
     // Azure without an azure section: HyperShift's fallback counts it as ARO HCP, public.
     world.hc["spec"]["platform"] = json!({"type": "Azure"});
@@ -323,7 +337,9 @@ fn skip_an_unnamed_cluster() {
 #[test]
 fn a_route_to_a_missing_service_is_rejected_alone() {
     let mut world = World::alpha();
-    world.services.retain(|s| s["metadata"]["name"] != "oauth-openshift");
+    world
+        .services
+        .retain(|s| s["metadata"]["name"] != "oauth-openshift");
     let mapped = world.map();
     assert_eq!(mapped.routes.len(), 4);
     assert_eq!(
@@ -346,7 +362,10 @@ fn malformed_routes_and_services_are_rejected_alone() {
     assert_eq!(
         reasons(&mapped),
         [
-            ("route clusters-alpha/konnectivity-server", "malformed_service"),
+            (
+                "route clusters-alpha/konnectivity-server",
+                "malformed_service"
+            ),
             ("route clusters-alpha/oauth", "malformed_route"),
         ]
     );

@@ -108,6 +108,7 @@ impl KubeSource {
                         }
                         Err(error) => {
                             self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                            self.publisher.source_failed(SourceKind::Kubernetes);
                             tracing::warn!(
                                 kind = kind.as_str(),
                                 error = %error,
@@ -131,6 +132,14 @@ impl KubeSource {
         let started = Instant::now();
         let rebuilt = store.rebuild();
         let problems = store.problems();
+        let before = self.stats.malformed_objects.load(Ordering::Relaxed)
+            + self.stats.rejected_routes.load(Ordering::Relaxed)
+            + self.stats.broken_clusters.load(Ordering::Relaxed);
+        let now = problems.malformed + problems.rejected + problems.broken_clusters;
+        // Each bad object, left-out route or broken cluster is a failure that kept the rest.
+        for _ in before..now {
+            self.publisher.source_failed(SourceKind::Kubernetes);
+        }
         self.stats
             .malformed_objects
             .store(problems.malformed, Ordering::Relaxed);
@@ -281,10 +290,9 @@ mod tests {
             let events: Events = Box::pin(stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|item| (item, rx))
             }));
-            let client = Client::try_from(::kube::Config::new(
-                "http://127.0.0.1:9".parse().unwrap(),
-            ))
-            .unwrap();
+            let client =
+                Client::try_from(::kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                    .unwrap();
             let publisher = Arc::new(Publisher::new(Arc::default()));
             let (ready_tx, ready) = watch::channel(false);
             let source = KubeSource::new(
@@ -349,7 +357,11 @@ mod tests {
                 .collect(),
         );
         settle().await;
-        assert_eq!(src.generation(), 0, "Services not listed yet: nothing published");
+        assert_eq!(
+            src.generation(),
+            0,
+            "Services not listed yet: nothing published"
+        );
         assert!(!*src.ready.borrow());
 
         src.list(

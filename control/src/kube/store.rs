@@ -299,7 +299,11 @@ impl Store {
         };
         for key in dirty {
             let Some(built) = self.map(&key) else {
-                if self.built.remove(&key).is_some_and(|b| !b.routes.is_empty()) {
+                if self
+                    .built
+                    .remove(&key)
+                    .is_some_and(|b| !b.routes.is_empty())
+                {
                     rebuilt.changed = true;
                 }
                 continue;
@@ -357,7 +361,9 @@ impl Store {
             rejections,
         } = mapping::map_cluster(
             hc,
-            routes.into_iter().flat_map(|m| m.values().map(|s| &s.value)),
+            routes
+                .into_iter()
+                .flat_map(|m| m.values().map(|s| &s.value)),
             |name| services.and_then(|m| m.get(name)).map(|s| &s.value),
         );
         Some(Built {
@@ -409,7 +415,10 @@ impl Store {
         let rv = meta.resource_version.clone().unwrap_or_default();
         if namespace.is_empty() || name.is_empty() {
             self.problems.malformed += 1;
-            tracing::warn!(kind = kind.as_str(), "object without namespace or name ignored");
+            tracing::warn!(
+                kind = kind.as_str(),
+                "object without namespace or name ignored"
+            );
             return None;
         }
         if let Some(error) = &error {

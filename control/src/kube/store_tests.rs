@@ -5,8 +5,11 @@ use serde_json::{json, Value};
 use super::*;
 use crate::kube::fixtures::{self, hc_object, host, route_object, service_object, with_rv};
 
+/// A cluster's HostedCluster, Routes and Services.
+type Objects = (Value, Vec<Value>, Vec<Value>);
+
 /// A store holding `n` fixture clusters `c0..`, listed the way a watcher delivers them.
-fn listed(n: usize) -> (Store, Vec<(Value, Vec<Value>, Vec<Value>)>) {
+fn listed(n: usize) -> (Store, Vec<Objects>) {
     let clusters: Vec<_> = (0..n)
         .map(|i| fixtures::cluster("clusters", &format!("c{i}"), i))
         .collect();
@@ -15,7 +18,7 @@ fn listed(n: usize) -> (Store, Vec<(Value, Vec<Value>, Vec<Value>)>) {
     (store, clusters)
 }
 
-fn relist(store: &mut Store, clusters: &[(Value, Vec<Value>, Vec<Value>)]) {
+fn relist(store: &mut Store, clusters: &[Objects]) {
     store.relist_begin(Kind::HostedCluster);
     store.relist_begin(Kind::Route);
     store.relist_begin(Kind::Service);
@@ -54,7 +57,11 @@ fn a_full_list_builds_every_cluster_and_an_unchanged_relist_rebuilds_none() {
     assert_eq!(store.problems(), Problems::default());
 
     relist(&mut store, &clusters);
-    assert_eq!(store.dirty(), 0, "same resourceVersions: nothing to rebuild");
+    assert_eq!(
+        store.dirty(),
+        0,
+        "same resourceVersions: nothing to rebuild"
+    );
 }
 
 #[test]
@@ -92,7 +99,10 @@ fn deletes_remove_routes_and_a_missing_service_rejects_only_its_route() {
     store.delete(hc_object(clusters[0].0.clone()));
     assert!(store.rebuild().changed);
     assert_eq!(store.routes().len(), 5);
-    assert!(store.routes().iter().all(|r| r.name.starts_with("clusters/c1/")));
+    assert!(store
+        .routes()
+        .iter()
+        .all(|r| r.name.starts_with("clusters/c1/")));
 
     let oauth_svc = clusters[1].2[1].clone();
     assert_eq!(oauth_svc["metadata"]["name"], "oauth-openshift");
@@ -123,7 +133,10 @@ fn a_relist_drops_what_is_gone_and_applies_what_changed() {
     store.rebuild();
     let routes = store.routes();
     assert_eq!(routes.len(), 10);
-    let oauth = routes.iter().find(|r| &*r.name == "clusters/c0/oauth").unwrap();
+    let oauth = routes
+        .iter()
+        .find(|r| &*r.name == "clusters/c0/oauth")
+        .unwrap();
     assert_eq!(oauth.hostnames[0].to_string(), "oauth.moved.example.test");
 }
 
@@ -147,7 +160,10 @@ fn a_malformed_update_keeps_the_last_good_cluster() {
     bad["spec"]["clusterID"] = json!({"not": "a string"});
     store.apply(hc_object(with_rv(bad.clone(), 2)));
     let rebuilt = store.rebuild();
-    assert!(!rebuilt.changed, "the last good version still maps the same");
+    assert!(
+        !rebuilt.changed,
+        "the last good version still maps the same"
+    );
     assert_eq!(store.routes().len(), 5);
     assert_eq!(store.problems().malformed, 1);
 
