@@ -2,10 +2,8 @@
 //!
 //! Never a panic: a bad file is an error listing its problems. A file that validates builds its
 //! table (validation refuses everything the table would), merges without conflicts (validation
-//! refuses duplicates), and holds no duration the data plane cannot add to a clock reading.
+//! refuses duplicates), and has no zero duration where zero is refused.
 #![no_main]
-
-use std::time::Instant;
 
 use control::{Config, ConfigError};
 use libfuzzer_sys::fuzz_target;
@@ -52,18 +50,14 @@ fn valid(config: &Config) {
     let merged = merged.expect("merged routes");
     proxy::Table::new(merged).expect("merged routes make a table");
 
-    // Every duration is used as `now + d` somewhere (timeouts, idle deadlines, ejections).
-    let now = Instant::now();
+    // "Zero is refused" for every duration but shutdown_delay. (Huge ones validate, up to
+    // humantime's u64 seconds: the data plane saturates them instead of adding to a clock.)
     let mut durations = vec![
         ("client_hello_timeout", config.client_hello_timeout),
         ("connect_timeout", config.connect_timeout),
         ("idle_timeout", config.idle_timeout),
-        ("shutdown_delay", config.shutdown_delay),
         ("drain_timeout", config.drain_timeout),
-        (
-            "base_ejection_time",
-            config.outlier_detection.base_ejection,
-        ),
+        ("base_ejection_time", config.outlier_detection.base_ejection),
         ("max_ejection_time", config.outlier_detection.max_ejection),
     ];
     if let Some(kube) = &config.kubernetes {
@@ -73,9 +67,11 @@ fn valid(config: &Config) {
         durations.push(("revoke_grace", grace));
     }
     for (key, d) in durations {
-        assert!(
-            now.checked_add(d).is_some(),
-            "{key}: {d:?} validates but overflows a clock reading"
-        );
+        assert!(!d.is_zero(), "{key}: zero validated");
     }
+    assert!(
+        config.outlier_detection.base_ejection <= config.outlier_detection.max_ejection,
+        "{:?}",
+        config.outlier_detection
+    );
 }

@@ -91,7 +91,11 @@ impl World {
     fn check(&self) {
         let mapped = self.map(self.routes.values());
         // The watch delivers Routes in any order; the result must not depend on it.
-        assert_eq!(mapped, self.map(self.routes.values().rev()), "order matters");
+        assert_eq!(
+            mapped,
+            self.map(self.routes.values().rev()),
+            "order matters"
+        );
 
         if mapped.skipped.is_some() {
             assert!(mapped.routes.is_empty(), "skipped but routed: {mapped:?}");
@@ -107,7 +111,10 @@ impl World {
         let mut with_id = 0;
         let mut names = std::collections::HashSet::new();
         for spec in &mapped.routes {
-            assert!(names.insert(spec.name.clone()), "route name twice: {spec:?}");
+            assert!(
+                names.insert(spec.name.clone()),
+                "route name twice: {spec:?}"
+            );
             assert!(spec.name.starts_with(&prefix), "{spec:?}");
             assert_eq!(&*spec.source, source);
             assert!(!spec.hostnames.is_empty(), "{spec:?}");

@@ -159,7 +159,10 @@ fn lookups(input: &Input) {
         .any(|p| !claimed.insert(p.clone()));
     let table = match Table::new(table_routes) {
         Ok(table) => {
-            assert!(!duplicate, "a table with a hostname claimed twice was built");
+            assert!(
+                !duplicate,
+                "a table with a hostname claimed twice was built"
+            );
             table
         }
         Err(error) => {

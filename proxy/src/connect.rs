@@ -73,12 +73,26 @@ async fn attempt(
     };
     match &result {
         Ok(_) => health.succeeded(addr),
+        // Out of fds, buffers or ports here: that says nothing about the endpoint, and
+        // ejecting it would move traffic (and raise alerts) for our own shortage.
+        Err(error) if local_shortage(error) => {
+            tracing::debug!(route = route.name(), %addr, %error, "backend connect failed here");
+        }
         Err(error) => {
             tracing::debug!(route = route.name(), %addr, %error, "backend connect failed");
             health.failed(route.name(), addr);
         }
     }
     result
+}
+
+/// Whether a connect failed for lack of a local resource rather than because of the endpoint.
+fn local_shortage(error: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(error),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM | Errno::ADDRNOTAVAIL)
+    )
 }
 
 async fn resolve(backend: &Backend) -> io::Result<Vec<SocketAddr>> {

@@ -107,7 +107,11 @@ pub async fn forward(
 /// Resolves once nothing has moved for `limit`; wakes once per `limit`, not per transfer.
 async fn idle(activity: &Activity, limit: Duration) {
     loop {
-        let deadline = activity.last() + limit;
+        // A limit past the clock's range (`idle_timeout: 300000000000y` validates) never
+        // expires; `+` would panic the connection's task.
+        let Some(deadline) = activity.last().checked_add(limit) else {
+            return std::future::pending().await;
+        };
         if Instant::now() >= deadline {
             return;
         }
@@ -115,7 +119,7 @@ async fn idle(activity: &Activity, limit: Duration) {
     }
 }
 
-async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         to.writable().await?;
         match to.try_write(bytes) {

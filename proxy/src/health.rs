@@ -33,6 +33,9 @@ impl Default for OutlierPolicy {
     }
 }
 
+/// The longest ejection that is actually timed (see [`EndpointHealth::failed`]).
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 #[derive(Debug, Default)]
 struct State {
     failures: u32,
@@ -120,7 +123,9 @@ impl EndpointHealth {
                 .saturating_mul(factor)
                 .min(self.policy.max_ejection);
             state.ejections += 1;
-            state.ejected_until = Some(now + length);
+            // An ejection past the clock's range lasts a century instead of panicking.
+            let until = now.checked_add(length).unwrap_or(now + CENTURY);
+            state.ejected_until = Some(until);
             state.route = route.into();
             self.metrics.set_ejected(route, &endpoint.to_string(), true);
             tracing::warn!(%endpoint, route, failures = state.failures, ejected_for = ?length, "endpoint ejected");
@@ -185,6 +190,20 @@ mod tests {
         h.failed("r", ep);
         assert!(!h.is_ejected(ep), "a success resets the count");
         assert!(h.ejected().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_ejection_past_the_clock_range_does_not_panic() {
+        let policy = OutlierPolicy {
+            consecutive_failures: 1,
+            base_ejection: Duration::MAX,
+            max_ejection: Duration::MAX,
+        };
+        let h = EndpointHealth::new(policy, Metrics::register(&mut Registry::default()));
+        let ep: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        h.failed("r", ep);
+        assert!(h.is_ejected(ep));
+        assert!(h.ejected()[0].remaining > Duration::from_secs(3600 * 24 * 365));
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,7 +11,7 @@ use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::forward::{shutdown_write, Activity, Direction};
+use crate::forward::{shutdown_write, write_all, Activity, Direction};
 
 /// Bytes asked of one splice; the default pipe capacity (16 pages), so a splice into an
 /// empty pipe never blocks on the pipe, only on the socket.
@@ -58,7 +58,17 @@ pub(crate) async fn pump(
 ) -> io::Result<()> {
     loop {
         from.readable().await?;
-        let pipe = Pipe::take()?;
+        let pipe = match Pipe::take() {
+            Ok(pipe) => pipe,
+            // No pipe to be had (at the open-files limit with this thread's pool empty): move
+            // this burst through a buffer rather than fail a connection that works.
+            Err(_) => {
+                if copy_burst(from, to, activity, counter).await? {
+                    return shutdown_write(to);
+                }
+                continue;
+            }
+        };
         loop {
             let moved = from.try_io(Interest::READABLE, || {
                 Ok(splice(
@@ -85,6 +95,30 @@ pub(crate) async fn pump(
             }
         }
         pipe.give_back();
+    }
+}
+
+/// Bytes buffered at a time when no pipe can be had.
+const FALLBACK_BUFFER: usize = 16 * 1024;
+
+/// Copies what `from` has ready to `to` through a buffer; `Ok(true)` at EOF.
+async fn copy_burst(
+    from: &TcpStream,
+    to: &TcpStream,
+    activity: &Activity,
+    counter: &Direction,
+) -> io::Result<bool> {
+    let mut buf = vec![0u8; FALLBACK_BUFFER];
+    loop {
+        match from.try_read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                write_all(to, &buf[..n]).await?;
+                activity.record(counter, n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
     }
 }
 

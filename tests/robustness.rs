@@ -1,0 +1,1243 @@
+//! Robustness: the real binary on loopback under hostile clients, failing backends, a full
+//! file-descriptor table and a storm of table swaps. Each test fails if its property breaks.
+//!
+//! - slowloris: 2,000 clients sending one byte a second are cut at `client_hello_timeout`
+//!   while well-behaved TLS clients keep completing quickly (p99 asserted);
+//! - floods of garbage, HTTP, truncated, oversized and badly framed hellos, with 1,000
+//!   maximum-size pending hellos held meanwhile: each refused at once, RSS bounded, a good
+//!   client unaffected;
+//! - backends that never answer (`idle_timeout`), reset mid-stream, or black-hole the connect
+//!   (a full accept queue drops SYNs: `connect_timeout`, then the next backend);
+//! - durations that validate but overflow a clock reading;
+//! - the open-files limit (lowered on the running proxy with `prlimit`, as `ulimit -n` would):
+//!   new connections are closed, established ones keep flowing, the proxy never exits, never
+//!   spins, does not blame (eject) the backend, and recovers by itself;
+//! - a reload storm: 1,000 table swaps (SIGHUP: the file watcher's debounce would take
+//!   minutes) while 500 long streams run byte-exact; after each swap a new connection reaches
+//!   the backend the new table names, and a backend in no table never sees a connection.
+//!
+//! After every scenario the proxy's sockets return to their baseline (`/proc/PID/fd`; pipes
+//! may stay in the splice pool, which is bounded).
+//!
+//! The tests take a lock and run one at a time: each loads the machine, and the timing bounds
+//! they assert must not depend on a neighbour. Sizes have full defaults; these variables
+//! shrink or grow them: `ROBUSTNESS_SLOWLORIS` (2000 connections), `ROBUSTNESS_FLOOD` (per
+//! kind and round, 600), `ROBUSTNESS_HOLD` (1000), `ROBUSTNESS_SWAPS` (1000),
+//! `ROBUSTNESS_STREAMS` (500). Linux only (`/proc`, `prlimit`).
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::io;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{sleep, timeout, timeout_at, Instant};
+
+/// The ClientHello raw clients send (SNI `api.example.test`).
+const HELLO: &str = "openssl-3.0.bin";
+const HOST: &str = "api.example.test";
+
+/// One test at a time (see the module docs). An async lock: tests hold it across awaits, each
+/// in its own runtime.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// A size from the environment, or `default`.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+// === /proc ===
+
+/// The proxy's open file descriptors, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fds {
+    sockets: usize,
+    pipes: usize,
+    other: usize,
+}
+
+fn fds(pid: u32) -> Fds {
+    let mut fds = Fds {
+        sockets: 0,
+        pipes: 0,
+        other: 0,
+    };
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("read /proc/PID/fd");
+    for entry in dir.flatten() {
+        // An fd may close while we look.
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if target.starts_with("socket:") {
+            fds.sockets += 1;
+        } else if target.starts_with("pipe:") {
+            fds.pipes += 1;
+        } else {
+            fds.other += 1;
+        }
+    }
+    fds
+}
+
+/// Pipe fds the splice pool may keep: 64 pipes (two fds each) per runtime worker thread.
+fn pipe_pool_fds() -> usize {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    2 * 64 * workers
+}
+
+/// The fds once the proxy has settled after start (admin requests closed).
+async fn baseline_fds(pid: u32) -> Fds {
+    let mut last = fds(pid);
+    let deadline = Instant::now() + STEP;
+    loop {
+        sleep(Duration::from_millis(100)).await;
+        let now = fds(pid);
+        if now == last || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Waits (bounded) until the proxy holds exactly the baseline's sockets and other fds, and at
+/// most the splice pool's worth of extra pipes: nothing leaked.
+async fn assert_fds_back(pid: u32, base: Fds, scenario: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = fds(pid);
+        let pipes_ok = now.pipes >= base.pipes && now.pipes <= base.pipes + pipe_pool_fds();
+        if now.sockets == base.sockets && now.other == base.other && pipes_ok {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "{scenario}: the proxy's fds did not return to the baseline within 10s: \
+                 {now:?}, baseline {base:?} (+ up to {} pooled pipe fds)",
+                pipe_pool_fds()
+            );
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resident set size in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// User + system CPU time, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let rest = &stat[stat.rfind(')').expect("stat comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// `sniroute_connections_total{outcome=...}` from `/metrics`.
+fn outcomes(proxy: &Sniroute, outcome: &str) -> u64 {
+    let (status, body) = proxy.get("/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    let prefix = format!("sniroute_connections_total{{outcome=\"{outcome}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{body}")) as u64
+}
+
+/// Waits (bounded) until `outcome` has been counted `want` times.
+async fn assert_outcomes(proxy: &Sniroute, outcome: &str, want: u64) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let have = outcomes(proxy, outcome);
+        if have == want {
+            return;
+        }
+        if have > want || Instant::now() >= deadline {
+            panic!("{outcome}: counted {have}, expected {want}");
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The p99 of `samples` (the largest for fewer than 100).
+fn p99(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    let index = (samples.len() * 99).div_ceil(100).max(1) - 1;
+    samples[index]
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n + 8);
+        while out.len() < n {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(n);
+        out
+    }
+}
+
+// === raw backends ===
+
+/// What a [`RawServer`] does with each connection.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Writes its one-byte id, then echoes until EOF.
+    Echo(u8),
+    /// Reads and discards everything, never writes.
+    Silent,
+    /// Reads the first bytes, writes these, waits a little, then resets the connection.
+    ResetAfter(&'static [u8]),
+}
+
+#[derive(Default)]
+struct ServerStats {
+    accepted: AtomicUsize,
+    open: AtomicUsize,
+    received: AtomicUsize,
+}
+
+/// A plain TCP server on 127.0.0.1:0, on its own thread and runtime (so a busy test cannot
+/// starve it), stopped on drop.
+struct RawServer {
+    addr: SocketAddr,
+    stats: Arc<ServerStats>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RawServer {
+    fn start(mode: Mode) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(ServerStats::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stats2 = stats.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(listener).unwrap();
+                let serve = async {
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        stats2.accepted.fetch_add(1, Ordering::SeqCst);
+                        stats2.open.fetch_add(1, Ordering::SeqCst);
+                        let stats = stats2.clone();
+                        tokio::spawn(async move {
+                            let _ = serve_raw(tcp, mode, &stats).await;
+                            stats.open.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = stopped => {}
+                    () = serve => {}
+                }
+            });
+        });
+        Self {
+            addr,
+            stats,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.stats.accepted.load(Ordering::SeqCst)
+    }
+
+    fn open(&self) -> usize {
+        self.stats.open.load(Ordering::SeqCst)
+    }
+
+    fn received(&self) -> usize {
+        self.stats.received.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve_raw(mut tcp: TcpStream, mode: Mode, stats: &ServerStats) -> io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    match mode {
+        Mode::Echo(id) => {
+            tcp.write_all(&[id]).await?;
+            loop {
+                let n = tcp.read(&mut buf).await?;
+                if n == 0 {
+                    return tcp.shutdown().await;
+                }
+                stats.received.fetch_add(n, Ordering::SeqCst);
+                tcp.write_all(&buf[..n]).await?;
+            }
+        }
+        Mode::Silent => loop {
+            let n = tcp.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            stats.received.fetch_add(n, Ordering::SeqCst);
+        },
+        Mode::ResetAfter(reply) => {
+            let n = tcp.read(&mut buf).await?;
+            stats.received.fetch_add(n, Ordering::SeqCst);
+            tcp.write_all(reply).await?;
+            // Long enough for the proxy to pass the reply on before the reset overtakes it.
+            sleep(Duration::from_millis(200)).await;
+            tcp.set_zero_linger()?;
+            drop(tcp);
+            Ok(())
+        }
+    }
+}
+
+/// A raw client through the proxy to an echo backend: the hello is sent, the backend's id
+/// byte and the echo of the hello are read back (all within `within`).
+async fn raw_route(
+    addr: SocketAddr,
+    hello: &[u8],
+    within: Duration,
+) -> io::Result<(TcpStream, u8)> {
+    timeout(within, async {
+        let mut tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        tcp.write_all(hello).await?;
+        let id = tcp.read_u8().await?;
+        let mut echo = vec![0u8; hello.len()];
+        tcp.read_exact(&mut echo).await?;
+        if echo != hello {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "hello echoed wrong",
+            ));
+        }
+        Ok((tcp, id))
+    })
+    .await
+    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// Writes `data` and reads exactly it back.
+async fn echo(tcp: &mut TcpStream, data: &[u8]) -> io::Result<()> {
+    tcp.write_all(data).await?;
+    let mut back = vec![0u8; data.len()];
+    timeout(STEP, tcp.read_exact(&mut back))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    if back != data {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "echo differs"));
+    }
+    Ok(())
+}
+
+/// A TLS client that must get through: handshake, identity line and one echo, timed.
+async fn good_client(addr: SocketAddr) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut conn = tls_connect(addr, HOST).await.map_err(|e| e.to_string())?;
+    conn.echo(b"ping\n").await;
+    Ok(started.elapsed())
+}
+
+fn one_route(backend: SocketAddr) -> Cfg {
+    Cfg::new().route("api", &[HOST], &[backend])
+}
+
+// === slowloris ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_at_the_hello_timeout_while_good_clients_get_through() {
+    let _serial = serial().await;
+    let attackers = knob("ROBUSTNESS_SLOWLORIS", 2000);
+    let hello_timeout = Duration::from_secs(2);
+    let good = TlsBackend::start("good");
+    let proxy = Sniroute::start(
+        one_route(good.addr())
+            .set("client_hello_timeout", "2s")
+            .yaml(),
+    );
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    good_client(addr).await.expect("warm-up client");
+    let base = baseline_fds(pid).await;
+    let timeouts_before = outcomes(&proxy, "client_hello_timeout");
+
+    // Each attacker sends the real hello one byte a second and notes when the proxy hangs up.
+    let hello = Arc::new(fixture(HELLO));
+    let connected = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(attackers);
+    for _ in 0..attackers {
+        let (hello, connected) = (hello.clone(), connected.clone());
+        // Before the connect: the proxy cannot have accepted it earlier, so its cut cannot
+        // come less than client_hello_timeout after this.
+        let requested = Instant::now();
+        tasks.push(tokio::spawn(async move {
+            let mut tcp = timeout(STEP, TcpStream::connect(addr))
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map_err(|e| format!("connect: {e}"))?;
+            let start = Instant::now();
+            connected.fetch_add(1, Ordering::SeqCst);
+            let give_up = start + hello_timeout + Duration::from_secs(3);
+            let cut = || (requested.elapsed(), start.elapsed());
+            let mut buf = [0u8; 64];
+            for byte in hello.iter() {
+                if tcp.write_all(&[*byte]).await.is_err() {
+                    return Ok(cut());
+                }
+                let next = (Instant::now() + Duration::from_secs(1)).min(give_up);
+                match timeout_at(next, tcp.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Ok(cut()),
+                    Ok(Ok(n)) => return Err(format!("the proxy sent {n} bytes")),
+                    Err(_) if Instant::now() >= give_up => break,
+                    Err(_) => {}
+                }
+            }
+            Err(format!("still open after {:?}", start.elapsed()))
+        }));
+    }
+    let deadline = Instant::now() + STEP;
+    while connected.load(Ordering::SeqCst) < attackers && Instant::now() < deadline {
+        sleep(Duration::from_millis(10)).await;
+    }
+    // The attack really holds the proxy's sockets (not just the kernel's accept queue).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let held = loop {
+        let held = fds(pid).sockets - base.sockets;
+        if held >= attackers * 9 / 10 || Instant::now() >= deadline {
+            break held;
+        }
+        sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        held >= attackers * 9 / 10,
+        "only {held} of {attackers} attackers reached the proxy"
+    );
+
+    // Meanwhile, well-behaved clients, through the whole attack and the mass cut at 2s.
+    let attack_started = Instant::now();
+    let mut latencies = Vec::new();
+    while latencies.len() < 50
+        || attack_started.elapsed() < hello_timeout + Duration::from_millis(500)
+    {
+        match good_client(addr).await {
+            Ok(took) => latencies.push(took),
+            Err(e) => panic!("a good client failed during the slowloris attack: {e}"),
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut problems = Vec::new();
+    let mut cut_at = Vec::new();
+    for task in tasks {
+        match task.await.expect("attacker task") {
+            Ok(after) => cut_at.push(after),
+            Err(e) => problems.push(e),
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} attackers: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
+    // Never before the timeout (counted from before the connect), never long after it
+    // (counted from the connect's completion).
+    let first = cut_at
+        .iter()
+        .map(|(since_request, _)| *since_request)
+        .min()
+        .unwrap();
+    let last = cut_at
+        .iter()
+        .map(|(_, since_connect)| *since_connect)
+        .max()
+        .unwrap();
+    assert!(
+        first >= hello_timeout,
+        "an attacker was cut {first:?} after it started connecting, before client_hello_timeout"
+    );
+    assert!(
+        last <= hello_timeout + Duration::from_millis(2500),
+        "an attacker was cut only {last:?} after it connected"
+    );
+    let n = latencies.len();
+    let p99 = p99(&mut latencies);
+    eprintln!(
+        "slowloris: {attackers} attackers cut between {first:?} and {last:?}; \
+         {n} good clients, p99 {p99:?}"
+    );
+    assert!(
+        p99 < Duration::from_millis(500),
+        "good clients' p99 during the attack: {p99:?}"
+    );
+    assert_outcomes(
+        &proxy,
+        "client_hello_timeout",
+        timeouts_before + attackers as u64,
+    )
+    .await;
+    assert_fds_back(pid, base, "slowloris").await;
+}
+
+// === floods ===
+
+/// The kinds of bad first bytes, and how many of each.
+fn flood_payloads(per_kind: usize, seed: u64) -> Vec<(&'static str, Vec<u8>, bool)> {
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::new();
+    let fixtures: Vec<Vec<u8>> = FIXTURES_WITH_SNI.iter().map(|f| fixture(f)).collect();
+    for i in 0..per_kind {
+        // Garbage: anything but a handshake record's first byte, refused at once.
+        let len = 1 + rng.below(2048);
+        let mut garbage = rng.bytes(len);
+        if garbage[0] == 0x16 {
+            garbage[0] = 0x17;
+        }
+        out.push(("garbage", garbage, false));
+        let requests: [&[u8]; 4] = [
+            b"GET / HTTP/1.1\r\nHost: api.example.test\r\n\r\n",
+            b"POST /api/v1/namespaces HTTP/1.1\r\nHost: api.example.test\r\nContent-Length: 5\r\n\r\nhello",
+            b"CONNECT api.example.test:443 HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ];
+        out.push(("http", requests[i % requests.len()].to_vec(), false));
+        // Truncated: a prefix of a real hello, then the client closes its side.
+        let hello = &fixtures[i % fixtures.len()];
+        let cut = 1 + rng.below(hello.len() - 1);
+        out.push(("truncated", hello[..cut].to_vec(), true));
+        // Oversized: a full 16 KiB record (with its header, over max_client_hello), or a
+        // small record announcing a hello that could never fit.
+        let oversized = if i % 2 == 0 {
+            let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x3f, 0xfc];
+            record.extend(rng.bytes(16_380));
+            record
+        } else {
+            vec![0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0xff, 0xff, 0xff]
+        };
+        out.push(("oversized", oversized, false));
+        // Bogus record framing.
+        let bogus: [&[u8]; 5] = [
+            &[0x16, 0x03, 0x01, 0xff, 0xff],       // over 2^14
+            &[0x16, 0x03, 0x01, 0x00, 0x00],       // empty fragment
+            &[0x16, 0x03, 0x09, 0x00, 0x10],       // unknown record version
+            &[0x16, 0x02, 0x00, 0x00, 0x10],       // SSL 2 major
+            &[0x16, 0x03, 0x01, 0x00, 0x04, 0x02], // handshake type not ClientHello
+        ];
+        out.push(("bogus_length", bogus[i % bogus.len()].to_vec(), false));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_are_refused_with_bounded_memory_and_good_clients_unaffected() {
+    let _serial = serial().await;
+    let per_kind = knob("ROBUSTNESS_FLOOD", 600);
+    let hold = knob("ROBUSTNESS_HOLD", 1000);
+    let good = TlsBackend::start("good");
+    let proxy = Sniroute::start(
+        one_route(good.addr())
+            .set("client_hello_timeout", "30s")
+            .yaml(),
+    );
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    for _ in 0..5 {
+        good_client(addr).await.expect("warm-up client");
+    }
+    let base = baseline_fds(pid).await;
+    let rss_before = rss_kib(pid);
+    let refused_before = outcomes(&proxy, "not_tls");
+
+    // RSS sampled through the whole flood.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::SeqCst) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    // A good client, connecting over and over while the flood runs.
+    let good_loop = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                latencies.push(good_client(addr).await?);
+                sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<_, String>(latencies)
+        })
+    };
+
+    // Pending hellos held through the flood: each makes the proxy buffer ~16 KiB (a record
+    // just under max_client_hello, most of it sent), the most a pending connection may cost.
+    let mut held = Vec::with_capacity(hold);
+    for i in 0..hold {
+        let mut tcp = raw_connect(addr).await;
+        let mut partial = vec![0x16, 0x03, 0x01, 0x3f, 0xfb, 0x01, 0x00, 0x3f, 0xf7];
+        partial.extend(Rng::new(i as u64).bytes(15_000));
+        tcp.write_all(&partial).await.expect("a pending hello");
+        held.push(tcp);
+    }
+
+    // Rounds of every kind of bad input until the flood has lasted a few seconds.
+    let started = Instant::now();
+    let limit = Arc::new(Semaphore::new(200));
+    let mut tasks = Vec::new();
+    let mut round = 0;
+    while round == 0 || started.elapsed() < Duration::from_secs(3) {
+        for (kind, payload, half_close) in flood_payloads(per_kind, round) {
+            let permit = limit.clone().acquire_owned().await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit;
+                let mut tcp = raw_connect(addr).await;
+                // The proxy may refuse (and reset) before all of it is written.
+                let _ = tcp.write_all(&payload).await;
+                if half_close {
+                    let _ = tcp.shutdown().await;
+                }
+                // Refused at once: long before client_hello_timeout.
+                let out = read_until_closed(&mut tcp, Duration::from_secs(2)).await;
+                if !out.end.closed() {
+                    return Err(format!("{kind}: still open after 2s"));
+                }
+                if !out.bytes.is_empty() {
+                    return Err(format!("{kind}: the proxy answered {:?}", out.bytes));
+                }
+                Ok(())
+            }));
+        }
+        round += 1;
+    }
+    let total = tasks.len();
+    let mut problems = Vec::new();
+    for task in tasks {
+        if let Err(e) = task.await.expect("flood task") {
+            problems.push(e);
+        }
+    }
+    let flood_took = started.elapsed();
+    drop(held);
+    stop.store(true, Ordering::SeqCst);
+    let peak = sampler.join().expect("sampler");
+    let latencies = good_loop.await.expect("good client task");
+
+    assert!(
+        problems.is_empty(),
+        "{} flood connections: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
+    let mut latencies =
+        latencies.unwrap_or_else(|e| panic!("a good client failed during the flood: {e}"));
+    let n = latencies.len();
+    let p99 = p99(&mut latencies);
+    let growth = peak.saturating_sub(rss_before);
+    eprintln!(
+        "floods: {total} connections in {flood_took:?} ({round} rounds) with {hold} pending \
+         hellos held; RSS {rss_before} KiB, peak {peak} KiB; {n} good clients, p99 {p99:?}"
+    );
+    assert!(n >= 5, "only {n} good clients completed during the flood");
+    assert!(
+        p99 < Duration::from_millis(500),
+        "good clients' p99 during the flood: {p99:?}"
+    );
+    assert!(
+        growth < 64 * 1024,
+        "RSS grew by {growth} KiB during the flood (from {rss_before} KiB)"
+    );
+    assert_outcomes(&proxy, "not_tls", refused_before + (total + hold) as u64).await;
+    assert_fds_back(pid, base, "floods").await;
+}
+
+// === failing backends ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_never_answers_is_cut_by_idle_timeout() {
+    let _serial = serial().await;
+    let silent = RawServer::start(Mode::Silent);
+    let proxy = Sniroute::start(one_route(silent.addr).set("idle_timeout", "1s").yaml());
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    let base = baseline_fds(pid).await;
+    let hello = fixture(HELLO);
+
+    let clients = 20;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let hello = hello.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tcp = raw_connect(addr).await;
+            tcp.write_all(&hello).await.unwrap();
+            let sent = Instant::now();
+            let out = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+            (out, sent.elapsed())
+        }));
+    }
+    for task in tasks {
+        let (out, after) = task.await.unwrap();
+        assert!(out.end.closed(), "not closed after {after:?}");
+        assert!(
+            out.bytes.is_empty(),
+            "a silent backend sent {:?}",
+            out.bytes
+        );
+        assert!(
+            after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+            "closed after {after:?}, idle_timeout is 1s"
+        );
+    }
+    assert_eq!(silent.accepted(), clients, "every client was forwarded");
+    assert!(
+        silent.received() >= clients * hello.len(),
+        "the hellos were forwarded"
+    );
+    let deadline = Instant::now() + STEP;
+    while silent.open() > 0 && Instant::now() < deadline {
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(silent.open(), 0, "the proxy left backend connections open");
+    assert_fds_back(pid, base, "silent backend").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_reset_mid_stream_closes_its_client_only() {
+    let _serial = serial().await;
+    const REPLY: &[u8] = b"partial answer";
+    let resetting = RawServer::start(Mode::ResetAfter(REPLY));
+    let healthy = RawServer::start(Mode::Echo(b'H'));
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .route("reset", &["reset.example.test"], &[resetting.addr])
+            .route("api", &[HOST], &[healthy.addr])
+            .yaml(),
+    );
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    let base = baseline_fds(pid).await;
+    let hello = fixture(HELLO);
+
+    // A stream open through the whole scenario must not notice it.
+    let (mut bystander, id) = raw_route(addr, &hello, STEP).await.expect("bystander");
+    assert_eq!(id, b'H');
+
+    let reset_hello = with_sni(&hello, b"reset.example.test");
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let reset_hello = reset_hello.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tcp = raw_connect(addr).await;
+            tcp.write_all(&reset_hello).await.unwrap();
+            read_until_closed(&mut tcp, STEP).await
+        }));
+    }
+    for task in tasks {
+        let out = task.await.unwrap();
+        assert!(
+            out.end.closed(),
+            "the client did not see the backend's reset"
+        );
+        assert_eq!(out.bytes, REPLY, "what the backend sent before resetting");
+    }
+    echo(&mut bystander, b"still here")
+        .await
+        .expect("the bystander stream broke");
+    drop(bystander);
+    let (_, id) = raw_route(addr, &hello, STEP)
+        .await
+        .expect("a new client after the resets");
+    assert_eq!(id, b'H');
+    assert_fds_back(pid, base, "reset backend").await;
+}
+
+/// A loopback address whose connects time out: a listener with a backlog of 1 whose accept
+/// queue is full (and never drained), so the kernel drops further SYNs. Holds the listener and
+/// the queued connections.
+async fn black_hole() -> (SocketAddr, TcpListener, Vec<TcpStream>) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        match timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => queued.push(tcp),
+            Ok(Err(e)) => panic!("filling the black hole's queue: {e}"),
+            // A connect that hangs: the hole is ready.
+            Err(_) => return (addr, listener, queued),
+        }
+    }
+    panic!("connects to a listener with a full accept queue kept succeeding");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_backend_times_out_and_the_next_is_tried() {
+    let _serial = serial().await;
+    let (hole, _listener, _queued) = black_hole().await;
+    let next = RawServer::start(Mode::Echo(b'N'));
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .route("api", &[HOST], &[hole, next.addr])
+            .set("connect_timeout", "500ms")
+            // Every connect tries the hole in its turn (no ejection), so each is timed.
+            .set("outlier_detection", "{consecutive_failures: 0}")
+            .yaml(),
+    );
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    let base = baseline_fds(pid).await;
+    let hello = fixture(HELLO);
+
+    // Round robin: the first connection starts at the hole, the second at the good one, ...
+    for i in 0..6 {
+        let started = Instant::now();
+        let (_tcp, id) = raw_route(addr, &hello, STEP)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        let took = started.elapsed();
+        assert_eq!(id, b'N', "connection {i} reached the wrong backend");
+        if i % 2 == 0 {
+            assert!(
+                took >= Duration::from_millis(480) && took < Duration::from_millis(1500),
+                "connection {i} tried the black hole first: expected ~500ms, took {took:?}"
+            );
+        } else {
+            assert!(
+                took < Duration::from_millis(400),
+                "connection {i} took {took:?}"
+            );
+        }
+    }
+    // Concurrently too: every one gets through, none waits more than one connect_timeout.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let hello = hello.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            raw_route(addr, &hello, STEP)
+                .await
+                .map(|(_, id)| (id, started.elapsed()))
+        }));
+    }
+    for task in tasks {
+        let (id, took) = task.await.unwrap().expect("a concurrent client");
+        assert_eq!(id, b'N');
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+    }
+    assert_fds_back(pid, base, "black-holed backend").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durations_past_the_clock_range_do_not_break_forwarding() {
+    let _serial = serial().await;
+    // They validate (humantime's range is u64 seconds), but `Instant + d` overflows.
+    const FOREVER: &str = "300000000000y";
+    let dead = closed_port();
+    let backend = RawServer::start(Mode::Echo(b'E'));
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .route("api", &[HOST], &[dead, backend.addr])
+            .set("idle_timeout", FOREVER)
+            .set(
+                "outlier_detection",
+                &format!(
+                    "{{consecutive_failures: 1, base_ejection_time: {FOREVER}, \
+                     max_ejection_time: {FOREVER}}}"
+                ),
+            )
+            .yaml(),
+    );
+    let hello = fixture(HELLO);
+    // The first connection tries the dead backend first (and ejects it), then forwards.
+    for i in 0..4 {
+        let (mut tcp, id) = raw_route(proxy.proxy_addr(), &hello, STEP)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(id, b'E');
+        echo(&mut tcp, b"still forwarding")
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+    }
+    let panics = proxy.logs_since(0, &["panicked"]);
+    assert!(panics.is_empty(), "{panics:?}");
+    assert_eq!(
+        proxy.routes()["ejected_endpoints"][0]["endpoint"],
+        dead.to_string()
+    );
+}
+
+// === the open-files limit ===
+
+/// Lowers the running proxy's open-files limit (as `ulimit -n` before exec would).
+fn limit_open_files(pid: u32, limit: usize) {
+    let status = Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(status.success(), "prlimit failed: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_open_files_limit_the_proxy_refuses_and_recovers_by_itself() {
+    let _serial = serial().await;
+    let backend = RawServer::start(Mode::Echo(b'E'));
+    let mut proxy = Sniroute::start(
+        one_route(backend.addr)
+            .set("client_hello_timeout", "3s")
+            .yaml(),
+    );
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    let hello = fixture(HELLO);
+    let (mut warm, _) = raw_route(addr, &hello, STEP).await.expect("warm-up");
+    echo(&mut warm, &[7u8; 4096]).await.unwrap();
+    drop(warm);
+    let base = baseline_fds(pid).await;
+    limit_open_files(pid, 128);
+    let mark = proxy.log_mark();
+
+    // Open routed streams until the proxy cannot take more: a client is then either closed
+    // (accepted, but no socket left for its backend) or left waiting in the accept queue.
+    let mut routed = Vec::new();
+    let mut refused = 0;
+    let mut waiting = Vec::new();
+    for _ in 0..200 {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut tcp = tcp;
+        tcp.write_all(&hello).await.unwrap();
+        let mut first = [0u8; 1];
+        match timeout(Duration::from_millis(300), tcp.read(&mut first)).await {
+            Ok(Ok(1)) => {
+                let mut rest = vec![0u8; hello.len()];
+                tcp.read_exact(&mut rest).await.expect("echo of the hello");
+                routed.push(tcp);
+            }
+            Ok(Ok(_)) | Ok(Err(_)) => refused += 1,
+            Err(_) => waiting.push(tcp),
+        }
+        if refused + waiting.len() >= 20 {
+            break;
+        }
+    }
+    eprintln!(
+        "at 128 open files: {} routed, {refused} closed, {} waiting",
+        routed.len(),
+        waiting.len()
+    );
+    assert!(
+        refused + waiting.len() >= 20,
+        "the open-files limit was never reached ({} routed)",
+        routed.len()
+    );
+    assert!(
+        routed.len() >= 20,
+        "only {} streams fit in 128 fds",
+        routed.len()
+    );
+
+    // Held at the limit: it neither exits nor spins.
+    let ticks = cpu_ticks(pid);
+    sleep(Duration::from_secs(1)).await;
+    let used = cpu_ticks(pid) - ticks;
+    assert!(proxy.running(), "the proxy exited at the open-files limit");
+    assert!(
+        used < 30,
+        "the proxy used {used} ticks of CPU in 1s at the limit: spinning"
+    );
+    // The streams it holds keep flowing, all at once (each moving direction needs a pipe).
+    let mut flows = Vec::new();
+    for (i, mut tcp) in routed.into_iter().enumerate() {
+        flows.push(tokio::spawn(async move {
+            let data = Rng::new(i as u64).bytes(256 * 1024);
+            let result = echo(&mut tcp, &data).await;
+            (i, tcp, result)
+        }));
+    }
+    let mut routed = Vec::new();
+    for flow in flows {
+        let (i, tcp, result) = flow.await.unwrap();
+        result.unwrap_or_else(|e| panic!("stream {i} broke at the open-files limit: {e}"));
+        routed.push(tcp);
+    }
+
+    // Everything closes; the proxy must serve again without help.
+    drop(routed);
+    drop(waiting);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match raw_route(addr, &hello, Duration::from_millis(500)).await {
+            Ok((mut tcp, b'E')) => {
+                echo(&mut tcp, b"back").await.expect("echo after recovery");
+                break;
+            }
+            Ok((_, id)) => panic!("routed to {id}"),
+            Err(e) if Instant::now() >= deadline => {
+                panic!("no recovery within 10s after the connections closed: {e}")
+            }
+            Err(_) => sleep(Duration::from_millis(100)).await,
+        }
+    }
+    for i in 0..20 {
+        raw_route(addr, &hello, STEP)
+            .await
+            .unwrap_or_else(|e| panic!("client {i} after recovery: {e}"));
+    }
+    assert!(proxy.running());
+    let logs = proxy.logs_since(mark, &[]);
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("accept failed") || l.contains("backend_unreachable")),
+        "nothing logged at the open-files limit"
+    );
+    // The backend never failed: running out of fds must not eject it.
+    let ejected = proxy.logs_since(mark, &["endpoint ejected"]);
+    assert!(
+        ejected.is_empty(),
+        "a healthy backend was ejected because the proxy ran out of fds: {ejected:?}"
+    );
+    let routes = proxy.routes();
+    assert_eq!(
+        routes["ejected_endpoints"],
+        serde_json::json!([]),
+        "a healthy backend was ejected because the proxy ran out of fds"
+    );
+    assert_fds_back(pid, base, "open-files limit").await;
+}
+
+// === reload storm ===
+
+/// A stream that echoes through the proxy for as long as the storm lasts.
+async fn long_stream(
+    addr: SocketAddr,
+    hello: Arc<Vec<u8>>,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> Result<(u8, usize), String> {
+    let (mut tcp, id) = raw_route(addr, &hello, STEP)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut rng = Rng::new(seed);
+    let mut sent = 0;
+    let mut chunk = 0;
+    loop {
+        let last = stop.load(Ordering::SeqCst);
+        let len = 1 + rng.below(1024);
+        let data = rng.bytes(len);
+        echo(&mut tcp, &data)
+            .await
+            .map_err(|e| format!("chunk {chunk} ({sent} bytes in): {e}"))?;
+        sent += data.len();
+        chunk += 1;
+        if last {
+            break;
+        }
+        sleep(Duration::from_millis(200 + rng.below(300) as u64)).await;
+    }
+    tcp.shutdown().await.map_err(|e| e.to_string())?;
+    let out = read_until_closed(&mut tcp, STEP).await;
+    if out.end != End::Eof || !out.bytes.is_empty() {
+        return Err(format!(
+            "end of stream: {:?} after {} extra bytes",
+            out.end,
+            out.bytes.len()
+        ));
+    }
+    Ok((id, sent))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_storm_keeps_streams_byte_exact_and_routes_by_the_current_table() {
+    let _serial = serial().await;
+    let swaps = knob("ROBUSTNESS_SWAPS", 1000);
+    let streams = knob("ROBUSTNESS_STREAMS", 500);
+    let a = RawServer::start(Mode::Echo(b'A'));
+    let b = RawServer::start(Mode::Echo(b'B'));
+    // Never in any table: must never see a connection.
+    let c = RawServer::start(Mode::Echo(b'C'));
+    let config = |to: SocketAddr| one_route(to).yaml();
+    let mut proxy = Sniroute::start(config(a.addr));
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    let base = baseline_fds(pid).await;
+    let hello = Arc::new(fixture(HELLO));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Half the streams start on A, half on B.
+    let mut tasks = Vec::with_capacity(streams);
+    let open = |tasks: &mut Vec<_>, from: usize, to: usize| {
+        for i in from..to {
+            tasks.push(tokio::spawn(long_stream(
+                addr,
+                hello.clone(),
+                i as u64,
+                stop.clone(),
+            )));
+        }
+    };
+    open(&mut tasks, 0, streams / 2);
+    let deadline = Instant::now() + STEP;
+    while a.open() < streams / 2 && Instant::now() < deadline {
+        sleep(Duration::from_millis(20)).await;
+    }
+    let published = |proxy: &Sniroute, mark| proxy.logs_since(mark, &["table published"]).len();
+    let mark = proxy.log_mark();
+    proxy.rename_config(config(b.addr));
+    hangup(pid);
+    let deadline = Instant::now() + STEP;
+    while published(&proxy, mark) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first swap was not published"
+        );
+        sleep(Duration::from_millis(2)).await;
+    }
+    open(&mut tasks, streams / 2, streams);
+    let deadline = Instant::now() + STEP;
+    while a.open() + b.open() < streams && Instant::now() < deadline {
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        a.open() + b.open(),
+        streams,
+        "streams open before the storm"
+    );
+
+    // The storm. The file watcher debounces (75 ms of quiet, 400 ms at most), which would
+    // make 1,000 swaps take minutes; SIGHUP reloads at once. So the config path becomes a
+    // symlink into a directory the watcher does not watch, and each swap replaces the file
+    // there (atomically) and sends SIGHUP. Once a swap is published, a new connection must
+    // reach the backend it names.
+    let outside = tempfile::tempdir().expect("tempdir");
+    let target = outside.path().join("storm.yaml");
+    let link = proxy.config_path().with_file_name(".storm-link");
+    std::fs::write(&target, config(b.addr)).unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    std::fs::rename(&link, proxy.config_path()).unwrap();
+    let generation = proxy.generation();
+    let mark = proxy.log_mark();
+    let started = Instant::now();
+    for i in 1..=swaps {
+        let (to, id) = if i % 2 == 1 {
+            (a.addr, b'A')
+        } else {
+            (b.addr, b'B')
+        };
+        let staged = outside.path().join("storm.yaml.new");
+        std::fs::write(&staged, config(to)).unwrap();
+        std::fs::rename(&staged, &target).unwrap();
+        hangup(pid);
+        let deadline = Instant::now() + STEP;
+        while published(&proxy, mark) < i {
+            assert!(
+                Instant::now() < deadline,
+                "swap {i} was not published within {STEP:?}"
+            );
+            sleep(Duration::from_millis(1)).await;
+        }
+        let (_, reached) = raw_route(addr, &hello, STEP)
+            .await
+            .unwrap_or_else(|e| panic!("a new connection after swap {i}: {e}"));
+        assert_eq!(
+            reached as char, id as char,
+            "after swap {i} a new connection reached the wrong backend"
+        );
+    }
+    let storm = started.elapsed();
+    assert_eq!(published(&proxy, mark), swaps, "publishes");
+    assert_eq!(
+        proxy.generation(),
+        generation + swaps as u64,
+        "/routes generation"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    let mut problems = Vec::new();
+    let (mut on_a, mut bytes) = (0, 0);
+    for task in tasks {
+        match task.await.expect("stream task") {
+            Ok((id, sent)) => {
+                on_a += usize::from(id == b'A');
+                bytes += sent;
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    eprintln!(
+        "reload storm: {swaps} swaps in {storm:?} ({:?} each); {streams} streams \
+         ({on_a} on A), {bytes} bytes echoed",
+        storm / swaps as u32
+    );
+    assert!(
+        problems.is_empty(),
+        "{} streams failed: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(5)]
+    );
+    assert_eq!(on_a, streams / 2, "streams opened under the first table");
+    assert_eq!(c.accepted(), 0, "a backend in no table got connections");
+    assert_fds_back(pid, base, "reload storm").await;
+}
+
+fn hangup(pid: u32) {
+    let status = Command::new("sh")
+        .args(["-c", "kill -HUP \"$0\"", &pid.to_string()])
+        .status()
+        .expect("run sh");
+    assert!(status.success(), "kill -HUP {pid}: {status}");
+}
