@@ -23,6 +23,9 @@
 //! The backends run in a child process of this harness (`--backend-child`), so their CPU is
 //! neither the proxy's nor the load generator's.
 
+// A benchmark measures wall-clock time; the ban on std's Instant is for paused-time tests.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "compare/backend.rs"]
 mod backend;
 #[path = "compare/load.rs"]
