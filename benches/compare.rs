@@ -110,6 +110,67 @@ fn main() -> ExitCode {
             }
         };
     }
+    // For profiling by hand: one raw stream through ADDR, `up` or `down`, for MS milliseconds.
+    if let Some(i) = args.iter().position(|a| a == "--stream") {
+        let (Some(addr), Some(way), Some(ms)) = (
+            args.get(i + 1).and_then(|a| a.parse().ok()),
+            args.get(i + 2),
+            args.get(i + 3).and_then(|a| a.parse().ok()),
+        ) else {
+            eprintln!("usage: --stream ADDR up|down MS");
+            return ExitCode::FAILURE;
+        };
+        let up = way == "up";
+        return match load::raw_stream(addr, HELLO, up, Duration::from_millis(ms)) {
+            Ok((bytes, secs)) => {
+                println!("{way}: {:.2} Gbit/s", bytes as f64 * 8.0 / secs / 1e9);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("stream: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // For profiling by hand: new TLS connections through ADDR from CONC clients for MS
+    // milliseconds, trusting the CA a previous run left in DIR (target/compare/run).
+    if let Some(i) = args.iter().position(|a| a == "--rate") {
+        let parsed = (|| {
+            let dir = PathBuf::from(args.get(i + 1)?);
+            let addr: SocketAddr = args.get(i + 2)?.parse().ok()?;
+            let conc: usize = args.get(i + 3)?.parse().ok()?;
+            let ms: u64 = args.get(i + 4)?.parse().ok()?;
+            Some((dir, addr, conc, ms))
+        })();
+        let Some((dir, addr, conc, ms)) = parsed else {
+            eprintln!("usage: --rate DIR ADDR CONCURRENCY MS");
+            return ExitCode::FAILURE;
+        };
+        let rate = std::fs::read(dir.join("ca.der"))
+            .map(CertificateDer::from)
+            .and_then(connector)
+            .and_then(|connector| {
+                let rt = tokio::runtime::Runtime::new()?;
+                let dur = Duration::from_millis(ms);
+                Ok(rt.block_on(load::conn_rate(addr, TLS_HOST, &connector, conc, dur)))
+            });
+        return match rate {
+            Ok(rate) => {
+                println!(
+                    "{:.0} conn/s, {} errors, p50 {:.2} ms, p99 {:.2} ms",
+                    rate.per_second(),
+                    rate.errors,
+                    rate.percentile_ms(0.5),
+                    rate.percentile_ms(0.99)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rate: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let quick = args.iter().any(|a| a == "--quick")
         || std::env::var("COMPARE_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let only: Option<Vec<String>> = args
@@ -218,6 +279,7 @@ fn make_pki(dir: &Path) -> io::Result<CertificateDer<'static>> {
     let cert = leaf.signed_by(&key, &issuer).map_err(bad)?;
     std::fs::write(dir.join("leaf.der"), cert.der())?;
     std::fs::write(dir.join("leaf.key"), key.serialize_der())?;
+    std::fs::write(dir.join("ca.der"), ca.der())?;
     Ok(ca.der().clone())
 }
 
@@ -308,13 +370,27 @@ fn run(plan: Plan, kinds: &[Kind]) -> io::Result<()> {
     );
     let started = Instant::now();
     let mut results = Results::new();
+    let mut failed: Vec<&str> = Vec::new();
     for &kind in kinds {
         let t = Instant::now();
-        let mut running =
-            Running::start(kind, backend.backends, &work.join(kind.name()), &sniroute)?;
-        measure(&plan, &rt, &connector, &mut running, &mut results)?;
-        running.stop();
-        eprintln!("compare: {} done in {:.0?}", kind.name(), t.elapsed());
+        // One proxy failing (to start, or mid-way) leaves its cells empty, not the table.
+        let measured = Running::start(kind, backend.backends, &work.join(kind.name()), &sniroute)
+            .and_then(|mut running| {
+                let measured = measure(&plan, &rt, &connector, &mut running, &mut results);
+                running.stop();
+                measured
+            });
+        match measured {
+            Ok(()) => eprintln!("compare: {} done in {:.0?}", kind.name(), t.elapsed()),
+            Err(e) => {
+                eprintln!(
+                    "compare: {} FAILED after {:.0?}: {e}",
+                    kind.name(),
+                    t.elapsed()
+                );
+                failed.push(kind.name());
+            }
+        }
         // Let closes and TIME_WAITs of this proxy settle before the next one starts.
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -328,7 +404,11 @@ fn run(plan: Plan, kinds: &[Kind]) -> io::Result<()> {
         out.join("results.md").display(),
         elapsed
     );
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("failed: {}", failed.join(", "))))
+    }
 }
 
 /// Runs every measurement against one proxy, recording into `results`.

@@ -211,34 +211,36 @@ pub async fn conn_rate(
     }
 }
 
-/// Opens `n` TLS connections (64 at a time), each answered once (`I`), and keeps them.
+/// Opens `n` TLS connections (64 clients at a time), each answered once (`I`), and keeps them.
 pub async fn open_idle(
     addr: SocketAddr,
     sni: &'static str,
     connector: &TlsConnector,
     n: usize,
 ) -> io::Result<Vec<TlsStream<TcpStream>>> {
-    let mut out = Vec::with_capacity(n);
-    let mut opened = 0;
-    while opened < n {
-        let batch = (n - opened).min(64);
-        let mut tasks = Vec::with_capacity(batch);
-        for _ in 0..batch {
-            let connector = connector.clone();
-            tasks.push(tokio::spawn(async move {
-                timeout(STEP, async {
+    const CLIENTS: usize = 64;
+    let mut tasks = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let mine = n / CLIENTS + usize::from(i < n % CLIENTS);
+        let connector = connector.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(mine);
+            for _ in 0..mine {
+                let tls = timeout(STEP, async {
                     let mut tls = tls_connect(addr, sni, &connector).await?;
                     ask(&mut tls, b"I\n").await?;
                     io::Result::Ok(tls)
                 })
                 .await
-                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-            }));
-        }
-        for task in tasks {
-            out.push(task.await.map_err(io::Error::other)??);
-        }
-        opened += batch;
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))?;
+                out.push(tls);
+            }
+            io::Result::Ok(out)
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for task in tasks {
+        out.extend(task.await.map_err(io::Error::other)??);
     }
     Ok(out)
 }

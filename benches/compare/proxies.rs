@@ -1,7 +1,7 @@
 //! The proxies under test as child processes on loopback ephemeral ports, each with the same
 //! SNI table, and what /proc says about them (CPU seconds, RSS).
 
-use std::io::{self, Write};
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -90,10 +90,10 @@ impl Running {
         let child = match kind {
             Kind::Direct => return Ok(me),
             Kind::Sniroute => {
-                me.write_config()?;
+                let (cfg, _) = me.write_config()?;
                 Command::new(sniroute)
                     .arg("--config")
-                    .arg(dir.join("sniroute.yaml"))
+                    .arg(cfg)
                     .env_remove("RUST_LOG")
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -101,7 +101,7 @@ impl Running {
                     .spawn()?
             }
             Kind::Haproxy | Kind::HaproxySplice => {
-                let cfg = me.write_config()?;
+                let (cfg, _) = me.write_config()?;
                 Command::new("haproxy")
                     .arg("-db")
                     .arg("-f")
@@ -112,7 +112,7 @@ impl Running {
                     .spawn()?
             }
             Kind::Nginx => {
-                let cfg = me.write_config()?;
+                let (cfg, _) = me.write_config()?;
                 Command::new("nginx")
                     .arg("-p")
                     .arg(dir)
@@ -193,27 +193,24 @@ impl Running {
         tree(root).iter().map(|&pid| rss_of(pid)).sum()
     }
 
-    /// The main process id (for perf).
-    pub fn pid(&self) -> Option<u32> {
-        self.root_pid()
-    }
-
-    fn write_config(&self) -> io::Result<PathBuf> {
+    /// Writes the config and returns its path and the moment it took effect on disk (the
+    /// rename). It is written in the parent directory and renamed into `conf/`, as editors
+    /// and ConfigMap updates do, so a watcher of `conf/` sees one complete change.
+    fn write_config(&self) -> io::Result<(PathBuf, Instant)> {
         let (name, text) = match self.kind {
-            Kind::Direct => return Ok(PathBuf::new()),
+            Kind::Direct => return Ok((PathBuf::new(), Instant::now())),
             Kind::Sniroute => ("sniroute.yaml", self.sniroute_yaml()),
             Kind::Haproxy | Kind::HaproxySplice => ("haproxy.cfg", self.haproxy_cfg()),
             Kind::Nginx => ("nginx.conf", self.nginx_conf()),
         };
-        let path = self.dir.join(name);
-        // Written aside and renamed over, as editors and ConfigMap updates do: a watcher never
-        // reads half a file.
+        let conf = self.dir.join("conf");
+        std::fs::create_dir_all(&conf)?;
+        let path = conf.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
+        std::fs::write(&tmp, text)?;
+        let at = Instant::now();
         std::fs::rename(&tmp, &path)?;
-        Ok(path)
+        Ok((path, at))
     }
 
     /// Every (hostname, backend) pair of the table.
@@ -228,7 +225,7 @@ impl Running {
 
     fn sniroute_yaml(&self) -> String {
         let mut y = format!(
-            "listen: {}\nadmin: 127.0.0.1:0\nidle_timeout: 1h\nroutes:\n",
+            "listen: {}\nadmin: 127.0.0.1:0\nidle_timeout: 1h\nshutdown_delay: 0s\nroutes:\n",
             self.addr
         );
         for (host, backend) in self.routes() {
@@ -238,13 +235,18 @@ impl Running {
     }
 
     fn haproxy_cfg(&self) -> String {
-        let splice = if self.kind == Kind::HaproxySplice {
-            "  option splice-request\n  option splice-response\n"
+        // maxconn (and maxpipes when splicing) keep HAProxy's own fd estimate, which it
+        // insists on, under the 20,000 open-files limit with 8,000 idle connections open.
+        let (pipes, splice) = if self.kind == Kind::HaproxySplice {
+            (
+                "  maxpipes 1000\n",
+                "  option splice-request\n  option splice-response\n",
+            )
         } else {
-            ""
+            ("", "")
         };
         let mut c = format!(
-            "global\n  nbthread 2\n  maxconn 9500\n  pidfile {dir}/haproxy.pid\n\n\
+            "global\n  nbthread 2\n  maxconn 8500\n{pipes}  pidfile {dir}/haproxy.pid\n\n\
              defaults\n  mode tcp\n  timeout connect 10s\n  timeout client 1h\n  \
              timeout server 1h\n{splice}\n\
              frontend sni\n  bind {addr}\n  tcp-request inspect-delay 5s\n  \
@@ -276,7 +278,7 @@ impl Running {
         }
         c += &format!(
             "  }}\n  server {{\n    listen {};\n    ssl_preread on;\n    preread_timeout 5s;\n    \
-             proxy_connect_timeout 10s;\n    proxy_timeout 1h;\n    proxy_pass $upstream;\n  }}\n}}\n",
+             proxy_connect_timeout 10s;\n    proxy_timeout 1h;\n    proxy_half_close on;\n    proxy_pass $upstream;\n  }}\n}}\n",
             self.addr
         );
         c
@@ -289,17 +291,12 @@ impl Running {
         self.extra.push(host.to_owned());
         match self.kind {
             Kind::Direct => Ok(None),
-            Kind::Sniroute => {
-                let start = Instant::now();
-                self.write_config()?;
-                Ok(Some(start))
-            }
+            Kind::Sniroute => Ok(Some(self.write_config()?.1)),
             Kind::Haproxy | Kind::HaproxySplice => {
                 // A hitless reload: a new process with the new file takes over the listener
                 // (SO_REUSEPORT) and tells the old one (-sf) to finish its connections.
                 let old = self.root_pid().expect("haproxy runs");
-                let start = Instant::now();
-                let cfg = self.write_config()?;
+                let (cfg, start) = self.write_config()?;
                 let log = std::fs::OpenOptions::new()
                     .append(true)
                     .open(self.dir.join("proxy.log"))?;
@@ -317,8 +314,7 @@ impl Running {
                 Ok(Some(start))
             }
             Kind::Nginx => {
-                let start = Instant::now();
-                self.write_config()?;
+                let (_, start) = self.write_config()?;
                 signal(self.child.as_ref().expect("nginx runs").id(), "HUP")?;
                 Ok(Some(start))
             }
@@ -359,6 +355,7 @@ fn signal(pid: u32, name: &str) -> io::Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())
+        .stderr(Stdio::null())
         .status()?;
     if status.success() {
         Ok(())

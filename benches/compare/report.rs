@@ -230,8 +230,10 @@ impl Report {
         let s = self.get(metric.key, "sniroute");
         let h = self.get(metric.key, "haproxy");
         let hs = self.get(metric.key, "haproxy-splice");
+        let compared = h.is_some() || hs.is_some() || matches!(metric.target, Target::Below(_));
         match (metric.target, s) {
             (Target::None, _) | (_, None) => (String::new(), None),
+            _ if !compared => (String::new(), None),
             (Target::AtLeast { haproxy, splice }, Some(s)) => {
                 let text = format!("≥{haproxy}× haproxy, ≥{splice}× spliced");
                 let ok = h.is_none_or(|h| s >= haproxy * h) && hs.is_none_or(|hs| s >= splice * hs);
