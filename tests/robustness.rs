@@ -23,7 +23,9 @@
 //! they assert must not depend on a neighbour. Sizes have full defaults; these variables
 //! shrink or grow them: `ROBUSTNESS_SLOWLORIS` (2000 connections), `ROBUSTNESS_FLOOD` (per
 //! kind and round, 600), `ROBUSTNESS_HOLD` (1000), `ROBUSTNESS_SWAPS` (1000),
-//! `ROBUSTNESS_STREAMS` (500). Linux only (`/proc`, `prlimit`).
+//! `ROBUSTNESS_STREAMS` (500); `ROBUSTNESS_RSS_MIB` (64) bounds the flood's RSS growth
+//! (raise it under AddressSanitizer, whose quarantine holds freed memory). Linux only
+//! (`/proc`, `prlimit`).
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -701,8 +703,10 @@ async fn floods_are_refused_with_bounded_memory_and_good_clients_unaffected() {
         p99 < Duration::from_millis(500),
         "good clients' p99 during the flood: {p99:?}"
     );
+    // AddressSanitizer's quarantine keeps freed memory: give its runs a larger bound.
+    let bound = knob("ROBUSTNESS_RSS_MIB", 64) as u64 * 1024;
     assert!(
-        growth < 64 * 1024,
+        growth < bound,
         "RSS grew by {growth} KiB during the flood (from {rss_before} KiB)"
     );
     assert_outcomes(&proxy, "not_tls", refused_before + (total + hold) as u64).await;
@@ -959,8 +963,7 @@ async fn at_the_open_files_limit_the_proxy_refuses_and_recovers_by_itself() {
     let mut refused = 0;
     let mut waiting = Vec::new();
     for _ in 0..200 {
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        let mut tcp = tcp;
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
         tcp.write_all(&hello).await.unwrap();
         let mut first = [0u8; 1];
         match timeout(Duration::from_millis(300), tcp.read(&mut first)).await {

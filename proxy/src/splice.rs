@@ -6,19 +6,34 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{ready, Context, Poll};
 
-use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
+use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::forward::{shutdown_write, write_all, Activity, Direction};
+use crate::forward::{shutdown_write, Activity, Buffered, Direction};
 
-/// Bytes asked of one splice; the default pipe capacity (16 pages), so a splice into an
-/// empty pipe never blocks on the pipe, only on the socket.
-const SPLICE_LEN: usize = 64 * 1024;
+/// Capacity asked for a new pipe: the default `pipe-max-size`. A splice moves up to the pipe's
+/// capacity at once; on loopback, 1 MiB pipes instead of the default 64 KiB carried one
+/// stream 25% faster at 45% less proxy CPU per GB (see the README's Performance section).
+const LARGE_PIPE: usize = 1024 * 1024;
+
+/// Pipes enlarged to [`LARGE_PIPE`] at once, process-wide (16 MiB). Every pipe's capacity counts
+/// against the user's `pipe-user-pages-soft` (16,384 pages by default), past which the kernel
+/// gives each new pipe 2 pages only; this keeps three quarters of it for default-size pipes.
+const MAX_LARGE_PIPES: usize = 16;
+static LARGE_PIPES: AtomicUsize = AtomicUsize::new(0);
+
+/// A pipe's capacity when it is not enlarged: the default (16 pages).
+const DEFAULT_PIPE: usize = 64 * 1024;
 
 /// Clean pipes kept per thread: enough for the connections one thread moves at once.
 const POOL_PER_THREAD: usize = 64;
+
+/// Bytes buffered at a time when no pipe can be had.
+const FALLBACK_BUFFER: usize = 16 * 1024;
 
 thread_local! {
     static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
@@ -27,6 +42,9 @@ thread_local! {
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// Bytes the pipe holds when full: what one splice into it asks for, so a splice into an
+    /// empty pipe never blocks on the pipe, only on the socket.
+    capacity: usize,
 }
 
 impl Pipe {
@@ -35,7 +53,23 @@ impl Pipe {
             return Ok(pipe);
         }
         let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        Ok(Self { read, write })
+        let mut capacity = DEFAULT_PIPE;
+        if LARGE_PIPES.fetch_add(1, Ordering::Relaxed) < MAX_LARGE_PIPES {
+            match fcntl_setpipe_size(&write, LARGE_PIPE) {
+                Ok(size) => capacity = size,
+                // Refused (a lower pipe-max-size, or over the soft limit): the default will do.
+                Err(_) => {
+                    LARGE_PIPES.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        } else {
+            LARGE_PIPES.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(Self {
+            read,
+            write,
+            capacity,
+        })
     }
 
     /// Returns an empty pipe to this thread's pool (a full pool closes it).
@@ -49,99 +83,123 @@ impl Pipe {
     }
 }
 
-/// Moves bytes from `from` to `to` until EOF, then shuts down `to`'s write side.
-pub(crate) async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    activity: &Activity,
-    counter: &Direction,
-) -> io::Result<()> {
-    loop {
-        from.readable().await?;
-        let pipe = match Pipe::take() {
-            Ok(pipe) => pipe,
-            // No pipe to be had (at the open-files limit with this thread's pool empty): move
-            // this burst through a buffer rather than fail a connection that works.
-            Err(_) => {
-                if copy_burst(from, to, activity, counter).await? {
-                    return shutdown_write(to);
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        if self.capacity > DEFAULT_PIPE {
+            LARGE_PIPES.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One direction of a pair: moves bytes from `from` to `to` until EOF, then shuts down `to`'s
+/// write side.
+///
+/// A plain state, polled by [`crate::forward::forward`] (no future per direction): while idle
+/// it holds no pipe and no buffer, only what a readiness wait needs (the waker is kept by the
+/// socket's registration), which keeps an idle connection's task small.
+#[derive(Default)]
+pub(crate) struct Pump {
+    /// The pipe while a burst is moving; given back once it is empty and `from` has no more.
+    pipe: Option<Pipe>,
+    /// Bytes in `pipe` not yet written to `to`.
+    in_pipe: usize,
+    /// Used instead of a pipe when none can be had (at the open-files limit with this
+    /// thread's pool empty): a burst moves through a buffer rather than fail the pair.
+    buffered: Buffered,
+    done: bool,
+}
+
+impl Pump {
+    /// Ready once EOF was passed on (and again on every later call), or on the first error.
+    /// On an error mid-burst the pipe is dropped, bytes and all: the pair is over.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        activity: &Activity,
+        counter: &Direction,
+    ) -> Poll<io::Result<()>> {
+        if self.done {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.in_pipe > 0 {
+                let Some(pipe) = self.pipe.as_ref() else {
+                    // Unreachable by construction; an error ends this pair, never the process.
+                    return Poll::Ready(Err(io::Error::other("bytes pending without a pipe")));
+                };
+                ready!(to.poll_write_ready(cx))?;
+                let moved = to.try_io(Interest::WRITABLE, || {
+                    Ok(splice(
+                        &pipe.read,
+                        None,
+                        to,
+                        None,
+                        self.in_pipe,
+                        SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+                    )?)
+                });
+                match moved {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        activity.record(counter, n);
+                    }
+                    // Readiness is cleared: the next poll_write_ready waits for room.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
                 continue;
             }
-        };
-        loop {
+            if self.buffered.active() {
+                // A burst that started without a pipe finishes through the buffer.
+                ready!(self.buffered.poll_copy(cx, from, to, activity, counter))?;
+                return self.finish(to);
+            }
+            if from.poll_read_ready(cx)?.is_pending() {
+                // Drained: an idle direction holds no pipe.
+                if let Some(pipe) = self.pipe.take() {
+                    pipe.give_back();
+                }
+                return Poll::Pending;
+            }
+            let pipe = match &self.pipe {
+                Some(pipe) => pipe,
+                None => match Pipe::take() {
+                    Ok(pipe) => self.pipe.insert(pipe),
+                    Err(_) => {
+                        self.buffered.start(FALLBACK_BUFFER);
+                        continue;
+                    }
+                },
+            };
             let moved = from.try_io(Interest::READABLE, || {
                 Ok(splice(
                     from,
                     None,
                     &pipe.write,
                     None,
-                    SPLICE_LEN,
+                    pipe.capacity,
                     SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
                 )?)
             });
             match moved {
-                Ok(0) => {
-                    pipe.give_back();
-                    return shutdown_write(to);
-                }
-                // On an error mid-drain the pipe is dropped, bytes and all; the pair is over.
-                Ok(n) => {
-                    drain(&pipe, to, n).await?;
-                    activity.record(counter, n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Ok(0) => return self.finish(to),
+                Ok(n) => self.in_pipe = n,
+                // Readiness is cleared: the next poll_read_ready waits (and gives the pipe back).
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        pipe.give_back();
     }
-}
 
-/// Bytes buffered at a time when no pipe can be had.
-const FALLBACK_BUFFER: usize = 16 * 1024;
-
-/// Copies what `from` has ready to `to` through a buffer; `Ok(true)` at EOF.
-async fn copy_burst(
-    from: &TcpStream,
-    to: &TcpStream,
-    activity: &Activity,
-    counter: &Direction,
-) -> io::Result<bool> {
-    let mut buf = vec![0u8; FALLBACK_BUFFER];
-    loop {
-        match from.try_read(&mut buf) {
-            Ok(0) => return Ok(true),
-            Ok(n) => {
-                write_all(to, &buf[..n]).await?;
-                activity.record(counter, n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
+    /// EOF from `from`: pass it on.
+    fn finish(&mut self, to: &TcpStream) -> Poll<io::Result<()>> {
+        if let Some(pipe) = self.pipe.take() {
+            pipe.give_back();
         }
+        self.done = true;
+        Poll::Ready(shutdown_write(to))
     }
-}
-
-/// Writes the `pending` bytes held in `pipe` to `to`.
-async fn drain(pipe: &Pipe, to: &TcpStream, mut pending: usize) -> io::Result<()> {
-    while pending > 0 {
-        to.writable().await?;
-        let moved = to.try_io(Interest::WRITABLE, || {
-            Ok(splice(
-                &pipe.read,
-                None,
-                to,
-                None,
-                pending,
-                SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
-            )?)
-        });
-        match moved {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => pending -= n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
