@@ -622,6 +622,52 @@ async fn second_sigterm_during_the_delay_exits_at_once() {
 
 // === 3. Limits ===
 
+/// The sockets `ss` lists for `filter` (established, with timers), one line each.
+fn ss(args: &[&str], filter: &str) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(args)
+        .arg(filter)
+        .output()
+        .expect("ss (iproute2) runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sockets_keep_alive_and_the_backlog_is_configured() {
+    let raw = RawBackend::start();
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set("listen_backlog", "77")
+            .route("api", &["api.example.test"], &[raw.addr()])
+            .yaml(),
+    );
+    let port = proxy.proxy_addr().port();
+    // Listening sockets show their backlog as Send-Q.
+    let listening = ss(&["-ltnH"], &format!("( sport = :{port} )"));
+    assert_eq!(listening.len(), 1, "{listening:?}");
+    let send_q: Vec<&str> = listening[0].split_whitespace().collect();
+    assert_eq!(send_q[2], "77", "backlog: {listening:?}");
+
+    let _stream = open_raw_stream(&proxy, &raw, 0, "api.example.test").await;
+    let client_side = ss(
+        &["-tnoH", "state", "established"],
+        &format!("( sport = :{port} )"),
+    );
+    let backend_side = ss(
+        &["-tnoH", "state", "established"],
+        &format!("( dport = :{} )", raw.addr().port()),
+    );
+    for (side, lines) in [("client", &client_side), ("backend", &backend_side)] {
+        assert!(
+            lines.iter().any(|l| l.contains("timer:(keepalive")),
+            "the proxy's {side} socket has no keepalive: {lines:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_max_connections_closes_the_extra_one_and_recovers() {
     let raw = RawBackend::start();
