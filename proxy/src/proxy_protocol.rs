@@ -166,7 +166,10 @@ fn parse_v1(buf: &[u8]) -> Parsed {
         ppp::v1::Addresses::Unknown => None,
     };
     Parsed::Header(Header {
-        len: header.header.len(),
+        // The line ends at the first CRLF, whatever the parser read: for UNKNOWN it stops at
+        // the first CR (`PROXY UNKNOWN x \n\r\r\n`: 19 bytes to it, the line is 20), and the
+        // payload starts after the line.
+        len: end + 2,
         source,
         cluster_id: None,
     })
@@ -301,6 +304,20 @@ mod tests {
             parse(&v2_with_cluster_id("x"), Expect::Required(Version::V1)),
             Parsed::Invalid(_)
         ));
+    }
+
+    #[test]
+    fn a_v1_header_ends_at_its_crlf() {
+        // Found by the proxy_protocol fuzz target: UNKNOWN with a stray CR before the CRLF.
+        let bytes = b"PROXY UNKNOWN x \n\r\r\npayload";
+        let Parsed::Header(header) = parse(bytes, Expect::Optional) else {
+            panic!("{:?}", parse(bytes, Expect::Optional));
+        };
+        assert_eq!(&bytes[header.len..], b"payload");
+        assert_eq!(
+            parse(&bytes[..header.len], Expect::Optional),
+            Parsed::Header(header)
+        );
     }
 
     #[test]
