@@ -4,8 +4,8 @@
 //!
 //! ```sh
 //! bash benches/install-compare-deps.sh         # haproxy, nginx, libnginx-mod-stream (Debian)
-//! cargo bench --bench compare                   # the full run (about 5 minutes)
-//! cargo bench --bench compare -- --quick        # or COMPARE_QUICK=1: what CI runs (< 2 min)
+//! cargo bench --bench compare                   # the full run (about 3.5 minutes)
+//! cargo bench --bench compare -- --quick        # or COMPARE_QUICK=1: what CI runs (~90 s)
 //! cargo bench --bench compare -- --only direct,sniroute   # a subset
 //! ```
 //!
@@ -18,6 +18,11 @@
 //! 3. proxy RSS per idle established TLS connection, at 8,000 of them;
 //! 4. time from a table change to the first connection routed by the new table (sniroute: the
 //!    file rewritten; HAProxy: a `-sf` reload with the new file; nginx: SIGHUP).
+//!
+//! Every proxy runs for the whole run; each measurement is split into rounds that visit every
+//! proxy in turn, so drifting background load falls on all alike. Hidden modes for profiling
+//! by hand: `--stream ADDR up|down MS` and `--rate DIR ADDR CONCURRENCY MS` (DIR: a previous
+//! run's `target/compare/run`, for its CA).
 //!
 //! CPU and memory come from /proc/PID/{stat,status} of the proxy (and its worker processes).
 //! The backends run in a child process of this harness (`--backend-child`), so their CPU is
@@ -57,14 +62,20 @@ use proxies::{Backends, Kind, Running, TLS_HOST};
 /// A real captured ClientHello (curl 7.88, SNI `api.example.test`, 517 bytes, one record).
 const HELLO: &[u8] = include_bytes!("../tests/fixtures/clienthellos/curl-7.88.bin");
 
-/// How long each part runs.
+/// How long each part runs. Throughput and rate measurements are split into `rounds`, and
+/// each round visits every proxy in turn, so a change in the machine's background load (other
+/// builds on a shared 2-core machine) falls on all of them alike, not on whichever ran then.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
     quick: bool,
+    rounds: u32,
+    /// Per round, per proxy, each way.
     raw: Duration,
+    /// Per round, per proxy.
     bulk: Duration,
     bulk_streams: usize,
     latency: Duration,
+    /// Per round, per proxy, per concurrency.
     rate: Duration,
     idle: usize,
     table_changes: usize,
@@ -75,22 +86,24 @@ impl Plan {
         if quick {
             Self {
                 quick,
-                raw: Duration::from_millis(1500),
-                bulk: Duration::from_millis(1500),
+                rounds: 2,
+                raw: Duration::from_millis(750),
+                bulk: Duration::from_millis(750),
                 bulk_streams: 2,
                 latency: Duration::from_millis(1000),
-                rate: Duration::from_millis(2000),
+                rate: Duration::from_millis(1000),
                 idle: 8000,
                 table_changes: 3,
             }
         } else {
             Self {
                 quick,
-                raw: Duration::from_secs(5),
-                bulk: Duration::from_secs(5),
+                rounds: 4,
+                raw: Duration::from_millis(1250),
+                bulk: Duration::from_millis(1250),
                 bulk_streams: 2,
                 latency: Duration::from_secs(3),
-                rate: Duration::from_secs(6),
+                rate: Duration::from_millis(1500),
                 idle: 8000,
                 table_changes: 5,
             }
@@ -369,33 +382,28 @@ fn run(plan: Plan, kinds: &[Kind]) -> io::Result<()> {
         backend.backends.tls
     );
     let started = Instant::now();
-    let mut results = Results::new();
-    let mut failed: Vec<&str> = Vec::new();
+    // Every proxy runs for the whole run (an idle one uses no CPU); each measurement reads
+    // only the CPU of the proxy it loads.
+    let mut bench = Bench {
+        plan,
+        rt,
+        connector,
+        proxies: Vec::new(),
+        failed: Vec::new(),
+        results: Results::new(),
+    };
     for &kind in kinds {
-        let t = Instant::now();
-        // One proxy failing (to start, or mid-way) leaves its cells empty, not the table.
-        let measured = Running::start(kind, backend.backends, &work.join(kind.name()), &sniroute)
-            .and_then(|mut running| {
-                let measured = measure(&plan, &rt, &connector, &mut running, &mut results);
-                running.stop();
-                measured
-            });
-        match measured {
-            Ok(()) => eprintln!("compare: {} done in {:.0?}", kind.name(), t.elapsed()),
-            Err(e) => {
-                eprintln!(
-                    "compare: {} FAILED after {:.0?}: {e}",
-                    kind.name(),
-                    t.elapsed()
-                );
-                failed.push(kind.name());
-            }
+        match Running::start(kind, backend.backends, &work.join(kind.name()), &sniroute) {
+            Ok(running) => bench.proxies.push(running),
+            Err(e) => bench.fail(kind, "start", &e),
         }
-        // Let closes and TIME_WAITs of this proxy settle before the next one starts.
-        std::thread::sleep(Duration::from_millis(500));
+    }
+    bench.measure_all();
+    for proxy in &mut bench.proxies {
+        proxy.stop();
     }
     let elapsed = started.elapsed();
-    let report = report::Report::new(plan.quick, machine, results, elapsed);
+    let report = report::Report::new(plan.quick, machine, bench.results, elapsed);
     println!("{}", report.markdown());
     std::fs::write(out.join("results.md"), report.markdown())?;
     std::fs::write(out.join("results.json"), report.json())?;
@@ -404,168 +412,317 @@ fn run(plan: Plan, kinds: &[Kind]) -> io::Result<()> {
         out.join("results.md").display(),
         elapsed
     );
-    if failed.is_empty() {
+    if bench.failed.is_empty() {
         Ok(())
     } else {
-        Err(io::Error::other(format!("failed: {}", failed.join(", "))))
+        Err(io::Error::other(format!(
+            "failed: {}",
+            bench.failed.join(", ")
+        )))
     }
 }
 
-/// Runs every measurement against one proxy, recording into `results`.
-fn measure(
-    plan: &Plan,
-    rt: &tokio::runtime::Runtime,
-    connector: &TlsConnector,
-    p: &mut Running,
-    results: &mut Results,
-) -> io::Result<()> {
-    let name = p.kind.name();
-    let mut put = |key: &'static str, value: f64| {
-        results.entry(key).or_default().insert(name, value);
-    };
-    let proxied = p.kind != Kind::Direct;
-    let settle = || std::thread::sleep(Duration::from_millis(200));
+/// Sums over the rounds of one measurement, per proxy.
+#[derive(Default)]
+struct Sum {
+    bytes: u64,
+    secs: f64,
+    cpu: f64,
+    connections: u64,
+    errors: u64,
+    /// Connect + handshake, microseconds.
+    handshake_us: Vec<u32>,
+}
 
-    // Warm-up: a few connections of each kind, so first-use allocations are not measured.
-    rt.block_on(load::conn_rate(
-        p.target(false),
-        TLS_HOST,
-        connector,
-        4,
-        Duration::from_millis(200),
-    ));
-    load::raw_stream(p.target(true), HELLO, false, Duration::from_millis(100))?;
-    settle();
-
-    // 1. Raw streams, each way, and bulk TLS downloads.
-    let cpu0 = p.cpu_seconds();
-    let (up_bytes, up_secs) = load::raw_stream(p.target(true), HELLO, true, plan.raw)?;
-    settle();
-    let (down_bytes, down_secs) = load::raw_stream(p.target(true), HELLO, false, plan.raw)?;
-    let raw_cpu = p.cpu_seconds() - cpu0;
-    put("raw_up_gbps", up_bytes as f64 * 8.0 / up_secs / 1e9);
-    put("raw_down_gbps", down_bytes as f64 * 8.0 / down_secs / 1e9);
-    if proxied {
-        put(
-            "raw_cpu_s_per_gb",
-            raw_cpu / ((up_bytes + down_bytes) as f64 / 1e9),
-        );
+impl Sum {
+    fn add(&mut self, other: Sum) {
+        self.bytes += other.bytes;
+        self.secs += other.secs;
+        self.cpu += other.cpu;
+        self.connections += other.connections;
+        self.errors += other.errors;
+        self.handshake_us.extend(other.handshake_us);
     }
-    settle();
-    let cpu0 = p.cpu_seconds();
-    let (bytes, secs) = rt.block_on(load::tls_bulk(
-        p.target(false),
-        TLS_HOST,
-        connector,
-        plan.bulk_streams,
-        plan.bulk,
-    ))?;
-    let bulk_cpu = p.cpu_seconds() - cpu0;
-    put("tls_bulk_mbps", bytes as f64 / secs / 1e6);
-    if proxied {
-        put("tls_bulk_cpu_s_per_gb", bulk_cpu / (bytes as f64 / 1e9));
-    }
-    settle();
 
-    // 2. Connection rates and handshake latency: unloaded (1 client), then 32 and 256.
-    let one = rt.block_on(load::conn_rate(
-        p.target(false),
-        TLS_HOST,
-        connector,
-        1,
-        plan.latency,
-    ));
-    put("hs_p50_ms_c1", one.percentile_ms(0.5));
-    put("hs_p99_ms_c1", one.percentile_ms(0.99));
-    settle();
-    for (concurrency, cps, cpu_key, p50, p99, errs) in [
-        (
-            32,
-            "cps_c32",
-            "cpu_s_per_10k_c32",
-            "hs_p50_ms_c32",
-            "hs_p99_ms_c32",
-            "errors_c32",
-        ),
-        (
-            256,
-            "cps_c256",
-            "cpu_s_per_10k_c256",
-            "hs_p50_ms_c256",
-            "hs_p99_ms_c256",
-            "errors_c256",
-        ),
-    ] {
-        let cpu0 = p.cpu_seconds();
-        let rate = rt.block_on(load::conn_rate(
-            p.target(false),
-            TLS_HOST,
-            connector,
-            concurrency,
-            plan.rate,
-        ));
-        let cpu = p.cpu_seconds() - cpu0;
-        put(cps, rate.per_second());
-        if proxied {
-            put(cpu_key, cpu / rate.connections as f64 * 10_000.0);
+    fn from_rate(rate: load::Rate, cpu: f64) -> Self {
+        Self {
+            secs: rate.seconds,
+            cpu,
+            connections: rate.connections,
+            errors: rate.errors,
+            handshake_us: rate.handshake_us,
+            ..Self::default()
         }
-        put(p50, rate.percentile_ms(0.5));
-        put(p99, rate.percentile_ms(0.99));
-        put(errs, rate.errors as f64);
-        settle();
     }
 
-    // 3. Memory per idle established connection.
-    if proxied {
-        std::thread::sleep(Duration::from_millis(500));
-        let before = p.rss_kib();
-        let t = Instant::now();
-        let conns = rt.block_on(load::open_idle(
-            p.target(false),
-            TLS_HOST,
-            connector,
-            plan.idle,
-        ))?;
-        let opened = t.elapsed();
-        std::thread::sleep(Duration::from_millis(1000));
-        let after = p.rss_kib();
-        put(
-            "idle_kib_per_conn",
-            (after as f64 - before as f64) / conns.len() as f64,
-        );
-        eprintln!(
-            "compare: {name}: {} idle connections opened in {opened:.1?}, RSS {before} -> {after} KiB",
-            conns.len()
-        );
-        drop(conns);
-        std::thread::sleep(Duration::from_millis(500));
+    /// The `p` quantile of the handshake times, ms.
+    fn percentile_ms(&mut self, p: f64) -> f64 {
+        if self.handshake_us.is_empty() {
+            return f64::NAN;
+        }
+        self.handshake_us.sort_unstable();
+        let i = ((self.handshake_us.len() - 1) as f64 * p).round() as usize;
+        f64::from(self.handshake_us[i]) / 1000.0
+    }
+}
+
+struct Bench {
+    plan: Plan,
+    rt: tokio::runtime::Runtime,
+    connector: TlsConnector,
+    proxies: Vec<Running>,
+    failed: Vec<&'static str>,
+    results: Results,
+}
+
+impl Bench {
+    fn put(&mut self, key: &'static str, kind: Kind, value: f64) {
+        self.results
+            .entry(key)
+            .or_default()
+            .insert(kind.name(), value);
     }
 
-    // 4. Table change to the first connection routed by the new table.
-    if proxied {
-        let mut times = Vec::new();
-        for i in 0..plan.table_changes {
-            let host = format!("new{i}.bench.test");
-            let Some(start) = p.change_table(&host)? else {
-                break;
-            };
-            let routed = rt.block_on(load::first_routed(
-                p.target(false),
-                &host,
-                connector,
-                Duration::from_millis(2),
-                Duration::from_secs(10),
-            ));
-            match routed {
-                Some(at) => times.push(at.duration_since(start).as_secs_f64() * 1000.0),
-                None => eprintln!("compare: {name}: {host} was never routed within 10 s"),
+    fn fail(&mut self, kind: Kind, what: &str, error: &dyn std::fmt::Display) {
+        eprintln!("compare: {} FAILED at {what}: {error}", kind.name());
+        self.failed.push(kind.name());
+        self.proxies.retain(|p| p.kind != kind);
+    }
+
+    /// Runs `one` against every proxy still standing, `rounds` times over, summing per proxy.
+    /// A proxy whose run fails is reported and left out from then on.
+    fn rounds(
+        &mut self,
+        what: &str,
+        rounds: u32,
+        one: impl Fn(&Self, &Running) -> io::Result<Sum>,
+    ) -> Vec<(Kind, Sum)> {
+        let mut sums: Vec<(Kind, Sum)> = self
+            .proxies
+            .iter()
+            .map(|p| (p.kind, Sum::default()))
+            .collect();
+        for _ in 0..rounds {
+            for (kind, sum) in &mut sums {
+                let Some(i) = self.proxies.iter().position(|p| p.kind == *kind) else {
+                    continue;
+                };
+                match one(self, &self.proxies[i]) {
+                    Ok(got) => sum.add(got),
+                    Err(e) => {
+                        let kind = *kind;
+                        self.fail(kind, what, &e);
+                    }
+                }
+                // Let closes and TIME_WAITs settle before the next proxy is loaded.
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(300));
         }
-        if !times.is_empty() {
-            times.sort_by(f64::total_cmp);
-            put("table_change_ms", times[times.len() / 2]);
+        let standing: Vec<Kind> = self.proxies.iter().map(|p| p.kind).collect();
+        sums.retain(|(kind, _)| standing.contains(kind));
+        sums
+    }
+
+    fn measure_all(&mut self) {
+        let plan = self.plan;
+        // Warm-up: a few connections of each kind, so first-use allocations are not measured.
+        self.rounds("warm-up", 1, |b, p| {
+            b.rt.block_on(load::conn_rate(
+                p.target(false),
+                TLS_HOST,
+                &b.connector,
+                4,
+                Duration::from_millis(200),
+            ));
+            load::raw_stream(p.target(true), HELLO, false, Duration::from_millis(100))?;
+            Ok(Sum::default())
+        });
+
+        // 1. Raw streams, each way, and bulk TLS downloads.
+        for (up, key, cpu_key) in [
+            (true, "raw_up_gbps", "raw_up_cpu_s_per_gb"),
+            (false, "raw_down_gbps", "raw_down_cpu_s_per_gb"),
+        ] {
+            let sums = self.rounds(key, plan.rounds, |_, p| {
+                let cpu0 = p.cpu_seconds();
+                let (bytes, secs) = load::raw_stream(p.target(true), HELLO, up, plan.raw)?;
+                let cpu = p.cpu_seconds() - cpu0;
+                Ok(Sum {
+                    bytes,
+                    secs,
+                    cpu,
+                    ..Sum::default()
+                })
+            });
+            for (kind, sum) in sums {
+                self.put(key, kind, sum.bytes as f64 * 8.0 / sum.secs / 1e9);
+                if kind != Kind::Direct {
+                    self.put(cpu_key, kind, sum.cpu / (sum.bytes as f64 / 1e9));
+                }
+            }
+        }
+        let sums = self.rounds("tls bulk", plan.rounds, |b, p| {
+            let cpu0 = p.cpu_seconds();
+            let (bytes, secs) = b.rt.block_on(load::tls_bulk(
+                p.target(false),
+                TLS_HOST,
+                &b.connector,
+                plan.bulk_streams,
+                plan.bulk,
+            ))?;
+            let cpu = p.cpu_seconds() - cpu0;
+            Ok(Sum {
+                bytes,
+                secs,
+                cpu,
+                ..Sum::default()
+            })
+        });
+        for (kind, sum) in sums {
+            self.put("tls_bulk_mbps", kind, sum.bytes as f64 / sum.secs / 1e6);
+            if kind != Kind::Direct {
+                let per_gb = sum.cpu / (sum.bytes as f64 / 1e9);
+                self.put("tls_bulk_cpu_s_per_gb", kind, per_gb);
+            }
+        }
+
+        // 2. Handshake latency unloaded (1 client), then connection rates at 32 and 256.
+        let sums = self.rounds("latency", plan.rounds, |b, p| {
+            let rate = b.rt.block_on(load::conn_rate(
+                p.target(false),
+                TLS_HOST,
+                &b.connector,
+                1,
+                plan.latency / plan.rounds,
+            ));
+            Ok(Sum::from_rate(rate, 0.0))
+        });
+        for (kind, mut sum) in sums {
+            self.put("hs_p50_ms_c1", kind, sum.percentile_ms(0.5));
+            self.put("hs_p99_ms_c1", kind, sum.percentile_ms(0.99));
+        }
+        for (concurrency, [cps, cpu, p50, p99, errors]) in [
+            (
+                32,
+                [
+                    "cps_c32",
+                    "cpu_s_per_10k_c32",
+                    "hs_p50_ms_c32",
+                    "hs_p99_ms_c32",
+                    "errors_c32",
+                ],
+            ),
+            (
+                256,
+                [
+                    "cps_c256",
+                    "cpu_s_per_10k_c256",
+                    "hs_p50_ms_c256",
+                    "hs_p99_ms_c256",
+                    "errors_c256",
+                ],
+            ),
+        ] {
+            let sums = self.rounds(cps, plan.rounds, |b, p| {
+                let cpu0 = p.cpu_seconds();
+                let rate = b.rt.block_on(load::conn_rate(
+                    p.target(false),
+                    TLS_HOST,
+                    &b.connector,
+                    concurrency,
+                    plan.rate,
+                ));
+                Ok(Sum::from_rate(rate, p.cpu_seconds() - cpu0))
+            });
+            for (kind, mut sum) in sums {
+                self.put(cps, kind, sum.connections as f64 / sum.secs);
+                if kind != Kind::Direct {
+                    self.put(cpu, kind, sum.cpu / sum.connections as f64 * 10_000.0);
+                }
+                self.put(p50, kind, sum.percentile_ms(0.5));
+                self.put(p99, kind, sum.percentile_ms(0.99));
+                self.put(errors, kind, sum.errors as f64);
+            }
+        }
+
+        // 3. Memory per idle established connection, one proxy at a time.
+        let sums = self.rounds("idle", 1, |b, p| {
+            if p.kind == Kind::Direct {
+                return Ok(Sum::default());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            let before = p.rss_kib();
+            let t = Instant::now();
+            let conns = b.rt.block_on(load::open_idle(
+                p.target(false),
+                TLS_HOST,
+                &b.connector,
+                plan.idle,
+            ))?;
+            let opened = t.elapsed();
+            std::thread::sleep(Duration::from_millis(1000));
+            let after = p.rss_kib();
+            eprintln!(
+                "compare: {}: {} idle connections opened in {opened:.1?}, RSS {before} -> {after} KiB",
+                p.kind.name(),
+                conns.len()
+            );
+            drop(conns);
+            std::thread::sleep(Duration::from_millis(500));
+            // RSS delta in bytes, over the count: carried in `bytes` and `connections`.
+            Ok(Sum {
+                bytes: (after.saturating_sub(before)) * 1024,
+                connections: plan.idle as u64,
+                ..Sum::default()
+            })
+        });
+        for (kind, sum) in sums {
+            if kind != Kind::Direct {
+                let kib = sum.bytes as f64 / 1024.0 / sum.connections as f64;
+                self.put("idle_kib_per_conn", kind, kib);
+            }
+        }
+
+        // 4. Table change to the first connection routed by the new table. Last: an HAProxy
+        // reload replaces its process.
+        for i in 0..self.proxies.len() {
+            if self.proxies[i].kind == Kind::Direct {
+                continue;
+            }
+            let mut times = Vec::new();
+            for n in 0..plan.table_changes {
+                let host = format!("new{n}.bench.test");
+                let kind = self.proxies[i].kind;
+                let start = match self.proxies[i].change_table(&host) {
+                    Ok(Some(start)) => start,
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("compare: {}: table change failed: {e}", kind.name());
+                        break;
+                    }
+                };
+                let routed = self.rt.block_on(load::first_routed(
+                    self.proxies[i].target(false),
+                    &host,
+                    &self.connector,
+                    Duration::from_millis(2),
+                    Duration::from_secs(10),
+                ));
+                match routed {
+                    Some(at) => times.push(at.duration_since(start).as_secs_f64() * 1000.0),
+                    None => eprintln!(
+                        "compare: {}: {host} was never routed within 10 s",
+                        kind.name()
+                    ),
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            if !times.is_empty() {
+                times.sort_by(f64::total_cmp);
+                let median = times[times.len() / 2];
+                let kind = self.proxies[i].kind;
+                self.put("table_change_ms", kind, median);
+            }
         }
     }
-    Ok(())
 }

@@ -95,8 +95,14 @@ const METRICS: &[Metric] = &[
         },
     },
     Metric {
-        key: "raw_cpu_s_per_gb",
-        label: "raw streams, proxy CPU",
+        key: "raw_up_cpu_s_per_gb",
+        label: "raw stream client->backend, proxy CPU",
+        unit: "CPU s/GB",
+        target: Target::None,
+    },
+    Metric {
+        key: "raw_down_cpu_s_per_gb",
+        label: "raw stream backend->client, proxy CPU",
         unit: "CPU s/GB",
         target: Target::None,
     },

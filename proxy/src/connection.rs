@@ -144,7 +144,7 @@ pub(crate) async fn handle<P: Send>(
     kind: ListenerKind,
     _active: (ActiveGuard, P),
 ) {
-    if let Err(error) = listener::tune(&client) {
+    if let Err(error) = listener::tune_accepted(&client) {
         tracing::debug!(%peer, %error, "cannot set socket options");
     }
     let settings = &proxy.settings;

@@ -96,20 +96,9 @@ pub async fn forward(
     // (and per readiness wait inside it) made an idle pair's task ~1 KB larger.
     let (mut up, mut down) = (Pump::default(), Pump::default());
     let both = std::future::poll_fn(|cx| {
-        let up = up.poll(
-            cx,
-            &client,
-            &backend,
-            &activity,
-            &activity.client_to_backend,
-        )?;
-        let down = down.poll(
-            cx,
-            &backend,
-            &client,
-            &activity,
-            &activity.backend_to_client,
-        )?;
+        let (c2b, b2c) = (&activity.client_to_backend, &activity.backend_to_client);
+        let up = up.poll(cx, &client, &backend, &activity, c2b, down.is_done())?;
+        let down = down.poll(cx, &backend, &client, &activity, b2c, up.is_ready())?;
         if up.is_ready() && down.is_ready() {
             Poll::Ready(io::Result::Ok(()))
         } else {
@@ -148,6 +137,17 @@ pub(crate) async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()
         }
     }
     Ok(())
+}
+
+/// Passes an EOF on to `to`. When it is the `last` one (the other direction already ended),
+/// the pair is closed right after, and close() sends the FIN after any unsent bytes (no RST:
+/// `to` was read to its EOF), so the shutdown(2) is skipped: one syscall fewer per connection.
+pub(crate) fn pass_eof(to: &TcpStream, last: bool) -> io::Result<()> {
+    if last {
+        Ok(())
+    } else {
+        shutdown_write(to)
+    }
 }
 
 /// Passes the EOF on: the peer reads EOF once everything before it is delivered.
@@ -244,6 +244,7 @@ mod copy {
 
     impl Pump {
         /// Ready once EOF was passed on (and again on every later call), or on the first error.
+        /// `last`: the other direction is done (see [`pass_eof`]).
         pub(crate) fn poll(
             &mut self,
             cx: &mut Context<'_>,
@@ -251,6 +252,7 @@ mod copy {
             to: &TcpStream,
             activity: &Activity,
             counter: &Direction,
+            last: bool,
         ) -> Poll<io::Result<()>> {
             if self.done {
                 return Poll::Ready(Ok(()));
@@ -261,7 +263,12 @@ mod copy {
             }
             ready!(self.buffered.poll_copy(cx, from, to, activity, counter))?;
             self.done = true;
-            Poll::Ready(shutdown_write(to))
+            Poll::Ready(pass_eof(to, last))
+        }
+
+        /// Whether EOF was passed on.
+        pub(crate) fn is_done(&self) -> bool {
+            self.done
         }
     }
 }

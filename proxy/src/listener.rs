@@ -27,7 +27,8 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Binds a TCP listener on `addr` with SO_REUSEADDR, IPv6-only for IPv6 addresses (so
-/// `0.0.0.0:p` and `[::]:p` can both be listed), and the given backlog.
+/// `0.0.0.0:p` and `[::]:p` can both be listed), and the given backlog. The listener gets the
+/// options of [`tune`]: on Linux, accepted sockets inherit them (see [`tune_accepted`]).
 pub fn bind(addr: SocketAddr, backlog: i32) -> Result<TcpListener, ListenError> {
     let fail = |source| ListenError::Bind { addr, source };
     let socket =
@@ -36,6 +37,7 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> Result<TcpListener, ListenError> 
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(fail)?;
     }
+    set_options(&SockRef::from(&socket)).map_err(fail)?;
     socket.set_nonblocking(true).map_err(fail)?;
     socket.bind(&addr.into()).map_err(fail)?;
     socket.listen(backlog).map_err(fail)?;
@@ -45,11 +47,26 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> Result<TcpListener, ListenError> 
 /// Sets the options every proxied socket gets, on either side: no Nagle delay (TLS records
 /// are already batched by the endpoints) and keepalive so dead peers are noticed.
 pub(crate) fn tune(stream: &TcpStream) -> io::Result<()> {
-    stream.set_nodelay(true)?;
+    set_options(&SockRef::from(stream))
+}
+
+/// [`tune`] for a socket accepted from a listener made by [`bind`]. Linux copies TCP_NODELAY,
+/// SO_KEEPALIVE and the keepalive times from the listener to every socket it accepts, so
+/// there this is a no-op: four fewer syscalls per connection. Elsewhere it sets them.
+pub(crate) fn tune_accepted(stream: &TcpStream) -> io::Result<()> {
+    if cfg!(target_os = "linux") {
+        Ok(())
+    } else {
+        tune(stream)
+    }
+}
+
+fn set_options(socket: &SockRef<'_>) -> io::Result<()> {
+    socket.set_tcp_nodelay(true)?;
     let keepalive = TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL);
-    SockRef::from(stream).set_tcp_keepalive(&keepalive)
+    socket.set_tcp_keepalive(&keepalive)
 }
 
 /// Accepts connections until `shutdown` fires, spawning one task per connection on `tasks`.

@@ -13,7 +13,7 @@ use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::forward::{shutdown_write, Activity, Buffered, Direction};
+use crate::forward::{pass_eof, Activity, Buffered, Direction};
 
 /// Capacity asked for a new pipe: the default `pipe-max-size`. A splice moves up to the pipe's
 /// capacity at once; on loopback, 1 MiB pipes instead of the default 64 KiB carried one
@@ -111,7 +111,10 @@ pub(crate) struct Pump {
 
 impl Pump {
     /// Ready once EOF was passed on (and again on every later call), or on the first error.
-    /// On an error mid-burst the pipe is dropped, bytes and all: the pair is over.
+    /// On an error mid-burst the pipe is dropped, bytes and all: the pair is over. `last`: the
+    /// other direction is done, so the pair is closed as soon as this one is (see [`finish`]).
+    ///
+    /// [`finish`]: Self::finish
     pub(crate) fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -119,6 +122,7 @@ impl Pump {
         to: &TcpStream,
         activity: &Activity,
         counter: &Direction,
+        last: bool,
     ) -> Poll<io::Result<()>> {
         if self.done {
             return Poll::Ready(Ok(()));
@@ -155,7 +159,7 @@ impl Pump {
             if self.buffered.active() {
                 // A burst that started without a pipe finishes through the buffer.
                 ready!(self.buffered.poll_copy(cx, from, to, activity, counter))?;
-                return self.finish(to);
+                return self.finish(to, last);
             }
             if from.poll_read_ready(cx)?.is_pending() {
                 // Drained: an idle direction holds no pipe.
@@ -185,7 +189,7 @@ impl Pump {
                 )?)
             });
             match moved {
-                Ok(0) => return self.finish(to),
+                Ok(0) => return self.finish(to, last),
                 Ok(n) => self.in_pipe = n,
                 // Readiness is cleared: the next poll_read_ready waits (and gives the pipe back).
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -194,12 +198,17 @@ impl Pump {
         }
     }
 
+    /// Whether EOF was passed on.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
     /// EOF from `from`: pass it on.
-    fn finish(&mut self, to: &TcpStream) -> Poll<io::Result<()>> {
+    fn finish(&mut self, to: &TcpStream, last: bool) -> Poll<io::Result<()>> {
         if let Some(pipe) = self.pipe.take() {
             pipe.give_back();
         }
         self.done = true;
-        Poll::Ready(shutdown_write(to))
+        Poll::Ready(pass_eof(to, last))
     }
 }
