@@ -1,7 +1,7 @@
 //! One proxied connection, from accept to close.
 
 use std::fmt::Display;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use crate::listener;
 use crate::metrics::ActiveGuard;
 use crate::proxy_protocol::{self, Expect, Parsed as ProxyParsed, Version as ProxyVersion};
 use crate::revoke::RouteKey;
-use crate::table::Route;
+use crate::table::{canonical, Route};
 use crate::Proxy;
 
 /// A fatal `unrecognized_name` alert (RFC 6066 section 3): record type 21, TLS 1.2 record
@@ -304,14 +304,6 @@ fn proxy_header_step(buf: &[u8], expect: Expect) -> Step<Option<proxy_protocol::
         ProxyParsed::Invalid(why) => {
             Step::Refuse(Outcome::NotTls, format!("PROXY protocol: {why}"))
         }
-    }
-}
-
-/// The peer as an address family-neutral IP: IPv4-mapped IPv6 peers are their IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 

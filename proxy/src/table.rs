@@ -172,10 +172,7 @@ impl Route {
         if self.allowed_cidrs.is_empty() {
             return true;
         }
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-            v4 => v4,
-        };
+        let addr = canonical(addr);
         self.allowed_cidrs.iter().any(|net| net.contains(&addr))
     }
 
@@ -219,6 +216,15 @@ impl fmt::Debug for Route {
             .field("max_connections", &self.max_connections)
             .field("proxy_protocol", &self.proxy_protocol)
             .finish()
+    }
+}
+
+/// A client address as networks are checked against it: IPv4-mapped IPv6 addresses (from
+/// dual-stack sockets) are the IPv4 address they carry.
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
