@@ -1,8 +1,11 @@
 //! One proxied connection, from accept to close.
 
 use std::fmt::Display;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,7 +14,7 @@ use tokio::time::{timeout, Instant};
 
 use crate::client_hello::{self, ClientHello, Parsed, Refusal};
 use crate::connect;
-use crate::forward;
+use crate::forward::{self, Forward, Totals};
 use crate::listener;
 use crate::metrics::ActiveGuard;
 use crate::proxy_protocol::{self, Expect, Parsed as ProxyParsed, Version as ProxyVersion};
@@ -111,11 +114,10 @@ impl Refused {
 /// A connection with a route: what it was routed by and for whom.
 struct Routed {
     route: Arc<Route>,
+    /// The SNI name or the ClusterID; what logs name the connection by.
     key: RouteKey,
     /// The client: the peer, or the source a trusted PROXY header named.
     client: SocketAddr,
-    /// For logs: the SNI name or the ClusterID.
-    name: String,
 }
 
 /// One step of reading the start of a connection.
@@ -135,15 +137,34 @@ pub enum ListenerKind {
 }
 
 /// Serves one accepted connection to its end; never panics on input, never fails other
-/// connections. `_active` is the connection's slot in the active gauge (and the global
+/// connections. `active` is the connection's slot in the active gauge (and the global
 /// limit's permit, if any), released however this ends.
-pub(crate) async fn handle<P: Send>(
+pub(crate) fn handle<P: Send + 'static>(
+    proxy: Arc<Proxy>,
+    client: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    active: (ActiveGuard, P),
+) -> impl Future<Output = ()> + Send {
+    // Everything before forwarding runs boxed: inline, its states would size the task's
+    // future, which lives as long as the connection. What is left is the forwarding state.
+    let establishing = Box::pin(establish(proxy, client, peer, kind, active));
+    async move {
+        let Some(established) = establishing.await else {
+            return;
+        };
+        established.await
+    }
+}
+
+/// Routes and connects, or refuses; returns the pair ready to forward.
+async fn establish<P>(
     proxy: Arc<Proxy>,
     mut client: TcpStream,
     peer: SocketAddr,
     kind: ListenerKind,
-    _active: (ActiveGuard, P),
-) {
+    active: (ActiveGuard, P),
+) -> Option<Established<P>> {
     if let Err(error) = listener::tune_accepted(&client) {
         tracing::debug!(%peer, %error, "cannot set socket options");
     }
@@ -151,9 +172,7 @@ pub(crate) async fn handle<P: Send>(
     let started = Instant::now();
     let mut buf = Vec::with_capacity(INITIAL_HELLO_BUFFER.min(settings.max_client_hello));
     // One deadline for everything before routing: a PROXY header does not buy more time.
-    // The short-lived steps are boxed: inline, their states would size the task's future,
-    // which lives as long as the connection, at ~5 KB instead of ~1 KB.
-    let routing = Box::pin(proxy.route(&mut client, peer, kind, &mut buf));
+    let routing = proxy.route(&mut client, peer, kind, &mut buf);
     let routed = match timeout(settings.client_hello_timeout, routing).await {
         Ok(routed) => routed,
         Err(_) => Err(Refused::new(
@@ -166,25 +185,19 @@ pub(crate) async fn handle<P: Send>(
         route,
         key,
         client: client_addr,
-        name,
     } = match routed {
         Ok(routed) => routed,
-        Err(refused) => return Box::pin(proxy.refuse(client, refused)).await,
+        Err(refused) => return refuse(&proxy, client, refused).await,
     };
     let gauge = proxy.metrics.route_gauge(route.name());
-    let Some(_route_active) = ActiveGuard::try_take(gauge, route.max_connections()) else {
-        let why = format!("{name}: route {} is at max_connections", route.name());
+    let Some(route_active) = ActiveGuard::try_take(gauge, route.max_connections()) else {
+        let why = format!("{key}: route {} is at max_connections", route.name());
         let refused = Refused::new(client_addr, Outcome::Limited, why);
-        return Box::pin(proxy.refuse(client, refused)).await;
+        return refuse(&proxy, client, refused).await;
     };
 
     let connecting = Instant::now();
-    let connected = Box::pin(connect::connect(
-        &route,
-        settings.connect_timeout,
-        &proxy.health,
-    ))
-    .await;
+    let connected = connect::connect(&route, settings.connect_timeout, &proxy.health).await;
     proxy
         .metrics
         .backend_connect_seconds
@@ -193,14 +206,14 @@ pub(crate) async fn handle<P: Send>(
         Ok(connected) => connected,
         Err(error) => {
             let refused = Refused::new(client_addr, Outcome::BackendUnreachable, error);
-            return Box::pin(proxy.refuse(client, refused)).await;
+            return refuse(&proxy, client, refused).await;
         }
     };
     proxy.metrics.count(Outcome::Routed);
     if let Err(error) = listener::tune(&backend) {
         tracing::debug!(%peer, %backend_addr, %error, "cannot set socket options");
     }
-    tracing::debug!(client = %client_addr, %peer, name, route = route.name(), backend = %backend_addr, "routed");
+    tracing::debug!(client = %client_addr, %peer, name = %key, route = route.name(), backend = %backend_addr, "routed");
     if let Some(version) = route.proxy_protocol() {
         match client.local_addr() {
             Ok(local) => {
@@ -211,43 +224,82 @@ pub(crate) async fn handle<P: Send>(
             Err(error) => tracing::debug!(%peer, %error, "no local address for the PROXY header"),
         }
     }
-    let registration = settings
-        .revoke_grace
-        .is_some()
-        .then(|| proxy.connections.register(key, client_addr.ip()));
-    let revoked = async {
-        match &registration {
-            Some(registration) => registration.revoked.cancelled().await,
-            None => std::future::pending().await,
-        }
-    };
-    let forwarded = forward::forward(
+    let mut forward = forward::forward(
         client,
         backend,
         buf,
         settings.idle_timeout,
         &proxy.metrics.bytes,
-        revoked,
-    )
-    .await;
-    let (totals, error) = match forwarded {
-        Ok(totals) => (totals, None),
-        Err(error) => (Default::default(), Some(error)),
-    };
-    if totals.revoked {
-        tracing::info!(client = %client_addr, name, route = route.name(), "connection revoked: the table no longer admits it");
+    );
+    if settings.revoke_grace.is_some() {
+        let registration = proxy.connections.register(key.clone(), client_addr.ip());
+        forward = forward.revocable(registration);
     }
-    if settings.log_connections {
-        tracing::info!(
-            client = %client_addr, %peer, name, route = route.name(), backend = %backend_addr,
-            client_to_backend = totals.client_to_backend,
-            backend_to_client = totals.backend_to_client,
-            idle_timeout = totals.idle_timed_out,
-            revoked = totals.revoked,
-            duration = ?started.elapsed(),
-            error = error.as_ref().map(tracing::field::display),
-            "connection closed"
-        );
+    Some(Established {
+        forward,
+        proxy,
+        route,
+        key,
+        client: client_addr,
+        peer,
+        backend: backend_addr,
+        started,
+        _active: active,
+        _route_active: route_active,
+    })
+}
+
+/// [`Proxy::refuse`], boxed: its linger buffer would otherwise size every connection's
+/// establishing future.
+async fn refuse<T>(proxy: &Proxy, client: TcpStream, refused: Refused) -> Option<T> {
+    Box::pin(proxy.refuse(client, refused)).await;
+    None
+}
+
+pin_project_lite::pin_project! {
+    /// A forwarded connection: the forwarding state and what its closing line reports.
+    struct Established<P> {
+        #[pin]
+        forward: Forward,
+        proxy: Arc<Proxy>,
+        route: Arc<Route>,
+        key: RouteKey,
+        // The client: the peer, or the source a trusted PROXY header named.
+        client: SocketAddr,
+        peer: SocketAddr,
+        backend: SocketAddr,
+        started: Instant,
+        _active: (ActiveGuard, P),
+        _route_active: ActiveGuard,
+    }
+}
+
+impl<P> Future for Established<P> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let (totals, error) = match ready!(this.forward.poll(cx)) {
+            Ok(totals) => (totals, None),
+            Err(error) => (Totals::default(), Some(error)),
+        };
+        let (client, name, route) = (this.client, &*this.key, this.route.name());
+        if totals.revoked {
+            tracing::info!(%client, %name, route, "connection revoked: the table no longer admits it");
+        }
+        if this.proxy.settings.log_connections {
+            tracing::info!(
+                %client, peer = %this.peer, %name, route, backend = %this.backend,
+                client_to_backend = totals.client_to_backend,
+                backend_to_client = totals.backend_to_client,
+                idle_timeout = totals.idle_timed_out,
+                revoked = totals.revoked,
+                duration = ?this.started.elapsed(),
+                error = error.as_ref().map(tracing::field::display),
+                "connection closed"
+            );
+        }
+        Poll::Ready(())
     }
 }
 
@@ -372,12 +424,10 @@ impl Proxy {
                 .observe(started.elapsed().as_secs_f64());
             // The allow list guards the public API hostnames; this listener carries the hosted
             // cluster's own nodes, identified by the TLV, which the list does not name.
-            let name = id.to_string();
             return Ok(Routed {
                 route,
                 key: RouteKey::ClusterId(id),
                 client: client_addr,
-                name,
             });
         }
 
@@ -411,12 +461,10 @@ impl Proxy {
             );
             return Err(Refused::new(client_addr, Outcome::Denied, why));
         }
-        let name = server_name.to_string();
         Ok(Routed {
             route,
             key: RouteKey::Name(server_name),
             client: client_addr,
-            name,
         })
     }
 
@@ -488,8 +536,9 @@ mod size_tests {
     use crate::{Metrics, Settings};
 
     /// A connection's task future lives as long as the connection; what it holds while idle is
-    /// most of a connection's memory in user space.
-    const MAX_TASK_FUTURE: usize = 2560;
+    /// most of a connection's memory in user space. (tokio rounds a task up to 128 bytes with
+    /// its header: 640 bytes of future make a 768-byte task.)
+    const MAX_TASK_FUTURE: usize = 640;
 
     #[tokio::test]
     async fn the_connection_task_stays_small() {

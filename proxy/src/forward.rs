@@ -1,7 +1,9 @@
 //! Moving bytes both ways between a client and its backend until both sides are done.
 
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -9,9 +11,10 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use socket2::SockRef;
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::metrics::ByteCounters;
+use crate::revoke::Registration;
 
 /// Bytes moved each way, and whether the pair was closed for being idle.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,25 +65,41 @@ impl Activity {
     }
 }
 
-/// Sends `first` (the bytes read while routing) to the backend, then copies both directions
-/// until each has seen EOF. One side's EOF becomes a write shutdown on the other while the
-/// other direction keeps flowing. An error on either side ends both; so does `idle_timeout`
-/// without a byte moving either way, and so does `revoked` resolving. Bytes are added to
-/// `counters` as they move.
-pub async fn forward(
+pin_project_lite::pin_project! {
+    /// Moves bytes both ways between a client and its backend until each side has seen EOF:
+    /// the future a forwarded connection's task spends its life in, so it holds only plain
+    /// state (no future per direction, no buffer while idle).
+    ///
+    /// One side's EOF becomes a write shutdown on the other while the other direction keeps
+    /// flowing. An error on either side ends both; so does `idle_timeout` without a byte
+    /// moving either way, and so does a revocation.
+    pub struct Forward {
+        client: TcpStream,
+        backend: TcpStream,
+        up: Pump,
+        down: Pump,
+        activity: Activity,
+        idle_timeout: Duration,
+        // `None` when the limit is past the clock's range (`idle_timeout: 300000000000y`
+        // validates): such a pair never times out, where `+` would panic its task.
+        #[pin]
+        idle: Option<Sleep>,
+        revocation: Option<Registration>,
+    }
+}
+
+/// Forwards between `client` and `backend`, sending `first` (the bytes read while routing) to
+/// the backend before anything else. Bytes are added to `counters` as they move.
+pub fn forward(
     client: TcpStream,
     backend: TcpStream,
     first: Vec<u8>,
     idle_timeout: Duration,
     counters: &ByteCounters,
-    revoked: impl std::future::Future<Output = ()>,
-) -> io::Result<Totals> {
-    write_all(&backend, &first).await?;
-    let first_len = first.len();
-    // Freed before the pair can go idle: an idle connection holds no buffer.
-    drop(first);
+) -> Forward {
+    let start = Instant::now();
     let activity = Activity {
-        start: Instant::now(),
+        start,
         last_ms: AtomicU64::new(0),
         client_to_backend: Direction {
             bytes: AtomicU64::new(0),
@@ -91,52 +110,79 @@ pub async fn forward(
             total: counters.backend_to_client.clone(),
         },
     };
-    activity.record(&activity.client_to_backend, first_len);
-    // Both directions are plain states polled here, not a future each: a future per direction
-    // (and per readiness wait inside it) made an idle pair's task ~1 KB larger.
-    let (mut up, mut down) = (Pump::default(), Pump::default());
-    let both = std::future::poll_fn(|cx| {
+    Forward {
+        client,
+        backend,
+        // The first bytes leave through the client side's buffer, which is freed once they
+        // (and whatever the client sent after them) are written: an idle pair holds none.
+        up: Pump::with_pending(first),
+        down: Pump::default(),
+        activity,
+        idle_timeout,
+        idle: start.checked_add(idle_timeout).map(sleep_until),
+        revocation: None,
+    }
+}
+
+impl Forward {
+    /// Ends the pair when `registration` is revoked.
+    pub(crate) fn revocable(mut self, registration: Registration) -> Self {
+        self.revocation = Some(registration);
+        self
+    }
+}
+
+impl Future for Forward {
+    type Output = io::Result<Totals>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let activity = &*this.activity;
         let (c2b, b2c) = (&activity.client_to_backend, &activity.backend_to_client);
-        let up = up.poll(cx, &client, &backend, &activity, c2b, down.is_done())?;
-        let down = down.poll(cx, &backend, &client, &activity, b2c, up.is_ready())?;
+        let up = this.up.poll(
+            cx,
+            this.client,
+            this.backend,
+            activity,
+            c2b,
+            this.down.is_done(),
+        )?;
+        let down = this
+            .down
+            .poll(cx, this.backend, this.client, activity, b2c, up.is_ready())?;
         if up.is_ready() && down.is_ready() {
-            Poll::Ready(io::Result::Ok(()))
-        } else {
-            Poll::Pending
+            return Poll::Ready(Ok(activity.totals()));
         }
-    });
-    tokio::select! {
-        done = both => done.map(|_| activity.totals()),
-        () = idle(&activity, idle_timeout) => Ok(Totals { idle_timed_out: true, ..activity.totals() }),
-        () = revoked => Ok(Totals { revoked: true, ..activity.totals() }),
-    }
-}
-
-/// Resolves once nothing has moved for `limit`; wakes once per `limit`, not per transfer.
-async fn idle(activity: &Activity, limit: Duration) {
-    loop {
-        // A limit past the clock's range (`idle_timeout: 300000000000y` validates) never
-        // expires; `+` would panic the connection's task.
-        let Some(deadline) = activity.last().checked_add(limit) else {
-            return std::future::pending().await;
-        };
-        if Instant::now() >= deadline {
-            return;
+        if this
+            .revocation
+            .as_ref()
+            .is_some_and(|registration| registration.poll_revoked(cx).is_ready())
+        {
+            return Poll::Ready(Ok(Totals {
+                revoked: true,
+                ..activity.totals()
+            }));
         }
-        sleep_until(deadline).await;
-    }
-}
-
-pub(crate) async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        to.writable().await?;
-        match to.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        // Wakes once per `idle_timeout`, not per transfer: on waking, the deadline moves to
+        // the last transfer's time plus the limit, and only a pair that has not moved since
+        // is closed.
+        while let Some(mut idle) = this.idle.as_mut().as_pin_mut() {
+            if idle.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            match activity.last().checked_add(*this.idle_timeout) {
+                Some(deadline) if Instant::now() < deadline => idle.reset(deadline),
+                Some(_) => {
+                    return Poll::Ready(Ok(Totals {
+                        idle_timed_out: true,
+                        ..activity.totals()
+                    }))
+                }
+                None => this.idle.set(None),
+            }
         }
+        Poll::Pending
     }
-    Ok(())
 }
 
 /// Passes an EOF on to `to`. When it is the `last` one (the other direction already ended),
@@ -171,6 +217,16 @@ impl Buffered {
     /// Whether a burst is moving through the buffer.
     pub(crate) fn active(&self) -> bool {
         !self.buf.is_empty()
+    }
+
+    /// A burst that starts with `bytes` to write (none: no burst).
+    pub(crate) fn pending(bytes: Vec<u8>) -> Self {
+        let end = bytes.len();
+        Self {
+            buf: bytes,
+            start: 0,
+            end,
+        }
     }
 
     /// Starts a burst with a buffer of `size` bytes.
@@ -243,6 +299,14 @@ mod copy {
     }
 
     impl Pump {
+        /// A pump whose first burst starts with `bytes` to write.
+        pub(crate) fn with_pending(bytes: Vec<u8>) -> Self {
+            Self {
+                buffered: Buffered::pending(bytes),
+                done: false,
+            }
+        }
+
         /// Ready once EOF was passed on (and again on every later call), or on the first error.
         /// `last`: the other direction is done (see [`pass_eof`]).
         pub(crate) fn poll(

@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use atomic_waker::AtomicWaker;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::name::ServerName;
@@ -26,6 +27,15 @@ pub(crate) enum RouteKey {
     Name(ServerName),
     /// The ClusterID TLV.
     ClusterId(Box<str>),
+}
+
+impl std::fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Name(name) => name.fmt(f),
+            Self::ClusterId(id) => f.write_str(id),
+        }
+    }
 }
 
 impl RouteKey {
@@ -42,7 +52,22 @@ impl RouteKey {
 struct Live {
     key: RouteKey,
     client: IpAddr,
-    revoke: CancellationToken,
+    revoke: Arc<Revoke>,
+}
+
+/// How the registry ends one connection: a flag and the connection task's waker. (A
+/// cancellation token's wait future would sit in every idle connection's task.)
+#[derive(Debug, Default)]
+struct Revoke {
+    revoked: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Revoke {
+    fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+        self.waker.wake();
+    }
 }
 
 /// Every forwarded connection, while revocation is on.
@@ -57,8 +82,20 @@ pub struct Connections {
 pub(crate) struct Registration {
     connections: Arc<Connections>,
     id: u64,
-    /// Cancelled when the connection is revoked.
-    pub(crate) revoked: CancellationToken,
+    revoke: Arc<Revoke>,
+}
+
+impl Registration {
+    /// Ready once the connection is revoked; until then, the task is woken when it is.
+    pub(crate) fn poll_revoked(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the check: a revocation between the two still wakes the task.
+        self.revoke.waker.register(cx.waker());
+        if self.revoke.revoked.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 impl Drop for Registration {
@@ -76,17 +113,17 @@ impl Connections {
     /// Registers a connection routed by `key` for `client`.
     pub(crate) fn register(self: &Arc<Self>, key: RouteKey, client: IpAddr) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let revoked = CancellationToken::new();
+        let revoke = Arc::new(Revoke::default());
         let live = Live {
             key,
             client,
-            revoke: revoked.clone(),
+            revoke: revoke.clone(),
         };
         self.lock().insert(id, live);
         Registration {
             connections: self.clone(),
             id,
-            revoked,
+            revoke,
         }
     }
 
@@ -105,7 +142,7 @@ impl Connections {
         ids.iter()
             .filter_map(|id| live.get(id))
             .filter(|live| !live.key.admitted(table, live.client))
-            .inspect(|live| live.revoke.cancel())
+            .inspect(|live| live.revoke.revoke())
             .count()
     }
 

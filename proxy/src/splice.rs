@@ -103,13 +103,23 @@ pub(crate) struct Pump {
     pipe: Option<Pipe>,
     /// Bytes in `pipe` not yet written to `to`.
     in_pipe: usize,
-    /// Used instead of a pipe when none can be had (at the open-files limit with this
-    /// thread's pool empty): a burst moves through a buffer rather than fail the pair.
+    /// Used instead of a pipe for the bytes read while routing, and when no pipe can be had
+    /// (at the open-files limit with this thread's pool empty): a burst moves through a
+    /// buffer rather than fail the pair.
     buffered: Buffered,
     done: bool,
 }
 
 impl Pump {
+    /// A pump whose first burst starts with `bytes` to write (through a buffer: they were read
+    /// into one).
+    pub(crate) fn with_pending(bytes: Vec<u8>) -> Self {
+        Self {
+            buffered: Buffered::pending(bytes),
+            ..Self::default()
+        }
+    }
+
     /// Ready once EOF was passed on (and again on every later call), or on the first error.
     /// On an error mid-burst the pipe is dropped, bytes and all: the pair is over. `last`: the
     /// other direction is done, so the pair is closed as soon as this one is (see [`finish`]).

@@ -40,7 +40,6 @@ async fn proxied(
             first,
             idle,
             &Default::default(),
-            std::future::pending(),
         )
         .await
         .unwrap()
