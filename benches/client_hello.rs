@@ -84,14 +84,24 @@ fn tls_parser_sni(wire: &[u8]) -> Option<ServerName> {
 }
 
 fn bench(c: &mut Criterion) {
-    let chromium_handshake: Vec<u8> = fragments(CHROMIUM).flatten().copied().collect();
-    let chromium_split = reframe(&chromium_handshake, SPLIT_FRAGMENT_LEN);
-    let cases: [(&str, &[u8]); 5] = [
+    let split = |wire: &[u8], size| {
+        reframe(
+            &fragments(wire).flatten().copied().collect::<Vec<_>>(),
+            size,
+        )
+    };
+    let chromium_split = split(CHROMIUM, SPLIT_FRAGMENT_LEN);
+    // The small hellos split as a middlebox or a tiny-MTU client might: records of 100 bytes.
+    let openssl_split = split(OPENSSL, 100);
+    let curl_split = split(CURL, 100);
+    let cases: [(&str, &[u8]); 7] = [
         ("openssl-3.0 322B 1rec", OPENSSL),
+        ("openssl-3.0 337B 4rec", &openssl_split),
         ("curl-7.88 517B 1rec", CURL),
+        ("curl-7.88 542B 6rec", &curl_split),
         ("chromium-pq 2020B 1rec", CHROMIUM),
-        ("openssl-3.0 1903B 4rec", OPENSSL_4_RECORDS),
         ("chromium-pq 2035B 4rec", &chromium_split),
+        ("openssl-3.0 1903B 4rec", OPENSSL_4_RECORDS),
     ];
 
     let mut group = c.benchmark_group("client_hello");
