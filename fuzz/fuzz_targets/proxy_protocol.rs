@@ -27,7 +27,11 @@ fn check_raw(data: &[u8], expect: Expect) {
     let verdict = parse(data, expect);
     if let Parsed::Header(header) = &verdict {
         assert!(header.len <= data.len(), "header longer than the input");
-        assert_eq!(parse(&data[..header.len], expect), verdict, "length is not exact");
+        assert_eq!(
+            parse(&data[..header.len], expect),
+            verdict,
+            "length is not exact"
+        );
     }
     // A decision made on a prefix is never taken back by more bytes.
     for cut in [data.len() / 2, data.len().saturating_sub(1)] {
