@@ -9,7 +9,10 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use rustix::buffer::spare_capacity;
+use rustix::net::{recv, RecvFlags};
 use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant, Sleep};
 
@@ -208,35 +211,47 @@ pub(crate) fn shutdown_write(to: &TcpStream) -> io::Result<()> {
 /// Bytes read but not yet written, in a buffer that exists only while a burst is moving.
 #[derive(Default)]
 pub(crate) struct Buffered {
+    /// The bytes read (its length) and room for the next read (its capacity).
     buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    /// How many of them are written.
+    written: usize,
+}
+
+/// How a buffered burst ended, besides `from` running dry (pending).
+pub(crate) enum Burst {
+    /// `from` sent EOF.
+    Eof,
+    /// A read filled the buffer (all of it now written): the burst is bulk, better spliced.
+    Full,
 }
 
 impl Buffered {
-    /// Whether a burst is moving through the buffer.
-    pub(crate) fn active(&self) -> bool {
-        !self.buf.is_empty()
-    }
-
     /// A burst that starts with `bytes` to write (none: no burst).
     pub(crate) fn pending(bytes: Vec<u8>) -> Self {
-        let end = bytes.len();
         Self {
             buf: bytes,
-            start: 0,
-            end,
+            written: 0,
         }
     }
 
-    /// Starts a burst with a buffer of `size` bytes.
+    /// Whether a burst is moving through the buffer.
+    pub(crate) fn active(&self) -> bool {
+        self.buf.capacity() > 0
+    }
+
+    /// Starts a burst with room for `size` bytes.
     pub(crate) fn start(&mut self, size: usize) {
-        self.buf = vec![0; size];
-        (self.start, self.end) = (0, 0);
+        self.buf = Vec::with_capacity(size);
+        self.written = 0;
+    }
+
+    fn free(&mut self) {
+        *self = Self::default();
     }
 
     /// Copies from `from` to `to` until `from` has no more (the buffer is then freed and this
-    /// is pending) or EOF (ready, buffer freed).
+    /// is pending), EOF, or, with `until_full`, a read that fills the buffer (ended either way:
+    /// the buffer is freed).
     pub(crate) fn poll_copy(
         &mut self,
         cx: &mut Context<'_>,
@@ -244,13 +259,14 @@ impl Buffered {
         to: &TcpStream,
         activity: &Activity,
         counter: &Direction,
-    ) -> Poll<io::Result<()>> {
+        until_full: bool,
+    ) -> Poll<io::Result<Burst>> {
         loop {
-            if self.start < self.end {
+            if self.written < self.buf.len() {
                 ready!(to.poll_write_ready(cx))?;
-                match to.try_write(&self.buf[self.start..self.end]) {
+                match to.try_write(&self.buf[self.written..]) {
                     Ok(n) => {
-                        self.start += n;
+                        self.written += n;
                         activity.record(counter, n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -258,21 +274,49 @@ impl Buffered {
                 }
                 continue;
             }
+            if until_full && self.buf.len() == self.buf.capacity() {
+                self.free();
+                return Poll::Ready(Ok(Burst::Full));
+            }
             if from.poll_read_ready(cx)?.is_pending() {
                 // Drained: give the buffer back so an idle connection holds none.
-                self.buf = Vec::new();
+                self.free();
                 return Poll::Pending;
             }
-            match from.try_read(&mut self.buf) {
+            self.buf.clear();
+            self.written = 0;
+            match read_some(from, &mut self.buf) {
                 Ok(0) => {
-                    self.buf = Vec::new();
-                    return Poll::Ready(Ok(()));
+                    self.free();
+                    return Poll::Ready(Ok(Burst::Eof));
                 }
-                Ok(n) => (self.start, self.end) = (0, n),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+}
+
+/// Reads what `from` has into `buf`'s spare capacity. A read that leaves room proves the
+/// socket drained, and with edge-triggered epoll the next bytes bring a new event: readiness
+/// is cleared then (as tokio's own `poll_read` does), so the next poll waits for that event
+/// instead of spending a syscall to learn there is nothing.
+fn read_some(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut got = 0;
+    let read = from.try_io(Interest::READABLE, || {
+        let (n, _) = recv(from, spare_capacity(buf), RecvFlags::empty())?;
+        got = n;
+        if n > 0 && n < room {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match read {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
     }
 }
 
@@ -325,7 +369,9 @@ mod copy {
                 ready!(from.poll_read_ready(cx))?;
                 self.buffered.start(COPY_BUFFER);
             }
-            ready!(self.buffered.poll_copy(cx, from, to, activity, counter))?;
+            ready!(self
+                .buffered
+                .poll_copy(cx, from, to, activity, counter, false))?;
             self.done = true;
             Poll::Ready(pass_eof(to, last))
         }

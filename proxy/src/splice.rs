@@ -13,7 +13,7 @@ use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::forward::{pass_eof, Activity, Buffered, Direction};
+use crate::forward::{pass_eof, Activity, Buffered, Burst, Direction};
 
 /// Capacity asked for a new pipe: the default `pipe-max-size`. A splice moves up to the pipe's
 /// capacity at once; on loopback, 1 MiB pipes instead of the default 64 KiB carried one
@@ -32,8 +32,11 @@ const DEFAULT_PIPE: usize = 64 * 1024;
 /// Clean pipes kept per thread: enough for the connections one thread moves at once.
 const POOL_PER_THREAD: usize = 64;
 
-/// Bytes buffered at a time when no pipe can be had.
-const FALLBACK_BUFFER: usize = 16 * 1024;
+/// A burst starts copied through a buffer of this size; one that fills it is bulk, and moves
+/// through a pipe from then on. Small bursts (TLS handshakes, API requests and responses) are
+/// cheaper copied: a recv and a send, the recv's short count proving the socket drained,
+/// where a pipe takes two splices and a third to find the socket empty.
+const COPY_BUFFER: usize = 16 * 1024;
 
 thread_local! {
     static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
@@ -103,10 +106,12 @@ pub(crate) struct Pump {
     pipe: Option<Pipe>,
     /// Bytes in `pipe` not yet written to `to`.
     in_pipe: usize,
-    /// Used instead of a pipe for the bytes read while routing, and when no pipe can be had
-    /// (at the open-files limit with this thread's pool empty): a burst moves through a
-    /// buffer rather than fail the pair.
+    /// The start of each small burst, the bytes read while routing, and bulk when no pipe
+    /// can be had (at the open-files limit with this thread's pool empty) rather than fail
+    /// the pair.
     buffered: Buffered,
+    /// The last read filled [`COPY_BUFFER`]: the next burst starts in a pipe.
+    bulk: bool,
     done: bool,
 }
 
@@ -167,9 +172,14 @@ impl Pump {
                 continue;
             }
             if self.buffered.active() {
-                // A burst that started without a pipe finishes through the buffer.
-                ready!(self.buffered.poll_copy(cx, from, to, activity, counter))?;
-                return self.finish(to, last);
+                match ready!(self
+                    .buffered
+                    .poll_copy(cx, from, to, activity, counter, true))?
+                {
+                    Burst::Eof => return self.finish(to, last),
+                    Burst::Full => self.bulk = true,
+                }
+                continue;
             }
             if from.poll_read_ready(cx)?.is_pending() {
                 // Drained: an idle direction holds no pipe.
@@ -178,12 +188,20 @@ impl Pump {
                 }
                 return Poll::Pending;
             }
+            if !self.bulk {
+                if let Some(pipe) = self.pipe.take() {
+                    pipe.give_back();
+                }
+                self.buffered.start(COPY_BUFFER);
+                continue;
+            }
             let pipe = match &self.pipe {
                 Some(pipe) => pipe,
                 None => match Pipe::take() {
                     Ok(pipe) => self.pipe.insert(pipe),
                     Err(_) => {
-                        self.buffered.start(FALLBACK_BUFFER);
+                        // Copied then, a buffer at a time, trying for a pipe after each.
+                        self.bulk = false;
                         continue;
                     }
                 },
@@ -200,7 +218,10 @@ impl Pump {
             });
             match moved {
                 Ok(0) => return self.finish(to, last),
-                Ok(n) => self.in_pipe = n,
+                Ok(n) => {
+                    self.in_pipe = n;
+                    self.bulk = n >= COPY_BUFFER;
+                }
                 // Readiness is cleared: the next poll_read_ready waits (and gives the pipe back).
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),

@@ -135,3 +135,58 @@ async fn idle_pairs_are_closed_and_active_ones_are_not() {
         "the client sees the close"
     );
 }
+
+/// Request/response rounds of every size from 1 byte to past the copy buffer (16 KiB) and far
+/// past it, each waited for before the next: bursts start copied, move to a pipe once one
+/// fills the buffer, and go back. A direction that missed its wakeup after a short read
+/// would stall a round here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_response_rounds_of_every_size_arrive_whole() {
+    let (mut client, mut backend, task) = proxied(b"", Duration::from_secs(30)).await;
+    let sizes = [
+        1,
+        5,
+        517,
+        4096,
+        16383,
+        16384,
+        16385,
+        40_000,
+        3,
+        300_000,
+        2,
+        1 << 20,
+        7,
+    ];
+    let (mut up_total, mut down_total) = (0, 0);
+    for (round, &size) in sizes.iter().enumerate() {
+        let request = pattern(size, round as u8);
+        let response = pattern(sizes[sizes.len() - 1 - round], round as u8 ^ 0x5a);
+        let round_trip = async {
+            let send = async { client.write_all(&request).await.unwrap() };
+            let mut got = vec![0; request.len()];
+            let recv = async { backend.read_exact(&mut got).await.unwrap() };
+            tokio::join!(send, recv);
+            assert!(got == request, "round {round}: request of {size} bytes");
+            let send = async { backend.write_all(&response).await.unwrap() };
+            let mut got = vec![0; response.len()];
+            let recv = async { client.read_exact(&mut got).await.unwrap() };
+            tokio::join!(send, recv);
+            assert!(
+                got == response,
+                "round {round}: response of {} bytes",
+                response.len()
+            );
+        };
+        tokio::time::timeout(Duration::from_secs(10), round_trip)
+            .await
+            .unwrap_or_else(|_| panic!("round {round} ({size} bytes up) stalled"));
+        up_total += request.len() as u64;
+        down_total += response.len() as u64;
+    }
+    drop(client);
+    drop(backend);
+    let totals = task.await.unwrap();
+    assert_eq!(totals.client_to_backend, up_total);
+    assert_eq!(totals.backend_to_client, down_total);
+}
