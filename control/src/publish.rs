@@ -8,10 +8,11 @@
 //! `update`: its last good routes stay in the table.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use foldhash::{HashMap, HashMapExt};
 use proxy::{HostPattern, Route, SharedTable, Snapshot, Table, TableError};
 use tokio::sync::watch;
 
@@ -192,11 +193,13 @@ impl Publisher {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let previous_routes = state.routes.insert(source, routes);
-        let (merged, conflicts) = merge(
+        let previous = self.shared.load();
+        let (merged, conflicts) = merge_onto(
             state
                 .routes
                 .values()
                 .flat_map(|sets| sets.iter().map(|set| &**set)),
+            &previous.table,
         );
         let table = match merged.and_then(Table::new) {
             Ok(table) => table,
@@ -218,7 +221,6 @@ impl Publisher {
         }
         state.conflicts = reported;
 
-        let previous = self.shared.load();
         let (added, removed, changed) = diff(&previous.table, &table);
         let routes = table.routes().len();
         let snapshot = self.shared.publish(table);
@@ -252,7 +254,16 @@ impl Publisher {
 /// a route left without hostnames is left out), so the result never has duplicates.
 pub fn merge<'a>(
     sources: impl IntoIterator<Item = &'a [RouteSpec]>,
-) -> (Result<Vec<Route>, TableError>, Vec<Conflict>) {
+) -> (Result<Vec<Arc<Route>>, TableError>, Vec<Conflict>) {
+    merge_onto(sources, &Table::default())
+}
+
+/// [`merge`], keeping the routes of `previous` (the table in use) that come out the same:
+/// one hosted cluster's change then builds that cluster's routes, not all 25,000.
+pub fn merge_onto<'a>(
+    sources: impl IntoIterator<Item = &'a [RouteSpec]>,
+    previous: &Table,
+) -> (Result<Vec<Arc<Route>>, TableError>, Vec<Conflict>) {
     let sources: Vec<&[RouteSpec]> = sources.into_iter().collect();
     let total = sources.iter().map(|s| s.len()).sum();
     let mut names: HashMap<&str, &RouteSpec> = HashMap::with_capacity(total);
@@ -267,6 +278,7 @@ pub fn merge<'a>(
         loser: (loser.name.to_string(), loser.source.to_string()),
         dropped,
     };
+    let mut kept = Vec::new();
     for spec in sources.into_iter().flatten() {
         if let Some(winner) = names.get(&*spec.name) {
             conflicts.push(conflict(
@@ -278,7 +290,7 @@ pub fn merge<'a>(
             ));
             continue;
         }
-        let mut kept = Vec::with_capacity(spec.hostnames.len());
+        kept.clear();
         let mut lost = Vec::new();
         for host in &spec.hostnames {
             match hosts.entry(host) {
@@ -287,7 +299,7 @@ pub fn merge<'a>(
                 Entry::Occupied(owner) => lost.push((host, *owner.get())),
                 Entry::Vacant(slot) => {
                     slot.insert(spec);
-                    kept.push(host.clone());
+                    kept.push(host);
                 }
             }
         }
@@ -321,9 +333,16 @@ pub fn merge<'a>(
                 }
             }
         }
-        let route = spec.build(kept, with_cluster_id);
-        match route {
-            Ok(route) => routes.push(route),
+        if let Some(same) = previous
+            .route(&spec.name)
+            .filter(|route| spec.built_as(route, &kept, with_cluster_id))
+        {
+            routes.push(same.clone());
+            continue;
+        }
+        let hostnames = kept.iter().map(|&host| host.clone()).collect();
+        match spec.build(hostnames, with_cluster_id) {
+            Ok(route) => routes.push(Arc::new(route)),
             Err(error) => return (Err(error), conflicts),
         }
     }
@@ -614,5 +633,57 @@ pub(crate) mod tests {
             "{text}"
         );
         assert_eq!(snapshots.borrow_and_update().generation, 3);
+    }
+
+    #[test]
+    fn routes_that_come_out_the_same_are_kept_from_the_table_in_use() {
+        let publisher = Publisher::new(Arc::default());
+        let hc = "hostedcluster ns/x";
+        let kube = |b_backend: &str| {
+            vec![
+                spec("a", &["a.test"], &["10.0.1.1:1"], hc),
+                spec("b", &["b.test"], &[b_backend], hc),
+                spec("c", &["c.test", "shared.test"], &["10.0.1.3:1"], hc),
+            ]
+        };
+        let route = |name: &str| publisher.shared().load().table.route(name).unwrap().clone();
+        publisher
+            .update(SourceKind::Kubernetes, kube("10.0.1.2:1"))
+            .unwrap();
+        let (a, b, c) = (route("a"), route("b"), route("c"));
+
+        // b's backend changes: only b is built again.
+        let p = publisher
+            .update(SourceKind::Kubernetes, kube("10.0.1.2:2"))
+            .unwrap();
+        assert_eq!((p.added, p.removed, p.changed), (0, 0, 1));
+        assert!(Arc::ptr_eq(&a, &route("a")) && Arc::ptr_eq(&c, &route("c")));
+        assert!(!Arc::ptr_eq(&b, &route("b")));
+        assert_eq!(route("b").backends()[0].to_string(), "10.0.1.2:2");
+
+        // The file claims one of c's hostnames: c's spec is unchanged, its route is not.
+        publisher
+            .update(
+                SourceKind::File,
+                vec![file("f", &["shared.test"], &["10.0.0.1:1"])],
+            )
+            .unwrap();
+        let hosts: Vec<String> = route("c")
+            .hostnames()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(hosts, ["c.test"]);
+        assert_eq!(
+            route_for(&publisher, "shared.test"),
+            Some(("f".into(), "file".into()))
+        );
+        // And it gets the hostname back once the file lets go of it.
+        publisher.update(SourceKind::File, Vec::new()).unwrap();
+        assert_eq!(
+            route_for(&publisher, "shared.test"),
+            Some(("c".into(), hc.into()))
+        );
+        assert!(Arc::ptr_eq(&a, &route("a")));
     }
 }

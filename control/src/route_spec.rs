@@ -80,4 +80,23 @@ impl RouteSpec {
         }
         Ok(route)
     }
+
+    /// Whether `route` is what [`build`](Self::build) would make of this spec with
+    /// `hostnames` and `with_cluster_id`, so the table in use can keep it.
+    pub(crate) fn built_as(
+        &self,
+        route: &Route,
+        hostnames: &[&HostPattern],
+        with_cluster_id: bool,
+    ) -> bool {
+        let cluster_id = self.cluster_id.as_deref().filter(|_| with_cluster_id);
+        route.name() == &*self.name
+            && route.hostnames().iter().eq(hostnames.iter().copied())
+            && route.backends() == self.backends
+            && route.source() == &*self.source
+            && route.allowed_cidrs() == self.allowed_cidrs
+            && route.cluster_id() == cluster_id
+            && route.max_connections() == self.max_connections
+            && route.proxy_protocol() == self.proxy_protocol
+    }
 }
