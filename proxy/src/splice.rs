@@ -183,15 +183,11 @@ impl Pump {
             }
             if from.poll_read_ready(cx)?.is_pending() {
                 // Drained: an idle direction holds no pipe.
-                if let Some(pipe) = self.pipe.take() {
-                    pipe.give_back();
-                }
+                self.give_back_pipe();
                 return Poll::Pending;
             }
             if !self.bulk {
-                if let Some(pipe) = self.pipe.take() {
-                    pipe.give_back();
-                }
+                self.give_back_pipe();
                 self.buffered.start(COPY_BUFFER);
                 continue;
             }
@@ -236,10 +232,15 @@ impl Pump {
 
     /// EOF from `from`: pass it on.
     fn finish(&mut self, to: &TcpStream, last: bool) -> Poll<io::Result<()>> {
+        self.give_back_pipe();
+        self.done = true;
+        Poll::Ready(pass_eof(to, last))
+    }
+
+    /// Returns the (empty) pipe to the pool, if this direction holds one.
+    fn give_back_pipe(&mut self) {
         if let Some(pipe) = self.pipe.take() {
             pipe.give_back();
         }
-        self.done = true;
-        Poll::Ready(pass_eof(to, last))
     }
 }

@@ -248,8 +248,8 @@ impl Table {
     pub fn new<R: Into<Arc<Route>>>(routes: Vec<R>) -> Result<Self, TableError> {
         let mut table = Self::default();
         table.by_name.reserve(routes.len());
-        // Most routes have one exact hostname and some a wildcard: room for one of each
-        // saves the maps rehashing as they grow.
+        // Most routes have one exact hostname: room for one each saves that map rehashing
+        // as it grows.
         table.exact.reserve(routes.len());
         table.routes.reserve(routes.len());
         for route in routes {
