@@ -138,6 +138,9 @@ fn check(path: Option<&Path>) -> ExitCode {
 pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = proxy::Metrics::register(&mut registry);
+    if let Some(limit) = config.max_connections {
+        proxy::Metrics::register_connection_limit(&mut registry, limit);
+    }
     let table = Arc::new(SharedTable::default());
     let control_metrics = control::metrics::ControlMetrics::register(&mut registry);
     let publisher = Arc::new(Publisher::new(table.clone()).with_metrics(control_metrics));

@@ -30,14 +30,13 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use proxy::proxy_protocol::{Expect, Version as ProxyVersion};
-use proxy::{Backend, HostPattern, OutlierPolicy, Table};
+use proxy::{Backend, HostPattern, OutlierPolicy, Route, RouteSpec, Table};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_saphyr::{Location, MessageFormatter, Spanned};
 use std::sync::Arc;
 
 use crate::error::{ConfigError, Problem, RouteRef};
-use crate::route_spec::RouteSpec;
 
 /// `admin` when the file does not say.
 pub const DEFAULT_ADMIN: SocketAddr =
@@ -235,8 +234,8 @@ impl Config {
         };
         let routes = self
             .route_specs()
-            .iter()
-            .map(RouteSpec::to_route)
+            .into_iter()
+            .map(Route::new)
             .collect::<Result<Vec<_>, _>>()
             .map_err(table_error)?;
         Table::new(routes).map_err(table_error)

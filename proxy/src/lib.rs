@@ -36,7 +36,7 @@ pub use error::{ConnectError, ListenError, NameError, TableError};
 pub use health::{EndpointHealth, OutlierPolicy};
 pub use metrics::Metrics;
 pub use name::{HostPattern, ServerName};
-pub use table::{Backend, Route, SharedTable, Snapshot, Table};
+pub use table::{Backend, Route, RouteSpec, SharedTable, Snapshot, Table};
 
 /// The data plane's knobs, fixed for the life of a listener.
 #[derive(Debug, Clone)]

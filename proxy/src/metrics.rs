@@ -127,6 +127,18 @@ impl Metrics {
         Arc::new(metrics)
     }
 
+    /// Registers the global `max_connections` as a gauge, so alerts can compare the active
+    /// connections with it; unlimited proxies have no such series.
+    pub fn register_connection_limit(registry: &mut Registry, limit: usize) {
+        let gauge: Gauge = Gauge::default();
+        gauge.set(i64::try_from(limit).unwrap_or(i64::MAX));
+        registry.register(
+            "sniroute_max_connections",
+            "The global max_connections: connections open at once over all listeners",
+            gauge,
+        );
+    }
+
     /// Counts one connection's outcome.
     pub(crate) fn count(&self, outcome: Outcome) {
         self.connections[outcome as usize].inc();

@@ -6,7 +6,7 @@
 use super::objects::Guarded;
 use serde_json::{json, Value};
 
-use super::objects::{HostedCluster, Route, Service, HCP_ROUTE_LABEL};
+use super::objects::{HostedCluster, OcpRoute, Service, HCP_ROUTE_LABEL};
 use super::store::Object;
 
 /// The DNS zone fixture hostnames live in.
@@ -207,7 +207,7 @@ pub fn hc_object(value: Value) -> Object {
 
 /// A Route object, as a watch delivers it.
 pub fn route_object(value: Value) -> Object {
-    Object::Route(guard::<Route>(value))
+    Object::Route(guard::<OcpRoute>(value))
 }
 
 /// A Service object, as a watch delivers it.
@@ -259,7 +259,7 @@ pub fn decode_list(kind: super::store::Kind, body: &[u8]) -> Vec<Object> {
             .into_iter()
             .map(Object::HostedCluster)
             .collect(),
-        Kind::Route => items::<Route>(body)
+        Kind::Route => items::<OcpRoute>(body)
             .into_iter()
             .map(Object::Route)
             .collect(),

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::objects::{HostedCluster, Route, Service, HCP_ROUTE_LABEL};
+use super::objects::{HostedCluster, OcpRoute, Service, HCP_ROUTE_LABEL};
 use super::store::{Kind, Object, Store};
 use crate::config::KubernetesConfig;
 use crate::publish::{Publisher, SourceKind};
@@ -211,7 +211,7 @@ fn watch_all(client: &Client) -> Events {
         Object::HostedCluster,
     );
     let routes = kind_stream(
-        Api::<Guarded<Route>>::all(client.clone()),
+        Api::<Guarded<OcpRoute>>::all(client.clone()),
         watcher::Config::default().labels(HCP_ROUTE_LABEL),
         Kind::Route,
         Object::Route,
