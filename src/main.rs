@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -16,13 +17,16 @@ use control::config::LogFormat;
 use control::kube::KubeSource;
 use control::{Config, FileSource, Publisher, SourceKind};
 use prometheus_client::registry::Registry;
-use proxy::{listener, ListenerKind, Proxy, Settings, SharedTable};
+use proxy::{listener, socket, ListenerKind, Proxy, Settings, SharedTable};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Exit status for a configuration that does not validate (sysexits.h EX_CONFIG).
 const EXIT_BAD_CONFIG: u8 = 78;
+
+/// How long the admin server, the sources and the listeners get to stop at exit.
+const SERVICES_STOP: Duration = Duration::from_secs(2);
 
 /// SNI-routing TLS passthrough ingress for hosted Kubernetes control planes.
 #[derive(Debug, Parser)]
@@ -167,16 +171,16 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let admin_listener = listener::bind(config.admin, listener::DEFAULT_BACKLOG)?;
+    let admin_listener = socket::bind(config.admin, socket::DEFAULT_BACKLOG)?;
     log_listening("admin", &admin_listener);
     let mut listeners = Vec::with_capacity(config.listen.len() + 1);
     for addr in &config.listen {
-        let bound = listener::bind(*addr, config.listen_backlog)?;
+        let bound = socket::bind(*addr, config.listen_backlog)?;
         log_listening("proxy", &bound);
         listeners.push((bound, ListenerKind::Sni));
     }
     if let Some(addr) = config.cluster_id_listen {
-        let bound = listener::bind(addr, config.listen_backlog)?;
+        let bound = socket::bind(addr, config.listen_backlog)?;
         log_listening("cluster_id", &bound);
         listeners.push((bound, ListenerKind::ClusterId));
     }
@@ -194,7 +198,9 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         registry,
         proxy: proxy.clone(),
     });
-    tokio::spawn(admin::serve(
+    // Every task but the connections' runs on `services` and ends with `shutdown`.
+    let services = TaskTracker::new();
+    services.spawn(admin::serve(
         admin_listener,
         state.clone(),
         shutdown.clone(),
@@ -202,11 +208,15 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let file_source =
         FileSource::new(path, config.clone(), publisher.clone()).run(shutdown.clone());
     if let Some(kube_source) = kube_source {
-        tokio::spawn(kube_source.run(shutdown.clone()));
+        services.spawn(kube_source.run(shutdown.clone()));
     }
-    tokio::spawn(proxy.clone().follow_swaps(publisher.subscribe()));
+    services.spawn(
+        proxy
+            .clone()
+            .follow_swaps(publisher.subscribe(), shutdown.clone()),
+    );
     for (bound, kind) in listeners {
-        tokio::spawn(listener::serve(
+        services.spawn(listener::serve(
             bound,
             kind,
             proxy.clone(),
@@ -226,6 +236,16 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     state.draining.store(true, Ordering::Release);
     let outcome = drain(&config, &mut signals, &stop_accepting, &connections).await;
     shutdown.cancel();
+    services.close();
+    // Each service returns once it sees the token; a stuck one must not hold the exit, and
+    // after a second signal nothing does.
+    if outcome.is_ok()
+        && tokio::time::timeout(SERVICES_STOP, services.wait())
+            .await
+            .is_err()
+    {
+        tracing::warn!(left = services.len(), "services still running at exit");
+    }
     outcome
 }
 

@@ -62,7 +62,7 @@ pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
 /// The longest `kubernetes.debounce` accepted: beyond it, changes stop being prompt.
 pub const MAX_DEBOUNCE: Duration = Duration::from_secs(10);
 /// `listen_backlog` when the file does not say.
-pub const DEFAULT_LISTEN_BACKLOG: i32 = proxy::listener::DEFAULT_BACKLOG;
+pub const DEFAULT_LISTEN_BACKLOG: i32 = proxy::socket::DEFAULT_BACKLOG;
 /// `shutdown_delay` when the file does not say: a few load-balancer health-check intervals.
 pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 /// `drain_timeout` when the file does not say.

@@ -264,6 +264,62 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// What a connection is routed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteKey {
+    /// The SNI name, on the SNI listeners.
+    Name(ServerName),
+    /// The ClusterID TLV of a PROXY v2 header, on the ClusterID listener.
+    ClusterId(Box<str>),
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name(name) => name.fmt(f),
+            Self::ClusterId(id) => f.write_str(id),
+        }
+    }
+}
+
+/// A route that admits a connection, and the rule that lets it in.
+#[derive(Debug)]
+pub struct Admission<'t> {
+    /// The route.
+    pub route: &'t Arc<Route>,
+    /// Why the client may use it; `None` on the ClusterID listener, whose clients are the
+    /// hosted cluster's own nodes, identified by the TLV, which allow lists do not name.
+    pub allowed: Option<Allowed<'t>>,
+}
+
+/// Why the table turns a connection away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No route answers the SNI name.
+    UnknownName(ServerName),
+    /// No route carries the ClusterID.
+    UnknownClusterId(Box<str>),
+    /// The route's `allowed_cidrs` do not hold the client.
+    NotAllowed {
+        /// The name the client asked for.
+        name: ServerName,
+        /// The route that refuses it.
+        route: Box<str>,
+    },
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownName(name) => write!(f, "no route for {name}"),
+            Self::UnknownClusterId(id) => write!(f, "no route for cluster ID {id}"),
+            Self::NotAllowed { name, route } => {
+                write!(f, "{name}: client not in route {route}'s allowed_cidrs")
+            }
+        }
+    }
+}
+
 /// An immutable map from server names to routes.
 #[derive(Debug, Default)]
 pub struct Table {
@@ -333,6 +389,36 @@ impl Table {
         // Each '.' starts a shorter suffix; the first one found is the longest that matches.
         name.match_indices('.')
             .find_map(|(dot, _)| self.wildcard.get(&name[dot + 1..]))
+    }
+
+    /// Whether a connection routed by `key` from `client` is admitted, and by which route
+    /// and rule, or why not. The one admission decision: connections are routed by it,
+    /// revocation judges established ones by it, and `explain` reports it.
+    pub fn admit(&self, key: &RouteKey, client: IpAddr) -> Result<Admission<'_>, Denial> {
+        match key {
+            RouteKey::Name(name) => {
+                let route = self
+                    .lookup(name)
+                    .ok_or_else(|| Denial::UnknownName(name.clone()))?;
+                let allowed = route.allowing(client).ok_or_else(|| Denial::NotAllowed {
+                    name: name.clone(),
+                    route: route.spec.name.clone(),
+                })?;
+                Ok(Admission {
+                    route,
+                    allowed: Some(allowed),
+                })
+            }
+            RouteKey::ClusterId(id) => {
+                let route = self
+                    .lookup_cluster_id(id)
+                    .ok_or_else(|| Denial::UnknownClusterId(id.clone()))?;
+                Ok(Admission {
+                    route,
+                    allowed: None,
+                })
+            }
+        }
     }
 
     /// The route a PROXY-v2 connection naming hosted-cluster `cluster_id` goes to.
@@ -551,6 +637,49 @@ mod tests {
             with_cluster_id(spec("b", &["b.test"], &["127.0.0.1:2"]), "x"),
         ])
         .is_err());
+    }
+
+    #[test]
+    fn admission_names_the_route_and_rule_or_why_not() {
+        let net: IpNet = "10.0.0.0/8".parse().unwrap();
+        let guarded = RouteSpec {
+            allowed_cidrs: vec![net],
+            cluster_id: Some("id-g".into()),
+            ..spec("g", &["g.test"], &["127.0.0.1:1"])
+        };
+        let table = Table::new(vec![
+            Route::new(guarded).unwrap(),
+            route("open", &["*.open.test"], &["127.0.0.1:2"]),
+        ])
+        .unwrap();
+        let name = |n: &str| RouteKey::Name(ServerName::parse(n.as_bytes()).unwrap());
+        let inside: IpAddr = "10.1.2.3".parse().unwrap();
+        let outside: IpAddr = "192.0.2.1".parse().unwrap();
+        let admitted = table.admit(&name("g.test"), inside).unwrap();
+        assert_eq!(admitted.route.name(), "g");
+        assert_eq!(admitted.allowed, Some(Allowed::By(&net)));
+        assert_eq!(
+            table.admit(&name("g.test"), outside).unwrap_err(),
+            Denial::NotAllowed {
+                name: ServerName::parse(b"g.test").unwrap(),
+                route: "g".into()
+            }
+        );
+        let open = table.admit(&name("x.open.test"), outside).unwrap();
+        assert_eq!(open.allowed, Some(Allowed::Everyone));
+        assert!(matches!(
+            table.admit(&name("nope.test"), inside),
+            Err(Denial::UnknownName(_))
+        ));
+        // The ClusterID listener's clients are the cluster's nodes: no allow list applies.
+        let by_id = table
+            .admit(&RouteKey::ClusterId("id-g".into()), outside)
+            .unwrap();
+        assert_eq!((by_id.route.name(), by_id.allowed), ("g", None));
+        assert!(matches!(
+            table.admit(&RouteKey::ClusterId("id-x".into()), inside),
+            Err(Denial::UnknownClusterId(_))
+        ));
     }
 
     #[test]

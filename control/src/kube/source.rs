@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::objects::{HostedCluster, OcpRoute, Service, HCP_ROUTE_LABEL};
 use super::store::{Kind, Object, Store};
 use crate::config::KubernetesConfig;
-use crate::publish::{Publisher, SourceKind};
+use crate::publish::Publisher;
+use crate::source::SourceKind;
 
 /// Counters of the Kubernetes source, for logs now and metrics later.
 #[derive(Debug, Default)]
