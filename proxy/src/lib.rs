@@ -22,6 +22,7 @@ mod connection;
 pub mod error;
 pub mod forward;
 pub mod health;
+pub mod ja4;
 pub mod listener;
 mod log_limit;
 pub mod metrics;
