@@ -20,24 +20,7 @@ if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-  SUDO=sudo
-else
-  SUDO=
-fi
-# Keep the packages' own services from starting (no init here, or one we should not touch).
-policy=/usr/sbin/policy-rc.d
-created_policy=0
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
-  $SUDO chmod +x "$policy"
-  created_policy=1
-fi
-cleanup() { if [ "$created_policy" = 1 ]; then $SUDO rm -f "$policy"; fi; }
-trap cleanup EXIT
-
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+bash "$(dirname "$0")/../deploy/tools/apt-install.sh" "${need[@]}"
 echo "compare deps: installed ${need[*]}"
 haproxy -v | head -1
 nginx -v 2>&1

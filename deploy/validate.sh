@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Validates deploy/ offline: renders the kustomize base and the base + servicemonitor
-# component, validates every object strictly against the Kubernetes schemas, checks the
-# deployment's invariants (deploy/tools/check-manifests.py), and runs `sniroute check` on the
-# config in the ConfigMap. Installs what it lacks (CI runs as root on a fresh machine) into
+# Validates deploy/ offline: renders the kustomize base and the overlays (base + servicemonitor
+# and monitoring components; monitored-tuned also patches thresholds), validates every object
+# strictly against the Kubernetes schemas (the Prometheus Operator's kinds against subset
+# schemas), checks the deployment's invariants (deploy/tools/check-manifests.py), runs
+# `promtool check rules` on every rendered PrometheusRule when promtool is installed (CI
+# installs it; deploy/components/monitoring/test.sh also unit-tests the rules), and runs
+# `sniroute check` on the config in the ConfigMap. Installs what it lacks (CI runs as root on a fresh machine) into
 # a cache directory, so a second run installs nothing. Exits non-zero on any failure.
 #
 #   bash deploy/validate.sh [path/to/sniroute]     # default: the newest target/*/sniroute
@@ -98,13 +101,23 @@ echo "binary:     $binary"
 # --- 1. render ---
 "${render[@]}" deploy/base >"$out/base.yaml"
 "${render[@]}" deploy/overlays/monitored >"$out/monitored.yaml"
+"${render[@]}" deploy/overlays/monitored-tuned >"$out/monitored-tuned.yaml"
 
 # --- 2. schemas and invariants; writes the ConfigMap's config.yaml ---
 "$venv/bin/python" deploy/tools/check-manifests.py \
   "${KUBE_VERSIONS[@]/#/--kube-version=}" \
   --dockerfile Dockerfile \
   --config-out "$out/config.yaml" \
-  base="$out/base.yaml" monitored="$out/monitored.yaml"
+  --rules-out "$out" \
+  base="$out/base.yaml" monitored="$out/monitored.yaml" monitored="$out/monitored-tuned.yaml"
+
+# --- 2b. the rendered rules parse and type-check ---
+if command -v promtool >/dev/null; then
+  promtool check rules "$out"/rules-*.yaml
+else
+  echo "validate.sh: no promtool, rendered rules not checked (install Debian's prometheus:" \
+    "bash deploy/components/monitoring/install-prometheus.sh)" >&2
+fi
 
 # --- 3. the config, as the binary sees it ---
 "$binary" check --config "$out/config.yaml"

@@ -3,13 +3,16 @@
 
     check-manifests.py [--kube-version V]... --config-out FILE ROLE=RENDERED.yaml...
 
-ROLE is `base` (the base alone: no ServiceMonitor allowed) or `monitored` (base plus the
-servicemonitor component: the ServiceMonitor is required). Every object is validated
-strictly (unknown fields are errors) against the Kubernetes OpenAPI schemas of each
---kube-version, with kubernetes-validate's bundled schemas (offline); a ServiceMonitor
-against servicemonitor.schema.json beside this file; any other kind without a schema fails.
+ROLE is `base` (the base alone: no ServiceMonitor or PrometheusRule allowed) or `monitored`
+(base plus the servicemonitor and monitoring components: both are required, and the Grafana
+dashboard ConfigMap). Every object is validated strictly (unknown fields are errors) against
+the Kubernetes OpenAPI schemas of each --kube-version, with kubernetes-validate's bundled
+schemas (offline); a ServiceMonitor against servicemonitor.schema.json beside this file, a
+PrometheusRule against prometheusrule.schema.json; any other kind without a schema fails.
 The sniroute config is taken from the ConfigMap the Deployment mounts and written to
---config-out, for `sniroute check`. Prints every problem; exits 1 if there was any.
+--config-out, for `sniroute check`; with --rules-out DIR, each render's PrometheusRule groups
+are written to DIR/rules-N-M.yaml for `promtool check rules`. Prints every problem; exits 1 if
+there was any.
 """
 
 import argparse
@@ -37,6 +40,11 @@ BASE_KINDS = {
     "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
+README = os.path.join(HERE, "..", "..", "README.md")
+# The scrape job the rules select: the ServiceMonitor's job is its Service's name.
+METRICS_JOB = "sniroute-metrics"
+SEVERITIES = {"critical", "warning"}
+DASHBOARD_LABEL = ("grafana_dashboard", "1")
 
 problems = []
 
@@ -59,15 +67,18 @@ def name_of(obj):
 
 
 def validate_schemas(objs, versions, where):
-    with open(os.path.join(HERE, "servicemonitor.schema.json")) as f:
-        servicemonitor_schema = json.load(f)
+    crd_schemas = {}
+    for kind, file in (("ServiceMonitor", "servicemonitor.schema.json"),
+                       ("PrometheusRule", "prometheusrule.schema.json")):
+        with open(os.path.join(HERE, file)) as f:
+            crd_schemas[kind] = json.load(f)
     for obj in objs:
         label = f"{where}: {name_of(obj)}"
-        if obj.get("kind") == "ServiceMonitor":
-            validator = jsonschema.Draft202012Validator(servicemonitor_schema)
+        if obj.get("kind") in crd_schemas:
+            validator = jsonschema.Draft202012Validator(crd_schemas[obj["kind"]])
             for error in validator.iter_errors(obj):
                 path = ".".join(str(p) for p in error.absolute_path)
-                fail(label, f"ServiceMonitor schema: {path}: {error.message}")
+                fail(label, f"{obj['kind']} schema: {path}: {error.message}")
             continue
         for version in versions:
             try:
@@ -125,7 +136,7 @@ def check_objects(objs, role, where, config_out):
         if obj["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
             check(obj["metadata"].get("namespace") == NAMESPACE, f"{where}: {name_of(obj)}",
                   f"namespace must be {NAMESPACE}")
-    expected = BASE_KINDS | ({"ServiceMonitor"} if role == "monitored" else set())
+    expected = BASE_KINDS | ({"ServiceMonitor", "PrometheusRule"} if role == "monitored" else set())
     check(set(by_kind) == expected, where,
           f"kinds {sorted(by_kind)}, expected {sorted(expected)}")
     if not check(len(by_kind.get("Deployment", [])) == 1, where, "expected one Deployment"):
@@ -286,7 +297,80 @@ def check_objects(objs, role, where, config_out):
                 if port:
                     check(selects({"matchLabels": svc["spec"].get("selector")}, pod_labels), m,
                           f"{name_of(svc)} does not select the Deployment's pods")
+        check(all(s["metadata"]["name"] == METRICS_JOB for s in targets), m,
+              f"the rules select job {METRICS_JOB!r}: the scraped Service must have that name")
+
+    check_monitoring(by_kind, role, where)
     return text
+
+
+def github_anchor(heading):
+    """The fragment GitHub gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def readme_anchors():
+    with open(README) as f:
+        return {github_anchor(line.lstrip("#")) for line in f if line.startswith("#")}
+
+
+def check_monitoring(by_kind, role, where):
+    """Alerts carry what an on-call needs; thresholds exist; the dashboard loads."""
+    rules_objs = by_kind.get("PrometheusRule", [])
+    if role == "monitored":
+        check(len(rules_objs) == 1, where, "expected one PrometheusRule")
+    anchors = readme_anchors()
+    for obj in rules_objs:
+        p = f"{where}: {name_of(obj)}"
+        rules = [r for g in obj["spec"].get("groups", []) for r in g.get("rules", [])]
+        recorded = {r["record"] for r in rules if "record" in r}
+        for rule in rules:
+            expr = str(rule["expr"])
+            for name in re.findall(r"sniroute:[a-z0-9_:]+", expr):
+                check(name in recorded, p,
+                      f"{rule.get('alert') or rule.get('record')}: {name} is never recorded, so "
+                      "the rule never matches")
+            for job in re.findall(r'\bjob="([^"]*)"', expr):
+                check(job == METRICS_JOB, p, f"selects job {job!r}, not {METRICS_JOB!r}")
+            if "alert" not in rule:
+                continue
+            a = f"{p}: alert {rule['alert']}"
+            check(rule.get("labels", {}).get("severity") in SEVERITIES, a,
+                  f"labels.severity must be one of {sorted(SEVERITIES)}")
+            notes = rule.get("annotations", {})
+            for key in ("summary", "description", "runbook_url"):
+                check(notes.get(key), a, f"needs annotations.{key}")
+            url = notes.get("runbook_url", "")
+            check(url == f"README.md#{rule['alert'].lower()}", a,
+                  f"runbook_url {url!r} must be README.md#{rule['alert'].lower()}")
+            check(url.split("#")[-1] in anchors, a,
+                  f"README.md has no heading {rule['alert']} (the runbook {url!r} points to)")
+
+    dashboards = [o for o in by_kind.get("ConfigMap", [])
+                  if o["metadata"].get("labels", {}).get(DASHBOARD_LABEL[0]) == DASHBOARD_LABEL[1]]
+    if role == "monitored":
+        check(len(dashboards) == 1, where,
+              f"expected one ConfigMap labelled {DASHBOARD_LABEL[0]}: \"{DASHBOARD_LABEL[1]}\"")
+    for cm in dashboards:
+        c = f"{where}: {name_of(cm)}"
+        files = {k: v for k, v in cm.get("data", {}).items() if k.endswith(".json")}
+        if not check(len(files) == 1, c, "expected one .json key"):
+            continue
+        try:
+            dashboard = json.loads(next(iter(files.values())))
+        except json.JSONDecodeError as error:
+            fail(c, f"dashboard is not JSON: {error}")
+            continue
+        check(dashboard.get("uid") and dashboard.get("title"), c, "dashboard needs uid and title")
+        panels = dashboard.get("panels", [])
+        check(panels, c, "dashboard has no panels")
+        for panel in panels:
+            targets = panel.get("targets", [])
+            check(targets and all(t.get("expr") for t in targets), c,
+                  f"panel {panel.get('title')!r} needs targets with an expr")
+            check(panel.get("datasource", {}).get("uid") == "${datasource}", c,
+                  f"panel {panel.get('title')!r} must use the $datasource variable")
 
 
 def check_dockerfile(path, deployment):
@@ -335,6 +419,7 @@ def main():
     parser.add_argument("--kube-version", action="append", dest="versions")
     parser.add_argument("--config-out", required=True)
     parser.add_argument("--dockerfile", help="check this Dockerfile against the Deployment")
+    parser.add_argument("--rules-out", help="write each PrometheusRule's groups here")
     parser.add_argument("rendered", nargs="+", help="ROLE=FILE, ROLE is base or monitored")
     args = parser.parse_args()
     versions = args.versions or ["1.30.0", kubernetes_validate.utils.latest_version()]
@@ -357,6 +442,11 @@ def main():
         configs[path] = check_objects(
             objs, role, path, args.config_out if not configs else None)
         print(f"{path}: {len(objs)} objects, Kubernetes {', '.join(versions)} schemas (strict)")
+        if args.rules_out:
+            rules = [o for o in objs if o["kind"] == "PrometheusRule"]
+            for i, obj in enumerate(rules):
+                with open(os.path.join(args.rules_out, f"rules-{len(configs)}-{i}.yaml"), "w") as f:
+                    yaml.safe_dump(obj["spec"], f, sort_keys=False)
     if args.dockerfile:
         check_dockerfile(args.dockerfile, deployment)
     check(len(set(configs.values())) <= 1, "config", "the renders carry different configs")
