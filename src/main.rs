@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use control::config::LogFormat;
-use control::kube::KubeSource;
+use control::kube::{KubeSource, Readiness};
 use control::{Config, FileSource, Publisher, SourceKind};
 use prometheus_client::registry::Registry;
 use proxy::{listener, socket, ListenerKind, Proxy, Settings, SharedTable};
@@ -151,8 +151,10 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     publisher.update(SourceKind::File, config.route_specs())?;
     // Ready once every source has loaded: the file just did; Kubernetes after its first
     // full list of every watched kind.
-    let (sources_ready, sources_ready_rx) =
-        tokio::sync::watch::channel(config.kubernetes.is_none());
+    let (sources_ready, sources_ready_rx) = tokio::sync::watch::channel(match config.kubernetes {
+        None => Readiness::Ready,
+        Some(_) => Readiness::waiting(),
+    });
     let kube_source = match &config.kubernetes {
         Some(kube) => {
             // The Kubernetes client's TLS uses the process default: ring, as everywhere else.

@@ -9,12 +9,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_kube::FakeKube;
+use common::apiserver::hypershift::create_cluster;
+use common::apiserver::ApiServer;
 use common::*;
-use control::kube::fixtures;
 use ppp::v2;
 use rustls::pki_types::ServerName;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout, Instant};
@@ -510,33 +509,29 @@ async fn tls_after(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_id_listener_routes_by_the_tlv_without_sni() {
-    let kas = TlsBackend::start("kas");
-    let fake = FakeKube::start();
-    let (hc, routes, services) = fixtures::cluster("clusters", "c1", 1);
-    let cluster_id = hc["spec"]["clusterID"].as_str().unwrap().to_owned();
-    fake.apply(hc);
-    for route in routes {
-        fake.apply(route);
-    }
-    for mut svc in services {
-        let port = match svc["metadata"]["name"].as_str() {
-            Some("kube-apiserver") => kas.addr().port(),
-            _ => closed_port().port(),
-        };
-        svc["spec"]["clusterIP"] = json!("127.0.0.1");
-        svc["spec"]["clusterIPs"] = json!(["127.0.0.1"]);
-        svc["spec"]["ports"][0]["port"] = json!(port);
-        fake.apply(svc);
-    }
+    // A real kube-apiserver with the HostedCluster CRD: the cluster ID sniroute routes by is
+    // the one the schema stores (tests/common/apiserver.rs).
+    let Some(server) = ApiServer::shared().await else {
+        return;
+    };
+    let admin = server.admin().await;
+    let cluster = create_cluster(&admin, "pp", "ppid1", 1).await;
+    let cluster_id = cluster.cluster_id.clone();
+    // The shared leaf: the client below sends no SNI and checks the name "localhost".
+    let kas = TlsBackend::start_at(
+        "kas",
+        cluster.service("kube-apiserver"),
+        TlsBackendOpts::default(),
+    );
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = fake.kubeconfig(dir.path());
+    let kubeconfig = server.sniroute_kubeconfig(dir.path(), &server.url()).await;
     let yaml = Cfg::new()
         .set("kubernetes", "{}")
         .set("cluster_id_listen", &quote("127.0.0.1:0"))
         .yaml();
     let proxy = Sniroute::start_kube(yaml, &kubeconfig);
     let listen = proxy.listener_addr("cluster_id");
-    eventually(STARTUP, "/readyz 200", || async {
+    eventually(STARTUP * 3, "/readyz 200", || async {
         (proxy.readyz() == 200).then_some(())
     })
     .await;

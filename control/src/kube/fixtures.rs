@@ -77,8 +77,21 @@ pub fn hosted_cluster(namespace: &str, name: &str, cluster_id: &str) -> Value {
                     "azureAuthenticationConfig": {
                         "azureAuthenticationConfigType": "ManagedIdentities",
                         "managedIdentities": {
-                            "controlPlane": {"managedIdentitiesKeyVault": {"name": "kv", "tenantID": "11111111-1111-1111-1111-111111111111"}},
-                            "dataPlane": {"diskMSIClientID": "d", "fileMSIClientID": "f", "imageRegistryMSIClientID": "i"}
+                            "controlPlane": {
+                                "managedIdentitiesKeyVault": {"name": "kv", "tenantID": "11111111-1111-1111-1111-111111111111"},
+                                "cloudProvider": managed_identity("cloud-provider"),
+                                "controlPlaneOperator": managed_identity("control-plane-operator"),
+                                "disk": managed_identity("disk-csi"),
+                                "file": managed_identity("file-csi"),
+                                "ingress": managed_identity("ingress"),
+                                "network": managed_identity("network"),
+                                "nodePoolManagement": managed_identity("nodepool-mgmt")
+                            },
+                            "dataPlane": {
+                                "diskMSIClientID": "22222222-0000-4000-8000-000000000001",
+                                "fileMSIClientID": "22222222-0000-4000-8000-000000000002",
+                                "imageRegistryMSIClientID": "22222222-0000-4000-8000-000000000003"
+                            }
                         }
                     }
                 }
@@ -111,6 +124,15 @@ pub fn hosted_cluster(namespace: &str, name: &str, cluster_id: &str) -> Value {
             }],
             "version": {"desired": {"image": "quay.io/openshift-release-dev/ocp-release:4.19.7-multi"}}
         }
+    })
+}
+
+/// A control plane managed identity: its certificate in the key vault, as ARO HCP sets it.
+fn managed_identity(name: &str) -> Value {
+    json!({
+        "clientID": "33333333-0000-4000-8000-000000000000",
+        "credentialsSecretName": format!("{name}-cert"),
+        "objectEncoding": "utf-8"
     })
 }
 
