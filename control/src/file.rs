@@ -124,7 +124,7 @@ impl FileSource {
                 if !state.failing || forced {
                     let error = ConfigError::Read { file, source };
                     tracing::warn!(error = %one_line(&error), "config reload failed");
-                    self.publisher.source_failed(SourceKind::File);
+                    self.publisher.source_failed(SourceKind::File, 1);
                 }
                 state.failing = true;
                 state.seen = None;
@@ -148,7 +148,7 @@ impl FileSource {
             Ok(built) => built,
             Err(error) => {
                 tracing::warn!(error = %one_line(&error), "config reload failed");
-                self.publisher.source_failed(SourceKind::File);
+                self.publisher.source_failed(SourceKind::File, 1);
                 state.failing = true;
                 return;
             }

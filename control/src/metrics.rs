@@ -83,11 +83,11 @@ impl ControlMetrics {
         self.last_swap.set(now);
     }
 
-    pub(crate) fn source_failed(&self, source: SourceKind) {
+    pub(crate) fn source_failed(&self, source: SourceKind, failures: u64) {
         self.source_errors
             .get_or_create(&SourceLabels {
                 source: source.as_str(),
             })
-            .inc();
+            .inc_by(failures);
     }
 }

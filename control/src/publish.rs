@@ -129,9 +129,9 @@ impl Publisher {
         self
     }
 
-    /// Counts a failure of `source` that kept its last good routes in the table.
-    pub fn source_failed(&self, source: SourceKind) {
-        self.metrics.source_failed(source);
+    /// Counts `failures` of `source` that kept its last good routes in the table.
+    pub fn source_failed(&self, source: SourceKind, failures: u64) {
+        self.metrics.source_failed(source, failures);
     }
 
     /// The table connections read.

@@ -78,18 +78,6 @@ pub enum Refusal {
 
 // === impl Refusal ===
 
-impl Refusal {
-    /// A static label, for metrics.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::NotTls => "not_tls",
-            Self::Malformed(_) => "malformed",
-            Self::TooLarge => "too_large",
-            Self::BadServerName(_) => "bad_server_name",
-        }
-    }
-}
-
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -983,14 +971,7 @@ mod tests {
     }
 
     #[test]
-    fn labels() {
-        assert_eq!(Refusal::NotTls.as_str(), "not_tls");
-        assert_eq!(Refusal::Malformed("x").as_str(), "malformed");
-        assert_eq!(Refusal::TooLarge.as_str(), "too_large");
-        assert_eq!(
-            Refusal::BadServerName(NameError::Empty).as_str(),
-            "bad_server_name"
-        );
+    fn refusals_name_the_field() {
         assert_eq!(
             Refusal::Malformed("session_id").to_string(),
             "malformed ClientHello: session_id"

@@ -22,6 +22,7 @@
 //! Read-only RBAC suffices: `get`, `list`, `watch` on `hostedclusters`
 //! (hypershift.openshift.io), `routes` (route.openshift.io) and `services` (core).
 
+#[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod mapping;
 pub mod objects;
@@ -29,5 +30,5 @@ pub mod source;
 pub mod store;
 
 pub use mapping::{map_cluster, Mapped, RejectReason, Rejection, Skip};
-pub use source::{default_client, KubeSource, KubeStats, Readiness};
+pub use source::{default_client, KubeSource, Readiness};
 pub use store::{Kind, Object, Store};

@@ -19,21 +19,6 @@ use crate::config::KubernetesConfig;
 use crate::publish::Publisher;
 use crate::source::SourceKind;
 
-/// Counters of the Kubernetes source, for logs now and metrics later.
-#[derive(Debug, Default)]
-pub struct KubeStats {
-    /// Watch or list requests that failed (each is retried with backoff).
-    pub watch_errors: AtomicU64,
-    /// Objects that did not parse.
-    pub malformed_objects: AtomicU64,
-    /// Routes left out (missing Service, no ClusterIP, bad host, ...).
-    pub rejected_routes: AtomicU64,
-    /// Clusters not routed because something in them is wrong.
-    pub broken_clusters: AtomicU64,
-    /// Tables published by this source.
-    pub publishes: AtomicU64,
-}
-
 /// Whether the Kubernetes source is ready, as `/readyz` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Readiness {
@@ -58,7 +43,9 @@ pub struct KubeSource {
     config: KubernetesConfig,
     publisher: Arc<Publisher>,
     ready: watch::Sender<Readiness>,
-    stats: Arc<KubeStats>,
+    /// Malformed objects, left-out routes and broken clusters at the last rebuild: each new
+    /// one is a source error that kept the rest.
+    problems: AtomicU64,
 }
 
 type Events = Pin<Box<dyn Stream<Item = (Kind, Result<Event<Object>, watcher::Error>)> + Send>>;
@@ -80,13 +67,8 @@ impl KubeSource {
             config,
             publisher,
             ready,
-            stats: Arc::default(),
+            problems: AtomicU64::new(0),
         }
-    }
-
-    /// The source's counters.
-    pub fn stats(&self) -> Arc<KubeStats> {
-        self.stats.clone()
     }
 
     /// Watches until `shutdown`. Never fails: an unreachable API server, an expired watch or
@@ -135,8 +117,7 @@ impl KubeSource {
                             }
                         }
                         Err(error) => {
-                            self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
-                            self.publisher.source_failed(SourceKind::Kubernetes);
+                            self.publisher.source_failed(SourceKind::Kubernetes, 1);
                             if let Some(reason) = forbidden(kind, &error) {
                                 if denied[kind as usize].as_ref() != Some(&reason) {
                                     tracing::error!(
@@ -172,23 +153,11 @@ impl KubeSource {
         let started = Instant::now();
         let rebuilt = store.rebuild();
         let problems = store.problems();
-        let before = self.stats.malformed_objects.load(Ordering::Relaxed)
-            + self.stats.rejected_routes.load(Ordering::Relaxed)
-            + self.stats.broken_clusters.load(Ordering::Relaxed);
         let now = problems.malformed + problems.rejected + problems.broken_clusters;
-        // Each bad object, left-out route or broken cluster is a failure that kept the rest.
-        for _ in before..now {
-            self.publisher.source_failed(SourceKind::Kubernetes);
-        }
-        self.stats
-            .malformed_objects
-            .store(problems.malformed, Ordering::Relaxed);
-        self.stats
-            .rejected_routes
-            .store(problems.rejected, Ordering::Relaxed);
-        self.stats
-            .broken_clusters
-            .store(problems.broken_clusters, Ordering::Relaxed);
+        let before = self.problems.swap(now, Ordering::Relaxed);
+        // Each new bad object, left-out route or broken cluster is a failure that kept the rest.
+        self.publisher
+            .source_failed(SourceKind::Kubernetes, now.saturating_sub(before));
         if !rebuilt.changed && *published_once {
             tracing::debug!(
                 clusters = rebuilt.clusters,
@@ -202,7 +171,6 @@ impl KubeSource {
         // retries.
         if let Ok(published) = self.publisher.update_sets(SourceKind::Kubernetes, routes) {
             {
-                self.stats.publishes.fetch_add(1, Ordering::Relaxed);
                 let elapsed = started.elapsed();
                 if !*published_once {
                     *published_once = true;
@@ -362,7 +330,7 @@ mod tests {
         tx: mpsc::UnboundedSender<Item>,
         publisher: Arc<Publisher>,
         ready: watch::Receiver<Readiness>,
-        stats: Arc<KubeStats>,
+        registry: prometheus_client::registry::Registry,
         shutdown: CancellationToken,
     }
 
@@ -375,7 +343,9 @@ mod tests {
             let client =
                 Client::try_from(::kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
                     .unwrap();
-            let publisher = Arc::new(Publisher::new(Arc::default()));
+            let mut registry = prometheus_client::registry::Registry::default();
+            let metrics = crate::metrics::ControlMetrics::register(&mut registry);
+            let publisher = Arc::new(Publisher::new(Arc::default()).with_metrics(metrics));
             let (ready_tx, ready) = watch::channel(Readiness::waiting());
             let source = KubeSource::new(
                 client,
@@ -383,14 +353,13 @@ mod tests {
                 publisher.clone(),
                 ready_tx,
             );
-            let stats = source.stats();
             let shutdown = CancellationToken::new();
             tokio::spawn(source.run_with(events, shutdown.clone()));
             Self {
                 tx,
                 publisher,
                 ready,
-                stats,
+                registry,
                 shutdown,
             }
         }
@@ -413,6 +382,17 @@ mod tests {
 
         fn routes(&self) -> usize {
             self.publisher.shared().load().table.routes().len()
+        }
+
+        /// `sniroute_source_errors_total{source="kubernetes"}`, as a scrape shows it.
+        fn source_errors(&self) -> u64 {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+            let series = "sniroute_source_errors_total{source=\"kubernetes\"} ";
+            text.lines()
+                .find_map(|line| line.strip_prefix(series))
+                .and_then(|value| value.parse().ok())
+                .unwrap()
         }
     }
 
@@ -463,7 +443,7 @@ mod tests {
             .unwrap();
         settle().await;
         assert_eq!((src.generation(), src.routes()), (1, 10));
-        assert_eq!(src.stats.watch_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(src.source_errors(), 1);
 
         // A burst of changes is one publish.
         for (i, port) in [7001, 7002, 7003].into_iter().enumerate() {

@@ -334,6 +334,7 @@ impl Store {
     }
 
     /// Every built route, copied, in the order of [`Store::route_sets`].
+    #[cfg(test)]
     pub fn routes(&self) -> Vec<RouteSpec> {
         self.built
             .values()
