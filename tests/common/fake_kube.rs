@@ -389,6 +389,18 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             );
         }
     }
+    if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
+        // RBAC is the real server's business (tests/kube.rs): the fake grants everything.
+        return reply(
+            StatusCode::CREATED,
+            &json!({
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {},
+                "status": {"allowed": true}
+            }),
+        );
+    }
     let Some(kind) = Kind::from_path(&path) else {
         return reply(
             StatusCode::NOT_FOUND,
