@@ -43,7 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OnceCell};
 use tokio::time::Instant;
 
-use super::{BackendThread, TlsBackend, TlsBackendOpts, TlsStats};
+use super::{BackendThread, Cfg, Sniroute, TlsBackend, TlsBackendOpts, TlsStats};
 
 pub mod hypershift;
 
@@ -674,6 +674,16 @@ impl ApiServer {
         self.write_kubeconfig(dir, server, "sniroute", &token)
     }
 
+    /// The real binary with `kubernetes: {}` (and the rest of `cfg`) as `deploy/base`'s
+    /// ServiceAccount, talking to `server` (this server's URL, or a [`Relay`]'s); not yet
+    /// waited for (see [`wait_ready`]). The directory holds its kubeconfig.
+    pub async fn start_sniroute(&self, server: &str, cfg: Cfg) -> (Sniroute, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = self.sniroute_kubeconfig(dir.path(), server).await;
+        let proxy = Sniroute::start_kube(cfg.set("kubernetes", "{}").yaml(), &kubeconfig);
+        (proxy, dir)
+    }
+
     /// A ServiceAccount `name` in [`NAMESPACE`] bound to a ClusterRole `name` with `rules`,
     /// and a kubeconfig for it in `dir`.
     pub async fn kubeconfig_with_rules(&self, dir: &Path, name: &str, rules: &Value) -> PathBuf {
@@ -710,6 +720,15 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         self.kill_now();
     }
+}
+
+/// Waits for sniroute's `/readyz` 200: its first full list of the real server (whose CRD
+/// objects are large) takes longer than the fake's.
+pub async fn wait_ready(proxy: &Sniroute) {
+    super::eventually(super::STARTUP * 3, "/readyz 200", || async {
+        (proxy.readyz() == 200).then_some(())
+    })
+    .await;
 }
 
 /// Requests of service accounts only: sniroute's, at Metadata level.
