@@ -455,6 +455,8 @@ impl ApiServer {
             "--authorization-mode=Node,RBAC".to_owned(),
             // On by default since 1.25; named so that a change of defaults cannot drop it.
             "--enable-admission-plugins=PodSecurity".to_owned(),
+            // As on a management cluster (AKS): privileged pods exist, PodSecurity gates them.
+            "--allow-privileged=true".to_owned(),
             format!("--service-cluster-ip-range={}", self.service_cidr),
             // The only compaction is the one a test asks etcd for.
             "--etcd-compaction-interval=0".to_owned(),
