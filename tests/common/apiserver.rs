@@ -93,8 +93,8 @@ fn find_or_build() -> Option<Binaries> {
         let _ = writeln!(
             std::io::stderr(),
             "\n*** SKIPPED: the real-API-server tests need Go (1.26 or newer, `go` on PATH) \
-             to build kube-apiserver and etcd from tests/apiserver/; install Go \
-             (e.g. `apt-get install golang-go`, or from go.dev) and run again ***\n"
+             to build kube-apiserver and etcd from tests/apiserver/; install Go 1.26+ \
+             (your distribution's golang-go if it is that new, or go.dev) and run again ***\n"
         );
         return None;
     }
