@@ -11,6 +11,11 @@
 //! - [`Relay`]: a TCP relay in front of the API server whose connections a test can cut (what
 //!   a network break does), so watches resume from their last resourceVersion.
 //!
+//! More kinds need nothing here: [`Admin`] writes any `apiVersion`/`kind` the server serves
+//! (an EndpointSlice as the EndpointSlice controller would write it, say). The server's own
+//! validation applies, though: EndpointSlice addresses in 127.0.0.0/8 are refused ("may not
+//! be in the loopback range"), unlike Service ClusterIPs from its service range.
+//!
 //! The binaries are built from `tests/apiserver/` by its `build.sh` (once, cached). Without
 //! Go, each test prints a line naming what to install and returns; with
 //! `SNIROUTE_REQUIRE_APISERVER=1` (CI) it fails instead.
@@ -100,7 +105,7 @@ fn find_or_build() -> Option<Binaries> {
     }
     assert!(
         output.status.success(),
-        "{} failed ({}); set {REQUIRE_ENV}=0 only if you mean to skip these tests",
+        "{} failed ({}; 127 is no Go on PATH, which {REQUIRE_ENV}=1 makes a failure)",
         script.display(),
         output.status
     );
