@@ -32,7 +32,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -165,7 +165,8 @@ fn spawn(mut command: Command) -> std::io::Result<Child> {
 struct Proc {
     name: &'static str,
     child: Child,
-    pid: Arc<AtomicI32>,
+    /// Its process group; 0 once stopped.
+    pid: i32,
     log: PathBuf,
 }
 
@@ -179,7 +180,7 @@ impl Proc {
             .stdout(out.try_clone().expect("log file"))
             .stderr(out);
         let child = spawn(command).unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let pid = Arc::new(AtomicI32::new(child.id() as i32));
+        let pid = child.id() as i32;
         Self {
             name,
             child,
@@ -201,7 +202,7 @@ impl Proc {
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`; waits for it.
     fn stop(&mut self, grace: Duration) {
-        let pid = self.pid.swap(0, Ordering::SeqCst);
+        let pid = std::mem::take(&mut self.pid);
         if pid == 0 {
             return;
         }
