@@ -348,8 +348,8 @@ async fn file_routes_win_conflicts_with_kubernetes_routes() {
     );
 }
 
-/// `deploy/base`'s ClusterRole rules with `verb` taken off the rule for `resource`.
-fn rules_without(resource: &str, verb: &str) -> Value {
+/// `deploy/base`'s ClusterRole rules, as shipped.
+fn shipped_rules() -> Value {
     let rbac = common::apiserver::read_manifests(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/rbac.yaml"),
     );
@@ -357,7 +357,12 @@ fn rules_without(resource: &str, verb: &str) -> Value {
         .into_iter()
         .find(|o| o["kind"] == "ClusterRole")
         .expect("a ClusterRole in deploy/base/rbac.yaml");
-    let mut rules = role["rules"].clone();
+    role["rules"].clone()
+}
+
+/// [`shipped_rules`] with `verb` taken off the rule for `resource`.
+fn rules_without(resource: &str, verb: &str) -> Value {
+    let mut rules = shipped_rules();
     let mut found = false;
     for rule in rules.as_array_mut().unwrap() {
         if rule["resources"]
@@ -403,7 +408,7 @@ async fn a_cluster_role_without_a_needed_verb_is_named_and_keeps_readyz_503() {
             ],
             STARTUP,
         );
-        // Unready, and it says why; it stays so (the permission does not come back).
+        // Unready, and it says why, for as long as the verb is missing.
         for _ in 0..3 {
             let (status, body) = proxy.get("/readyz").unwrap();
             assert_eq!(status, 503, "{verb} {resource}: {body}");
@@ -413,6 +418,18 @@ async fn a_cluster_role_without_a_needed_verb_is_named_and_keeps_readyz_503() {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // Granted (the ClusterRole as shipped): ready at the next check, and routing.
+        admin
+            .apply(&json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": name}, "rules": shipped_rules()
+            }))
+            .await;
+        eventually(STARTUP * 3, "ready once the verb is granted", || async {
+            (proxy.readyz() == 200).then_some(())
+        })
+        .await;
+        assert_routes(proxy.proxy_addr(), &c.api(), "kas").await;
     }
     // With the ClusterRole as shipped, the same cluster is routed (least privilege holds).
     let (proxy, _dir) = start(server, Cfg::new()).await;
