@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::apiserver::hypershift::{create_cluster, FINALIZER, HC_API};
-use common::apiserver::ApiServer;
+use common::apiserver::{wait_ready, ApiServer};
 use common::fake_kube::{tls_connect_from, wait_routed, wait_unrouted};
 use common::*;
 use serde_json::{json, Value};
@@ -29,19 +29,7 @@ const SNIROUTE_USER: &str = "system:serviceaccount:hypershift-sharedingress:snir
 
 /// The binary as `deploy/base`'s ServiceAccount, with `kubernetes: {}` and `cfg`.
 async fn start(server: &ApiServer, cfg: Cfg) -> (Sniroute, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = server.sniroute_kubeconfig(dir.path(), &server.url()).await;
-    let proxy = Sniroute::start_kube(cfg.set("kubernetes", "{}").yaml(), &kubeconfig);
-    (proxy, dir)
-}
-
-async fn wait_ready(proxy: &Sniroute) {
-    // The first list of a real server with the CRDs' large objects takes longer than the
-    // fake's.
-    eventually(STARTUP * 3, "/readyz 200", || async {
-        (proxy.readyz() == 200).then_some(())
-    })
-    .await;
+    server.start_sniroute(&server.url(), cfg).await
 }
 
 fn route_named<'a>(routes: &'a Value, name: &str) -> &'a Value {
@@ -360,8 +348,8 @@ async fn file_routes_win_conflicts_with_kubernetes_routes() {
     );
 }
 
-/// `deploy/base`'s ClusterRole rules with `verb` taken off the rule for `resource`.
-fn rules_without(resource: &str, verb: &str) -> Value {
+/// `deploy/base`'s ClusterRole rules, as shipped.
+fn shipped_rules() -> Value {
     let rbac = common::apiserver::read_manifests(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/rbac.yaml"),
     );
@@ -369,7 +357,12 @@ fn rules_without(resource: &str, verb: &str) -> Value {
         .into_iter()
         .find(|o| o["kind"] == "ClusterRole")
         .expect("a ClusterRole in deploy/base/rbac.yaml");
-    let mut rules = role["rules"].clone();
+    role["rules"].clone()
+}
+
+/// [`shipped_rules`] with `verb` taken off the rule for `resource`.
+fn rules_without(resource: &str, verb: &str) -> Value {
+    let mut rules = shipped_rules();
     let mut found = false;
     for rule in rules.as_array_mut().unwrap() {
         if rule["resources"]
@@ -403,9 +396,19 @@ async fn a_cluster_role_without_a_needed_verb_is_named_and_keeps_readyz_503() {
             .kubeconfig_with_rules(dir.path(), &name, &rules_without(resource, verb))
             .await;
         let proxy = Sniroute::start_kube(Cfg::new().set("kubernetes", "{}").yaml(), &kubeconfig);
-        let line = proxy.wait_log(&["kubernetes RBAC", resource, verb], STARTUP);
-        assert!(line.contains("forbidden"), "{line}");
-        // Unready, and it says why; it stays so (the permission does not come back).
+        // The check at start (SelfSubjectAccessReview) names what is missing...
+        let wanted = format!("`{verb}` on {resource}");
+        let line = proxy.wait_log(&["kubernetes RBAC forbids", &wanted, "not ready"], STARTUP);
+        assert!(line.contains("deploy/base/rbac.yaml"), "{line}");
+        // ...and so does the API server's own refusal of the request.
+        proxy.wait_log(
+            &[
+                "is forbidden",
+                &format!("cannot {verb} resource \"{resource}\""),
+            ],
+            STARTUP,
+        );
+        // Unready, and it says why, for as long as the verb is missing.
         for _ in 0..3 {
             let (status, body) = proxy.get("/readyz").unwrap();
             assert_eq!(status, 503, "{verb} {resource}: {body}");
@@ -415,6 +418,18 @@ async fn a_cluster_role_without_a_needed_verb_is_named_and_keeps_readyz_503() {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // Granted (the ClusterRole as shipped): ready at the next check, and routing.
+        admin
+            .apply(&json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": name}, "rules": shipped_rules()
+            }))
+            .await;
+        eventually(STARTUP * 3, "ready once the verb is granted", || async {
+            (proxy.readyz() == 200).then_some(())
+        })
+        .await;
+        assert_routes(proxy.proxy_addr(), &c.api(), "kas").await;
     }
     // With the ClusterRole as shipped, the same cluster is routed (least privilege holds).
     let (proxy, _dir) = start(server, Cfg::new()).await;

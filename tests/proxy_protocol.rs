@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::apiserver::hypershift::create_cluster;
-use common::apiserver::ApiServer;
+use common::apiserver::{wait_ready, ApiServer};
 use common::*;
 use ppp::v2;
 use rustls::pki_types::ServerName;
@@ -523,18 +523,10 @@ async fn cluster_id_listener_routes_by_the_tlv_without_sni() {
         cluster.service("kube-apiserver"),
         TlsBackendOpts::default(),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = server.sniroute_kubeconfig(dir.path(), &server.url()).await;
-    let yaml = Cfg::new()
-        .set("kubernetes", "{}")
-        .set("cluster_id_listen", &quote("127.0.0.1:0"))
-        .yaml();
-    let proxy = Sniroute::start_kube(yaml, &kubeconfig);
+    let cfg = Cfg::new().set("cluster_id_listen", &quote("127.0.0.1:0"));
+    let (proxy, _dir) = server.start_sniroute(&server.url(), cfg).await;
     let listen = proxy.listener_addr("cluster_id");
-    eventually(STARTUP * 3, "/readyz 200", || async {
-        (proxy.readyz() == 200).then_some(())
-    })
-    .await;
+    wait_ready(&proxy).await;
     let peer = addr("10.0.0.7:50000");
 
     // The cluster's ID reaches its kube-apiserver, though the ClientHello names nothing.

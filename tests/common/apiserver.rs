@@ -11,6 +11,11 @@
 //! - [`Relay`]: a TCP relay in front of the API server whose connections a test can cut (what
 //!   a network break does), so watches resume from their last resourceVersion.
 //!
+//! More kinds need nothing here: [`Admin`] writes any `apiVersion`/`kind` the server serves
+//! (an EndpointSlice as the EndpointSlice controller would write it, say). The server's own
+//! validation applies, though: EndpointSlice addresses in 127.0.0.0/8 are refused ("may not
+//! be in the loopback range"), unlike Service ClusterIPs from its service range.
+//!
 //! The binaries are built from `tests/apiserver/` by its `build.sh` (once, cached). Without
 //! Go, each test prints a line naming what to install and returns; with
 //! `SNIROUTE_REQUIRE_APISERVER=1` (CI) it fails instead.
@@ -27,7 +32,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -43,7 +48,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OnceCell};
 use tokio::time::Instant;
 
-use super::{BackendThread, TlsBackend, TlsBackendOpts, TlsStats};
+use super::{BackendThread, Cfg, Sniroute, TlsBackend, TlsBackendOpts, TlsStats};
 
 pub mod hypershift;
 
@@ -93,14 +98,14 @@ fn find_or_build() -> Option<Binaries> {
         let _ = writeln!(
             std::io::stderr(),
             "\n*** SKIPPED: the real-API-server tests need Go (1.26 or newer, `go` on PATH) \
-             to build kube-apiserver and etcd from tests/apiserver/; install Go \
-             (e.g. `apt-get install golang-go`, or from go.dev) and run again ***\n"
+             to build kube-apiserver and etcd from tests/apiserver/; install Go 1.26+ \
+             (your distribution's golang-go if it is that new, or go.dev) and run again ***\n"
         );
         return None;
     }
     assert!(
         output.status.success(),
-        "{} failed ({}); set {REQUIRE_ENV}=0 only if you mean to skip these tests",
+        "{} failed ({}; 127 is no Go on PATH, which {REQUIRE_ENV}=1 makes a failure)",
         script.display(),
         output.status
     );
@@ -160,7 +165,8 @@ fn spawn(mut command: Command) -> std::io::Result<Child> {
 struct Proc {
     name: &'static str,
     child: Child,
-    pid: Arc<AtomicI32>,
+    /// Its process group; 0 once stopped.
+    pid: i32,
     log: PathBuf,
 }
 
@@ -174,7 +180,7 @@ impl Proc {
             .stdout(out.try_clone().expect("log file"))
             .stderr(out);
         let child = spawn(command).unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let pid = Arc::new(AtomicI32::new(child.id() as i32));
+        let pid = child.id() as i32;
         Self {
             name,
             child,
@@ -196,7 +202,7 @@ impl Proc {
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`; waits for it.
     fn stop(&mut self, grace: Duration) {
-        let pid = self.pid.swap(0, Ordering::SeqCst);
+        let pid = std::mem::take(&mut self.pid);
         if pid == 0 {
             return;
         }
@@ -455,6 +461,8 @@ impl ApiServer {
             "--authorization-mode=Node,RBAC".to_owned(),
             // On by default since 1.25; named so that a change of defaults cannot drop it.
             "--enable-admission-plugins=PodSecurity".to_owned(),
+            // As on a management cluster (AKS): privileged pods exist, PodSecurity gates them.
+            "--allow-privileged=true".to_owned(),
             format!("--service-cluster-ip-range={}", self.service_cidr),
             // The only compaction is the one a test asks etcd for.
             "--etcd-compaction-interval=0".to_owned(),
@@ -674,6 +682,16 @@ impl ApiServer {
         self.write_kubeconfig(dir, server, "sniroute", &token)
     }
 
+    /// The real binary with `kubernetes: {}` (and the rest of `cfg`) as `deploy/base`'s
+    /// ServiceAccount, talking to `server` (this server's URL, or a [`Relay`]'s); not yet
+    /// waited for (see [`wait_ready`]). The directory holds its kubeconfig.
+    pub async fn start_sniroute(&self, server: &str, cfg: Cfg) -> (Sniroute, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = self.sniroute_kubeconfig(dir.path(), server).await;
+        let proxy = Sniroute::start_kube(cfg.set("kubernetes", "{}").yaml(), &kubeconfig);
+        (proxy, dir)
+    }
+
     /// A ServiceAccount `name` in [`NAMESPACE`] bound to a ClusterRole `name` with `rules`,
     /// and a kubeconfig for it in `dir`.
     pub async fn kubeconfig_with_rules(&self, dir: &Path, name: &str, rules: &Value) -> PathBuf {
@@ -710,6 +728,15 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         self.kill_now();
     }
+}
+
+/// Waits for sniroute's `/readyz` 200: its first full list of the real server (whose CRD
+/// objects are large) takes longer than the fake's.
+pub async fn wait_ready(proxy: &Sniroute) {
+    super::eventually(super::STARTUP * 3, "/readyz 200", || async {
+        (proxy.readyz() == 200).then_some(())
+    })
+    .await;
 }
 
 /// Requests of service accounts only: sniroute's, at Metadata level.

@@ -6,10 +6,10 @@
 //!   `labelSelector` (existence and equality);
 //! - watch (`?watch=true`): a chunked stream of JSON events, one per line: `ADDED`,
 //!   `MODIFIED`, `DELETED` from `resourceVersion` on, `BOOKMARK`s when
-//!   `allowWatchBookmarks=true`, and an `ERROR` event carrying a `Status` with code 410 when
-//!   the version asked for was compacted away (the client must relist);
-//! - failures on demand: an outage (every request answered 503 and every open watch
-//!   connection cut mid-stream), expiring the open watches (410), holding one kind's lists.
+//!   `allowWatchBookmarks=true`;
+//! - failures on demand that a real server cannot be made to have: an outage (every request
+//!   answered 503 and every open watch connection cut mid-stream), holding one kind's lists.
+//!   (410 Gone after compaction is the real etcd's, in `tests/kube_faults.rs`.)
 //!
 //! Objects are JSON values (see `control::kube::fixtures`); the fake assigns each change the
 //! next `resourceVersion`, as etcd does.
@@ -103,8 +103,6 @@ struct Inner {
     rv: u64,
     objects: BTreeMap<ObjKey, Value>,
     history: Vec<Change>,
-    /// Watches from a version below this get 410 Gone.
-    compacted_below: u64,
     outage: bool,
     held: HashSet<Kind>,
     requests: Vec<String>,
@@ -113,8 +111,8 @@ struct Inner {
 struct Shared {
     inner: Mutex<Inner>,
     changes: broadcast::Sender<Change>,
-    /// Bumped to end every open watch: `true` cuts connections, `false` sends 410 first.
-    cut: tokio::sync::watch::Sender<(u64, bool)>,
+    /// Bumped to cut every open watch connection.
+    cut: tokio::sync::watch::Sender<u64>,
     released: Notify,
 }
 
@@ -134,13 +132,12 @@ impl FakeKube {
                 rv: 100,
                 objects: BTreeMap::new(),
                 history: Vec::new(),
-                compacted_below: 0,
                 outage: false,
                 held: HashSet::new(),
                 requests: Vec::new(),
             }),
             changes,
-            cut: tokio::sync::watch::Sender::new((0, true)),
+            cut: tokio::sync::watch::Sender::new(0),
             released: Notify::new(),
         });
         let (listener, addr) = bind_loopback();
@@ -199,18 +196,6 @@ impl FakeKube {
         self.record(kind, object, false)
     }
 
-    /// Deletes an object (DELETED), if it exists.
-    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
-        let object = self
-            .lock()
-            .objects
-            .get(&(kind, namespace.to_owned(), name.to_owned()))
-            .cloned();
-        if let Some(object) = object {
-            self.record(kind, object, true);
-        }
-    }
-
     /// Edits a stored object in place (a MODIFIED event).
     pub fn modify(&self, kind: Kind, namespace: &str, name: &str, edit: impl FnOnce(&mut Value)) {
         let mut object = self
@@ -259,32 +244,10 @@ impl FakeKube {
         rv
     }
 
-    /// Makes changes no open watch sees: they are compacted away at once, and every open
-    /// watch then gets an `ERROR` event with a 410 `Status` and is closed, so clients must
-    /// relist to learn about them.
-    pub fn expire_watches_after(&self, changes: impl FnOnce(&Self)) {
-        // Stop delivery to open watches first, so they cannot see what follows.
-        self.shared.cut.send_modify(|(epoch, cut)| {
-            *epoch += 1;
-            *cut = false;
-        });
-        {
-            let mut inner = self.lock();
-            inner.compacted_below = u64::MAX;
-        }
-        changes(self);
-        // A watch from the current version (after a relist) is fine; any older one is gone.
-        let mut inner = self.lock();
-        inner.compacted_below = inner.rv;
-    }
-
     /// Starts an outage: every request gets 503 and open watch connections are cut.
     pub fn outage(&self) {
         self.lock().outage = true;
-        self.shared.cut.send_modify(|(epoch, cut)| {
-            *epoch += 1;
-            *cut = true;
-        });
+        self.shared.cut.send_modify(|epoch| *epoch += 1);
     }
 
     /// Ends the outage.
@@ -389,6 +352,18 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             );
         }
     }
+    if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
+        // RBAC is the real server's business (tests/kube.rs): the fake grants everything.
+        return reply(
+            StatusCode::CREATED,
+            &json!({
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {},
+                "status": {"allowed": true}
+            }),
+        );
+    }
     let Some(kind) = Kind::from_path(&path) else {
         return reply(
             StatusCode::NOT_FOUND,
@@ -484,7 +459,7 @@ fn watch(
     let event = |c: &Change| json!({"type": c.kind_of_event, "object": c.object});
     let mut cut = shared.cut.subscribe();
     cut.mark_unchanged();
-    let (mut changes, replay, gone, mut last_rv) = {
+    let (mut changes, replay, mut last_rv) = {
         let inner = shared.inner.lock().unwrap();
         let changes = shared.changes.subscribe();
         let replay: Vec<Change> = inner
@@ -493,17 +468,9 @@ fn watch(
             .filter(|c| c.rv > from && c.kind == kind && selects(&selector, &c.object))
             .cloned()
             .collect();
-        (changes, replay, from < inner.compacted_below, inner.rv)
+        (changes, replay, inner.rv)
     };
     tokio::spawn(async move {
-        if gone {
-            let _ = tx
-                .send(line(json!({"type": "ERROR", "object": status(
-                    410, "Expired",
-                    &format!("too old resource version: {from} ({last_rv})"))})))
-                .await;
-            return;
-        }
         for change in &replay {
             if tx.send(line(event(change))).await.is_err() {
                 return;
@@ -515,14 +482,8 @@ fn watch(
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return,
-                changed = cut.changed() => {
-                    let cut_connection = changed.is_err() || cut.borrow().1;
-                    if cut_connection {
-                        let _ = tx.send(Err(io::Error::other("connection cut"))).await;
-                    } else {
-                        let _ = tx.send(line(json!({"type": "ERROR", "object": status(
-                            410, "Expired", "the resource version you were watching from was compacted")}))).await;
-                    }
+                _ = cut.changed() => {
+                    let _ = tx.send(Err(io::Error::other("connection cut"))).await;
                     return;
                 }
                 change = changes.recv() => match change {

@@ -3,12 +3,17 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::objects::Guarded;
+use ::kube::api::PostParams;
 use ::kube::runtime::watcher::{self, Event};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::{Api, Client};
 use futures::stream::{self, Stream, StreamExt};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -75,14 +80,17 @@ impl KubeSource {
     /// a bad object is logged and retried, and the last published routes stay in use.
     pub async fn run(self, shutdown: CancellationToken) {
         let events = watch_all(&self.client);
-        self.run_with(events, shutdown).await;
+        let access = access_checks(self.client.clone());
+        self.run_with(events, access, shutdown).await;
     }
 
-    async fn run_with(self, mut events: Events, shutdown: CancellationToken) {
+    async fn run_with(self, mut events: Events, access: Access, shutdown: CancellationToken) {
+        // The checks end once everything is granted; fused, the ended stream stays quiet.
+        let mut access = access.fuse();
         let mut store = Store::new();
         let mut listed = [false; 3];
-        // Per kind, why the API server refuses it to this identity (RBAC), if it does.
-        let mut denied: [Option<String>; 3] = Default::default();
+        // What the RBAC check found: None until it answers, then Ok or what is missing.
+        let mut permitted: Option<Result<(), String>> = None;
         let mut published_once = false;
         let mut due: Option<Instant> = None;
         tracing::info!(
@@ -96,7 +104,22 @@ impl KubeSource {
                 () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() && all_listed => {
                     due = None;
                     self.rebuild_and_publish(&mut store, &mut published_once);
-                    self.update_readiness(published_once, &denied);
+                    self.update_readiness(published_once, permitted.as_ref());
+                }
+                Some(checked) = access.next() => {
+                    match (&checked, &permitted) {
+                        (Err(missing), Some(Err(before))) if missing == before => {}
+                        (Err(missing), _) => tracing::error!(
+                            "{missing}; grant it in sniroute's ClusterRole (deploy/base/rbac.yaml); \
+                             not ready until then, checking again"
+                        ),
+                        (Ok(()), Some(Err(_))) => {
+                            tracing::info!("kubernetes RBAC now grants every verb the source needs");
+                        }
+                        (Ok(()), _) => {}
+                    }
+                    permitted = Some(checked);
+                    self.update_readiness(published_once, permitted.as_ref());
                 }
                 item = events.next() => {
                     let Some((kind, event)) = item else {
@@ -106,11 +129,6 @@ impl KubeSource {
                     };
                     match event {
                         Ok(event) => {
-                            // Init comes before the list request; anything else is an answer.
-                            if !matches!(event, Event::Init) && denied[kind as usize].take().is_some() {
-                                tracing::info!(kind = kind.as_str(), "kubernetes RBAC now allows {}", resource(kind));
-                                self.update_readiness(published_once, &denied);
-                            }
                             if apply(&mut store, kind, event) && !listed[kind as usize] {
                                 listed[kind as usize] = true;
                                 tracing::info!(kind = kind.as_str(), "initial list applied");
@@ -119,15 +137,13 @@ impl KubeSource {
                         Err(error) => {
                             self.publisher.source_failed(SourceKind::Kubernetes, 1);
                             if let Some(reason) = forbidden(kind, &error) {
-                                if denied[kind as usize].as_ref() != Some(&reason) {
-                                    tracing::error!(
-                                        kind = kind.as_str(),
-                                        "{reason}; grant it in sniroute's ClusterRole \
-                                         (deploy/base/rbac.yaml); not ready until then, retrying"
-                                    );
-                                    denied[kind as usize] = Some(reason);
-                                    self.update_readiness(published_once, &denied);
-                                }
+                                // Readiness follows the RBAC check, not this answer: a
+                                // kube-apiserver that has just started refuses requests for a
+                                // moment before its authorizer has synced.
+                                tracing::error!(
+                                    kind = kind.as_str(),
+                                    "{reason}; retrying with backoff, routes unchanged"
+                                );
                             } else {
                                 tracing::warn!(
                                     kind = kind.as_str(),
@@ -195,12 +211,15 @@ impl KubeSource {
 }
 
 impl KubeSource {
-    /// Ready once published, unless a kind is refused; the first refusal is the reason.
-    fn update_readiness(&self, published_once: bool, denied: &[Option<String>; 3]) {
-        let readiness = match denied.iter().flatten().next() {
-            Some(reason) => Readiness::NotReady(reason.clone()),
-            None if published_once => Readiness::Ready,
-            None => Readiness::waiting(),
+    /// Ready once published and the RBAC check has found every verb granted.
+    fn update_readiness(&self, published_once: bool, permitted: Option<&Result<(), String>>) {
+        let readiness = match permitted {
+            Some(Err(missing)) => Readiness::NotReady(missing.clone()),
+            Some(Ok(())) if published_once => Readiness::Ready,
+            None if published_once => {
+                Readiness::NotReady("the kubernetes source is checking its RBAC permissions".into())
+            }
+            _ => Readiness::waiting(),
         };
         self.ready.send_if_modified(|current| {
             let changed = *current != readiness;
@@ -210,13 +229,82 @@ impl KubeSource {
     }
 }
 
-/// The resource a kind is watched as, as RBAC names it.
-fn resource(kind: Kind) -> &'static str {
+/// The resource a kind is watched as, as RBAC names it: (API group, resource).
+fn resource_of(kind: Kind) -> (&'static str, &'static str) {
     match kind {
-        Kind::HostedCluster => "hostedclusters (hypershift.openshift.io)",
-        Kind::Route => "routes (route.openshift.io)",
-        Kind::Service => "services (core)",
+        Kind::HostedCluster => ("hypershift.openshift.io", "hostedclusters"),
+        Kind::Route => ("route.openshift.io", "routes"),
+        Kind::Service => ("", "services"),
     }
+}
+
+/// `services (core)`, `routes (route.openshift.io)`.
+fn resource(kind: Kind) -> String {
+    match resource_of(kind) {
+        ("", resource) => format!("{resource} (core)"),
+        (group, resource) => format!("{resource} ({group})"),
+    }
+}
+
+/// The verbs the watchers use, cluster-wide, on every kind.
+const VERBS: [&str; 2] = ["list", "watch"];
+
+/// RBAC check results: `Ok` once every verb the source needs is granted (then the stream
+/// ends), else what is missing, again after each retry.
+type Access = Pin<Box<dyn Stream<Item = Result<(), String>> + Send>>;
+
+/// Asks the API server (SelfSubjectAccessReview, which every authenticated identity may)
+/// whether this identity may list and watch each kind cluster-wide, until it may.
+fn access_checks(client: Client) -> Access {
+    let retry = Duration::from_secs(5);
+    Box::pin(stream::unfold(
+        (client, false, false),
+        move |(client, retrying, done)| async move {
+            if done {
+                return None;
+            }
+            if retrying {
+                tokio::time::sleep(retry).await;
+            }
+            let result = match missing_access(&client).await {
+                Ok(missing) if missing.is_empty() => Ok(()),
+                Ok(missing) => Err(format!("kubernetes RBAC forbids {}", missing.join(", "))),
+                Err(error) => Err(format!(
+                    "the kubernetes source cannot check its RBAC permissions: {error}"
+                )),
+            };
+            let done = result.is_ok();
+            Some((result, (client, true, done)))
+        },
+    ))
+}
+
+/// Each `verb` on `resource (group)` this identity is not granted.
+async fn missing_access(client: &Client) -> Result<Vec<String>, ::kube::Error> {
+    let reviews = Api::<SelfSubjectAccessReview>::all(client.clone());
+    let mut missing = Vec::new();
+    for kind in [Kind::HostedCluster, Kind::Route, Kind::Service] {
+        let (group, resource_name) = resource_of(kind);
+        for verb in VERBS {
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        group: Some(group.to_owned()),
+                        resource: Some(resource_name.to_owned()),
+                        verb: Some(verb.to_owned()),
+                        ..ResourceAttributes::default()
+                    }),
+                    ..SelfSubjectAccessReviewSpec::default()
+                },
+                ..SelfSubjectAccessReview::default()
+            };
+            let answer = reviews.create(&PostParams::default(), &review).await?;
+            if !answer.status.is_some_and(|status| status.allowed) {
+                missing.push(format!("`{verb}` on {}", resource(kind)));
+            }
+        }
+    }
+    Ok(missing)
 }
 
 /// For a 403 from the API server: which verb of `kind` it refused, and its message.
@@ -328,6 +416,7 @@ mod tests {
 
     struct Running {
         tx: mpsc::UnboundedSender<Item>,
+        access: mpsc::UnboundedSender<Result<(), String>>,
         publisher: Arc<Publisher>,
         ready: watch::Receiver<Readiness>,
         registry: prometheus_client::registry::Registry,
@@ -338,6 +427,10 @@ mod tests {
         fn start() -> Self {
             let (tx, rx) = mpsc::unbounded_channel::<Item>();
             let events: Events = Box::pin(stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            }));
+            let (access, access_rx) = mpsc::unbounded_channel();
+            let checks: Access = Box::pin(stream::unfold(access_rx, |mut rx| async move {
                 rx.recv().await.map(|item| (item, rx))
             }));
             let client =
@@ -354,9 +447,10 @@ mod tests {
                 ready_tx,
             );
             let shutdown = CancellationToken::new();
-            tokio::spawn(source.run_with(events, shutdown.clone()));
+            tokio::spawn(source.run_with(events, checks, shutdown.clone()));
             Self {
                 tx,
+                access,
                 publisher,
                 ready,
                 registry,
@@ -404,6 +498,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn publishes_once_every_kind_is_listed_then_batches_bursts() {
         let src = Running::start();
+        src.access.send(Ok(())).unwrap();
         let clusters: Vec<_> = (0..2)
             .map(|i| fixtures::cluster("clusters", &format!("c{i}"), i))
             .collect();
@@ -494,7 +589,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_forbidden_kind_keeps_it_unready_naming_resource_and_verb() {
+    async fn a_verb_rbac_does_not_grant_keeps_it_unready_and_names_it() {
         let src = Running::start();
         let cluster = fixtures::cluster("clusters", "c0", 0);
         src.list(Kind::HostedCluster, vec![hc_object(cluster.0.clone())]);
@@ -502,52 +597,66 @@ mod tests {
             Kind::Route,
             cluster.1.iter().cloned().map(route_object).collect(),
         );
-        src.tx
-            .send((
-                Kind::Service,
-                Err(watcher::Error::InitialListFailed(forbidden_error(
-                    "list", "services",
-                ))),
-            ))
-            .unwrap();
-        settle().await;
-        let Readiness::NotReady(why) = src.ready.borrow().clone() else {
-            panic!("ready while Services cannot be listed");
-        };
-        assert!(why.contains("`list` on services"), "{why}");
-        assert!(why.contains("cannot list resource"), "{why}");
-
-        // Listed at last: ready.
         src.list(
             Kind::Service,
             cluster.2.iter().cloned().map(service_object).collect(),
         );
         settle().await;
-        assert_eq!(*src.ready.borrow(), Readiness::Ready);
+        // Published, but the RBAC check has not answered yet.
+        assert_eq!(src.routes(), 5);
+        assert!(matches!(&*src.ready.borrow(), Readiness::NotReady(why) if why.contains("RBAC")));
 
-        // A watch refused after the list (the ClusterRole lacks `watch`): unready again,
-        // though the listed routes stay published; the kind's next event clears it.
-        src.tx
-            .send((
-                Kind::HostedCluster,
-                Err(watcher::Error::WatchStartFailed(forbidden_error(
-                    "watch",
-                    "hostedclusters",
-                ))),
+        src.access
+            .send(Err(
+                "kubernetes RBAC forbids `watch` on hostedclusters (hypershift.openshift.io)"
+                    .into(),
             ))
             .unwrap();
         settle().await;
         let Readiness::NotReady(why) = src.ready.borrow().clone() else {
-            panic!("ready while HostedClusters cannot be watched");
+            panic!("ready while a verb is missing");
         };
         assert!(why.contains("`watch` on hostedclusters"), "{why}");
-        assert_eq!(src.routes(), 5);
-        src.send(
-            Kind::HostedCluster,
-            Event::Apply(hc_object(with_rv(cluster.0.clone(), 20))),
-        );
+
+        src.access.send(Ok(())).unwrap();
         settle().await;
         assert_eq!(*src.ready.borrow(), Readiness::Ready);
+
+        // A 403 from a watch later (a kube-apiserver whose authorizer has not synced yet
+        // after a restart) is logged and retried; readiness stays.
+        src.tx
+            .send((
+                Kind::Service,
+                Err(watcher::Error::WatchStartFailed(forbidden_error(
+                    "watch", "services",
+                ))),
+            ))
+            .unwrap();
+        settle().await;
+        assert_eq!(*src.ready.borrow(), Readiness::Ready);
+        assert_eq!(src.stats.watch_errors.load(Ordering::Relaxed), 1);
         src.shutdown.cancel();
+    }
+
+    #[test]
+    fn a_403_names_the_verb_and_the_resource() {
+        let list = watcher::Error::InitialListFailed(forbidden_error("list", "services"));
+        let why = forbidden(Kind::Service, &list).unwrap();
+        assert!(
+            why.starts_with(
+                "kubernetes RBAC forbids `list` on services (core): services is forbidden"
+            ),
+            "{why}"
+        );
+        let watch = watcher::Error::WatchStartFailed(forbidden_error("watch", "routes"));
+        let why = forbidden(Kind::Route, &watch).unwrap();
+        assert!(
+            why.contains("`watch` on routes (route.openshift.io)"),
+            "{why}"
+        );
+        assert_eq!(
+            forbidden(Kind::Route, &watcher::Error::NoResourceVersion),
+            None
+        );
     }
 }
