@@ -634,7 +634,7 @@ mod tests {
             .unwrap();
         settle().await;
         assert_eq!(*src.ready.borrow(), Readiness::Ready);
-        assert_eq!(src.stats.watch_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(src.source_errors(), 1);
         src.shutdown.cancel();
     }
 
