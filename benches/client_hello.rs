@@ -1,6 +1,8 @@
 //! ClientHello parsing: the hand-written cursor in `proxy::client_hello` against a baseline
 //! that parses the hello body with `tls-parser` (same record handling: borrowed when one record
 //! carries the hello, copied otherwise), on captured hellos in one record and split over several.
+//! The hand-written parser also computes the hello's JA4 (the baseline does not); `ja4_display`
+//! is what printing that fingerprint on a log line adds.
 //!
 //! `cargo bench --bench client_hello` (add `-- --quick` for a rough run).
 
@@ -110,6 +112,7 @@ fn bench(c: &mut Criterion) {
         let Parsed::Hello(ClientHello {
             server_name: Some(sni),
             len,
+            ..
         }) = client_hello::parse(wire, MAX_LEN)
         else {
             panic!("{name}: no hello");
@@ -126,6 +129,13 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    let Parsed::Hello(hello) = client_hello::parse(CHROMIUM, MAX_LEN) else {
+        panic!("chromium: no hello");
+    };
+    c.bench_function("ja4_display", |b| {
+        b.iter(|| black_box(hello.ja4).to_string())
+    });
 }
 
 criterion_group!(benches, bench);

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use proxy::{Backend, HostPattern, Route, ServerName, SharedTable, Table};
+use proxy::{Backend, HostPattern, Route, RouteSpec, ServerName, SharedTable, Table};
 
 /// A hosted cluster's routes as the Kubernetes source makes them: the API hostname exactly,
 /// and a wildcard for its apps.
@@ -29,8 +29,13 @@ fn routes(n: usize) -> Vec<Route> {
                 i & 255
             ))
             .expect("valid backend");
-            Route::new(format!("cluster-{i}"), hostnames, vec![backend], "bench")
-                .expect("valid route")
+            Route::new(RouteSpec::new(
+                format!("cluster-{i}"),
+                hostnames,
+                vec![backend],
+                "bench",
+            ))
+            .expect("valid route")
         })
         .collect()
 }

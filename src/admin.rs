@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use control::kube::Readiness;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
@@ -25,8 +26,8 @@ pub struct State {
     pub table: Arc<SharedTable>,
     /// Set once every proxy listener is bound.
     pub listening: AtomicBool,
-    /// True once every routing source has loaded (Kubernetes: its first full list).
-    pub sources_ready: tokio::sync::watch::Receiver<bool>,
+    /// Ready once every routing source has loaded (Kubernetes: its first full list), else why.
+    pub sources_ready: tokio::sync::watch::Receiver<Readiness>,
     /// Set when a drain starts: the load balancer should stop sending new connections.
     pub draining: AtomicBool,
     /// Every metric of the process.
@@ -36,20 +37,18 @@ pub struct State {
 }
 
 impl State {
-    fn ready(&self) -> Result<(), &'static str> {
+    fn ready(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Acquire) {
-            return Err("draining");
+            return Err("draining".into());
         }
         if !self.listening.load(Ordering::Acquire) {
-            return Err("listeners not bound yet");
+            return Err("listeners not bound yet".into());
         }
         if !self.table.is_loaded() {
-            return Err("no routing table loaded yet");
+            return Err("no routing table loaded yet".into());
         }
-        if !*self.sources_ready.borrow() {
-            return Err(
-                "the kubernetes source has not listed HostedClusters, Routes and Services yet",
-            );
+        if let Readiness::NotReady(why) = &*self.sources_ready.borrow() {
+            return Err(why.clone());
         }
         Ok(())
     }

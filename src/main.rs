@@ -9,20 +9,24 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use control::config::LogFormat;
-use control::kube::KubeSource;
+use control::kube::{KubeSource, Readiness};
 use control::{Config, FileSource, Publisher, SourceKind};
 use prometheus_client::registry::Registry;
-use proxy::{listener, ListenerKind, Proxy, Settings, SharedTable};
+use proxy::{listener, socket, ListenerKind, Proxy, Settings, SharedTable};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Exit status for a configuration that does not validate (sysexits.h EX_CONFIG).
 const EXIT_BAD_CONFIG: u8 = 78;
+
+/// How long the admin server, the sources and the listeners get to stop at exit.
+const SERVICES_STOP: Duration = Duration::from_secs(2);
 
 /// SNI-routing TLS passthrough ingress for hosted Kubernetes control planes.
 #[derive(Debug, Parser)]
@@ -138,14 +142,19 @@ fn check(path: Option<&Path>) -> ExitCode {
 pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = proxy::Metrics::register(&mut registry);
+    if let Some(limit) = config.max_connections {
+        proxy::Metrics::register_connection_limit(&mut registry, limit);
+    }
     let table = Arc::new(SharedTable::default());
     let control_metrics = control::metrics::ControlMetrics::register(&mut registry);
     let publisher = Arc::new(Publisher::new(table.clone()).with_metrics(control_metrics));
     publisher.update(SourceKind::File, config.route_specs())?;
     // Ready once every source has loaded: the file just did; Kubernetes after its first
     // full list of every watched kind.
-    let (sources_ready, sources_ready_rx) =
-        tokio::sync::watch::channel(config.kubernetes.is_none());
+    let (sources_ready, sources_ready_rx) = tokio::sync::watch::channel(match config.kubernetes {
+        None => Readiness::Ready,
+        Some(_) => Readiness::waiting(),
+    });
     let kube_source = match &config.kubernetes {
         Some(kube) => {
             // The Kubernetes client's TLS uses the process default: ring, as everywhere else.
@@ -164,16 +173,16 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let admin_listener = listener::bind(config.admin, listener::DEFAULT_BACKLOG)?;
+    let admin_listener = socket::bind(config.admin, socket::DEFAULT_BACKLOG)?;
     log_listening("admin", &admin_listener);
     let mut listeners = Vec::with_capacity(config.listen.len() + 1);
     for addr in &config.listen {
-        let bound = listener::bind(*addr, config.listen_backlog)?;
+        let bound = socket::bind(*addr, config.listen_backlog)?;
         log_listening("proxy", &bound);
         listeners.push((bound, ListenerKind::Sni));
     }
     if let Some(addr) = config.cluster_id_listen {
-        let bound = listener::bind(addr, config.listen_backlog)?;
+        let bound = socket::bind(addr, config.listen_backlog)?;
         log_listening("cluster_id", &bound);
         listeners.push((bound, ListenerKind::ClusterId));
     }
@@ -191,7 +200,9 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         registry,
         proxy: proxy.clone(),
     });
-    tokio::spawn(admin::serve(
+    // Every task but the connections' runs on `services` and ends with `shutdown`.
+    let services = TaskTracker::new();
+    services.spawn(admin::serve(
         admin_listener,
         state.clone(),
         shutdown.clone(),
@@ -199,11 +210,15 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let file_source =
         FileSource::new(path, config.clone(), publisher.clone()).run(shutdown.clone());
     if let Some(kube_source) = kube_source {
-        tokio::spawn(kube_source.run(shutdown.clone()));
+        services.spawn(kube_source.run(shutdown.clone()));
     }
-    tokio::spawn(proxy.clone().follow_swaps(publisher.subscribe()));
+    services.spawn(
+        proxy
+            .clone()
+            .follow_swaps(publisher.subscribe(), shutdown.clone()),
+    );
     for (bound, kind) in listeners {
-        tokio::spawn(listener::serve(
+        services.spawn(listener::serve(
             bound,
             kind,
             proxy.clone(),
@@ -223,6 +238,16 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     state.draining.store(true, Ordering::Release);
     let outcome = drain(&config, &mut signals, &stop_accepting, &connections).await;
     shutdown.cancel();
+    services.close();
+    // Each service returns once it sees the token; a stuck one must not hold the exit, and
+    // after a second signal nothing does.
+    if outcome.is_ok()
+        && tokio::time::timeout(SERVICES_STOP, services.wait())
+            .await
+            .is_err()
+    {
+        tracing::warn!(left = services.len(), "services still running at exit");
+    }
     outcome
 }
 

@@ -1,175 +1,156 @@
-//! End to end: the Kubernetes source. The real binary watches an in-process fake API server
-//! through a kubeconfig; hosted clusters appear, change, move and disappear while real TLS
-//! connections through the proxy reach the backends their Services name (ClusterIPs are
-//! 127.0.0.1 here, ports are the TLS backends').
+//! End to end: the Kubernetes source against a real etcd and kube-apiserver (see
+//! `tests/common/apiserver.rs`), with the real HostedCluster and Route CRDs installed. The
+//! real binary runs as the `sniroute` ServiceAccount bound to exactly `deploy/base`'s
+//! ClusterRole, with a TokenRequest token; hosted clusters are written as HyperShift writes
+//! them, their Services get ClusterIPs from the server (its service range is inside
+//! 127.0.0.0/8), and TLS backends listen on those addresses.
+//!
+//! One API server serves every test in this binary: each test uses cluster names of its own.
+//! Faults (compaction, restarts, idle watches) are in `tests/kube_faults.rs`, each with a
+//! server of its own; what no real server can be made to do stays on the fake, in
+//! `tests/kube_fake.rs`.
 
 mod common;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::fake_kube::{tls_connect_from, wait_routed, wait_unrouted, FakeKube, Kind};
+use common::apiserver::hypershift::{create_cluster, FINALIZER, HC_API};
+use common::apiserver::ApiServer;
+use common::fake_kube::{tls_connect_from, wait_routed, wait_unrouted};
 use common::*;
-use control::kube::fixtures;
 use serde_json::{json, Value};
 
 /// How long a change may take to be routed before a test fails (the goal is well under a
 /// second; CI machines are slow and shared).
 const SWAP: Duration = Duration::from_secs(5);
-/// Long enough for the source to retry through its backoff after an outage.
-const RECOVERY: Duration = Duration::from_secs(40);
+/// The audit log's name for sniroute's ServiceAccount.
+const SNIROUTE_USER: &str = "system:serviceaccount:hypershift-sharedingress:sniroute";
 
-/// Names every test backend's certificate covers.
-const SANS: &[&str] = &[
-    "*.c1.hcp.example.test",
-    "*.c2.hcp.example.test",
-    "*.c3.hcp.example.test",
-    "*.moved.example.test",
-];
-
-fn backend(id: &str) -> TlsBackend {
-    TlsBackend::start_with(
-        id,
-        TlsBackendOpts {
-            names: Some(SANS.iter().map(|s| s.to_string()).collect()),
-            ..TlsBackendOpts::default()
-        },
-    )
-}
-
-fn api(cluster: &str) -> String {
-    fixtures::host("api", cluster)
-}
-
-fn oauth(cluster: &str) -> String {
-    fixtures::host("oauth", cluster)
-}
-
-/// Puts a fixture cluster into the fake: its kube-apiserver Service at 127.0.0.1:`kas`, its
-/// oauth Service at 127.0.0.1:`oauth`, every other Service at a closed loopback port.
-/// Returns its HostedCluster, for edits.
-fn add_cluster(fake: &FakeKube, name: &str, index: usize, kas: u16, oauth: u16) -> Value {
-    let (hc, routes, services) = fixtures::cluster("clusters", name, index);
-    fake.apply(hc.clone());
-    for route in routes {
-        fake.apply(route);
-    }
-    for mut svc in services {
-        let port = match svc["metadata"]["name"].as_str() {
-            Some("kube-apiserver") => kas,
-            Some("oauth-openshift") => oauth,
-            _ => closed_port().port(),
-        };
-        svc["spec"]["clusterIP"] = json!("127.0.0.1");
-        svc["spec"]["clusterIPs"] = json!(["127.0.0.1"]);
-        svc["spec"]["ports"][0]["port"] = json!(port);
-        fake.apply(svc);
-    }
-    hc
-}
-
-/// The binary against `fake`, with `kubernetes: {}` and any file routes in `cfg`.
-fn start(fake: &FakeKube, cfg: Cfg) -> (Sniroute, tempfile::TempDir) {
+/// The binary as `deploy/base`'s ServiceAccount, with `kubernetes: {}` and `cfg`.
+async fn start(server: &ApiServer, cfg: Cfg) -> (Sniroute, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = fake.kubeconfig(dir.path());
+    let kubeconfig = server.sniroute_kubeconfig(dir.path(), &server.url()).await;
     let proxy = Sniroute::start_kube(cfg.set("kubernetes", "{}").yaml(), &kubeconfig);
     (proxy, dir)
 }
 
 async fn wait_ready(proxy: &Sniroute) {
-    eventually(STARTUP, "/readyz 200", || async {
+    // The first list of a real server with the CRDs' large objects takes longer than the
+    // fake's.
+    eventually(STARTUP * 3, "/readyz 200", || async {
         (proxy.readyz() == 200).then_some(())
     })
     .await;
 }
 
-fn set_port(svc: &mut Value, port: u16) {
-    svc["spec"]["ports"][0]["port"] = json!(port);
+fn route_named<'a>(routes: &'a Value, name: &str) -> &'a Value {
+    routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no route {name} in {routes}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosted_clusters_appear_change_move_and_disappear() {
-    let (a, b, c) = (backend("a"), backend("b"), backend("c"));
-    let fake = FakeKube::start();
-    add_cluster(&fake, "c1", 1, a.addr().port(), b.addr().port());
-    fake.hold_lists(Kind::Service);
-    let (proxy, _dir) = start(&fake, Cfg::new());
+    let Some(server) = ApiServer::shared().await else {
+        return;
+    };
+    let admin = server.admin().await;
+    let c1 = create_cluster(&admin, "life", "life1", 1).await;
+    let a = c1.backend("a", "kube-apiserver");
+    let _b = c1.backend("b", "oauth-openshift");
+    let (proxy, _dir) = start(server, Cfg::new()).await;
     let addr = proxy.proxy_addr();
-
-    // Not ready while one kind has not been listed, and nothing from Kubernetes is routed.
-    eventually(STARTUP, "a Service list request", || async {
-        (fake.count_requests(&["GET /api/v1/services?"]) > 0).then_some(())
-    })
-    .await;
-    let (status, body) = proxy.get("/readyz").unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("kubernetes source"), "{body}");
-    wait_unrouted(addr, &api("c1"), STEP).await;
-    fake.release();
     wait_ready(&proxy).await;
 
-    assert_routes(addr, &api("c1"), "a")
+    assert_routes(addr, &c1.api(), "a")
         .await
         .echo(b"ping")
         .await;
-    assert_routes(addr, &oauth("c1"), "b").await;
+    assert_routes(addr, &c1.oauth(), "b").await;
     let routes = proxy.routes();
-    let kas = routes["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "clusters/c1/kube-apiserver")
-        .unwrap_or_else(|| panic!("no kube-apiserver route in {routes}"));
-    assert_eq!(kas["source"], "hostedcluster clusters/c1");
-    assert_eq!(kas["hostnames"], json!([api("c1")]));
+    let kas = route_named(&routes, "life/life1/kube-apiserver");
+    assert_eq!(kas["source"], "hostedcluster life/life1");
+    assert_eq!(kas["hostnames"], json!([c1.api()]));
     assert_eq!(kas["backends"], json!([a.addr().to_string()]));
-    // The client spoke the protocol the fake checks: paged lists, a label selector for
-    // Routes, watches with bookmarks.
-    assert!(fake.count_requests(&["/hostedclusters?", "limit=500"]) > 0);
+    // What the client asked the real server for: paged lists, a label selector for Routes,
+    // watches with bookmarks (the audit log has every request of the ServiceAccount).
+    let requests = server.audit(SNIROUTE_USER);
+    let has = |parts: &[&str]| {
+        requests
+            .iter()
+            .any(|r| parts.iter().all(|p| r.uri.contains(p)))
+    };
+    assert!(has(&["/hostedclusters?", "limit=500"]), "{requests:#?}");
     assert!(
-        fake.count_requests(&[
+        has(&[
             "/routes?",
             "labelSelector=hypershift.openshift.io%2Fhosted-control-plane"
-        ]) > 0,
-        "{:#?}",
-        fake.requests()
+        ]),
+        "{requests:#?}"
     );
-    eventually(STEP, "watches with bookmarks", || async {
-        (fake.count_requests(&["watch=true", "allowWatchBookmarks=true"]) >= 3).then_some(())
+    eventually(STEP, "three watches with bookmarks", || async {
+        let watches: std::collections::HashSet<String> = server
+            .audit(SNIROUTE_USER)
+            .into_iter()
+            .filter(|r| r.verb == "watch" && r.uri.contains("allowWatchBookmarks=true"))
+            .map(|r| r.resource)
+            .collect();
+        (watches.len() == 3).then_some(())
     })
     .await;
 
     // Appear: a new cluster is routed.
-    add_cluster(&fake, "c2", 2, c.addr().port(), b.addr().port());
-    let appear = wait_routed(addr, &api("c2"), "c", SWAP).await;
+    let c2 = create_cluster(&admin, "life", "life2", 2).await;
+    let _c = c2.backend("c", "kube-apiserver");
+    let appear = wait_routed(addr, &c2.api(), "c", SWAP).await;
 
     // Change: a Service port change re-routes at once (no HostedCluster or Route event).
-    fake.modify(Kind::Service, "clusters-c1", "kube-apiserver", |svc| {
-        set_port(svc, c.addr().port())
-    });
-    let change = wait_routed(addr, &api("c1"), "c", SWAP).await;
+    let kas_ip = c1.service("kube-apiserver").ip();
+    let _a2 = c1.backend_at("a2", SocketAddr::new(kas_ip, 7443));
+    c1.set_service_port(&admin, "kube-apiserver", 7443).await;
+    let change = wait_routed(addr, &c1.api(), "a2", SWAP).await;
 
     // Move: a Route's host changes; the old name is refused.
-    fake.modify(Kind::Route, "clusters-c1", "oauth", |route| {
-        route["spec"]["host"] = json!("oauth-c1.moved.example.test");
-    });
-    let moved = wait_routed(addr, "oauth-c1.moved.example.test", "b", SWAP).await;
-    wait_unrouted(addr, &oauth("c1"), STEP).await;
+    c1.patch_route(
+        &admin,
+        "oauth",
+        json!({"spec": {"host": "oauth-life1.moved.example.test"}}),
+    )
+    .await;
+    let moved = wait_routed(addr, "oauth-life1.moved.example.test", "b", SWAP).await;
+    wait_unrouted(addr, &c1.oauth(), STEP).await;
 
-    // Disappear: a deleted cluster is refused with unrecognized_name; the other stays.
-    fake.delete(Kind::HostedCluster, "clusters", "c2");
-    let gone = wait_unrouted(addr, &api("c2"), SWAP).await;
-    assert_routes(addr, &api("c1"), "c").await;
-
-    // A HostedCluster being deleted (finalizers pending) is no longer routed either.
-    fake.modify(Kind::HostedCluster, "clusters", "c1", |hc| {
-        hc["metadata"]["deletionTimestamp"] = json!("2026-03-05T08:00:00Z");
-    });
-    wait_unrouted(addr, &api("c1"), SWAP).await;
+    // Disappear, HyperShift's way: the delete only sets deletionTimestamp while the
+    // operator's finalizer holds the object, and that is when routing stops.
+    assert!(
+        admin
+            .delete(HC_API, "HostedCluster", Some("life"), "life2")
+            .await
+    );
+    let held = admin
+        .get(HC_API, "HostedCluster", Some("life"), "life2")
+        .await
+        .expect("the finalizer keeps the HostedCluster");
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
+    assert_eq!(held["metadata"]["finalizers"], json!([FINALIZER]));
+    let gone = wait_unrouted(addr, &c2.api(), SWAP).await;
+    assert_routes(addr, &c1.api(), "a2").await;
+    // The operator finishes its cleanup and drops the finalizer: the object goes.
+    c2.patch_hosted_cluster(&admin, json!({"metadata": {"finalizers": null}}))
+        .await;
+    admin
+        .wait_for_gone(HC_API, "HostedCluster", Some("life"), "life2", STEP)
+        .await;
+    wait_unrouted(addr, &c2.api(), STEP).await;
+    assert_routes(addr, &c1.api(), "a2").await;
 
     eprintln!(
-        "swap latency (event in the API server to routed through the proxy): \
-         new cluster {appear:?}, Service port change {change:?}, Route move {moved:?}, \
+        "swap latency against the real API server (change written to routed through the \
+         proxy): new cluster {appear:?}, Service port change {change:?}, Route move {moved:?}, \
          delete {gone:?}"
     );
     for latency in [appear, change, moved, gone] {
@@ -178,186 +159,267 @@ async fn hosted_clusters_appear_change_move_and_disappear() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_api_outage_keeps_routing_and_the_source_recovers() {
-    let (a, b) = (backend("a"), backend("b"));
-    let fake = FakeKube::start();
-    add_cluster(&fake, "c1", 1, a.addr().port(), b.addr().port());
-    let (proxy, _dir) = start(&fake, Cfg::new());
+async fn services_missing_deleted_and_recreated_with_a_new_cluster_ip() {
+    let Some(server) = ApiServer::shared().await else {
+        return;
+    };
+    let admin = server.admin().await;
+    let mut c = create_cluster(&admin, "svc", "svc1", 3).await;
+    // One Route's Service is missing from the start.
+    c.delete_service(&admin, "oauth-openshift").await;
+    let old = c.backend("old", "kube-apiserver");
+    let (proxy, _dir) = start(server, Cfg::new()).await;
     let addr = proxy.proxy_addr();
     wait_ready(&proxy).await;
-    assert_routes(addr, &api("c1"), "a").await;
+    assert_routes(addr, &c.api(), "old").await;
+    wait_unrouted(addr, &c.oauth(), STEP).await;
+    let line = proxy.wait_log(&["route not made", "missing_service"], STEP);
+    assert!(line.contains("svc-svc1/oauth-openshift"), "{line}");
 
-    let mark = proxy.log_mark();
-    fake.outage();
-    proxy.wait_log_since(mark, &["kubernetes watch failed"], STEP);
-    // Requests keep failing (503, cut watches) while connections keep routing.
-    for _ in 0..4 {
-        assert_routes(addr, &api("c1"), "a").await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
-    assert_eq!(
-        proxy.readyz(),
-        200,
-        "an outage does not make a loaded source unready"
+    // The missing Service appearing routes its Route at once.
+    let oauth_addr = c.recreate_service(&admin, "oauth-openshift", 3).await;
+    let _oauth = c.backend_at("oauth", oauth_addr);
+    wait_routed(addr, &c.oauth(), "oauth", SWAP).await;
+
+    // Deleted: the Route is left out, the cluster's other routes stay.
+    let old_addr = old.addr();
+    c.delete_service(&admin, "kube-apiserver").await;
+    wait_unrouted(addr, &c.api(), SWAP).await;
+    assert_routes(addr, &c.oauth(), "oauth").await;
+
+    // Recreated: the server allocates a new ClusterIP, and the route follows it.
+    let new_addr = c.recreate_service(&admin, "kube-apiserver", 3).await;
+    assert_ne!(
+        new_addr.ip(),
+        old_addr.ip(),
+        "the server gave the recreated Service its old ClusterIP"
     );
-    assert!(proxy.routes()["routes"].as_array().unwrap().len() >= 5);
-
-    fake.recover();
-    fake.modify(Kind::Service, "clusters-c1", "kube-apiserver", |svc| {
-        set_port(svc, b.addr().port())
-    });
-    wait_routed(addr, &api("c1"), "b", RECOVERY).await;
+    let _new = c.backend_at("new", new_addr);
+    wait_routed(addr, &c.api(), "new", SWAP).await;
+    let routes = proxy.routes();
+    let kas = route_named(&routes, "svc/svc1/kube-apiserver");
+    assert_eq!(kas["backends"], json!([new_addr.to_string()]));
+    drop(old);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_watch_relists_and_picks_up_what_it_missed() {
-    let (a, b) = (backend("a"), backend("b"));
-    let fake = FakeKube::start();
-    add_cluster(&fake, "c1", 1, a.addr().port(), b.addr().port());
-    add_cluster(&fake, "c2", 2, a.addr().port(), b.addr().port());
-    let (proxy, _dir) = start(&fake, Cfg::new());
+async fn kube_api_server_dns_name_is_one_more_name_for_the_kube_apiserver() {
+    let Some(server) = ApiServer::shared().await else {
+        return;
+    };
+    let admin = server.admin().await;
+    let c = create_cluster(&admin, "dns", "dns1", 4).await;
+    let _kas = c.backend("kas", "kube-apiserver");
+    let (proxy, _dir) = start(server, Cfg::new()).await;
     let addr = proxy.proxy_addr();
     wait_ready(&proxy).await;
-    eventually(STEP, "three watches open", || async {
-        (fake.count_requests(&["watch=true"]) >= 3).then_some(())
-    })
-    .await;
-    let lists = |fake: &FakeKube| fake.count_requests(&["GET /api/v1/services?", "limit="]);
-    let lists_before = lists(&fake);
+    let custom = "dns1-api.custom.example.test";
+    wait_unrouted(addr, custom, STEP).await;
 
-    // Changes no watch delivers: only a relist after the 410 can find them.
-    fake.expire_watches_after(|fake| {
-        fake.modify(Kind::Service, "clusters-c1", "kube-apiserver", |svc| {
-            set_port(svc, b.addr().port())
-        });
-        fake.delete(Kind::HostedCluster, "clusters", "c2");
-    });
-    wait_routed(addr, &api("c1"), "b", RECOVERY).await;
-    wait_unrouted(addr, &api("c2"), SWAP).await;
-    assert!(
-        lists(&fake) > lists_before,
-        "no relist of Services after 410 Gone"
-    );
-    // Never an empty table in between: c1's other routes stayed routed throughout.
-    assert_routes(addr, &oauth("c1"), "b").await;
+    let stored = c
+        .patch_hosted_cluster(&admin, json!({"spec": {"kubeAPIServerDNSName": custom}}))
+        .await;
+    // Kept by the schema, as sniroute reads it.
+    assert_eq!(stored["spec"]["kubeAPIServerDNSName"], custom);
+    wait_routed(addr, custom, "kas", SWAP).await;
+    assert_routes(addr, &c.api(), "kas").await;
+
+    c.patch_hosted_cluster(&admin, json!({"spec": {"kubeAPIServerDNSName": null}}))
+        .await;
+    wait_unrouted(addr, custom, SWAP).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_cidr_blocks_admit_listed_sources_only() {
-    let (a, b) = (backend("a"), backend("b"));
-    let fake = FakeKube::start();
-    let mut hc = add_cluster(&fake, "c1", 1, a.addr().port(), b.addr().port());
-    hc["spec"]["networking"]["apiServer"] = json!({"allowedCIDRBlocks": ["127.0.0.1/32"]});
-    fake.apply(hc);
-    let (proxy, _dir) = start(&fake, Cfg::new());
+    let Some(server) = ApiServer::shared().await else {
+        return;
+    };
+    let admin = server.admin().await;
+    let c = create_cluster(&admin, "cidr", "cidr1", 5).await;
+    c.patch_hosted_cluster(
+        &admin,
+        json!({"spec": {"networking": {"apiServer": {"allowedCIDRBlocks": ["127.0.0.1/32"]}}}}),
+    )
+    .await;
+    let _a = c.backend("a", "kube-apiserver");
+    let _b = c.backend("b", "oauth-openshift");
+    let (proxy, _dir) = start(server, Cfg::new()).await;
     let addr = proxy.proxy_addr();
     wait_ready(&proxy).await;
 
     let localhost: IpAddr = "127.0.0.1".parse().unwrap();
     let other: IpAddr = "127.0.0.2".parse().unwrap();
-    let conn = tls_connect_from(localhost, addr, &api("c1")).await.unwrap();
+    let conn = eventually(STEP, "routed from 127.0.0.1", || async {
+        tls_connect_from(localhost, addr, &c.api()).await.ok()
+    })
+    .await;
     assert_eq!(conn.backend, "a");
     let mark = proxy.log_mark();
-    for host in [api("c1"), oauth("c1")] {
+    for host in [c.api(), c.oauth()] {
         let refused = tls_connect_from(other, addr, &host).await;
         assert!(refused.is_err(), "{host} from 127.0.0.2 was routed");
     }
     proxy.wait_refusal_since(mark, "denied", STEP);
 
     // Widening the list admits the other source without a restart.
-    fake.modify(Kind::HostedCluster, "clusters", "c1", |hc| {
-        hc["spec"]["networking"]["apiServer"]["allowedCIDRBlocks"] = json!(["127.0.0.0/8"]);
-    });
+    c.patch_hosted_cluster(
+        &admin,
+        json!({"spec": {"networking": {"apiServer": {"allowedCIDRBlocks": ["127.0.0.0/8"]}}}}),
+    )
+    .await;
     eventually(SWAP, "127.0.0.2 admitted", || async {
-        tls_connect_from(other, addr, &api("c1")).await.ok()
+        tls_connect_from(other, addr, &c.api()).await.ok()
     })
     .await;
+
+    // The schema's check is a pattern: it admits an address that is no address. sniroute
+    // then routes none of the cluster (fail closed) and says why, until it is fixed.
+    let mark = proxy.log_mark();
+    c.patch_hosted_cluster(
+        &admin,
+        json!({"spec": {"networking": {"apiServer": {"allowedCIDRBlocks": ["127.0.0.0/8", "300.1.2.3/8"]}}}}),
+    )
+    .await;
+    wait_unrouted(addr, &c.api(), SWAP).await;
+    wait_unrouted(addr, &c.oauth(), STEP).await;
+    let line = proxy.wait_log_since(mark, &["HostedCluster not routed", "cidr/cidr1"], STEP);
+    assert!(line.contains("300.1.2.3/8"), "{line}");
+    c.patch_hosted_cluster(
+        &admin,
+        json!({"spec": {"networking": {"apiServer": {"allowedCIDRBlocks": ["127.0.0.0/8"]}}}}),
+    )
+    .await;
+    wait_routed(addr, &c.api(), "a", SWAP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_refuses_what_the_fake_tests_feed_sniroute() {
+    let Some(server) = ApiServer::shared().await else {
+        return;
+    };
+    let admin = server.admin().await;
+    let c = create_cluster(&admin, "schema", "schema1", 6).await;
+    let (hc, _, _) = control::kube::fixtures::cluster("schema", "schema1", 6);
+    let mut broken = common::apiserver::hypershift::as_written(hc);
+    broken["spec"]["networking"]["apiServer"] = json!({"allowedCIDRBlocks": "not-a-list"});
+    // Server-side apply answers a wrongly typed field with 500 ("failed to create typed
+    // patch object"), not 422: refused either way, and named.
+    let refused = admin.try_apply(&broken).await.unwrap_err();
+    assert!(refused.status >= 400, "{refused}");
+    assert!(
+        refused.message.contains("allowedCIDRBlocks") && refused.message.contains("expected list"),
+        "{refused}"
+    );
+    // A field the schema does not know is refused too (strict validation), rather than
+    // pruned: nothing sniroute reads can be silently missing from what tests write.
+    let mut unknown = common::apiserver::hypershift::as_written(
+        control::kube::fixtures::cluster("schema", "schema1", 6).0,
+    );
+    unknown["spec"]["apiServerHostname"] = json!("nowhere.example.test");
+    let refused = admin.try_apply(&unknown).await.unwrap_err();
+    assert!(refused.message.contains("apiServerHostname"), "{refused}");
+    drop(c);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_routes_win_conflicts_with_kubernetes_routes() {
-    let (a, b, f) = (backend("a"), backend("b"), backend("file"));
-    let fake = FakeKube::start();
-    add_cluster(&fake, "c1", 1, a.addr().port(), b.addr().port());
-    let api_c1 = api("c1");
-    let (proxy, _dir) = start(
-        &fake,
-        Cfg::new().route("pinned", &[api_c1.as_str()], &[f.addr()]),
+    let Some(server) = ApiServer::shared().await else {
+        return;
+    };
+    let admin = server.admin().await;
+    let c = create_cluster(&admin, "pin", "pin1", 7).await;
+    let _a = c.backend("a", "kube-apiserver");
+    let _b = c.backend("b", "oauth-openshift");
+    let f = TlsBackend::start_with(
+        "file",
+        TlsBackendOpts {
+            names: Some(vec![format!(
+                "*.pin1.{}",
+                control::kube::fixtures::BASE_DOMAIN
+            )]),
+            ..TlsBackendOpts::default()
+        },
     );
+    let api = c.api();
+    let (proxy, _dir) = start(
+        server,
+        Cfg::new().route("pinned", &[api.as_str()], &[f.addr()]),
+    )
+    .await;
     let addr = proxy.proxy_addr();
     wait_ready(&proxy).await;
-    assert_routes(addr, &api_c1, "file").await;
-    assert_routes(addr, &oauth("c1"), "b").await;
+    assert_routes(addr, &api, "file").await;
+    assert_routes(addr, &c.oauth(), "b").await;
     let line = proxy.wait_log(&["route conflict", "claimed by route pinned (file)"], STEP);
-    assert!(line.contains("clusters/c1/kube-apiserver"), "{line}");
+    assert!(line.contains("pin/pin1/kube-apiserver"), "{line}");
     let routes = proxy.routes();
-    let sources: Vec<(String, String)> = routes["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["name"].as_str().unwrap().to_owned(),
-                r["source"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    assert!(
-        sources.contains(&("pinned".into(), "file".into())),
-        "{sources:?}"
-    );
-    assert!(
-        sources.contains(&(
-            "clusters/c1/oauth".into(),
-            "hostedcluster clusters/c1".into()
-        )),
-        "{sources:?}"
+    assert_eq!(route_named(&routes, "pinned")["source"], "file");
+    assert_eq!(
+        route_named(&routes, "pin/pin1/oauth")["source"],
+        "hostedcluster pin/pin1"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_objects_and_missing_services_skip_only_what_they_break() {
-    let (a, b) = (backend("a"), backend("b"));
-    let fake = FakeKube::start();
-    add_cluster(&fake, "c1", 1, a.addr().port(), b.addr().port());
-    let mut broken = add_cluster(&fake, "c2", 2, a.addr().port(), b.addr().port());
-    broken["spec"]["networking"] = json!({"apiServer": {"allowedCIDRBlocks": "not-a-list"}});
-    fake.apply(broken);
-    add_cluster(&fake, "c3", 3, a.addr().port(), b.addr().port());
-    fake.delete(Kind::Service, "clusters-c3", "oauth-openshift");
-    let (proxy, _dir) = start(&fake, Cfg::new());
-    let addr = proxy.proxy_addr();
-    wait_ready(&proxy).await;
-
-    assert_routes(addr, &api("c1"), "a").await;
-    assert_routes(addr, &oauth("c1"), "b").await;
-    wait_unrouted(addr, &api("c2"), STEP).await;
-    assert_routes(addr, &api("c3"), "a").await;
-    wait_unrouted(addr, &oauth("c3"), STEP).await;
-    let line = proxy.wait_log(&["does not parse", "name=\"c2\""], STEP);
-    assert!(line.contains("HostedCluster"), "{line}");
-    let line = proxy.wait_log(&["route not made", "missing_service"], STEP);
-    assert!(line.contains("clusters-c3/oauth-openshift"), "{line}");
-    // Counted: the malformed HostedCluster and the route left out, at least.
-    let (_, metrics) = proxy.get("/metrics").unwrap();
-    let errors: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("sniroute_source_errors_total{source=\"kubernetes\"} "))
-        .unwrap_or_else(|| panic!("no kubernetes source errors in:\n{metrics}"))
-        .parse()
-        .unwrap();
-    assert!(errors >= 2.0, "{errors}");
-
-    // The missing Service appearing routes the Route at once.
-    let (_, _, services) = fixtures::cluster("clusters", "c3", 3);
-    let mut svc = services
+/// `deploy/base`'s ClusterRole rules with `verb` taken off the rule for `resource`.
+fn rules_without(resource: &str, verb: &str) -> Value {
+    let rbac = common::apiserver::read_manifests(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/rbac.yaml"),
+    );
+    let role = rbac
         .into_iter()
-        .find(|s| s["metadata"]["name"] == "oauth-openshift")
-        .unwrap();
-    svc["spec"]["clusterIP"] = json!("127.0.0.1");
-    set_port(&mut svc, b.addr().port());
-    fake.apply(svc);
-    wait_routed(addr, &oauth("c3"), "b", SWAP).await;
+        .find(|o| o["kind"] == "ClusterRole")
+        .expect("a ClusterRole in deploy/base/rbac.yaml");
+    let mut rules = role["rules"].clone();
+    let mut found = false;
+    for rule in rules.as_array_mut().unwrap() {
+        if rule["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == resource)
+        {
+            let verbs = rule["verbs"].as_array_mut().unwrap();
+            let before = verbs.len();
+            verbs.retain(|v| v != verb);
+            found |= verbs.len() < before;
+        }
+    }
+    assert!(found, "deploy/base grants no {verb} on {resource}");
+    rules
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_role_without_a_needed_verb_is_named_and_keeps_readyz_503() {
+    let Some(server) = ApiServer::shared().await else {
+        return;
+    };
+    let admin = server.admin().await;
+    let c = create_cluster(&admin, "rbac", "rbac1", 8).await;
+    let _kas = c.backend("kas", "kube-apiserver");
+    for (resource, verb) in [("services", "list"), ("hostedclusters", "watch")] {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("sniroute-no-{verb}-{resource}");
+        let kubeconfig = server
+            .kubeconfig_with_rules(dir.path(), &name, &rules_without(resource, verb))
+            .await;
+        let proxy = Sniroute::start_kube(Cfg::new().set("kubernetes", "{}").yaml(), &kubeconfig);
+        let line = proxy.wait_log(&["kubernetes RBAC", resource, verb], STARTUP);
+        assert!(line.contains("forbidden"), "{line}");
+        // Unready, and it says why; it stays so (the permission does not come back).
+        for _ in 0..3 {
+            let (status, body) = proxy.get("/readyz").unwrap();
+            assert_eq!(status, 503, "{verb} {resource}: {body}");
+            assert!(
+                body.contains(resource) && body.contains(verb),
+                "{verb} {resource}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    // With the ClusterRole as shipped, the same cluster is routed (least privilege holds).
+    let (proxy, _dir) = start(server, Cfg::new()).await;
+    wait_ready(&proxy).await;
+    assert_routes(proxy.proxy_addr(), &c.api(), "kas").await;
 }
 
 #[test]

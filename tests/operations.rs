@@ -387,6 +387,49 @@ async fn control_metrics_follow_reloads_and_broken_files() {
     assert_eq!(broken.value("sniroute_routes", &[]), 3.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_the_same_routes_report_the_same_table_hash() {
+    let (x, y) = (closed_port(), SocketAddr::from(([127, 0, 0, 2], 9)));
+    let cfg = Cfg::new()
+        .set("max_connections", "100")
+        .route("a", &["a.example.test"], &[x])
+        .route("b", &["b.example.test", "*.b.example.test"], &[x, y]);
+    // The same routes listed in another order, as another replica's source may give them.
+    let reordered = Cfg::new()
+        .route("b", &["b.example.test", "*.b.example.test"], &[x, y])
+        .route("a", &["a.example.test"], &[x]);
+    let mut one = Sniroute::start(cfg.yaml());
+    let two = Sniroute::start(reordered.yaml());
+    let hash = |proxy: &Sniroute| Scrape::of(proxy).value("sniroute_table_hash", &[]);
+    let first = hash(&one);
+    assert!(first > 0.0 && first < 2f64.powi(53), "hash {first}");
+    assert_eq!(first, hash(&two), "same routes, same hash");
+    assert_eq!(
+        Scrape::of(&one).value("sniroute_max_connections", &[]),
+        100.0
+    );
+    assert_eq!(
+        Scrape::of(&two).get("sniroute_max_connections", &[]),
+        None,
+        "no limit, no series"
+    );
+
+    // One backend of one route changes: so does the hash, and only on that replica.
+    let generation = one.generation() as f64;
+    one.rename_config(
+        Cfg::new()
+            .set("max_connections", "100")
+            .route("a", &["a.example.test"], &[y])
+            .route("b", &["b.example.test", "*.b.example.test"], &[x, y])
+            .yaml(),
+    );
+    let changed = scrape_until(&one, STEP, "the change published", |s| {
+        s.get("sniroute_table_generation", &[]) == Some(generation + 1.0)
+    });
+    assert_ne!(changed.value("sniroute_table_hash", &[]), first);
+    assert_eq!(hash(&two), first);
+}
+
 // === 2. Graceful drain ===
 
 /// Bytes of the long stream, written in `CHUNKS` pieces over about `CHUNKS * CHUNK_GAP`.

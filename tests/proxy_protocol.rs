@@ -9,12 +9,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_kube::FakeKube;
+use common::apiserver::hypershift::create_cluster;
+use common::apiserver::ApiServer;
 use common::*;
-use control::kube::fixtures;
 use ppp::v2;
 use rustls::pki_types::ServerName;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout, Instant};
@@ -510,33 +509,29 @@ async fn tls_after(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_id_listener_routes_by_the_tlv_without_sni() {
-    let kas = TlsBackend::start("kas");
-    let fake = FakeKube::start();
-    let (hc, routes, services) = fixtures::cluster("clusters", "c1", 1);
-    let cluster_id = hc["spec"]["clusterID"].as_str().unwrap().to_owned();
-    fake.apply(hc);
-    for route in routes {
-        fake.apply(route);
-    }
-    for mut svc in services {
-        let port = match svc["metadata"]["name"].as_str() {
-            Some("kube-apiserver") => kas.addr().port(),
-            _ => closed_port().port(),
-        };
-        svc["spec"]["clusterIP"] = json!("127.0.0.1");
-        svc["spec"]["clusterIPs"] = json!(["127.0.0.1"]);
-        svc["spec"]["ports"][0]["port"] = json!(port);
-        fake.apply(svc);
-    }
+    // A real kube-apiserver with the HostedCluster CRD: the cluster ID sniroute routes by is
+    // the one the schema stores (tests/common/apiserver.rs).
+    let Some(server) = ApiServer::shared().await else {
+        return;
+    };
+    let admin = server.admin().await;
+    let cluster = create_cluster(&admin, "pp", "ppid1", 1).await;
+    let cluster_id = cluster.cluster_id.clone();
+    // The shared leaf: the client below sends no SNI and checks the name "localhost".
+    let kas = TlsBackend::start_at(
+        "kas",
+        cluster.service("kube-apiserver"),
+        TlsBackendOpts::default(),
+    );
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = fake.kubeconfig(dir.path());
+    let kubeconfig = server.sniroute_kubeconfig(dir.path(), &server.url()).await;
     let yaml = Cfg::new()
         .set("kubernetes", "{}")
         .set("cluster_id_listen", &quote("127.0.0.1:0"))
         .yaml();
     let proxy = Sniroute::start_kube(yaml, &kubeconfig);
     let listen = proxy.listener_addr("cluster_id");
-    eventually(STARTUP, "/readyz 200", || async {
+    eventually(STARTUP * 3, "/readyz 200", || async {
         (proxy.readyz() == 200).then_some(())
     })
     .await;
@@ -577,4 +572,226 @@ async fn cluster_id_listener_routes_by_the_tlv_without_sni() {
         accepted,
         "a refused connection reached the backend"
     );
+}
+
+/// The outcome counter `outcome` as `/metrics` shows it now.
+fn outcome_count(proxy: &Sniroute, outcome: &str) -> u64 {
+    let (_, body) = proxy.get("/metrics").unwrap();
+    let series = format!("sniroute_connections_total{{outcome=\"{outcome}\"}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+/// A v2 header with `command` and `protocol` (the LOCAL / DGRAM cases), `src -> dst`.
+fn v2_raw(
+    command: v2::Command,
+    protocol: v2::Protocol,
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> Vec<u8> {
+    v2::Builder::with_addresses(v2::Version::Two | command, protocol, (src, dst))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_local_header_is_a_health_check_and_routes_by_the_peer_when_a_hello_follows() {
+    let (open, doc, lo) = (
+        RawBackend::start(),
+        RawBackend::start(),
+        RawBackend::start(),
+    );
+    let proxy = accepting("v2", "127.0.0.1/32", &open, &doc, &lo);
+    let listen = proxy.listener_addr("proxy");
+    let local = v2_raw(
+        v2::Command::Local,
+        v2::Protocol::Unspecified,
+        addr(CLAIMED),
+        listen,
+    );
+
+    // The load balancer's probe: a LOCAL header, then close. Counted, never logged.
+    let mark = proxy.log_mark();
+    let before = outcome_count(&proxy, "health_check");
+    let mut tcp = send(listen, &local).await;
+    assert!(read_until_closed(&mut tcp, STEP).await.end.closed());
+    eventually(STEP, "health_check counted", || async {
+        (outcome_count(&proxy, "health_check") == before + 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        outcome_count(&proxy, "not_tls"),
+        0,
+        "a probe is not an error"
+    );
+    assert!(
+        proxy.logs_since(mark, &["connection refused"]).is_empty(),
+        "a health check was logged as a refusal"
+    );
+
+    // LOCAL then a ClientHello: routed, by the connection's own addresses (the header names
+    // no client), so the allow list sees the peer and the backend's header carries it.
+    let lo_hello = hello("lo.example.test");
+    let tcp = send(listen, &[local.clone(), lo_hello.clone()].concat()).await;
+    let got = received_all(&lo, 0);
+    let (src, dst, rest) = split_v2(&got);
+    assert_eq!(
+        src,
+        tcp.local_addr().unwrap(),
+        "the real peer, not the LOCAL header's"
+    );
+    assert_eq!(dst, listen);
+    assert_eq!(rest, &lo_hello[..]);
+    let mark = proxy.log_mark();
+    let tcp = send(listen, &[local, hello("doc.example.test")].concat()).await;
+    assert_refused(&proxy, mark, tcp, "denied").await;
+    assert_eq!(doc.accepted(), 0);
+}
+
+#[tokio::test]
+async fn a_dgram_header_is_refused_and_a_huge_one_named_as_a_proxy_header() {
+    let (open, doc, lo) = (
+        RawBackend::start(),
+        RawBackend::start(),
+        RawBackend::start(),
+    );
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set("accept_proxy_protocol", "v2")
+            .set("trusted_proxies", "[\"127.0.0.1/32\"]")
+            .set("max_client_hello", "4096")
+            .route("doc", &["doc.example.test"], &[doc.addr()])
+            .route_key("allowed_cidrs", "[\"192.0.2.0/24\"]")
+            .yaml(),
+    );
+    drop((open, lo));
+    let listen = proxy.listener_addr("proxy");
+    let doc_hello = hello("doc.example.test");
+
+    // UDP over IPv4 claiming an allowed source: a TCP proxy's header cannot say that.
+    let mark = proxy.log_mark();
+    let dgram = v2_raw(
+        v2::Command::Proxy,
+        v2::Protocol::Datagram,
+        addr(CLAIMED),
+        listen,
+    );
+    let tcp = send(listen, &[dgram, doc_hello.clone()].concat()).await;
+    let line = assert_refused(&proxy, mark, tcp, "not_tls").await;
+    assert!(line.contains("DGRAM"), "{line}");
+    assert_eq!(doc.accepted(), 0, "a DGRAM header's source was believed");
+
+    // A header whose TLVs outgrow max_client_hello is refused as what it is.
+    let mark = proxy.log_mark();
+    let big = v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Proxy,
+        v2::Protocol::Stream,
+        (addr(CLAIMED), listen),
+    )
+    .write_tlv(0xe0, &[b'x'; 8000])
+    .unwrap()
+    .build()
+    .unwrap();
+    let tcp = send(listen, &big).await;
+    let line = assert_refused(&proxy, mark, tcp, "not_tls").await;
+    assert!(
+        line.contains("PROXY header larger than max_client_hello"),
+        "{line}"
+    );
+}
+
+/// Sends `header` and a ClientHello to `listen` and returns the refusal line for `reason`.
+async fn refusal(proxy: &Sniroute, listen: SocketAddr, header: Vec<u8>, reason: &str) -> String {
+    let mark = proxy.log_mark();
+    let mut tcp = raw_connect(listen).await;
+    tcp.write_all(&[header, hello("api.example.test")].concat())
+        .await
+        .unwrap();
+    assert!(read_until_closed(&mut tcp, STEP).await.end.closed());
+    proxy.wait_refusal_since(mark, reason, STEP)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_id_listener_believes_addresses_from_trusted_proxies_only() {
+    let kas = TlsBackend::start("kas");
+    let fake = FakeKube::start();
+    let (hc, routes, services) = fixtures::cluster("clusters", "c1", 1);
+    let cluster_id = hc["spec"]["clusterID"].as_str().unwrap().to_owned();
+    fake.apply(hc);
+    for route in routes {
+        fake.apply(route);
+    }
+    for mut svc in services {
+        svc["spec"]["clusterIP"] = json!("127.0.0.1");
+        svc["spec"]["clusterIPs"] = json!(["127.0.0.1"]);
+        svc["spec"]["ports"][0]["port"] = json!(kas.addr().port());
+        fake.apply(svc);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.kubeconfig(dir.path());
+    let start = |trusted: &str| {
+        let yaml = Cfg::new()
+            .set("kubernetes", "{}")
+            .set("cluster_id_listen", &quote("127.0.0.1:0"))
+            .set("trusted_proxies", trusted)
+            .yaml();
+        let proxy = Sniroute::start_kube(yaml, &kubeconfig);
+        let listen = proxy.listener_addr("cluster_id");
+        (proxy, listen)
+    };
+    let claimed = addr("10.0.0.7:50000");
+    let unknown = "ffffffff-0000-4000-8000-000000000000";
+    // No trusted proxy: the TLV still routes, but the claimed source is only a log field.
+    let (proxy, listen) = start("[]");
+    eventually(STARTUP, "/readyz 200", || async {
+        (proxy.readyz() == 200).then_some(())
+    })
+    .await;
+    let routed = v2_header(claimed, listen, Some(&cluster_id));
+    let (line, _conn) = eventually(STEP, "routed by cluster ID", || async {
+        tls_after(listen, &routed).await.ok()
+    })
+    .await;
+    assert_eq!(line, "backend=kas sni=-");
+    let line = refusal(
+        &proxy,
+        listen,
+        v2_header(claimed, listen, Some(unknown)),
+        "unknown_sni",
+    )
+    .await;
+    assert!(
+        line.contains("peer=127.0.0.1:"),
+        "logged under the claim: {line}"
+    );
+    assert!(line.contains("claimed=10.0.0.7:50000"), "{line}");
+    let mut not_utf8 = v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Proxy,
+        v2::Protocol::Stream,
+        (claimed, listen),
+    );
+    not_utf8 = not_utf8
+        .write_tlv(CLUSTER_ID_TLV, &[0xff, 0xfe, 0xfd])
+        .unwrap();
+    let line = refusal(&proxy, listen, not_utf8.build().unwrap(), "unknown_sni").await;
+    assert!(line.contains("ClusterID TLV is not UTF-8"), "{line}");
+    drop(proxy);
+
+    // Trusted: the header's source is the client.
+    let (proxy, listen) = start("[\"127.0.0.1/32\"]");
+    eventually(STARTUP, "/readyz 200", || async {
+        (proxy.readyz() == 200).then_some(())
+    })
+    .await;
+    let line = refusal(
+        &proxy,
+        listen,
+        v2_header(claimed, listen, Some(unknown)),
+        "unknown_sni",
+    )
+    .await;
+    assert!(line.contains("peer=10.0.0.7:50000"), "{line}");
+    assert!(!line.contains("claimed="), "{line}");
 }

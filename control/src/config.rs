@@ -30,14 +30,13 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use proxy::proxy_protocol::{Expect, Version as ProxyVersion};
-use proxy::{Backend, HostPattern, OutlierPolicy, Table};
+use proxy::{Backend, HostPattern, OutlierPolicy, Route, RouteSpec, Table};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_saphyr::{Location, MessageFormatter, Spanned};
 use std::sync::Arc;
 
 use crate::error::{ConfigError, Problem, RouteRef};
-use crate::route_spec::RouteSpec;
 
 /// `admin` when the file does not say.
 pub const DEFAULT_ADMIN: SocketAddr =
@@ -63,7 +62,7 @@ pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
 /// The longest `kubernetes.debounce` accepted: beyond it, changes stop being prompt.
 pub const MAX_DEBOUNCE: Duration = Duration::from_secs(10);
 /// `listen_backlog` when the file does not say.
-pub const DEFAULT_LISTEN_BACKLOG: i32 = proxy::listener::DEFAULT_BACKLOG;
+pub const DEFAULT_LISTEN_BACKLOG: i32 = proxy::socket::DEFAULT_BACKLOG;
 /// `shutdown_delay` when the file does not say: a few load-balancer health-check intervals.
 pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 /// `drain_timeout` when the file does not say.
@@ -235,8 +234,8 @@ impl Config {
         };
         let routes = self
             .route_specs()
-            .iter()
-            .map(RouteSpec::to_route)
+            .into_iter()
+            .map(Route::new)
             .collect::<Result<Vec<_>, _>>()
             .map_err(table_error)?;
         Table::new(routes).map_err(table_error)

@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::ConfigError;
-use crate::publish::{Publisher, SourceKind};
+use crate::publish::Publisher;
+use crate::source::SourceKind;
 
 /// How long the directory must be quiet before the file is read: editors and the ConfigMap
 /// updater make several changes in a burst, and reading mid-burst only logs a spurious error.

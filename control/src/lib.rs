@@ -21,10 +21,11 @@ pub mod file;
 pub mod kube;
 pub mod metrics;
 pub mod publish;
-pub mod route_spec;
+pub mod source;
 
 pub use config::{Config, KubernetesConfig, RouteConfig};
 pub use error::{ConfigError, Problem, RouteRef};
 pub use file::FileSource;
-pub use publish::{Conflict, ConflictKind, Published, Publisher, SourceKind};
-pub use route_spec::RouteSpec;
+pub use proxy::RouteSpec;
+pub use publish::{Conflict, ConflictKind, Published, Publisher};
+pub use source::SourceKind;

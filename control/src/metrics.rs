@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::publish::SourceKind;
+use crate::source::SourceKind;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
@@ -24,6 +24,7 @@ pub struct ControlMetrics {
     swaps: Counter,
     source_errors: Family<SourceLabels, Counter>,
     last_swap: Gauge<f64, AtomicU64>,
+    table_hash: Gauge<f64, AtomicU64>,
 }
 
 impl ControlMetrics {
@@ -60,10 +61,18 @@ impl ControlMetrics {
             "Unix time of the last table publish",
             metrics.last_swap.clone(),
         );
+        registry.register(
+            "sniroute_table_hash",
+            "Hash of what the current table routes (routes, hostnames, backends, allow lists, \
+             limits, PROXY-out); equal on replicas serving the same table",
+            metrics.table_hash.clone(),
+        );
         metrics
     }
 
-    pub(crate) fn published(&self, generation: u64, routes: usize) {
+    pub(crate) fn published(&self, generation: u64, routes: usize, table_hash: u64) {
+        // 53 bits (Table::fingerprint): the float holds it exactly.
+        self.table_hash.set(table_hash as f64);
         self.routes.set(i64::try_from(routes).unwrap_or(i64::MAX));
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));

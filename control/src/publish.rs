@@ -17,32 +17,9 @@ use proxy::{HostPattern, Route, SharedTable, Snapshot, Table, TableError};
 use tokio::sync::watch;
 
 use crate::metrics::ControlMetrics;
-use crate::route_spec::RouteSpec;
+use proxy::RouteSpec;
 
-/// Who stated a set of routes; the order is the priority (the file wins over Kubernetes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum SourceKind {
-    /// The `routes:` of the config file.
-    File,
-    /// The Kubernetes source (HostedClusters, Routes, Services).
-    Kubernetes,
-}
-
-impl SourceKind {
-    /// The name used in logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::File => "file",
-            Self::Kubernetes => "kubernetes",
-        }
-    }
-}
-
-impl fmt::Display for SourceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::source::SourceKind;
 
 /// Merges every source's routes into tables and swaps them in, one at a time.
 #[derive(Debug)]
@@ -223,10 +200,11 @@ impl Publisher {
 
         let (added, removed, changed) = diff(&previous.table, &table);
         let routes = table.routes().len();
+        let table_hash = table.fingerprint();
         let snapshot = self.shared.publish(table);
         let generation = snapshot.generation;
         self.snapshots.send_replace(snapshot);
-        self.metrics.published(generation, routes);
+        self.metrics.published(generation, routes, table_hash);
         let conflicts = conflicts.len();
         tracing::info!(
             generation,
@@ -333,15 +311,21 @@ pub fn merge_onto<'a>(
                 }
             }
         }
-        if let Some(same) = previous
-            .route(&spec.name)
-            .filter(|route| spec.built_as(route, &kept, with_cluster_id))
-        {
+        // Usually nothing was dropped and the spec is the route's as it stands; a copy is
+        // made only for what lost a hostname or its cluster ID to an earlier route.
+        let trimmed = (kept.len() != spec.hostnames.len()
+            || (spec.cluster_id.is_some() && !with_cluster_id))
+            .then(|| RouteSpec {
+                hostnames: kept.iter().map(|&host| host.clone()).collect(),
+                cluster_id: spec.cluster_id.clone().filter(|_| with_cluster_id),
+                ..spec.clone()
+            });
+        let wanted = trimmed.as_ref().unwrap_or(spec);
+        if let Some(same) = previous.route(&spec.name).filter(|r| r.spec() == wanted) {
             routes.push(same.clone());
             continue;
         }
-        let hostnames = kept.iter().map(|&host| host.clone()).collect();
-        match spec.build(hostnames, with_cluster_id) {
+        match Route::new(trimmed.unwrap_or_else(|| spec.clone())) {
             Ok(route) => routes.push(Arc::new(route)),
             Err(error) => return (Err(error), conflicts),
         }
@@ -356,7 +340,7 @@ fn diff(old: &Table, new: &Table) -> (usize, usize, usize) {
         match old.route(route.name()) {
             None => added += 1,
             // A route kept from the old table (merge_onto) is the same by construction.
-            Some(before) if !Arc::ptr_eq(before, route) && !same_targets(before, route) => {
+            Some(before) if !Arc::ptr_eq(before, route) && before.spec() != route.spec() => {
                 changed += 1
             }
             Some(_) => {}
@@ -364,31 +348,6 @@ fn diff(old: &Table, new: &Table) -> (usize, usize, usize) {
     }
     let kept = new.routes().len() - added;
     (added, old.routes().len() - kept, changed)
-}
-
-/// Whether two routes answer the same hostnames, forward to the same backends, admit the same
-/// clients and carry the same cluster ID, ignoring the order lists were written in.
-fn same_targets(a: &Route, b: &Route) -> bool {
-    /// Equal lists, compared as written first (the usual case, and free), then as sets.
-    fn same<T: PartialEq + ToString>(a: &[T], b: &[T]) -> bool {
-        if a == b {
-            return true;
-        }
-        if a.len() != b.len() {
-            return false;
-        }
-        let sorted = |items: &[T]| {
-            let mut v: Vec<String> = items.iter().map(T::to_string).collect();
-            v.sort_unstable();
-            v
-        };
-        sorted(a) == sorted(b)
-    }
-    same(a.hostnames(), b.hostnames())
-        && same(a.backends(), b.backends())
-        && same(a.allowed_cidrs(), b.allowed_cidrs())
-        && a.cluster_id() == b.cluster_id()
-        && a.max_connections() == b.max_connections()
 }
 
 #[cfg(test)]
@@ -410,7 +369,7 @@ pub(crate) mod tests {
                 .iter()
                 .map(|b| Backend::parse(b).unwrap())
                 .collect(),
-            source.into(),
+            source,
         )
     }
 
@@ -491,7 +450,7 @@ pub(crate) mod tests {
             .update(
                 SourceKind::File,
                 vec![
-                    // Same targets written in another order: not a change.
+                    // Written in another order: a change (backends are tried in this order).
                     file("b", &["*.b.test", "b.test"], &["10.0.0.2:2", "10.0.0.1:2"]),
                     file("c", &["c.test"], &["10.0.0.9:3"]),
                     file("d", &["d.test"], &["10.0.0.1:4"]),
@@ -506,7 +465,7 @@ pub(crate) mod tests {
                 routes: 4,
                 added: 2,
                 removed: 1,
-                changed: 1,
+                changed: 2,
                 conflicts: 0,
             }
         );
@@ -520,13 +479,13 @@ pub(crate) mod tests {
                 " INFO control::publish: table published generation=1 routes=3 \
                  added=3 removed=0 changed=0 conflicts=0 source=\"file\"",
                 " INFO control::publish: table published generation=2 routes=4 \
-                 added=2 removed=1 changed=1 conflicts=0 source=\"file\"",
+                 added=2 removed=1 changed=2 conflicts=0 source=\"file\"",
             ]
         );
     }
 
     #[test]
-    fn hostname_allow_list_and_cluster_id_changes_are_changes() {
+    fn every_field_but_the_source_is_a_change() {
         let publisher = Publisher::new(Arc::default());
         let base = file("a", &["a.test"], &["10.0.0.1:1"]);
         publisher
@@ -543,10 +502,14 @@ pub(crate) mod tests {
         narrowed.allowed_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
         let p = publisher.update(SourceKind::File, vec![narrowed]).unwrap();
         assert_eq!(p.changed, 1);
-        let mut with_id = base;
+        let mut with_id = base.clone();
         with_id.cluster_id = Some("id".into());
         let p = publisher.update(SourceKind::File, vec![with_id]).unwrap();
         assert_eq!(p.changed, 1);
+        let mut proxied = base;
+        proxied.proxy_protocol = Some(proxy::proxy_protocol::Version::V2);
+        let p = publisher.update(SourceKind::File, vec![proxied]).unwrap();
+        assert_eq!(p.changed, 1, "a PROXY header for the backends is a change");
         let p = publisher.update(SourceKind::File, Vec::new()).unwrap();
         assert_eq!((p.routes, p.added, p.removed, p.changed), (0, 0, 1, 0));
     }

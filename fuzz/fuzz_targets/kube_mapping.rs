@@ -19,10 +19,10 @@ use std::collections::BTreeMap;
 
 use arbitrary::{Arbitrary, Unstructured};
 use control::kube::mapping::{Invalid, Parsed};
-use control::kube::objects::{HostedCluster, Route, Service};
+use control::kube::objects::{HostedCluster, OcpRoute, Service};
 use control::kube::{map_cluster, Mapped};
 use libfuzzer_sys::fuzz_target;
-use proxy::{Backend, HostPattern, Table};
+use proxy::{Backend, HostPattern, Route, Table};
 use serde_json::{json, Map, Value};
 
 fuzz_target!(|data: &[u8]| {
@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
 /// The objects of one hosted cluster, as the store holds them.
 struct World {
     hc: HostedCluster,
-    routes: BTreeMap<String, Parsed<Route>>,
+    routes: BTreeMap<String, Parsed<OcpRoute>>,
     services: BTreeMap<String, Parsed<Service>>,
 }
 
@@ -69,7 +69,7 @@ impl World {
         let list = |key: &str| doc.get(key).and_then(Value::as_array).cloned();
         let mut routes = BTreeMap::new();
         for route in list("routes").unwrap_or_default().iter().take(16) {
-            let (name, parsed) = parse::<Route>(route);
+            let (name, parsed) = parse::<OcpRoute>(route);
             routes.insert(name, parsed);
         }
         let mut services = BTreeMap::new();
@@ -84,7 +84,7 @@ impl World {
         })
     }
 
-    fn map<'a>(&'a self, routes: impl IntoIterator<Item = &'a Parsed<Route>>) -> Mapped {
+    fn map<'a>(&'a self, routes: impl IntoIterator<Item = &'a Parsed<OcpRoute>>) -> Mapped {
         map_cluster(&self.hc, routes, |name| self.services.get(name))
     }
 
@@ -136,9 +136,8 @@ impl World {
                 with_id += 1;
                 assert!(!id.trim().is_empty() && id.trim() == &**id, "{id:?}");
             }
-            let route = spec
-                .to_route()
-                .unwrap_or_else(|e| panic!("{spec:?} does not build: {e}"));
+            let route =
+                Route::new(spec.clone()).unwrap_or_else(|e| panic!("{spec:?} does not build: {e}"));
             Table::new(vec![route])
                 .unwrap_or_else(|e| panic!("{spec:?} does not make a table: {e}"));
         }

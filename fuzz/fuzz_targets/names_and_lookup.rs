@@ -11,7 +11,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use proxy::{Backend, HostPattern, Route, ServerName, Table};
+use proxy::{Backend, HostPattern, Route, RouteSpec, ServerName, Table};
 
 /// Labels names and patterns are made of: few, so that they collide, with case variants.
 const LABELS: &[&str] = &[
@@ -143,12 +143,12 @@ fn lookups(input: &Input) {
     let table_routes: Vec<Route> = routes
         .iter()
         .map(|(name, patterns)| {
-            Route::new(
+            Route::new(RouteSpec::new(
                 name.as_str(),
                 patterns.clone(),
                 vec![Backend::parse("127.0.0.1:1").unwrap()],
                 "fuzz",
-            )
+            ))
             .unwrap()
         })
         .collect();
@@ -176,12 +176,12 @@ fn lookups(input: &Input) {
             let rebuilt = routes
                 .iter()
                 .map(|(name, patterns)| {
-                    Route::new(
+                    Route::new(RouteSpec::new(
                         name.as_str(),
                         patterns.clone(),
                         vec![Backend::parse("127.0.0.1:1").unwrap()],
                         "fuzz",
-                    )
+                    ))
                     .unwrap()
                 })
                 .collect();

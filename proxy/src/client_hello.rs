@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::error::NameError;
+use crate::ja4::{self, Ja4};
 use crate::name::ServerName;
 
 /// Record header: content type (1), legacy record version (2), fragment length (2); RFC 8446 5.1.
@@ -29,8 +30,6 @@ const MAX_RECORD_VERSION_MINOR: u8 = 4;
 const HANDSHAKE_HEADER_LEN: usize = 4;
 /// HandshakeType client_hello (RFC 8446 4).
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
-/// legacy_version (RFC 8446 4.1.2): read past, the backend judges it.
-const LEGACY_VERSION_LEN: usize = 2;
 /// ClientHello.random is 32 bytes (RFC 8446 4.1.2).
 const RANDOM_LEN: usize = 32;
 /// legacy_session_id is opaque <0..32> (RFC 8446 4.1.2).
@@ -60,6 +59,8 @@ pub struct ClientHello {
     pub server_name: Option<ServerName>,
     /// Bytes from the start of the buffer to the end of the last TLS record that carries the hello.
     pub len: usize,
+    /// The hello's JA4 fingerprint, for logs.
+    pub ja4: Ja4,
 }
 
 /// Why the first bytes are not a ClientHello we can route.
@@ -131,10 +132,11 @@ fn parse_hello(buf: &[u8], max_len: usize) -> Result<ClientHello, Stop> {
     let body = message
         .get(HANDSHAKE_HEADER_LEN..)
         .ok_or(Refusal::Malformed("handshake length"))?;
-    let server_name = client_hello_body(body)?;
+    let (server_name, ja4) = client_hello_body(body)?;
     Ok(ClientHello {
         server_name,
         len: framing.end,
+        ja4,
     })
 }
 
@@ -285,10 +287,11 @@ fn message<'a>(buf: &'a [u8], framing: &Framing) -> Cow<'a, [u8]> {
 
 // === hello body ===
 
-/// Walks a ClientHello body (RFC 8446 4.1.2) and returns its host_name, if any.
-fn client_hello_body(body: &[u8]) -> Result<Option<ServerName>, Refusal> {
+/// Walks a ClientHello body (RFC 8446 4.1.2) once: its host_name, if any, and its JA4.
+fn client_hello_body(body: &[u8]) -> Result<(Option<ServerName>, Ja4), Refusal> {
     let mut r = Reader(body);
-    r.take(LEGACY_VERSION_LEN, "legacy_version")?;
+    // The backend judges legacy_version; JA4 reads it when supported_versions is absent.
+    let legacy_version = r.u16("legacy_version")?;
     r.take(RANDOM_LEN, "random")?;
     if r.vec8("session_id")?.len() > MAX_SESSION_ID_LEN {
         return Err(Refusal::Malformed("session_id"));
@@ -300,29 +303,37 @@ fn client_hello_body(body: &[u8]) -> Result<Option<ServerName>, Refusal> {
     if r.vec8("compression_methods")?.is_empty() {
         return Err(Refusal::Malformed("compression_methods"));
     }
+    let mut ja4 = ja4::Builder::new(legacy_version, suites);
     // Hellos from before extensions (RFC 5246 7.4.1.2) may end here: no SNI to route on.
     if r.is_empty() {
-        return Ok(None);
+        return Ok((None, ja4.finish()));
     }
     let extensions = r.vec16("extensions")?;
     if !r.is_empty() {
         return Err(Refusal::Malformed("client_hello"));
     }
-    match find_host_name(extensions)? {
+    let host_name = find_host_name(extensions, &mut ja4)?;
+    let ja4 = ja4.finish();
+    match host_name {
         Some(raw) => ServerName::parse(raw)
-            .map(Some)
+            .map(|name| (Some(name), ja4))
             .map_err(Refusal::BadServerName),
-        None => Ok(None),
+        None => Ok((None, ja4)),
     }
 }
 
-/// Finds the server_name extension's host_name; other extensions are skipped unread.
-fn find_host_name(extensions: &[u8]) -> Result<Option<&[u8]>, Refusal> {
+/// Finds the server_name extension's host_name, handing every extension to `ja4` on the way;
+/// the parser itself skips the others unread.
+fn find_host_name<'a>(
+    extensions: &'a [u8],
+    ja4: &mut ja4::Builder<'a>,
+) -> Result<Option<&'a [u8]>, Refusal> {
     let mut r = Reader(extensions);
     let mut found = None;
     while !r.is_empty() {
         let ty = r.u16("extensions")?;
         let data = r.vec16("extensions")?;
+        ja4.extension(ty, data);
         if ty == EXTENSION_SERVER_NAME {
             // At most one extension per type (RFC 8446 4.2): two could route one way while
             // the backend serves the other.
@@ -446,7 +457,63 @@ mod tests {
         Parsed::Hello(ClientHello {
             server_name: sni.map(|s| ServerName::parse(s.as_bytes()).unwrap()),
             len,
+            ja4: blank(),
         })
+    }
+
+    /// The parser with the fingerprint blanked: the routing and framing tests compare whole
+    /// hellos, and the fingerprint has tests of its own (the `ja4_` ones, and in ja4.rs).
+    fn parse(buf: &[u8], max_len: usize) -> Parsed {
+        match super::parse(buf, max_len) {
+            Parsed::Hello(hello) => Parsed::Hello(ClientHello {
+                ja4: blank(),
+                ..hello
+            }),
+            more_or_refused => more_or_refused,
+        }
+    }
+
+    fn blank() -> Ja4 {
+        ja4::Builder::new(0, &[]).finish()
+    }
+
+    /// The JA4 of the hello `wire` carries.
+    fn fingerprint(wire: &[u8]) -> String {
+        match super::parse(wire, MAX) {
+            Parsed::Hello(hello) => hello.ja4.to_string(),
+            other => panic!("no hello: {other:?}"),
+        }
+    }
+
+    /// A row of tests/fixtures/ja4/expected.tsv, with the hello it names.
+    struct Ja4Fixture {
+        file: String,
+        wire: Vec<u8>,
+        ja4: String,
+        reference: String,
+        note: String,
+    }
+
+    fn ja4_fixtures() -> Vec<Ja4Fixture> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/");
+        let table = std::fs::read_to_string(format!("{dir}ja4/expected.tsv")).unwrap();
+        table
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| {
+                let fields: Vec<&str> = line.split('\t').collect();
+                let [file, ja4, reference, _pcap, _stream, note] = fields[..] else {
+                    panic!("bad row: {line}");
+                };
+                Ja4Fixture {
+                    file: file.to_owned(),
+                    wire: std::fs::read(format!("{dir}{file}")).unwrap(),
+                    ja4: ja4.to_owned(),
+                    reference: reference.to_owned(),
+                    note: note.to_owned(),
+                }
+            })
+            .collect()
     }
 
     fn malformed(field: &'static str) -> Parsed {
@@ -866,6 +933,53 @@ mod tests {
             let wire = Builder::sni(name).wire();
             check_all_prefixes(&wire, &Parsed::Refused(Refusal::BadServerName(why)));
         }
+    }
+
+    #[test]
+    fn ja4_of_the_reference_pcaps_and_the_captured_hellos() {
+        let fixtures = ja4_fixtures();
+        assert_eq!(fixtures.len(), 24);
+        for f in fixtures {
+            assert_eq!(fingerprint(&f.wire), f.ja4, "{}", f.file);
+            // Where the spec and FoxIO's tools part, the table says why.
+            assert!(f.ja4 == f.reference || !f.note.is_empty(), "{}", f.file);
+        }
+    }
+
+    #[test]
+    fn ja4_is_the_same_however_the_hello_is_framed() {
+        for f in ja4_fixtures() {
+            let handshake = handshake_bytes(&f.wire);
+            for size in [1, 4, 7, 100, 512, MAX_RECORD_LEN] {
+                assert_eq!(
+                    fingerprint(&records(&handshake, size)),
+                    f.ja4,
+                    "{} in {size}",
+                    f.file
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ja4_of_synthetic_hellos() {
+        let no_extensions = Builder {
+            extensions: None,
+            ..Builder::default()
+        };
+        // TLS 1.2 from legacy_version, no SNI, 1301 and 1302, nothing else.
+        assert_eq!(
+            fingerprint(&no_extensions.wire()),
+            "t12i020000_62ed6f6ca7ad_000000000000"
+        );
+        // A server_name extension with no host_name still marks the hello "d".
+        let unknown_name_type = Builder::extensions(extension(
+            EXTENSION_SERVER_NAME,
+            &vec16(&[&[1][..], &vec16(b"x")].concat()),
+        ));
+        let wire = unknown_name_type.wire();
+        assert_eq!(parse(&wire, MAX), hello(None, wire.len()));
+        assert_eq!(fingerprint(&wire), "t12d020100_62ed6f6ca7ad_000000000000");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::log_limit::LogLimiter;
 
@@ -17,26 +18,29 @@ const REFUSAL_LOG_LINES_PER_SECOND: u32 = 50;
 
 pub mod client_hello;
 pub mod connect;
-pub mod connection;
+mod connection;
 pub mod error;
 pub mod forward;
 pub mod health;
+pub mod ja4;
 pub mod listener;
 mod log_limit;
 pub mod metrics;
 pub mod name;
+pub mod outcome;
 pub mod proxy_protocol;
 pub mod revoke;
-#[cfg(target_os = "linux")]
-mod splice;
+mod route;
+pub mod socket;
 pub mod table;
 
-pub use connection::{ListenerKind, Outcome};
 pub use error::{ConnectError, ListenError, NameError, TableError};
 pub use health::{EndpointHealth, OutlierPolicy};
 pub use metrics::Metrics;
 pub use name::{HostPattern, ServerName};
-pub use table::{Backend, Route, SharedTable, Snapshot, Table};
+pub use outcome::{Outcome, Reason};
+pub use route::ListenerKind;
+pub use table::{Backend, Route, RouteSpec, SharedTable, Snapshot, Table};
 
 /// The data plane's knobs, fixed for the life of a listener.
 #[derive(Debug, Clone)]
@@ -93,30 +97,55 @@ impl Proxy {
         }
     }
 
-    /// Follows every published table until `snapshots` closes: revokes connections the new
-    /// table refuses (if revocation is on) and drops the metrics of routes that are gone.
+    /// Follows every published table until `snapshots` closes or `shutdown` fires: revokes
+    /// connections the new table refuses (if revocation is on) and drops the metrics of
+    /// routes that are gone. One task, so a drain waits for nothing it does not know of.
     pub async fn follow_swaps(
         self: Arc<Self>,
         mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+        shutdown: CancellationToken,
     ) {
-        if let Some(grace) = self.settings.revoke_grace {
-            let connections = self.connections.clone();
-            tokio::spawn(connections.watch(snapshots.clone(), grace, self.metrics.clone()));
-        }
+        let mut revoker = self
+            .settings
+            .revoke_grace
+            .map(|grace| revoke::Revoker::new(self.connections.clone(), grace));
         let mut previous = snapshots.borrow_and_update().clone();
         let mut busy = Vec::new();
-        while snapshots.changed().await.is_ok() {
-            let current = snapshots.borrow_and_update().clone();
-            let gone: Vec<String> = previous
-                .table
-                .routes()
-                .iter()
-                .map(|route| route.name().to_owned())
-                .chain(busy)
-                .filter(|name| current.table.route(name).is_none())
-                .collect();
-            busy = self.metrics.prune_routes(gone);
-            previous = current;
+        loop {
+            let due = async {
+                match &revoker {
+                    Some(revoker) => revoker.next_due().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = due => {
+                    let current = snapshots.borrow().clone();
+                    if let Some(revoker) = &mut revoker {
+                        revoker.revoke_due(&current, &self.metrics);
+                    }
+                }
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let current = snapshots.borrow_and_update().clone();
+                    if let Some(revoker) = &mut revoker {
+                        revoker.swapped(&current);
+                    }
+                    let gone: Vec<String> = previous
+                        .table
+                        .routes()
+                        .iter()
+                        .map(|route| route.name().to_owned())
+                        .chain(busy)
+                        .filter(|name| current.table.route(name).is_none())
+                        .collect();
+                    busy = self.metrics.prune_routes(gone);
+                    previous = current;
+                }
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::connection::Outcome;
+use crate::outcome::Outcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -125,6 +125,18 @@ impl Metrics {
             metrics.revoked.clone(),
         );
         Arc::new(metrics)
+    }
+
+    /// Registers the global `max_connections` as a gauge, so alerts can compare the active
+    /// connections with it; unlimited proxies have no such series.
+    pub fn register_connection_limit(registry: &mut Registry, limit: usize) {
+        let gauge: Gauge = Gauge::default();
+        gauge.set(i64::try_from(limit).unwrap_or(i64::MAX));
+        registry.register(
+            "sniroute_max_connections",
+            "The global max_connections: connections open at once over all listeners",
+            gauge,
+        );
     }
 
     /// Counts one connection's outcome.

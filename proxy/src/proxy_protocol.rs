@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::str::Utf8Error;
 
 use ppp::v2;
 use ppp::PartialResult;
@@ -67,8 +68,11 @@ pub struct Header {
     /// The original client, for PROXY commands over TCP; `None` for LOCAL (health checks)
     /// or UNKNOWN, where the peer address stands.
     pub source: Option<SocketAddr>,
-    /// The ClusterID TLV (type 0x20), when present and UTF-8.
-    pub cluster_id: Option<Box<str>>,
+    /// A v2 LOCAL command: the load balancer speaking for itself (a health check, unless a
+    /// payload follows), not for a client.
+    pub local: bool,
+    /// The ClusterID TLV (type 0x20), when present, or why its value is not a ClusterID.
+    pub cluster_id: Option<Result<Box<str>, Utf8Error>>,
 }
 
 /// Reads a PROXY header at the start of `buf`.
@@ -113,6 +117,12 @@ fn parse_v2(buf: &[u8]) -> Parsed {
         Err(e) if e.is_incomplete() => return Parsed::NeedMore,
         Err(_) => return Parsed::Invalid("malformed v2 header"),
     };
+    let local = header.command == v2::Command::Local;
+    // A TCP proxy's client came over a stream; a DGRAM (UDP) header names a client that
+    // never connected here, so its addresses must not reach allow lists (HAProxy agrees).
+    if !local && header.protocol == v2::Protocol::Datagram {
+        return Parsed::Invalid("a DGRAM (UDP) header on a TCP listener");
+    }
     let source = match (header.command, header.addresses) {
         (v2::Command::Local, _) => None,
         (_, v2::Addresses::IPv4(a)) => {
@@ -129,12 +139,13 @@ fn parse_v2(buf: &[u8]) -> Parsed {
             return Parsed::Invalid("malformed v2 TLV");
         };
         if tlv.kind == CLUSTER_ID_TLV {
-            cluster_id = std::str::from_utf8(&tlv.value).ok().map(Box::from);
+            cluster_id = Some(std::str::from_utf8(&tlv.value).map(Box::from));
         }
     }
     Parsed::Header(Header {
         len: header.len(),
         source,
+        local,
         cluster_id,
     })
 }
@@ -171,6 +182,7 @@ fn parse_v1(buf: &[u8]) -> Parsed {
         // payload starts after the line.
         len: end + 2,
         source,
+        local: false,
         cluster_id: None,
     })
 }
@@ -253,7 +265,8 @@ mod tests {
         let want = Parsed::Header(Header {
             len,
             source: Some("10.1.2.3:5555".parse().unwrap()),
-            cluster_id: Some("0b1c2d3e-0000-4000-8000-000000000001".into()),
+            local: false,
+            cluster_id: Some(Ok("0b1c2d3e-0000-4000-8000-000000000001".into())),
         });
         assert_eq!(parse(&bytes, Expect::Required(Version::V2)), want);
         assert_eq!(parse(&bytes, Expect::Optional), want);
@@ -276,6 +289,7 @@ mod tests {
             Parsed::Header(Header {
                 len,
                 source: Some("[2001:db8::1]:40000".parse().unwrap()),
+                local: false,
                 cluster_id: None
             })
         );
@@ -304,6 +318,60 @@ mod tests {
             parse(&v2_with_cluster_id("x"), Expect::Required(Version::V1)),
             Parsed::Invalid(_)
         ));
+    }
+
+    fn v2(command: v2::Command, protocol: v2::Protocol) -> v2::Builder {
+        v2::Builder::with_addresses(
+            v2::Version::Two | command,
+            protocol,
+            (
+                "10.1.2.3:5555".parse::<SocketAddr>().unwrap(),
+                "10.9.9.9:6443".parse::<SocketAddr>().unwrap(),
+            ),
+        )
+    }
+
+    #[test]
+    fn local_is_a_header_of_its_own_without_a_client() {
+        let bytes = v2(v2::Command::Local, v2::Protocol::Unspecified)
+            .build()
+            .unwrap();
+        let Parsed::Header(header) = parse(&bytes, Expect::Optional) else {
+            panic!("{:?}", parse(&bytes, Expect::Optional));
+        };
+        assert!(header.local);
+        assert_eq!(header.source, None, "LOCAL names no client");
+    }
+
+    #[test]
+    fn a_dgram_family_is_refused_from_a_proxy_command() {
+        let dgram = v2(v2::Command::Proxy, v2::Protocol::Datagram)
+            .build()
+            .unwrap();
+        assert_eq!(
+            parse(&dgram, Expect::Required(Version::V2)),
+            Parsed::Invalid("a DGRAM (UDP) header on a TCP listener")
+        );
+        let stream = v2(v2::Command::Proxy, v2::Protocol::Stream)
+            .build()
+            .unwrap();
+        assert!(matches!(
+            parse(&stream, Expect::Required(Version::V2)),
+            Parsed::Header(_)
+        ));
+    }
+
+    #[test]
+    fn a_cluster_id_that_is_not_utf8_says_so() {
+        let bytes = v2(v2::Command::Proxy, v2::Protocol::Stream)
+            .write_tlv(CLUSTER_ID_TLV, &[0xff, 0xfe])
+            .unwrap()
+            .build()
+            .unwrap();
+        let Parsed::Header(header) = parse(&bytes, Expect::Required(Version::V2)) else {
+            panic!("not a header");
+        };
+        assert!(matches!(header.cluster_id, Some(Err(_))));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! no longer in its allow list) are closed once `revoke_grace` has passed, if the table then
 //! in force still refuses them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -14,39 +14,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
-use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::name::ServerName;
-use crate::table::{Snapshot, Table};
-
-/// What a connection was routed by.
-#[derive(Debug, Clone)]
-pub(crate) enum RouteKey {
-    /// The SNI name.
-    Name(ServerName),
-    /// The ClusterID TLV.
-    ClusterId(Box<str>),
-}
-
-impl std::fmt::Display for RouteKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Name(name) => name.fmt(f),
-            Self::ClusterId(id) => f.write_str(id),
-        }
-    }
-}
-
-impl RouteKey {
-    /// Whether `table` would still route a connection from `client` by this key.
-    fn admitted(&self, table: &Table, client: IpAddr) -> bool {
-        match self {
-            Self::Name(name) => table.lookup(name).is_some_and(|r| r.allows(client)),
-            Self::ClusterId(id) => table.lookup_cluster_id(id).is_some(),
-        }
-    }
-}
+use crate::table::{RouteKey, Snapshot, Table};
 
 #[derive(Debug)]
 struct Live {
@@ -131,7 +102,7 @@ impl Connections {
     fn refused_by(&self, table: &Table) -> Vec<u64> {
         self.lock()
             .iter()
-            .filter(|(_, live)| !live.key.admitted(table, live.client))
+            .filter(|(_, live)| table.admit(&live.key, live.client).is_err())
             .map(|(&id, _)| id)
             .collect()
     }
@@ -141,47 +112,68 @@ impl Connections {
         let live = self.lock();
         ids.iter()
             .filter_map(|id| live.get(id))
-            .filter(|live| !live.key.admitted(table, live.client))
+            .filter(|live| table.admit(&live.key, live.client).is_err())
             .inspect(|live| live.revoke.revoke())
             .count()
     }
+}
 
-    /// Follows every published table until `snapshots` closes, revoking after `grace`.
-    pub async fn watch(
-        self: Arc<Self>,
-        mut snapshots: watch::Receiver<Arc<Snapshot>>,
-        grace: Duration,
-        metrics: Arc<Metrics>,
-    ) {
-        while snapshots.changed().await.is_ok() {
-            let snapshot = snapshots.borrow_and_update().clone();
-            let doomed = self.refused_by(&snapshot.table);
-            if doomed.is_empty() {
-                continue;
-            }
+/// The revocations waiting out their grace, in the order they fall due; kept by the one
+/// task that follows table swaps (no timer task per swap).
+#[derive(Debug)]
+pub(crate) struct Revoker {
+    connections: Arc<Connections>,
+    grace: Duration,
+    due: VecDeque<(Instant, Vec<u64>)>,
+}
+
+impl Revoker {
+    pub(crate) fn new(connections: Arc<Connections>, grace: Duration) -> Self {
+        Self {
+            connections,
+            grace,
+            due: VecDeque::new(),
+        }
+    }
+
+    /// Notes the connections `snapshot`'s table refuses, to be judged again after the grace.
+    pub(crate) fn swapped(&mut self, snapshot: &Snapshot) {
+        let doomed = self.connections.refused_by(&snapshot.table);
+        if doomed.is_empty() {
+            return;
+        }
+        tracing::info!(
+            connections = doomed.len(),
+            generation = snapshot.generation,
+            grace = ?self.grace,
+            "established connections no longer admitted; revoking after the grace period"
+        );
+        // The grace is the same for every swap, so deadlines queue in order.
+        self.due.push_back((Instant::now() + self.grace, doomed));
+    }
+
+    /// Waits until the oldest pending revocation falls due (forever when none is pending).
+    pub(crate) async fn next_due(&self) {
+        match self.due.front() {
+            Some(&(at, _)) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Closes the connections of the revocation that fell due which `snapshot`, the table in
+    /// force now, still refuses: a route that came back is left alone.
+    pub(crate) fn revoke_due(&mut self, snapshot: &Snapshot, metrics: &Metrics) {
+        let Some((_, doomed)) = self.due.pop_front() else {
+            return;
+        };
+        let revoked = self.connections.revoke(&doomed, &snapshot.table);
+        metrics.revoked.inc_by(revoked as u64);
+        if revoked > 0 {
             tracing::info!(
-                connections = doomed.len(),
+                revoked,
                 generation = snapshot.generation,
-                grace = ?grace,
-                "established connections no longer admitted; revoking after the grace period"
+                "connections revoked"
             );
-            let connections = self.clone();
-            let latest = snapshots.clone();
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                // Judged by the table in force now: a route that came back is left alone.
-                let table = latest.borrow().clone();
-                let revoked = connections.revoke(&doomed, &table.table);
-                metrics.revoked.inc_by(revoked as u64);
-                if revoked > 0 {
-                    tracing::info!(
-                        revoked,
-                        generation = table.generation,
-                        "connections revoked"
-                    );
-                }
-            });
         }
     }
 }

@@ -5,6 +5,7 @@
 //! touches connections already routed.
 
 use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -78,41 +79,40 @@ impl fmt::Debug for Backend {
     }
 }
 
-/// One route: the hostnames it answers and the backends it forwards to.
-pub struct Route {
-    name: Box<str>,
-    hostnames: Vec<HostPattern>,
-    backends: Vec<Backend>,
-    source: Box<str>,
-    /// Client networks allowed to use the route; empty allows everyone.
-    allowed_cidrs: Vec<IpNet>,
+/// One route as a source states it: what it answers, where it forwards, whom it admits.
+///
+/// A plain value: sources keep and compare these (the Kubernetes source caches one list per
+/// hosted cluster), and the publish step keeps a table route whose spec comes out `==`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteSpec {
+    /// Unique within a table.
+    pub name: Box<str>,
+    /// The names it answers (at least one).
+    pub hostnames: Vec<HostPattern>,
+    /// Where it forwards to, in order (at least one).
+    pub backends: Vec<Backend>,
+    /// Where it came from, as `/routes` shows it: `file`, `hostedcluster <ns>/<name>`.
+    pub source: Arc<str>,
+    /// Client networks allowed; empty allows everyone.
+    pub allowed_cidrs: Vec<IpNet>,
     /// The hosted cluster's ID, for routing PROXY-v2 connections that name it instead of SNI.
-    cluster_id: Option<Box<str>>,
+    pub cluster_id: Option<Box<str>>,
     /// Forwarded connections allowed at once; `None` is unlimited.
-    max_connections: Option<u32>,
+    pub max_connections: Option<u32>,
     /// The PROXY header sent to the backend before the client's bytes, if any.
-    proxy_protocol: Option<ProxyVersion>,
-    /// Round-robin cursor; shared by every connection that routes here through this table.
-    next: AtomicUsize,
+    pub proxy_protocol: Option<ProxyVersion>,
 }
 
-impl Route {
-    /// A route named `name` (unique in a table) from `source` (e.g. `file`).
+impl RouteSpec {
+    /// A route open to every client, without a cluster ID, limit or PROXY header.
     pub fn new(
         name: impl Into<Box<str>>,
         hostnames: Vec<HostPattern>,
         backends: Vec<Backend>,
-        source: impl Into<Box<str>>,
-    ) -> Result<Self, TableError> {
-        let name = name.into();
-        if hostnames.is_empty() {
-            return Err(TableError::NoHostnames { route: name.into() });
-        }
-        if backends.is_empty() {
-            return Err(TableError::NoBackends { route: name.into() });
-        }
-        Ok(Self {
-            name,
+        source: impl Into<Arc<str>>,
+    ) -> Self {
+        Self {
+            name: name.into(),
             hostnames,
             backends,
             source: source.into(),
@@ -120,104 +120,138 @@ impl Route {
             cluster_id: None,
             max_connections: None,
             proxy_protocol: None,
+        }
+    }
+
+    /// Hashes what the route does to traffic (everything but `source`, which only says where
+    /// it came from), so replicas can compare tables.
+    fn hash_routing<H: Hasher>(&self, state: &mut H) {
+        let Self {
+            name,
+            hostnames,
+            backends,
+            source: _,
+            allowed_cidrs,
+            cluster_id,
+            max_connections,
+            proxy_protocol,
+        } = self;
+        (name, hostnames, backends, allowed_cidrs).hash(state);
+        (cluster_id, max_connections, proxy_protocol).hash(state);
+    }
+}
+
+/// What lets a client use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed<'r> {
+    /// The route has no allow list.
+    Everyone,
+    /// This entry of its `allowed_cidrs`.
+    By(&'r IpNet),
+}
+
+/// A route in a table: its spec and the round-robin cursor every connection through this
+/// table shares.
+pub struct Route {
+    spec: RouteSpec,
+    next: AtomicUsize,
+}
+
+impl Route {
+    /// The table route for `spec`, which must name at least one hostname and one backend.
+    pub fn new(spec: RouteSpec) -> Result<Self, TableError> {
+        if spec.hostnames.is_empty() {
+            return Err(TableError::NoHostnames {
+                route: spec.name.into(),
+            });
+        }
+        if spec.backends.is_empty() {
+            return Err(TableError::NoBackends {
+                route: spec.name.into(),
+            });
+        }
+        Ok(Self {
+            spec,
             next: AtomicUsize::new(0),
         })
     }
 
-    /// Restricts the route to clients from `cidrs` (empty: everyone).
-    pub fn with_allowed_cidrs(mut self, cidrs: Vec<IpNet>) -> Self {
-        self.allowed_cidrs = cidrs;
-        self
-    }
-
-    /// Makes the route reachable by this hosted-cluster ID as well as by its hostnames.
-    pub fn with_cluster_id(mut self, cluster_id: impl Into<Box<str>>) -> Self {
-        self.cluster_id = Some(cluster_id.into());
-        self
-    }
-
-    /// Limits the route to `limit` forwarded connections at once.
-    pub fn with_max_connections(mut self, limit: u32) -> Self {
-        self.max_connections = Some(limit);
-        self
-    }
-
-    /// Sends a PROXY header of `version` with the client's address to the backend.
-    pub fn with_proxy_protocol(mut self, version: ProxyVersion) -> Self {
-        self.proxy_protocol = Some(version);
-        self
+    /// What the route was built from.
+    pub fn spec(&self) -> &RouteSpec {
+        &self.spec
     }
 
     /// The PROXY header version sent to the backend, if any.
     pub fn proxy_protocol(&self) -> Option<ProxyVersion> {
-        self.proxy_protocol
+        self.spec.proxy_protocol
     }
 
     /// Forwarded connections allowed at once, if limited.
     pub fn max_connections(&self) -> Option<u32> {
-        self.max_connections
+        self.spec.max_connections
     }
 
     /// The client networks allowed; empty allows everyone.
     pub fn allowed_cidrs(&self) -> &[IpNet] {
-        &self.allowed_cidrs
+        &self.spec.allowed_cidrs
     }
 
     /// The hosted-cluster ID this route answers, if any.
     pub fn cluster_id(&self) -> Option<&str> {
-        self.cluster_id.as_deref()
+        self.spec.cluster_id.as_deref()
     }
 
-    /// Whether a client at `addr` may use this route. IPv4-mapped IPv6 peers (from dual-stack
-    /// sockets) are checked as the IPv4 address they are.
-    pub fn allows(&self, addr: IpAddr) -> bool {
-        if self.allowed_cidrs.is_empty() {
-            return true;
+    /// What admits a client at `addr`, or `None` if nothing does. IPv4-mapped IPv6 peers
+    /// (from dual-stack sockets) are checked as the IPv4 address they are.
+    pub fn allowing(&self, addr: IpAddr) -> Option<Allowed<'_>> {
+        if self.spec.allowed_cidrs.is_empty() {
+            return Some(Allowed::Everyone);
         }
         let addr = canonical(addr);
-        self.allowed_cidrs.iter().any(|net| net.contains(&addr))
+        self.spec
+            .allowed_cidrs
+            .iter()
+            .find(|net| net.contains(&addr))
+            .map(Allowed::By)
+    }
+
+    /// Whether a client at `addr` may use this route.
+    pub fn allows(&self, addr: IpAddr) -> bool {
+        self.allowing(addr).is_some()
     }
 
     /// The route's name, unique within its table.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.spec.name
     }
 
     /// The hostnames this route answers.
     pub fn hostnames(&self) -> &[HostPattern] {
-        &self.hostnames
+        &self.spec.hostnames
     }
 
     /// The backends, in configured order.
     pub fn backends(&self) -> &[Backend] {
-        &self.backends
+        &self.spec.backends
     }
 
     /// Where the route came from (`file`, or an object reference).
     pub fn source(&self) -> &str {
-        &self.source
+        &self.spec.source
     }
 
     /// The backends in the order this connection should try them: each call starts one
     /// further along, so load spreads round robin and a failed one is followed by the next.
     pub fn backends_in_turn(&self) -> impl Iterator<Item = &Backend> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
-        self.backends[start..].iter().chain(&self.backends[..start])
+        let backends = &self.spec.backends;
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % backends.len();
+        backends[start..].iter().chain(&backends[..start])
     }
 }
 
 impl fmt::Debug for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Route")
-            .field("name", &self.name)
-            .field("hostnames", &self.hostnames)
-            .field("backends", &self.backends)
-            .field("source", &self.source)
-            .field("allowed_cidrs", &self.allowed_cidrs)
-            .field("cluster_id", &self.cluster_id)
-            .field("max_connections", &self.max_connections)
-            .field("proxy_protocol", &self.proxy_protocol)
-            .finish()
+        self.spec.fmt(f)
     }
 }
 
@@ -227,6 +261,62 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+/// What a connection is routed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteKey {
+    /// The SNI name, on the SNI listeners.
+    Name(ServerName),
+    /// The ClusterID TLV of a PROXY v2 header, on the ClusterID listener.
+    ClusterId(Box<str>),
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name(name) => name.fmt(f),
+            Self::ClusterId(id) => f.write_str(id),
+        }
+    }
+}
+
+/// A route that admits a connection, and the rule that lets it in.
+#[derive(Debug)]
+pub struct Admission<'t> {
+    /// The route.
+    pub route: &'t Arc<Route>,
+    /// Why the client may use it; `None` on the ClusterID listener, whose clients are the
+    /// hosted cluster's own nodes, identified by the TLV, which allow lists do not name.
+    pub allowed: Option<Allowed<'t>>,
+}
+
+/// Why the table turns a connection away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No route answers the SNI name.
+    UnknownName(ServerName),
+    /// No route carries the ClusterID.
+    UnknownClusterId(Box<str>),
+    /// The route's `allowed_cidrs` do not hold the client.
+    NotAllowed {
+        /// The name the client asked for.
+        name: ServerName,
+        /// The route that refuses it.
+        route: Box<str>,
+    },
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownName(name) => write!(f, "no route for {name}"),
+            Self::UnknownClusterId(id) => write!(f, "no route for cluster ID {id}"),
+            Self::NotAllowed { name, route } => {
+                write!(f, "{name}: client not in route {route}'s allowed_cidrs")
+            }
+        }
     }
 }
 
@@ -256,14 +346,14 @@ impl Table {
             let route: Arc<Route> = route.into();
             if table
                 .by_name
-                .insert(route.name.clone(), route.clone())
+                .insert(route.spec.name.clone(), route.clone())
                 .is_some()
             {
                 return Err(TableError::DuplicateRoute {
-                    route: route.name.to_string(),
+                    route: route.spec.name.to_string(),
                 });
             }
-            for pattern in &route.hostnames {
+            for pattern in &route.spec.hostnames {
                 let (map, key) = match pattern {
                     HostPattern::Exact(name) => (&mut table.exact, name),
                     HostPattern::Wildcard(suffix) => (&mut table.wildcard, suffix),
@@ -271,17 +361,17 @@ impl Table {
                 if let Some(first) = map.insert(key.clone(), route.clone()) {
                     return Err(TableError::DuplicateHostname {
                         hostname: pattern.to_string(),
-                        first: first.name.to_string(),
-                        second: route.name.to_string(),
+                        first: first.spec.name.to_string(),
+                        second: route.spec.name.to_string(),
                     });
                 }
             }
-            if let Some(id) = &route.cluster_id {
+            if let Some(id) = &route.spec.cluster_id {
                 if let Some(first) = table.by_cluster_id.insert(id.clone(), route.clone()) {
                     return Err(TableError::DuplicateClusterId {
                         cluster_id: id.to_string(),
-                        first: first.name.to_string(),
-                        second: route.name.to_string(),
+                        first: first.spec.name.to_string(),
+                        second: route.spec.name.to_string(),
                     });
                 }
             }
@@ -301,6 +391,36 @@ impl Table {
             .find_map(|(dot, _)| self.wildcard.get(&name[dot + 1..]))
     }
 
+    /// Whether a connection routed by `key` from `client` is admitted, and by which route
+    /// and rule, or why not. The one admission decision: connections are routed by it,
+    /// revocation judges established ones by it, and `explain` reports it.
+    pub fn admit(&self, key: &RouteKey, client: IpAddr) -> Result<Admission<'_>, Denial> {
+        match key {
+            RouteKey::Name(name) => {
+                let route = self
+                    .lookup(name)
+                    .ok_or_else(|| Denial::UnknownName(name.clone()))?;
+                let allowed = route.allowing(client).ok_or_else(|| Denial::NotAllowed {
+                    name: name.clone(),
+                    route: route.spec.name.clone(),
+                })?;
+                Ok(Admission {
+                    route,
+                    allowed: Some(allowed),
+                })
+            }
+            RouteKey::ClusterId(id) => {
+                let route = self
+                    .lookup_cluster_id(id)
+                    .ok_or_else(|| Denial::UnknownClusterId(id.clone()))?;
+                Ok(Admission {
+                    route,
+                    allowed: None,
+                })
+            }
+        }
+    }
+
     /// The route a PROXY-v2 connection naming hosted-cluster `cluster_id` goes to.
     pub fn lookup_cluster_id(&self, cluster_id: &str) -> Option<&Arc<Route>> {
         self.by_cluster_id.get(cluster_id)
@@ -314,6 +434,21 @@ impl Table {
     /// Every route, in the order the source gave them.
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
+    }
+
+    /// A hash of what the table routes (every route's spec but its source), the same on every
+    /// replica serving the same routes in any order, and different once one route differs.
+    /// 53 bits, so a metric's float carries it exactly.
+    pub fn fingerprint(&self) -> u64 {
+        // SipHash with fixed keys: stable across processes, unlike the table's own hasher.
+        let fixed = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
+        let sum = self.routes.iter().fold(0u64, |sum, route| {
+            let mut hasher = fixed.build_hasher();
+            route.spec.hash_routing(&mut hasher);
+            // A sum does not depend on the order sources listed the routes in.
+            sum.wrapping_add(hasher.finish())
+        });
+        fixed.hash_one((sum, self.routes.len())) & ((1 << 53) - 1)
     }
 }
 
@@ -383,8 +518,8 @@ impl SharedTable {
 mod tests {
     use super::*;
 
-    fn route(name: &str, hosts: &[&str], backends: &[&str]) -> Route {
-        Route::new(
+    fn spec(name: &str, hosts: &[&str], backends: &[&str]) -> RouteSpec {
+        RouteSpec::new(
             name,
             hosts
                 .iter()
@@ -396,7 +531,10 @@ mod tests {
                 .collect(),
             "test",
         )
-        .unwrap()
+    }
+
+    fn route(name: &str, hosts: &[&str], backends: &[&str]) -> Route {
+        Route::new(spec(name, hosts, backends)).unwrap()
     }
 
     fn lookup<'t>(table: &'t Table, name: &str) -> Option<&'t str> {
@@ -462,10 +600,14 @@ mod tests {
     fn allow_lists_check_the_peer_address() {
         let open = route("open", &["a.test"], &["127.0.0.1:1"]);
         assert!(open.allows("192.0.2.1".parse().unwrap()));
-        let r = route("r", &["x.test"], &["127.0.0.1:1"]).with_allowed_cidrs(vec![
-            "127.0.0.1/32".parse().unwrap(),
-            "2001:db8::/32".parse().unwrap(),
-        ]);
+        let r = Route::new(RouteSpec {
+            allowed_cidrs: vec![
+                "127.0.0.1/32".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
+            ..spec("r", &["x.test"], &["127.0.0.1:1"])
+        })
+        .unwrap();
         assert!(r.allows("127.0.0.1".parse().unwrap()));
         assert!(r.allows("::ffff:127.0.0.1".parse().unwrap()));
         assert!(r.allows("2001:db8::5".parse().unwrap()));
@@ -473,20 +615,115 @@ mod tests {
         assert!(!r.allows("::1".parse().unwrap()));
     }
 
+    fn with_cluster_id(spec: RouteSpec, id: &str) -> Route {
+        Route::new(RouteSpec {
+            cluster_id: Some(id.into()),
+            ..spec
+        })
+        .unwrap()
+    }
+
     #[test]
     fn cluster_ids_are_unique_and_looked_up() {
         let table = Table::new(vec![
-            route("a", &["a.test"], &["127.0.0.1:1"]).with_cluster_id("id-a"),
+            with_cluster_id(spec("a", &["a.test"], &["127.0.0.1:1"]), "id-a"),
             route("b", &["b.test"], &["127.0.0.1:2"]),
         ])
         .unwrap();
         assert_eq!(table.lookup_cluster_id("id-a").map(|r| r.name()), Some("a"));
         assert!(table.lookup_cluster_id("id-b").is_none());
         assert!(Table::new(vec![
-            route("a", &["a.test"], &["127.0.0.1:1"]).with_cluster_id("x"),
-            route("b", &["b.test"], &["127.0.0.1:2"]).with_cluster_id("x"),
+            with_cluster_id(spec("a", &["a.test"], &["127.0.0.1:1"]), "x"),
+            with_cluster_id(spec("b", &["b.test"], &["127.0.0.1:2"]), "x"),
         ])
         .is_err());
+    }
+
+    #[test]
+    fn admission_names_the_route_and_rule_or_why_not() {
+        let net: IpNet = "10.0.0.0/8".parse().unwrap();
+        let guarded = RouteSpec {
+            allowed_cidrs: vec![net],
+            cluster_id: Some("id-g".into()),
+            ..spec("g", &["g.test"], &["127.0.0.1:1"])
+        };
+        let table = Table::new(vec![
+            Route::new(guarded).unwrap(),
+            route("open", &["*.open.test"], &["127.0.0.1:2"]),
+        ])
+        .unwrap();
+        let name = |n: &str| RouteKey::Name(ServerName::parse(n.as_bytes()).unwrap());
+        let inside: IpAddr = "10.1.2.3".parse().unwrap();
+        let outside: IpAddr = "192.0.2.1".parse().unwrap();
+        let admitted = table.admit(&name("g.test"), inside).unwrap();
+        assert_eq!(admitted.route.name(), "g");
+        assert_eq!(admitted.allowed, Some(Allowed::By(&net)));
+        assert_eq!(
+            table.admit(&name("g.test"), outside).unwrap_err(),
+            Denial::NotAllowed {
+                name: ServerName::parse(b"g.test").unwrap(),
+                route: "g".into()
+            }
+        );
+        let open = table.admit(&name("x.open.test"), outside).unwrap();
+        assert_eq!(open.allowed, Some(Allowed::Everyone));
+        assert!(matches!(
+            table.admit(&name("nope.test"), inside),
+            Err(Denial::UnknownName(_))
+        ));
+        // The ClusterID listener's clients are the cluster's nodes: no allow list applies.
+        let by_id = table
+            .admit(&RouteKey::ClusterId("id-g".into()), outside)
+            .unwrap();
+        assert_eq!((by_id.route.name(), by_id.allowed), ("g", None));
+        assert!(matches!(
+            table.admit(&RouteKey::ClusterId("id-x".into()), inside),
+            Err(Denial::UnknownClusterId(_))
+        ));
+    }
+
+    #[test]
+    fn fingerprints_follow_what_is_routed_not_order_or_source() {
+        let table = |specs: Vec<RouteSpec>| {
+            let routes: Vec<Route> = specs.into_iter().map(|s| Route::new(s).unwrap()).collect();
+            Table::new(routes).unwrap().fingerprint()
+        };
+        let a = spec("a", &["a.test"], &["127.0.0.1:1"]);
+        let b = spec("b", &["b.test"], &["127.0.0.1:2"]);
+        let base = table(vec![a.clone(), b.clone()]);
+        assert!(base < 1 << 53);
+        assert_eq!(base, table(vec![b.clone(), a.clone()]));
+        let elsewhere = RouteSpec {
+            source: "hostedcluster ns/a".into(),
+            ..a.clone()
+        };
+        assert_eq!(base, table(vec![elsewhere, b.clone()]));
+        let changes = [
+            spec("a", &["a.test"], &["127.0.0.1:3"]),
+            spec("a", &["a.test", "x.test"], &["127.0.0.1:1"]),
+            spec("a2", &["a.test"], &["127.0.0.1:1"]),
+            RouteSpec {
+                allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+                ..a.clone()
+            },
+            RouteSpec {
+                max_connections: Some(5),
+                ..a.clone()
+            },
+            RouteSpec {
+                proxy_protocol: Some(ProxyVersion::V2),
+                ..a.clone()
+            },
+            RouteSpec {
+                cluster_id: Some("id".into()),
+                ..a.clone()
+            },
+        ];
+        for changed in changes {
+            let what = format!("{changed:?}");
+            assert_ne!(base, table(vec![changed, b.clone()]), "{what}");
+        }
+        assert_ne!(base, table(vec![a]));
     }
 
     #[test]

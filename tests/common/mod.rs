@@ -14,6 +14,7 @@
 //! Every wait here is bounded; nothing sleeps for a fixed time in place of checking.
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod fake_kube;
 pub mod prometheus;
 

@@ -6,7 +6,7 @@
 use super::objects::Guarded;
 use serde_json::{json, Value};
 
-use super::objects::{HostedCluster, Route, Service, HCP_ROUTE_LABEL};
+use super::objects::{HostedCluster, OcpRoute, Service, HCP_ROUTE_LABEL};
 use super::store::Object;
 
 /// The DNS zone fixture hostnames live in.
@@ -77,8 +77,21 @@ pub fn hosted_cluster(namespace: &str, name: &str, cluster_id: &str) -> Value {
                     "azureAuthenticationConfig": {
                         "azureAuthenticationConfigType": "ManagedIdentities",
                         "managedIdentities": {
-                            "controlPlane": {"managedIdentitiesKeyVault": {"name": "kv", "tenantID": "11111111-1111-1111-1111-111111111111"}},
-                            "dataPlane": {"diskMSIClientID": "d", "fileMSIClientID": "f", "imageRegistryMSIClientID": "i"}
+                            "controlPlane": {
+                                "managedIdentitiesKeyVault": {"name": "kv", "tenantID": "11111111-1111-1111-1111-111111111111"},
+                                "cloudProvider": managed_identity("cloud-provider"),
+                                "controlPlaneOperator": managed_identity("control-plane-operator"),
+                                "disk": managed_identity("disk-csi"),
+                                "file": managed_identity("file-csi"),
+                                "ingress": managed_identity("ingress"),
+                                "network": managed_identity("network"),
+                                "nodePoolManagement": managed_identity("nodepool-mgmt")
+                            },
+                            "dataPlane": {
+                                "diskMSIClientID": "22222222-0000-4000-8000-000000000001",
+                                "fileMSIClientID": "22222222-0000-4000-8000-000000000002",
+                                "imageRegistryMSIClientID": "22222222-0000-4000-8000-000000000003"
+                            }
                         }
                     }
                 }
@@ -111,6 +124,15 @@ pub fn hosted_cluster(namespace: &str, name: &str, cluster_id: &str) -> Value {
             }],
             "version": {"desired": {"image": "quay.io/openshift-release-dev/ocp-release:4.19.7-multi"}}
         }
+    })
+}
+
+/// A control plane managed identity: its certificate in the key vault, as ARO HCP sets it.
+fn managed_identity(name: &str) -> Value {
+    json!({
+        "clientID": "33333333-0000-4000-8000-000000000000",
+        "credentialsSecretName": format!("{name}-cert"),
+        "objectEncoding": "utf-8"
     })
 }
 
@@ -207,7 +229,7 @@ pub fn hc_object(value: Value) -> Object {
 
 /// A Route object, as a watch delivers it.
 pub fn route_object(value: Value) -> Object {
-    Object::Route(guard::<Route>(value))
+    Object::Route(guard::<OcpRoute>(value))
 }
 
 /// A Service object, as a watch delivers it.
@@ -259,7 +281,7 @@ pub fn decode_list(kind: super::store::Kind, body: &[u8]) -> Vec<Object> {
             .into_iter()
             .map(Object::HostedCluster)
             .collect(),
-        Kind::Route => items::<Route>(body)
+        Kind::Route => items::<OcpRoute>(body)
             .into_iter()
             .map(Object::Route)
             .collect(),

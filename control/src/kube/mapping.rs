@@ -36,8 +36,8 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use proxy::{Backend, HostPattern};
 
-use super::objects::{HostedCluster, Route, Service};
-use crate::route_spec::RouteSpec;
+use super::objects::{HostedCluster, OcpRoute, Service};
+use proxy::RouteSpec;
 
 /// The Service HyperShift's kube-apiserver listens behind, in every control plane namespace.
 pub const KUBE_APISERVER_SERVICE: &str = "kube-apiserver";
@@ -214,7 +214,7 @@ pub fn source_of(namespace: &str, name: &str) -> String {
 /// served are ignored) and `service` finds a Service of that namespace by name.
 pub fn map_cluster<'a>(
     hc: &HostedCluster,
-    routes: impl IntoIterator<Item = &'a Parsed<Route>>,
+    routes: impl IntoIterator<Item = &'a Parsed<OcpRoute>>,
     service: impl Fn(&str) -> Option<&'a Parsed<Service>>,
 ) -> Mapped {
     let mut mapped = Mapped::default();
@@ -263,7 +263,7 @@ pub fn map_cluster<'a>(
     };
 
     // Served Routes, in name order (the watch delivers them in any order).
-    let mut served: Vec<(&str, u16, &Parsed<Route>)> = routes
+    let mut served: Vec<(&str, u16, &Parsed<OcpRoute>)> = routes
         .into_iter()
         .filter_map(|route| {
             let route_name = match route {
@@ -365,7 +365,7 @@ impl Ctx<'_> {
         object: &str,
         route_name: &str,
         port: u16,
-        route: &Parsed<Route>,
+        route: &Parsed<OcpRoute>,
         service: &impl Fn(&str) -> Option<&'a Parsed<Service>>,
     ) -> Result<(RouteSpec, bool), Rejection> {
         let reject = |reason, detail: String| Rejection {

@@ -56,7 +56,7 @@ impl World {
 
     fn map(&self) -> Mapped {
         let hc: HostedCluster = serde_json::from_value(self.hc.clone()).unwrap();
-        let routes: Vec<Parsed<Route>> = self.routes.iter().cloned().map(parse).collect();
+        let routes: Vec<Parsed<OcpRoute>> = self.routes.iter().cloned().map(parse).collect();
         let services: HashMap<String, Parsed<Service>> = self
             .services
             .iter()
@@ -456,7 +456,7 @@ fn a_minimal_spec_still_maps() {
         "spec": {"platform": {"type": "Azure"}}
     }))
     .unwrap();
-    let route: Parsed<Route> = parse(json!({
+    let route: Parsed<OcpRoute> = parse(json!({
         "metadata": {"name": "kube-apiserver", "namespace": "clusters-bare"},
         "spec": {"host": "api.bare.example.test", "to": {"name": "kube-apiserver"}}
     }));

@@ -29,5 +29,5 @@ pub mod source;
 pub mod store;
 
 pub use mapping::{map_cluster, Mapped, RejectReason, Rejection, Skip};
-pub use source::{default_client, KubeSource, KubeStats};
+pub use source::{default_client, KubeSource, KubeStats, Readiness};
 pub use store::{Kind, Object, Store};

@@ -266,29 +266,29 @@ pub struct AzurePrivateSpec {
 
 /// An OpenShift Route: a hostname for a Service.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct Route {
+pub struct OcpRoute {
     /// Name, namespace.
     #[serde(default, deserialize_with = "slim_metadata")]
     pub metadata: ObjectMeta,
     /// What routing reads of the spec.
     #[serde(default)]
-    pub spec: Option<RouteSpec>,
+    pub spec: Option<OcpRouteSpec>,
 }
 
-resource!(Route, "Route", "route.openshift.io", "v1", "routes");
+resource!(OcpRoute, "Route", "route.openshift.io", "v1", "routes");
 
 /// `spec` of a Route.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct RouteSpec {
+pub struct OcpRouteSpec {
     /// `spec.host`: the SNI name.
     pub host: Option<String>,
     /// `spec.to`: the Service it points at.
-    pub to: Option<RouteTarget>,
+    pub to: Option<OcpRouteTarget>,
 }
 
 /// `spec.to` of a Route.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct RouteTarget {
+pub struct OcpRouteTarget {
     /// `Service` (the default and the only kind routed).
     pub kind: Option<String>,
     /// The Service's name, in the Route's namespace.
@@ -343,7 +343,7 @@ mod tests {
             "/apis/hypershift.openshift.io/v1beta1/hostedclusters"
         );
         assert_eq!(
-            Route::url_path(&(), Some("ns")),
+            OcpRoute::url_path(&(), Some("ns")),
             "/apis/route.openshift.io/v1/namespaces/ns/routes"
         );
         assert_eq!(Service::url_path(&(), None), "/api/v1/services");
@@ -353,7 +353,7 @@ mod tests {
     fn watch_events_decode_as_the_api_server_writes_them() {
         use ::kube::api::WatchEvent;
         let line = r#"{"type":"MODIFIED","object":{"kind":"Route","apiVersion":"route.openshift.io/v1","metadata":{"name":"oauth","namespace":"clusters-a","resourceVersion":"12"},"spec":{"host":"oauth.a.example.test","to":{"kind":"Service","name":"oauth-openshift"}}}}"#;
-        let event: WatchEvent<Guarded<Route>> = serde_json::from_str(line).unwrap();
+        let event: WatchEvent<Guarded<OcpRoute>> = serde_json::from_str(line).unwrap();
         let WatchEvent::Modified(route) = event else {
             panic!("not MODIFIED");
         };
@@ -361,7 +361,7 @@ mod tests {
         let spec = route.0.unwrap().spec.unwrap();
         assert_eq!(spec.host.as_deref(), Some("oauth.a.example.test"));
         let bad = r#"{"type":"ADDED","object":{"metadata":{"name":"x","namespace":"n","resourceVersion":"13"},"spec":{"host":7}}}"#;
-        let event: WatchEvent<Guarded<Route>> = serde_json::from_str(bad).unwrap();
+        let event: WatchEvent<Guarded<OcpRoute>> = serde_json::from_str(bad).unwrap();
         let WatchEvent::Added(route) = event else {
             panic!("not ADDED");
         };

@@ -13,10 +13,11 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::objects::{HostedCluster, Route, Service, HCP_ROUTE_LABEL};
+use super::objects::{HostedCluster, OcpRoute, Service, HCP_ROUTE_LABEL};
 use super::store::{Kind, Object, Store};
 use crate::config::KubernetesConfig;
-use crate::publish::{Publisher, SourceKind};
+use crate::publish::Publisher;
+use crate::source::SourceKind;
 
 /// Counters of the Kubernetes source, for logs now and metrics later.
 #[derive(Debug, Default)]
@@ -33,12 +34,30 @@ pub struct KubeStats {
     pub publishes: AtomicU64,
 }
 
+/// Whether the Kubernetes source is ready, as `/readyz` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every kind listed once and published, and no kind refused to this identity.
+    Ready,
+    /// Not ready, and why.
+    NotReady(String),
+}
+
+impl Readiness {
+    /// Before every kind has been listed once.
+    pub fn waiting() -> Self {
+        Self::NotReady(
+            "the kubernetes source has not listed HostedClusters, Routes and Services yet".into(),
+        )
+    }
+}
+
 /// Watches HostedClusters, their Routes and Services and publishes their routes.
 pub struct KubeSource {
     client: Client,
     config: KubernetesConfig,
     publisher: Arc<Publisher>,
-    ready: watch::Sender<bool>,
+    ready: watch::Sender<Readiness>,
     stats: Arc<KubeStats>,
 }
 
@@ -48,12 +67,13 @@ type Events = Pin<Box<dyn Stream<Item = (Kind, Result<Event<Object>, watcher::Er
 
 impl KubeSource {
     /// A source reading through `client`, publishing through `publisher`, and setting `ready`
-    /// once the first full list of every kind has been published.
+    /// once the first full list of every kind has been published (and back to not ready,
+    /// with the reason, while the API server forbids this identity a verb it needs).
     pub fn new(
         client: Client,
         config: KubernetesConfig,
         publisher: Arc<Publisher>,
-        ready: watch::Sender<bool>,
+        ready: watch::Sender<Readiness>,
     ) -> Self {
         Self {
             client,
@@ -79,6 +99,8 @@ impl KubeSource {
     async fn run_with(self, mut events: Events, shutdown: CancellationToken) {
         let mut store = Store::new();
         let mut listed = [false; 3];
+        // Per kind, why the API server refuses it to this identity (RBAC), if it does.
+        let mut denied: [Option<String>; 3] = Default::default();
         let mut published_once = false;
         let mut due: Option<Instant> = None;
         tracing::info!(
@@ -92,6 +114,7 @@ impl KubeSource {
                 () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() && all_listed => {
                     due = None;
                     self.rebuild_and_publish(&mut store, &mut published_once);
+                    self.update_readiness(published_once, &denied);
                 }
                 item = events.next() => {
                     let Some((kind, event)) = item else {
@@ -101,6 +124,11 @@ impl KubeSource {
                     };
                     match event {
                         Ok(event) => {
+                            // Init comes before the list request; anything else is an answer.
+                            if !matches!(event, Event::Init) && denied[kind as usize].take().is_some() {
+                                tracing::info!(kind = kind.as_str(), "kubernetes RBAC now allows {}", resource(kind));
+                                self.update_readiness(published_once, &denied);
+                            }
                             if apply(&mut store, kind, event) && !listed[kind as usize] {
                                 listed[kind as usize] = true;
                                 tracing::info!(kind = kind.as_str(), "initial list applied");
@@ -109,11 +137,23 @@ impl KubeSource {
                         Err(error) => {
                             self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
                             self.publisher.source_failed(SourceKind::Kubernetes);
-                            tracing::warn!(
-                                kind = kind.as_str(),
-                                error = %error,
-                                "kubernetes watch failed; retrying with backoff, routes unchanged"
-                            );
+                            if let Some(reason) = forbidden(kind, &error) {
+                                if denied[kind as usize].as_ref() != Some(&reason) {
+                                    tracing::error!(
+                                        kind = kind.as_str(),
+                                        "{reason}; grant it in sniroute's ClusterRole \
+                                         (deploy/base/rbac.yaml); not ready until then, retrying"
+                                    );
+                                    denied[kind as usize] = Some(reason);
+                                    self.update_readiness(published_once, &denied);
+                                }
+                            } else {
+                                tracing::warn!(
+                                    kind = kind.as_str(),
+                                    error = %error,
+                                    "kubernetes watch failed; retrying with backoff, routes unchanged"
+                                );
+                            }
                         }
                     }
                     let all_listed = listed.iter().all(|&l| l);
@@ -173,7 +213,6 @@ impl KubeSource {
                         build_ms = elapsed.as_secs_f64() * 1e3,
                         "kubernetes source ready: first full list published"
                     );
-                    self.ready.send_replace(true);
                 } else {
                     tracing::debug!(
                         clusters = rebuilt.clusters,
@@ -185,6 +224,49 @@ impl KubeSource {
             }
         }
     }
+}
+
+impl KubeSource {
+    /// Ready once published, unless a kind is refused; the first refusal is the reason.
+    fn update_readiness(&self, published_once: bool, denied: &[Option<String>; 3]) {
+        let readiness = match denied.iter().flatten().next() {
+            Some(reason) => Readiness::NotReady(reason.clone()),
+            None if published_once => Readiness::Ready,
+            None => Readiness::waiting(),
+        };
+        self.ready.send_if_modified(|current| {
+            let changed = *current != readiness;
+            *current = readiness;
+            changed
+        });
+    }
+}
+
+/// The resource a kind is watched as, as RBAC names it.
+fn resource(kind: Kind) -> &'static str {
+    match kind {
+        Kind::HostedCluster => "hostedclusters (hypershift.openshift.io)",
+        Kind::Route => "routes (route.openshift.io)",
+        Kind::Service => "services (core)",
+    }
+}
+
+/// For a 403 from the API server: which verb of `kind` it refused, and its message.
+fn forbidden(kind: Kind, error: &watcher::Error) -> Option<String> {
+    let (verb, status) = match error {
+        watcher::Error::InitialListFailed(::kube::Error::Api(status)) => ("list", status),
+        watcher::Error::WatchStartFailed(::kube::Error::Api(status))
+        | watcher::Error::WatchFailed(::kube::Error::Api(status))
+        | watcher::Error::WatchError(status) => ("watch", status),
+        _ => return None,
+    };
+    (status.code == 403).then(|| {
+        format!(
+            "kubernetes RBAC forbids `{verb}` on {}: {}",
+            resource(kind),
+            status.message
+        )
+    })
 }
 
 /// Feeds one watch event to the store; true if it completed a (re)list.
@@ -211,7 +293,7 @@ fn watch_all(client: &Client) -> Events {
         Object::HostedCluster,
     );
     let routes = kind_stream(
-        Api::<Guarded<Route>>::all(client.clone()),
+        Api::<Guarded<OcpRoute>>::all(client.clone()),
         watcher::Config::default().labels(HCP_ROUTE_LABEL),
         Kind::Route,
         Object::Route,
@@ -279,7 +361,7 @@ mod tests {
     struct Running {
         tx: mpsc::UnboundedSender<Item>,
         publisher: Arc<Publisher>,
-        ready: watch::Receiver<bool>,
+        ready: watch::Receiver<Readiness>,
         stats: Arc<KubeStats>,
         shutdown: CancellationToken,
     }
@@ -294,7 +376,7 @@ mod tests {
                 Client::try_from(::kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
                     .unwrap();
             let publisher = Arc::new(Publisher::new(Arc::default()));
-            let (ready_tx, ready) = watch::channel(false);
+            let (ready_tx, ready) = watch::channel(Readiness::waiting());
             let source = KubeSource::new(
                 client,
                 KubernetesConfig::default(),
@@ -362,7 +444,7 @@ mod tests {
             0,
             "Services not listed yet: nothing published"
         );
-        assert!(!*src.ready.borrow());
+        assert_eq!(*src.ready.borrow(), Readiness::waiting());
 
         src.list(
             Kind::Service,
@@ -372,7 +454,7 @@ mod tests {
                 .collect(),
         );
         settle().await;
-        assert!(*src.ready.borrow());
+        assert_eq!(*src.ready.borrow(), Readiness::Ready);
         assert_eq!((src.generation(), src.routes()), (1, 10));
 
         // A failing watch changes nothing.
@@ -416,6 +498,76 @@ mod tests {
         src.list(Kind::HostedCluster, vec![hc_object(clusters[1].0.clone())]);
         settle().await;
         assert_eq!((src.generation(), src.routes()), (3, 5));
+        src.shutdown.cancel();
+    }
+
+    fn forbidden_error(verb: &str, resource: &str) -> ::kube::Error {
+        let message = format!(
+            "{resource} is forbidden: User \"system:serviceaccount:ns:sniroute\" cannot {verb} \
+             resource \"{resource}\" in API group \"\" at the cluster scope"
+        );
+        ::kube::Error::Api(
+            ::kube::core::Status::failure(&message, "Forbidden")
+                .with_code(403)
+                .boxed(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forbidden_kind_keeps_it_unready_naming_resource_and_verb() {
+        let src = Running::start();
+        let cluster = fixtures::cluster("clusters", "c0", 0);
+        src.list(Kind::HostedCluster, vec![hc_object(cluster.0.clone())]);
+        src.list(
+            Kind::Route,
+            cluster.1.iter().cloned().map(route_object).collect(),
+        );
+        src.tx
+            .send((
+                Kind::Service,
+                Err(watcher::Error::InitialListFailed(forbidden_error(
+                    "list", "services",
+                ))),
+            ))
+            .unwrap();
+        settle().await;
+        let Readiness::NotReady(why) = src.ready.borrow().clone() else {
+            panic!("ready while Services cannot be listed");
+        };
+        assert!(why.contains("`list` on services"), "{why}");
+        assert!(why.contains("cannot list resource"), "{why}");
+
+        // Listed at last: ready.
+        src.list(
+            Kind::Service,
+            cluster.2.iter().cloned().map(service_object).collect(),
+        );
+        settle().await;
+        assert_eq!(*src.ready.borrow(), Readiness::Ready);
+
+        // A watch refused after the list (the ClusterRole lacks `watch`): unready again,
+        // though the listed routes stay published; the kind's next event clears it.
+        src.tx
+            .send((
+                Kind::HostedCluster,
+                Err(watcher::Error::WatchStartFailed(forbidden_error(
+                    "watch",
+                    "hostedclusters",
+                ))),
+            ))
+            .unwrap();
+        settle().await;
+        let Readiness::NotReady(why) = src.ready.borrow().clone() else {
+            panic!("ready while HostedClusters cannot be watched");
+        };
+        assert!(why.contains("`watch` on hostedclusters"), "{why}");
+        assert_eq!(src.routes(), 5);
+        src.send(
+            Kind::HostedCluster,
+            Event::Apply(hc_object(with_rv(cluster.0.clone(), 20))),
+        );
+        settle().await;
+        assert_eq!(*src.ready.borrow(), Readiness::Ready);
         src.shutdown.cancel();
     }
 }

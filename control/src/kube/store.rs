@@ -18,8 +18,8 @@ use super::objects::Guarded;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::mapping::{self, Invalid, Mapped, Parsed, Rejection, Skip};
-use super::objects::{HostedCluster, Route, Service};
-use crate::route_spec::RouteSpec;
+use super::objects::{HostedCluster, OcpRoute, Service};
+use proxy::RouteSpec;
 
 /// The kinds watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,7 +62,7 @@ pub enum Object {
     /// A HostedCluster.
     HostedCluster(Guarded<HostedCluster>),
     /// A Route.
-    Route(Guarded<Route>),
+    Route(Guarded<OcpRoute>),
     /// A Service.
     Service(Guarded<Service>),
 }
@@ -102,7 +102,7 @@ type ByNamespace<T> = HashMap<String, HashMap<String, Stored<T>>>;
 /// One object, reduced to what is stored.
 enum Entry {
     Cluster(Key, ClusterEntry),
-    Route(String, String, Stored<Route>),
+    Route(String, String, Stored<OcpRoute>),
     Service(String, String, Stored<Service>),
 }
 
@@ -139,7 +139,7 @@ pub struct Rebuilt {
 #[derive(Debug, Default)]
 pub struct Store {
     clusters: HashMap<Key, ClusterEntry>,
-    routes: ByNamespace<Route>,
+    routes: ByNamespace<OcpRoute>,
     services: ByNamespace<Service>,
     /// Control plane namespace -> the HostedClusters using it (normally one).
     by_hcp: HashMap<String, Vec<Key>>,

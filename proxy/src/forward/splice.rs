@@ -13,7 +13,7 @@ use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::forward::{pass_eof, Activity, Buffered, Burst, Direction};
+use super::burst::{pass_eof, Activity, Buffered, Burst, Direction};
 
 /// Capacity asked for a new pipe: the default `pipe-max-size`. A splice moves up to the pipe's
 /// capacity at once; on loopback, 1 MiB pipes instead of the default 64 KiB carried one

@@ -1,0 +1,28 @@
+//! The sources routes come from.
+
+use std::fmt;
+
+/// Who stated a set of routes; the order is the priority (the file wins over Kubernetes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SourceKind {
+    /// The `routes:` of the config file.
+    File,
+    /// The Kubernetes source (HostedClusters, Routes, Services).
+    Kubernetes,
+}
+
+impl SourceKind {
+    /// The name used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

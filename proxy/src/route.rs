@@ -1,0 +1,277 @@
+//! Routing one connection: who is connecting (the PROXY header, believed only from trusted
+//! peers), what it is routed by (the ClusterID TLV or the ClientHello's SNI), and the table's
+//! admission decision. Three small steps, each refusing with a typed [`Reason`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::client_hello::{self, Parsed};
+use crate::outcome::{Reason, Stage};
+use crate::proxy_protocol::{self, Expect, Parsed as ProxyParsed, Version as ProxyVersion};
+use crate::table::{canonical, Route, RouteKey};
+use crate::Proxy;
+
+/// First read buffer: most ClientHellos (300-600 bytes) fit; post-quantum ones grow it once.
+pub(crate) const INITIAL_HELLO_BUFFER: usize = 1024;
+
+/// Which kind of listener accepted the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Routes by the SNI name, after an optional PROXY header from a trusted peer.
+    Sni,
+    /// Routes by the ClusterID TLV of a mandatory PROXY v2 header, without reading SNI.
+    ClusterId,
+}
+
+/// Who is connecting, as far as the PROXY header (if any) may be believed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    /// The TCP peer.
+    pub(crate) peer: SocketAddr,
+    via: Via,
+}
+
+/// What a PROXY header said of the client. (One field, not two: the established connection
+/// keeps this for its closing line.)
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    /// No header, or one without addresses: the peer is the client.
+    Direct,
+    /// A trusted header named the client.
+    Proxy(SocketAddr),
+    /// An untrusted header (on the ClusterID listener) claimed this source: logged only.
+    Claimed(SocketAddr),
+}
+
+/// A connection with a route: what it was routed by, and for whom.
+pub(crate) struct Routed {
+    pub(crate) route: Arc<Route>,
+    /// The SNI name or the ClusterID; what logs name the connection by.
+    pub(crate) key: RouteKey,
+    pub(crate) origin: Origin,
+}
+
+/// A connection turned away, and the client it is logged under.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) reason: Reason,
+    pub(crate) origin: Origin,
+}
+
+impl Origin {
+    /// The TCP peer, before any header is read.
+    pub(crate) fn peer(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            via: Via::Direct,
+        }
+    }
+
+    /// The client that allow lists, logs and the outgoing PROXY header use: the peer, or the
+    /// source a trusted PROXY header named.
+    pub(crate) fn client(&self) -> SocketAddr {
+        match self.via {
+            Via::Proxy(client) => client,
+            Via::Direct | Via::Claimed(_) => self.peer,
+        }
+    }
+
+    /// The source an untrusted header claimed, for logs only.
+    pub(crate) fn claimed(&self) -> Option<SocketAddr> {
+        match self.via {
+            Via::Claimed(claimed) => Some(claimed),
+            Via::Direct | Via::Proxy(_) => None,
+        }
+    }
+
+    pub(crate) fn refuse(self, reason: Reason) -> Refused {
+        Refused {
+            reason,
+            origin: self,
+        }
+    }
+}
+
+/// What the PROXY header step leaves for the next one.
+struct Header {
+    origin: Origin,
+    /// The header was LOCAL: a health check if nothing follows.
+    local: bool,
+    cluster_id: Option<Result<Box<str>, std::str::Utf8Error>>,
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// Reads what routing needs from the start of `stream` into `buf` (the bytes read past the
+    /// PROXY header stay there, to be forwarded) and picks the route.
+    pub(crate) async fn route(
+        &self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        kind: ListenerKind,
+        buf: &mut Vec<u8>,
+    ) -> Result<Routed, Refused> {
+        let started = Instant::now();
+        let header = self.proxy_header(stream, peer, kind, buf).await?;
+        let origin = header.origin;
+        let key = match kind {
+            ListenerKind::ClusterId => cluster_id_key(header),
+            ListenerKind::Sni => self.sni_key(stream, buf, header.local).await,
+        };
+        // What routing needs is complete (a hello without SNI is complete too).
+        if matches!(key, Ok(_) | Err(Reason::NoSni)) {
+            self.metrics
+                .client_hello_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let key = key.map_err(|reason| origin.refuse(reason))?;
+        let snapshot = self.table.load();
+        let route = match snapshot.table.admit(&key, origin.client().ip()) {
+            // Connections keep the route, never the whole table: a swap frees the old one.
+            Ok(admission) => admission.route.clone(),
+            Err(denial) => return Err(origin.refuse(Reason::Denied(denial))),
+        };
+        Ok(Routed { route, key, origin })
+    }
+
+    /// Step 1: the PROXY header, where the listener takes one. Its addresses are believed
+    /// only from `trusted_proxies`: on the SNI listeners a header from anyone else is refused;
+    /// on the ClusterID listener its TLV still routes, but the client is the TCP peer.
+    async fn proxy_header(
+        &self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        kind: ListenerKind,
+        buf: &mut Vec<u8>,
+    ) -> Result<Header, Refused> {
+        let mut header = Header {
+            origin: Origin::peer(peer),
+            local: false,
+            cluster_id: None,
+        };
+        let expect = match kind {
+            ListenerKind::ClusterId => Some(Expect::Required(ProxyVersion::V2)),
+            ListenerKind::Sni => self.settings.accept_proxy_protocol,
+        };
+        let Some(expect) = expect else {
+            return Ok(header);
+        };
+        let max = self.settings.max_client_hello;
+        let parsed =
+            read_until(
+                stream,
+                buf,
+                max,
+                Stage::ProxyHeader,
+                |b| match proxy_protocol::parse(b, expect) {
+                    ProxyParsed::Header(header) => Step::Done(Some(header)),
+                    ProxyParsed::Absent => Step::Done(None),
+                    ProxyParsed::NeedMore => Step::More,
+                    ProxyParsed::Invalid(why) => Step::Refuse(Reason::ProxyHeader(why)),
+                },
+            )
+            .await
+            .map_err(|reason| header.origin.refuse(reason))?;
+        let Some(parsed) = parsed else {
+            return Ok(header);
+        };
+        let trusted = self
+            .settings
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&canonical(peer.ip())));
+        header.origin.via = match (trusted, kind, parsed.source) {
+            (false, ListenerKind::Sni, _) => {
+                return Err(header.origin.refuse(Reason::UntrustedProxy));
+            }
+            (_, _, None) => Via::Direct,
+            (true, _, Some(source)) => Via::Proxy(source),
+            (false, ListenerKind::ClusterId, Some(claimed)) => Via::Claimed(claimed),
+        };
+        header.local = parsed.local;
+        header.cluster_id = parsed.cluster_id;
+        // The header is for us, not the backend.
+        buf.drain(..parsed.len);
+        Ok(header)
+    }
+
+    /// Step 2 on the SNI listeners: the ClientHello's server name.
+    async fn sni_key(
+        &self,
+        stream: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        local: bool,
+    ) -> Result<RouteKey, Reason> {
+        let max = self.settings.max_client_hello;
+        let hello = read_until(
+            stream,
+            buf,
+            max,
+            Stage::ClientHello,
+            |b| match client_hello::parse(b, max) {
+                Parsed::Hello(hello) => Step::Done(hello),
+                Parsed::NeedMore => Step::More,
+                Parsed::Refused(refusal) => Step::Refuse(Reason::Hello(refusal)),
+            },
+        )
+        .await;
+        match hello {
+            Ok(hello) => hello.server_name.map(RouteKey::Name).ok_or(Reason::NoSni),
+            // A LOCAL header and a close, nothing in between: the load balancer's probe.
+            Err(Reason::Closed(_)) if local && buf.is_empty() => Err(Reason::HealthCheck),
+            Err(reason) => Err(reason),
+        }
+    }
+}
+
+/// Step 2 on the ClusterID listener: the TLV. A LOCAL header without one is a health check.
+fn cluster_id_key(header: Header) -> Result<RouteKey, Reason> {
+    match header.cluster_id {
+        Some(Ok(id)) => Ok(RouteKey::ClusterId(id)),
+        Some(Err(error)) => Err(Reason::ClusterIdNotUtf8(error)),
+        None if header.local => Err(Reason::HealthCheck),
+        None => Err(Reason::NoClusterId),
+    }
+}
+
+/// One step of reading the start of a connection.
+enum Step<T> {
+    Done(T),
+    More,
+    Refuse(Reason),
+}
+
+/// Reads until `parse` decides, growing `buf` up to `max`. Bytes already in `buf` are parsed
+/// first, so a step can start on what the previous one read past its end.
+async fn read_until<T>(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    stage: Stage,
+    mut parse: impl FnMut(&[u8]) -> Step<T>,
+) -> Result<T, Reason> {
+    loop {
+        match parse(buf) {
+            Step::Done(done) => return Ok(done),
+            Step::Refuse(reason) => return Err(reason),
+            Step::More => {}
+        }
+        if buf.len() == buf.capacity() {
+            if buf.len() >= max {
+                return Err(Reason::TooLarge(stage));
+            }
+            let target = (buf.capacity() * 2).clamp(INITIAL_HELLO_BUFFER, max);
+            buf.reserve_exact(target - buf.len());
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err(Reason::Closed(stage)),
+            Ok(_) => {}
+            Err(error) => return Err(Reason::ReadFailed(stage, error)),
+        }
+    }
+}
