@@ -715,22 +715,19 @@ async fn refusal(proxy: &Sniroute, listen: SocketAddr, header: Vec<u8>, reason: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_id_listener_believes_addresses_from_trusted_proxies_only() {
-    let kas = TlsBackend::start("kas");
-    let fake = FakeKube::start();
-    let (hc, routes, services) = fixtures::cluster("clusters", "c1", 1);
-    let cluster_id = hc["spec"]["clusterID"].as_str().unwrap().to_owned();
-    fake.apply(hc);
-    for route in routes {
-        fake.apply(route);
-    }
-    for mut svc in services {
-        svc["spec"]["clusterIP"] = json!("127.0.0.1");
-        svc["spec"]["clusterIPs"] = json!(["127.0.0.1"]);
-        svc["spec"]["ports"][0]["port"] = json!(kas.addr().port());
-        fake.apply(svc);
-    }
+    let Some(server) = ApiServer::shared().await else {
+        return;
+    };
+    let admin = server.admin().await;
+    let cluster = create_cluster(&admin, "pt", "ptid1", 2).await;
+    let cluster_id = cluster.cluster_id.clone();
+    let kas = TlsBackend::start_at(
+        "kas",
+        cluster.service("kube-apiserver"),
+        TlsBackendOpts::default(),
+    );
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = fake.kubeconfig(dir.path());
+    let kubeconfig = server.sniroute_kubeconfig(dir.path(), &server.url()).await;
     let start = |trusted: &str| {
         let yaml = Cfg::new()
             .set("kubernetes", "{}")
@@ -745,7 +742,7 @@ async fn the_cluster_id_listener_believes_addresses_from_trusted_proxies_only() 
     let unknown = "ffffffff-0000-4000-8000-000000000000";
     // No trusted proxy: the TLV still routes, but the claimed source is only a log field.
     let (proxy, listen) = start("[]");
-    eventually(STARTUP, "/readyz 200", || async {
+    eventually(STARTUP * 3, "/readyz 200", || async {
         (proxy.readyz() == 200).then_some(())
     })
     .await;
@@ -781,7 +778,7 @@ async fn the_cluster_id_listener_believes_addresses_from_trusted_proxies_only() 
 
     // Trusted: the header's source is the client.
     let (proxy, listen) = start("[\"127.0.0.1/32\"]");
-    eventually(STARTUP, "/readyz 200", || async {
+    eventually(STARTUP * 3, "/readyz 200", || async {
         (proxy.readyz() == 200).then_some(())
     })
     .await;
@@ -794,4 +791,9 @@ async fn the_cluster_id_listener_believes_addresses_from_trusted_proxies_only() 
     .await;
     assert!(line.contains("peer=10.0.0.7:50000"), "{line}");
     assert!(!line.contains("claimed="), "{line}");
+    assert_eq!(
+        kas.accepted(),
+        1,
+        "only the routed connection reached the backend"
+    );
 }
