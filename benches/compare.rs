@@ -9,7 +9,8 @@
 //! cargo bench --bench compare -- --only direct,sniroute   # a subset
 //! ```
 //!
-//! Prints a table and writes `target/compare/results.json` and `results.md`. For each proxy:
+//! Prints a table and writes `target/compare/results.json`, `results.md` and `results.svg`
+//! (the ratios to HAProxy and nginx as a bar chart). For each proxy:
 //! 1. one raw stream each way after a captured ClientHello (Gbit/s, proxy CPU s per GB), and
 //!    bulk TLS downloads (MB/s and proxy CPU s per GB);
 //! 2. new TLS connections per second (full handshake + one small request/response) at 32 and
@@ -33,6 +34,8 @@
 
 #[path = "compare/backend.rs"]
 mod backend;
+#[path = "compare/chart.rs"]
+mod chart;
 #[path = "compare/load.rs"]
 mod load;
 #[path = "compare/proxies.rs"]
@@ -407,8 +410,9 @@ fn run(plan: Plan, kinds: &[Kind]) -> io::Result<()> {
     println!("{}", report.markdown());
     std::fs::write(out.join("results.md"), report.markdown())?;
     std::fs::write(out.join("results.json"), report.json())?;
+    std::fs::write(out.join("results.svg"), report.chart())?;
     eprintln!(
-        "compare: wrote {} and results.json ({:.0?})",
+        "compare: wrote {}, results.json and results.svg ({:.0?})",
         out.join("results.md").display(),
         elapsed
     );

@@ -1,5 +1,6 @@
 //! The results table: values per proxy, sniroute's ratios to HAProxy (default and spliced) and
-//! to direct, and issue 8's targets, as Markdown and JSON.
+//! to direct, and issue 8's targets, as Markdown and JSON; the ratios to HAProxy and nginx as
+//! an SVG chart.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::chart::{self, Better, Row};
 use crate::Results;
 
 /// Where it ran.
@@ -304,6 +306,33 @@ impl Report {
         out
     }
 
+    /// sniroute's ratios to HAProxy (both) and nginx, one group of bars per metric that has
+    /// any, as an SVG.
+    pub fn chart(&self) -> String {
+        let rows: Vec<Row> = METRICS
+            .iter()
+            .filter_map(|metric| {
+                let ratios: Vec<Option<f64>> = chart::SERIES
+                    .iter()
+                    .map(|(of, _)| self.ratio(metric.key, of))
+                    .collect();
+                ratios.iter().any(Option::is_some).then(|| Row {
+                    label: metric.label.to_owned(),
+                    better: better(metric.unit),
+                    ratios,
+                })
+            })
+            .collect();
+        let m = &self.machine;
+        let title = format!(
+            "sniroute vs HAProxy and nginx on loopback ({} run, {} cores, kernel {})",
+            if self.quick { "quick" } else { "full" },
+            m.nproc,
+            m.kernel,
+        );
+        chart::svg(&title, &rows)
+    }
+
     pub fn json(&self) -> String {
         let mut metrics = serde_json::Map::new();
         for (key, values) in &self.results {
@@ -345,6 +374,14 @@ impl Report {
             "metrics": metrics,
         });
         serde_json::to_string_pretty(&doc).unwrap_or_default()
+    }
+}
+
+/// Throughput and rates improve upwards; CPU, memory and time downwards.
+fn better(unit: &str) -> Better {
+    match unit {
+        "Gbit/s" | "MB/s" | "conn/s" => Better::Higher,
+        _ => Better::Lower,
     }
 }
 

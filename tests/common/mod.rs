@@ -16,6 +16,7 @@
 
 pub mod apiserver;
 pub mod fake_kube;
+pub mod prometheus;
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
