@@ -33,8 +33,8 @@ const HASH_LEN: usize = 6;
 const INLINE_EXTENSIONS: usize = 32;
 /// Cipher suites sorted inline: browsers offer about 16, OpenSSL about 30, Java about 45.
 const INLINE_CIPHERS: usize = 64;
-/// The hashed lists ("1301,1302,..."), five bytes per value, inline for typical hellos.
-const INLINE_LIST: usize = 512;
+/// Bytes of hashed text ("1301,1302,...", five per value) buffered between SHA-256 updates.
+const LINE_BUFFER: usize = 320;
 
 /// A JA4 fingerprint: prints as `t13d1516h2_8daaf6152771_e5627efa2ab1`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -228,28 +228,77 @@ fn alpn_mark(protocol: &[u8]) -> [u8; 2] {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Every byte's two lowercase hex digits, so a value costs two loads rather than four shifts.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut pairs = [[0; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX[b >> 4], HEX[b & 0x0f]];
+        b += 1;
+    }
+    pairs
+};
+
 /// Truncated SHA-256 of `values` as lowercase four-digit hex joined by commas, then, if
 /// `then` yields any, an underscore and those joined the same way. No values hash to zeros.
 fn hash(values: &[u16], then: &mut dyn Iterator<Item = u16>) -> [u8; HASH_LEN] {
-    let mut out = [0; HASH_LEN];
     if values.is_empty() {
-        return out;
+        return [0; HASH_LEN];
     }
-    let mut line: SmallVec<[u8; INLINE_LIST]> = SmallVec::new();
-    let mut push = |separator: Option<u8>, value: u16| {
-        line.extend(separator);
-        let mut digits = [0; 4];
-        hex_into(&value.to_be_bytes(), &mut digits);
-        line.extend_from_slice(&digits);
-    };
+    let mut line = HexLine::default();
     for (i, &value) in values.iter().enumerate() {
-        push((i > 0).then_some(b','), value);
+        line.push((i > 0).then_some(b','), value);
     }
     for (i, value) in then.enumerate() {
-        push(Some(if i == 0 { b'_' } else { b',' }), value);
+        line.push(Some(if i == 0 { b'_' } else { b',' }), value);
     }
-    out.copy_from_slice(&Sha256::digest(&line)[..HASH_LEN]);
-    out
+    line.finish()
+}
+
+/// The text JA4 hashes ("002f,0035,..."), written into a stack buffer that is fed to SHA-256
+/// whenever it fills, so no list of any length allocates.
+struct HexLine {
+    hasher: Sha256,
+    buf: [u8; LINE_BUFFER],
+    len: usize,
+}
+
+impl Default for HexLine {
+    fn default() -> Self {
+        Self {
+            hasher: Sha256::new(),
+            buf: [0; LINE_BUFFER],
+            len: 0,
+        }
+    }
+}
+
+impl HexLine {
+    /// Appends `separator`, if any, and `value` as four hex digits.
+    fn push(&mut self, separator: Option<u8>, value: u16) {
+        if self.len + 5 > LINE_BUFFER {
+            self.hasher.update(&self.buf[..self.len]);
+            self.len = 0;
+        }
+        let [hi, lo] = value.to_be_bytes();
+        let [h0, h1] = HEX_PAIRS[usize::from(hi)];
+        let [l0, l1] = HEX_PAIRS[usize::from(lo)];
+        let (entry, skip) = match separator {
+            Some(separator) => ([separator, h0, h1, l0, l1], 0),
+            None => ([0, h0, h1, l0, l1], 1),
+        };
+        let n = 5 - skip;
+        self.buf[self.len..self.len + n].copy_from_slice(&entry[skip..]);
+        self.len += n;
+    }
+
+    fn finish(mut self) -> [u8; HASH_LEN] {
+        self.hasher.update(&self.buf[..self.len]);
+        let digest = self.hasher.finalize();
+        let mut out = [0; HASH_LEN];
+        out.copy_from_slice(&digest[..HASH_LEN]);
+        out
+    }
 }
 
 /// Writes `bytes` as lowercase hex into `out`, which holds exactly twice as many bytes.

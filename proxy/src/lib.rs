@@ -17,6 +17,7 @@ use crate::log_limit::LogLimiter;
 const REFUSAL_LOG_LINES_PER_SECOND: u32 = 50;
 
 pub mod client_hello;
+pub mod client_limit;
 pub mod connect;
 mod connection;
 pub mod error;
