@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::procfs::{cpu_ticks, limit_open_files};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -146,15 +147,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
-}
-
-/// User + system CPU time, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
-    let rest = &stat[stat.rfind(')').expect("stat comm") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 /// `sniroute_connections_total{outcome=...}` from `/metrics`.
@@ -927,17 +919,6 @@ async fn durations_past_the_clock_range_do_not_break_forwarding() {
 }
 
 // === the open-files limit ===
-
-/// Lowers the running proxy's open-files limit (as `ulimit -n` before exec would).
-fn limit_open_files(pid: u32, limit: usize) {
-    let status = Command::new("prlimit")
-        .arg("--pid")
-        .arg(pid.to_string())
-        .arg(format!("--nofile={limit}:{limit}"))
-        .status()
-        .expect("run prlimit (util-linux)");
-    assert!(status.success(), "prlimit failed: {status}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_open_files_limit_the_proxy_refuses_and_recovers_by_itself() {

@@ -15,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
+pub mod procfs;
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
