@@ -337,8 +337,8 @@ async fn read_until<T>(
     }
 }
 
-fn hello_step(buf: &[u8], max: usize) -> Step<ClientHello> {
-    match client_hello::parse(buf, max) {
+fn hello_step(progress: &mut client_hello::Progress, buf: &[u8], max: usize) -> Step<ClientHello> {
+    match client_hello::parse_more(progress, buf, max) {
         Parsed::Hello(hello) => Step::Done(hello),
         Parsed::NeedMore => Step::More,
         Parsed::Refused(refusal @ Refusal::BadServerName(_)) => {
@@ -431,7 +431,8 @@ impl Proxy {
             });
         }
 
-        let hello = read_until(client, buf, max, |b| hello_step(b, max))
+        let mut progress = client_hello::Progress::default();
+        let hello = read_until(client, buf, max, |b| hello_step(&mut progress, b, max))
             .await
             .map_err(|e| refuse(client_addr, e))?;
         self.metrics

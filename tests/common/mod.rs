@@ -15,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
+pub mod hellos;
 pub mod procfs;
 
 use std::fmt::Write as _;
