@@ -70,6 +70,17 @@ pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// `revoke_grace` when the file does not say.
 pub const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(30);
+/// The largest config file read: room for about 145,000 routes of a realistic shape (three
+/// hostnames, two backends, two CIDRs: a 100,000-route file is about 22 MB), and a bound on
+/// what a bad path (a device, a runaway generator) can make the process read.
+pub const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
+/// The YAML parser's node budget (mappings, sequences and scalars, an alias counting each time
+/// it expands): a realistic route is 16 nodes, so this is about 250,000 routes, while it still
+/// stops an alias bomb long before it costs much memory.
+pub const MAX_YAML_NODES: usize = 4_000_000;
+/// The YAML parser's event budget, in step with [`MAX_YAML_NODES`] (a realistic route is 22
+/// parser events).
+pub const MAX_YAML_EVENTS: usize = 6_000_000;
 
 /// A validated config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,12 +181,8 @@ impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let origin = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
-            file: origin.clone(),
-            source,
-        })?;
-        Self::from_bytes(&bytes, &origin)
+        let bytes = read_file(path)?;
+        Self::from_bytes(&bytes, &path.display().to_string())
     }
 
     /// Validates `text`; `origin` names it in messages (usually the file path).
@@ -184,7 +191,7 @@ impl Config {
             file: origin.to_owned(),
             problems,
         };
-        let raw: RawConfig = match serde_saphyr::from_str(text) {
+        let raw: RawConfig = match serde_saphyr::from_str_with_options(text, yaml_options()) {
             Ok(raw) => raw,
             Err(err) => return Err(invalid(vec![syntax_problem(&err)])),
         };
@@ -331,9 +338,82 @@ impl Config {
     }
 }
 
+/// Reads the config file at `path`: a regular file (after symlinks) of at most
+/// [`MAX_CONFIG_BYTES`]. Anything else (a device, a FIFO, a directory) is refused before a
+/// byte is read, and the open cannot block: a FIFO with no writer would otherwise hang it.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
+    let file = path.display().to_string();
+    let read_error = |source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    };
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_error)?;
+    let meta = opened.metadata().map_err(read_error)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let kind = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(ConfigError::NotRegular { file, kind });
+    }
+    let too_large = || ConfigError::TooLarge {
+        file: file.clone(),
+        limit: MAX_CONFIG_BYTES,
+    };
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    // The file may grow while it is read: the limit holds for what is read, not what was stat'd.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or_default());
+    opened
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// The YAML parser's options: its default budget, with room for large route lists.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_YAML_NODES;
+    budget.max_events = MAX_YAML_EVENTS;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// A problem from the YAML layer: bad syntax, an unknown key, a value of the wrong shape.
 fn syntax_problem(err: &serde_saphyr::Error) -> Problem {
     let err = err.without_snippet();
+    if let serde_saphyr::Error::Budget { breach, location } = err {
+        let (line, column) = position(*location);
+        return Problem {
+            line,
+            column,
+            route: None,
+            message: budget_message(breach),
+        };
+    }
     // `format_message` leaves out the location (reported separately below) and does not
     // escape control characters, so escape them here.
     let mut message = String::new();
@@ -353,6 +433,22 @@ fn syntax_problem(err: &serde_saphyr::Error) -> Problem {
         column,
         route: None,
         message,
+    }
+}
+
+/// What a breached parser budget means for this file, naming the limit.
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach;
+    match breach {
+        BudgetBreach::Nodes { .. } => format!(
+            "the file has more than {MAX_YAML_NODES} YAML nodes (mappings, sequences and \
+             scalars, aliases counted as they expand), the limit: about 250,000 routes"
+        ),
+        BudgetBreach::Events { .. } => format!(
+            "the file has more than {MAX_YAML_EVENTS} YAML parser events, the limit: about \
+             250,000 routes"
+        ),
+        other => format!("the YAML parser's limits were exceeded: {other:?}"),
     }
 }
 
@@ -1165,6 +1261,15 @@ mod tests {
         );
         let max = Config::parse(&format!("{MINIMAL}max_client_hello: 1048576\n"), "t");
         assert_eq!(max.unwrap().max_client_hello, 1 << 20);
+    }
+
+    #[test]
+    fn a_breached_parser_budget_names_the_limit() {
+        use serde_saphyr::budget::BudgetBreach;
+        assert!(budget_message(&BudgetBreach::Nodes { nodes: 4_000_001 })
+            .starts_with("the file has more than 4000000 YAML nodes"));
+        assert!(budget_message(&BudgetBreach::Events { events: 6_000_001 })
+            .starts_with("the file has more than 6000000 YAML parser events"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::error::ConfigError;
 use crate::publish::{Publisher, SourceKind};
 
@@ -117,11 +117,19 @@ impl FileSource {
     /// Reads the file and, if its content is new (or `forced`), validates it and publishes.
     async fn reload(&self, state: &mut State, forced: bool) {
         let file = self.path.display().to_string();
-        let bytes = match tokio::fs::read(&self.path).await {
+        let path = self.path.clone();
+        let read = tokio::task::spawn_blocking(move || config::read_file(&path))
+            .await
+            .unwrap_or_else(|join| {
+                Err(ConfigError::Read {
+                    file: file.clone(),
+                    source: std::io::Error::other(join),
+                })
+            });
+        let bytes = match read {
             Ok(bytes) => bytes,
-            Err(source) => {
+            Err(error) => {
                 if !state.failing || forced {
-                    let error = ConfigError::Read { file, source };
                     tracing::warn!(error = %one_line(&error), "config reload failed");
                     self.publisher.source_failed(SourceKind::File);
                 }
