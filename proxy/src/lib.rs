@@ -39,7 +39,7 @@ pub use name::{HostPattern, ServerName};
 pub use table::{Backend, Route, SharedTable, Snapshot, Table};
 
 /// The data plane's knobs, fixed for the life of a listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// How long a client has to send a complete ClientHello.
     pub client_hello_timeout: Duration,
