@@ -4,13 +4,17 @@
 //! The hand-written parser also computes the hello's JA4 (the baseline does not); `ja4_display`
 //! is what printing that fingerprint on a log line adds.
 //!
+//! Then the cost of a hello that arrives one byte-sized record per read, parsed after each
+//! read: with the record layer's [`client_hello::Progress`] carried between reads (what the
+//! proxy does) and from scratch each time (quadratic in the records).
+//!
 //! `cargo bench --bench client_hello` (add `-- --quick` for a rough run).
 
 use std::borrow::Cow;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use proxy::client_hello::{self, ClientHello, Parsed};
+use proxy::client_hello::{self, ClientHello, Parsed, Progress};
 use proxy::ServerName;
 use tls_parser::{SNIType, TlsExtension, TlsMessage, TlsMessageHandshake};
 
@@ -26,6 +30,11 @@ const CURL: &[u8] = include_bytes!("../tests/fixtures/clienthellos/curl-7.88.bin
 const CHROMIUM: &[u8] = include_bytes!("../tests/fixtures/clienthellos/chromium-156-pq.bin");
 const OPENSSL_4_RECORDS: &[u8] =
     include_bytes!("../tests/fixtures/clienthellos/openssl-3.0-4-records.bin");
+/// The largest `max_client_hello` the per-read cases need: 16,384 one-byte records are 96 KiB.
+const PER_READ_MAX_LEN: usize = 128 * 1024;
+
+#[path = "../tests/common/hellos.rs"]
+mod hellos;
 
 /// The fragments of the records in `wire`, in order.
 fn fragments(wire: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -138,5 +147,42 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// Parses the hello in `records` once per record, as each arrives; returns the final answer.
+fn parse_per_read(records: &[Vec<u8>], wire: &mut Vec<u8>, incremental: bool) -> Parsed {
+    wire.clear();
+    let mut progress = Progress::default();
+    let mut parsed = Parsed::NeedMore;
+    for record in records {
+        wire.extend_from_slice(record);
+        parsed = if incremental {
+            client_hello::parse_more(&mut progress, wire, PER_READ_MAX_LEN)
+        } else {
+            client_hello::parse(wire, PER_READ_MAX_LEN)
+        };
+    }
+    parsed
+}
+
+fn bench_per_read(c: &mut Criterion) {
+    let mut group = c.benchmark_group("client_hello_per_read");
+    // The from-scratch case at 16,384 records takes a second an iteration.
+    group.sample_size(10);
+    for count in [4096, 16_384] {
+        let records = hellos::records(&hellos::padded_handshake(OPENSSL, count), 1);
+        let mut wire = Vec::with_capacity(PER_READ_MAX_LEN);
+        assert!(
+            matches!(parse_per_read(&records, &mut wire, true), Parsed::Hello(h) if h.len == wire.len()),
+            "{count} records: no hello"
+        );
+        group.throughput(Throughput::Elements(count as u64));
+        for (name, incremental) in [("progress", true), ("from_scratch", false)] {
+            group.bench_with_input(BenchmarkId::new(name, count), &records, |b, records| {
+                b.iter(|| parse_per_read(black_box(records), &mut wire, incremental))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_per_read);
 criterion_main!(benches);

@@ -3,21 +3,38 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use control::kube::Readiness;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use proxy::{Proxy, SharedTable};
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+/// Admin connections served at once. Probes and scrapes need a handful; the cap keeps a flood
+/// of admin connections from taking the file descriptors the proxy listeners need (the admin
+/// side never holds more than this many sockets, plus its listener). Over it, a new
+/// connection is closed at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a connection has to send a complete request head, counted from when it opens and
+/// again from the end of each response: the same timer bounds slow heads and idle keep-alive.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest an admin connection may live, whatever it does: bounds clients that read their
+/// responses slowly or never.
+pub const MAX_CONNECTION_TIME: Duration = Duration::from_secs(30);
+/// First and last pause after an accept error (as the proxy listeners), doubling in between.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What the admin endpoints report on.
 #[derive(Debug)]
@@ -79,29 +96,54 @@ struct RouteView<'a> {
 
 /// Serves admin requests on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut in_burst = false;
     loop {
-        let (stream, _) = tokio::select! {
+        let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                in_burst = false;
+                stream
+            }
+            Err(error) => {
+                // Out of file descriptors (or one aborted connection): pause and say so once
+                // per burst, never spin and never flood the log.
+                if !in_burst {
+                    tracing::warn!(%error, "admin accept failed; backing off");
+                    in_burst = true;
                 }
-            },
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("admin connection closed: {MAX_CONNECTIONS} already open");
+            continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(respond(&state, &req)) }
             });
-            if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, "admin connection failed");
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(MAX_CONNECTION_TIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "admin connection failed"),
+                Err(_) => tracing::debug!("admin connection closed at its time limit"),
             }
         });
     }
@@ -109,7 +151,12 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
 
 fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+        // RFC 9110 15.5.6: a 405 lists the methods the resource takes.
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
@@ -179,9 +226,8 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(content_type),
-    );
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }

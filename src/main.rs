@@ -17,7 +17,7 @@ use control::config::LogFormat;
 use control::kube::{KubeSource, Readiness};
 use control::{Config, FileSource, Publisher, SourceKind};
 use prometheus_client::registry::Registry;
-use proxy::{listener, socket, ListenerKind, Proxy, Settings, SharedTable};
+use proxy::{listener, socket, ListenerKind, Proxy, SharedTable};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -142,7 +142,7 @@ fn check(path: Option<&Path>) -> ExitCode {
 pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = proxy::Metrics::register(&mut registry);
-    if let Some(limit) = config.max_connections {
+    if let Some(limit) = config.proxy.max_connections {
         proxy::Metrics::register_connection_limit(&mut registry, limit);
     }
     let table = Arc::new(SharedTable::default());
@@ -191,7 +191,7 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let stop_accepting = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let connections = TaskTracker::new();
-    let proxy = Arc::new(Proxy::new(settings(&config), table.clone(), metrics));
+    let proxy = Arc::new(Proxy::new(config.proxy.clone(), table.clone(), metrics));
     let state = Arc::new(admin::State {
         table,
         listening: Default::default(),
@@ -281,21 +281,6 @@ async fn drain(
             Ok(())
         }
         signal = signals.next() => anyhow::bail!("{signal} again while draining: exiting now, cutting {} connections", connections.len()),
-    }
-}
-
-fn settings(config: &Config) -> Settings {
-    Settings {
-        client_hello_timeout: config.client_hello_timeout,
-        connect_timeout: config.connect_timeout,
-        idle_timeout: config.idle_timeout,
-        max_client_hello: config.max_client_hello,
-        max_connections: config.max_connections,
-        log_connections: config.log_connections,
-        outlier_detection: config.outlier_detection,
-        accept_proxy_protocol: config.accept_proxy_protocol,
-        trusted_proxies: config.trusted_proxies.clone(),
-        revoke_grace: config.revoke_grace,
     }
 }
 

@@ -2,7 +2,18 @@
 
 mod common;
 
+use std::time::Duration;
+
+use common::procfs::{limit_open_files, open_fds};
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, Instant};
+
+/// The admin server's timer for a complete request head (src/admin.rs `HEADER_TIMEOUT`).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Slack on top of it for a loaded machine.
+const SLACK: Duration = Duration::from_secs(3);
 
 #[tokio::test]
 async fn health_readiness_and_routes() {
@@ -142,4 +153,168 @@ fn missing_config_file_is_an_error() {
     assert!(!status.success());
     assert!(run.stderr.contains("absent.yaml"), "{}", run.stderr);
     assert!(!run.stderr.contains("listening"));
+}
+
+/// Sends `request` raw on a new admin connection and returns the response head, lowercased.
+async fn raw_head(proxy: &Sniroute, request: &[u8]) -> String {
+    let mut tcp = raw_connect(proxy.admin_addr()).await;
+    tcp.write_all(request).await.unwrap();
+    let read = read_until_closed(&mut tcp, STEP).await;
+    let text = String::from_utf8_lossy(&read.bytes).to_ascii_lowercase();
+    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn method_not_allowed_says_what_is() {
+    let proxy = Sniroute::start(Cfg::new().yaml());
+    for method in ["POST", "PUT", "DELETE"] {
+        let head = raw_head(
+            &proxy,
+            format!("{method} /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 405"), "{method}: {head}");
+        assert!(
+            head.contains("\r\nallow: get, head"),
+            "{method}: no Allow header: {head}"
+        );
+    }
+}
+
+/// Sends the request line and one header, then a byte of another header every second, until
+/// the admin server closes the connection; returns how long that took.
+async fn trickle(mut tcp: TcpStream, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    if tcp
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .is_err()
+    {
+        return Some(start.elapsed());
+    }
+    let mut buf = [0u8; 256];
+    while start.elapsed() < within {
+        tokio::select! {
+            read = tcp.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return Some(start.elapsed()),
+                // Whatever it says (a 408, say), it must close next.
+                Ok(_) => {}
+            },
+            () = sleep(Duration::from_secs(1)) => {
+                if tcp.write_all(b"X").await.is_err() {
+                    return Some(start.elapsed());
+                }
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_slowloris_at_a_low_open_files_limit_leaves_tls_routing_alone() {
+    let backend = TlsBackend::start("b1");
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .route("api", &["api.example.test"], &[backend.addr()])
+            .yaml(),
+    );
+    let pid = proxy.pid();
+    limit_open_files(pid, 128);
+
+    // Twice the open-files limit in slow admin clients: without a cap the admin side alone
+    // would take every descriptor.
+    let mut slow = Vec::new();
+    for _ in 0..256 {
+        let tcp = raw_connect(proxy.admin_addr()).await;
+        slow.push(tokio::spawn(trickle(tcp, HEADER_TIMEOUT + SLACK)));
+    }
+    sleep(Duration::from_millis(500)).await;
+    let held = open_fds(pid);
+    assert!(held < 100, "the admin side holds {held} of 128 descriptors");
+    for i in 0..20 {
+        let mut conn = tls_connect(proxy.proxy_addr(), "api.example.test")
+            .await
+            .unwrap_or_else(|e| panic!("TLS client {i} during the admin slowloris: {e}"));
+        conn.echo(b"still routed").await;
+    }
+    // Every slow client is closed, the ones over the cap at once and the rest by the header
+    // timeout, however much they keep trickling.
+    let mut closed_at_once = 0;
+    for task in slow {
+        let took = task
+            .await
+            .unwrap()
+            .expect("a trickling admin client was still open past the header timeout");
+        if took < Duration::from_secs(1) {
+            closed_at_once += 1;
+        }
+    }
+    assert!(
+        closed_at_once >= 256 - 32,
+        "only {closed_at_once} closed at once"
+    );
+    assert_eq!(proxy.get("/healthz").unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_admin_connection_is_closed() {
+    let proxy = Sniroute::start(Cfg::new().yaml());
+    let mut tcp = raw_connect(proxy.admin_addr()).await;
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let read = read_until_closed(&mut tcp, HEADER_TIMEOUT + SLACK).await;
+    let text = String::from_utf8_lossy(&read.bytes);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("ok\n"),
+        "{text}"
+    );
+    assert!(
+        read.end.closed(),
+        "an idle keep-alive connection was still open {:?} after its response",
+        start.elapsed()
+    );
+    // Open for the whole timer, not closed right after the response.
+    assert!(read.at - start >= HEADER_TIMEOUT - Duration::from_millis(500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_accept_errors_back_off_and_log_once_per_burst() {
+    let proxy = Sniroute::start(Cfg::new().set("client_hello_timeout", "60s").yaml());
+    let pid = proxy.pid();
+    limit_open_files(pid, 64);
+    // Idle proxy connections take every descriptor left.
+    let mut hogs = Vec::new();
+    for _ in 0..96 {
+        hogs.push(raw_connect(proxy.proxy_addr()).await);
+    }
+    let deadline = Instant::now() + STEP;
+    while open_fds(pid) < 63 && Instant::now() < deadline {
+        sleep(POLL).await;
+    }
+    assert!(
+        open_fds(pid) >= 63,
+        "the open-files limit was never reached"
+    );
+    let mark = proxy.log_mark();
+    let waiting = raw_connect(proxy.admin_addr()).await;
+    sleep(Duration::from_secs(3)).await;
+    let failures = proxy.logs_since(mark, &["admin accept failed"]);
+    assert!(
+        !failures.is_empty() && failures.len() <= 2,
+        "{} admin accept failures logged in 3s: {failures:?}",
+        failures.len()
+    );
+    drop(hogs);
+    drop(waiting);
+    let deadline = Instant::now() + STEP;
+    while !matches!(proxy.get("/healthz"), Ok((200, _))) {
+        assert!(
+            Instant::now() < deadline,
+            "the admin server did not recover"
+        );
+        sleep(POLL).await;
+    }
 }

@@ -145,3 +145,38 @@ async fn broken_reload_keeps_the_old_table() {
     lands_on(&proxy, "b2", start).await;
     assert!(proxy.generation() > generation);
 }
+
+#[tokio::test]
+async fn a_file_written_in_place_with_a_pause_is_read_once_its_writer_closes_it() {
+    use std::io::Write;
+    let b1 = TlsBackend::start("b1");
+    let b2 = TlsBackend::start("b2");
+    let both = |b: &TlsBackend| {
+        Cfg::new()
+            .route("api", &["api.example.test"], &[b.addr()])
+            .route("other", &["other.example.test"], &[b.addr()])
+            .yaml()
+    };
+    let proxy = Sniroute::start(both(&b1));
+    let generation = proxy.generation();
+    let new = both(&b2);
+    // The first route alone is a valid file: publishing it would drop `other`.
+    let cut = new.find("  - name: \"other\"").expect("second route");
+    let mut file = std::fs::File::create(proxy.config_path()).unwrap();
+    file.write_all(&new.as_bytes()[..cut]).unwrap();
+    file.flush().unwrap();
+    // Longer than the watcher's debounce and its longest delay.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        proxy.generation(),
+        generation,
+        "half a file was published; logs:\n{}",
+        proxy.logs().join("\n")
+    );
+    assert_routes(proxy.proxy_addr(), "other.example.test", "b1").await;
+    file.write_all(&new.as_bytes()[cut..]).unwrap();
+    let start = Instant::now();
+    drop(file);
+    lands_on(&proxy, "b2", start).await;
+    assert_routes(proxy.proxy_addr(), "other.example.test", "b2").await;
+}

@@ -38,6 +38,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::hellos;
+use common::procfs::{cpu_ticks, limit_open_files, PeerSocket};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -146,15 +148,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
-}
-
-/// User + system CPU time, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
-    let rest = &stat[stat.rfind(')').expect("stat comm") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 /// `sniroute_connections_total{outcome=...}` from `/metrics`.
@@ -928,17 +921,6 @@ async fn durations_past_the_clock_range_do_not_break_forwarding() {
 
 // === the open-files limit ===
 
-/// Lowers the running proxy's open-files limit (as `ulimit -n` before exec would).
-fn limit_open_files(pid: u32, limit: usize) {
-    let status = Command::new("prlimit")
-        .arg("--pid")
-        .arg(pid.to_string())
-        .arg(format!("--nofile={limit}:{limit}"))
-        .status()
-        .expect("run prlimit (util-linux)");
-    assert!(status.success(), "prlimit failed: {status}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_open_files_limit_the_proxy_refuses_and_recovers_by_itself() {
     let _serial = serial().await;
@@ -1062,6 +1044,79 @@ async fn at_the_open_files_limit_the_proxy_refuses_and_recovers_by_itself() {
         "a healthy backend was ejected because the proxy ran out of fds"
     );
     assert_fds_back(pid, base, "open-files limit").await;
+}
+
+// === hello reassembly cost ===
+
+/// Sends `records` one per write (TCP_NODELAY), each only once the proxy has read the one
+/// before (its socket's receive queue is empty), so every record is a read of its own; then
+/// reads the backend's id and the echoed hello.
+fn paced_hello(addr: SocketAddr, pid: u32, records: &[Vec<u8>]) -> io::Result<u8> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(STEP))?;
+    let proxy_side = PeerSocket::find(pid, &tcp)?;
+    for record in records {
+        tcp.write_all(record)?;
+        while proxy_side.unread() > 0 {
+            std::thread::sleep(Duration::from_micros(10));
+        }
+    }
+    let mut echoed = vec![0u8; 1 + records.iter().map(Vec::len).sum::<usize>()];
+    tcp.read_exact(&mut echoed)?;
+    Ok(echoed[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reassembling_a_hello_costs_linear_cpu_in_its_records() {
+    let _serial = serial().await;
+    let backend = RawServer::start(Mode::Echo(b'E'));
+    let proxy = Sniroute::start(
+        one_route(backend.addr)
+            .set("max_client_hello", "131072")
+            .set("client_hello_timeout", "60s")
+            .yaml(),
+    );
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    let hello = fixture(HELLO);
+    let small = hellos::records(&hellos::padded_handshake(&hello, 4096), 1);
+    let large = hellos::records(&hellos::padded_handshake(&hello, 16_384), 1);
+    // Rounds alternate the sizes so both see the same background load; each round sends
+    // four small hellos for every large one, the same bytes of each.
+    let (rounds, small_per_round) = (3, 4);
+    let (mut small_ticks, mut large_ticks) = (0, 0);
+    let (small, large) = (Arc::new(small), Arc::new(large));
+    for _ in 0..rounds {
+        for (hellos, count, ticks) in [
+            (&small, small_per_round, &mut small_ticks),
+            (&large, 1, &mut large_ticks),
+        ] {
+            let hellos = hellos.clone();
+            let before = cpu_ticks(pid);
+            tokio::task::spawn_blocking(move || {
+                for _ in 0..count {
+                    assert_eq!(paced_hello(addr, pid, &hellos).expect("paced hello"), b'E');
+                }
+            })
+            .await
+            .unwrap();
+            *ticks += cpu_ticks(pid) - before;
+        }
+    }
+    let per_small = small_ticks as f64 / f64::from(rounds * small_per_round);
+    let per_large = large_ticks as f64 / f64::from(rounds);
+    let ratio = per_large / per_small;
+    eprintln!(
+        "proxy CPU per hello: 4,096 one-byte records {:.1} ms, 16,384 {:.1} ms; ratio {ratio:.2} \
+         (linear: 4, quadratic: 16)",
+        per_small * 10.0,
+        per_large * 10.0
+    );
+    assert!(
+        ratio < 8.0,
+        "a hello of 4x the records cost {ratio:.1}x the CPU: reassembly is not linear"
+    );
 }
 
 // === reload storm ===

@@ -16,6 +16,22 @@ pub enum ConfigError {
         /// What the OS said.
         source: io::Error,
     },
+    /// The path names something other than a regular file (a device, a FIFO, a directory).
+    #[error("config file {file} is {kind}, not a regular file")]
+    NotRegular {
+        /// The file, as given.
+        file: String,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// The file is larger than [`crate::config::MAX_CONFIG_BYTES`].
+    #[error("config file {file} is larger than the limit of {limit} bytes ({} MiB)", limit / (1024 * 1024))]
+    TooLarge {
+        /// The file, as given.
+        file: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The file was read but is not a valid config; every problem found is listed.
     #[error("{}", InvalidDisplay { file, problems })]
     Invalid {

@@ -8,7 +8,8 @@
 //! the `..data` symlink the file points through. Watching the file's inode would miss both.
 //! Every event in the directory (after a short debounce) leads to a read, and only bytes that
 //! differ from the last read are parsed, so unrelated churn in the directory costs one small
-//! read and logs nothing.
+//! read and logs nothing. Writes to a file still open for writing are not such events: the
+//! close after them is (`may_change_the_file`), so a file written in place is read whole.
 //!
 //! Limitation: only the directory holding the path as given is watched. If that path is a
 //! symlink into another directory (other than the ConfigMap layout, where the links live in
@@ -18,14 +19,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::error::ConfigError;
 use crate::publish::Publisher;
 use crate::source::SourceKind;
@@ -118,11 +119,19 @@ impl FileSource {
     /// Reads the file and, if its content is new (or `forced`), validates it and publishes.
     async fn reload(&self, state: &mut State, forced: bool) {
         let file = self.path.display().to_string();
-        let bytes = match tokio::fs::read(&self.path).await {
+        let path = self.path.clone();
+        let read = tokio::task::spawn_blocking(move || config::read_file(&path))
+            .await
+            .unwrap_or_else(|join| {
+                Err(ConfigError::Read {
+                    file: file.clone(),
+                    source: std::io::Error::other(join),
+                })
+            });
+        let bytes = match read {
             Ok(bytes) => bytes,
-            Err(source) => {
+            Err(error) => {
                 if !state.failing || forced {
-                    let error = ConfigError::Read { file, source };
                     tracing::warn!(error = %one_line(&error), "config reload failed");
                     self.publisher.source_failed(SourceKind::File, 1);
                 }
@@ -218,10 +227,7 @@ fn watch_dir(path: &Path, changed: Arc<Notify>) -> Result<notify::RecommendedWat
     };
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            // Opens and reads (ours included) change nothing; a close after writing does.
-            Ok(event)
-                if matches!(event.kind, EventKind::Access(kind)
-                    if kind != AccessKind::Close(AccessMode::Write)) => {}
+            Ok(event) if !may_change_the_file(event.kind) => {}
             Ok(_) => changed.notify_one(),
             Err(error) => {
                 // Events may have been lost: read the file to be sure.
@@ -234,6 +240,20 @@ fn watch_dir(path: &Path, changed: Arc<Notify>) -> Result<notify::RecommendedWat
         .watch(dir, RecursiveMode::NonRecursive)
         .map_err(watch_error)?;
     Ok(watcher)
+}
+
+/// Whether an event in the directory may mean the file now reads differently.
+///
+/// Opens and reads (ours included) change nothing. A write to a file still open for writing
+/// does not count either where the close after writing is reported (Linux): a writer that
+/// pauses mid-file would otherwise have its valid prefix published once the directory went
+/// quiet. The close, renames, creations and removals are what announce a complete file.
+fn may_change_the_file(kind: EventKind) -> bool {
+    match kind {
+        EventKind::Access(kind) => kind == AccessKind::Close(AccessMode::Write),
+        EventKind::Modify(ModifyKind::Data(_)) => !cfg!(target_os = "linux"),
+        _ => true,
+    }
 }
 
 /// Waits for the directory to go quiet for [`QUIET`], or [`MAX_DELAY`] at most; false if

@@ -53,25 +53,31 @@ fn valid(config: &Config) {
     // "Zero is refused" for every duration but shutdown_delay. (Huge ones validate, up to
     // humantime's u64 seconds: the data plane saturates them instead of adding to a clock.)
     let mut durations = vec![
-        ("client_hello_timeout", config.client_hello_timeout),
-        ("connect_timeout", config.connect_timeout),
-        ("idle_timeout", config.idle_timeout),
+        ("client_hello_timeout", config.proxy.client_hello_timeout),
+        ("connect_timeout", config.proxy.connect_timeout),
+        ("idle_timeout", config.proxy.idle_timeout),
         ("drain_timeout", config.drain_timeout),
-        ("base_ejection_time", config.outlier_detection.base_ejection),
-        ("max_ejection_time", config.outlier_detection.max_ejection),
+        (
+            "base_ejection_time",
+            config.proxy.outlier_detection.base_ejection,
+        ),
+        (
+            "max_ejection_time",
+            config.proxy.outlier_detection.max_ejection,
+        ),
     ];
     if let Some(kube) = &config.kubernetes {
         durations.push(("kubernetes.debounce", kube.debounce));
     }
-    if let Some(grace) = config.revoke_grace {
+    if let Some(grace) = config.proxy.revoke_grace {
         durations.push(("revoke_grace", grace));
     }
     for (key, d) in durations {
         assert!(!d.is_zero(), "{key}: zero validated");
     }
     assert!(
-        config.outlier_detection.base_ejection <= config.outlier_detection.max_ejection,
+        config.proxy.outlier_detection.base_ejection <= config.proxy.outlier_detection.max_ejection,
         "{:?}",
-        config.outlier_detection
+        config.proxy.outlier_detection
     );
 }

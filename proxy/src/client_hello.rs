@@ -1,7 +1,9 @@
 //! Reading the SNI out of a client's first bytes: a pure function over a buffer.
 //!
 //! The caller peeks or reads the connection's first bytes and calls [`parse`] again each time
-//! more arrive. [`Parsed::NeedMore`] means read again; the other answers are final. Framing
+//! more arrive (or [`parse_more`], carrying a [`Progress`] so the records already walked are
+//! not walked again: then a hello costs time linear in its bytes, however many reads it takes).
+//! [`Parsed::NeedMore`] means read again; the other answers are final. Framing
 //! verdicts (not TLS, too large, broken records) come at the earliest byte that settles them,
 //! so a client is never waited on for bytes that could not change the answer; the hello's
 //! contents are judged once its last record is in. The record layer is ours (a hello may span
@@ -93,7 +95,15 @@ impl fmt::Display for Refusal {
 ///
 /// Bytes after the last record of the hello are ignored (the caller forwards them).
 pub fn parse(buf: &[u8], max_len: usize) -> Parsed {
-    match parse_hello(buf, max_len) {
+    parse_more(&mut Progress::default(), buf, max_len)
+}
+
+/// [`parse`] for a buffer that grows between calls: `progress` (start from its default)
+/// remembers the complete records already walked, so each call only frames the new bytes.
+/// `buf` must start with the bytes every earlier call with this `progress` was given, and
+/// `max_len` must stay the same; then the answer is always [`parse`]'s on the same bytes.
+pub fn parse_more(progress: &mut Progress, buf: &[u8], max_len: usize) -> Parsed {
+    match parse_hello(progress, buf, max_len) {
         Ok(hello) => Parsed::Hello(hello),
         Err(Stop::NeedMore) => Parsed::NeedMore,
         Err(Stop::Refused(why)) => Parsed::Refused(why),
@@ -112,10 +122,10 @@ impl From<Refusal> for Stop {
     }
 }
 
-fn parse_hello(buf: &[u8], max_len: usize) -> Result<ClientHello, Stop> {
+fn parse_hello(progress: &mut Progress, buf: &[u8], max_len: usize) -> Result<ClientHello, Stop> {
     // Bytes past the limit can never be part of a hello we accept, so they are never read.
     let buf = buf.get(..max_len).unwrap_or(buf);
-    let framing = frame(buf, max_len)?;
+    let framing = frame(progress, buf, max_len)?;
     let message = message(buf, &framing);
     let body = message
         .get(HANDSHAKE_HEADER_LEN..)
@@ -140,17 +150,34 @@ struct Framing {
     message_len: usize,
 }
 
-/// Walks the records until they carry the whole handshake message, deciding as early as the
-/// bytes allow: each header byte is checked as it arrives, and a size that could never fit in
-/// `max_len` is refused from the header that announces it.
-fn frame(buf: &[u8], max_len: usize) -> Result<Framing, Stop> {
-    // Start of the record being read.
-    let mut pos = 0;
-    let mut first_fragment_len = 0;
-    // Handshake bytes carried by the complete records before `pos`.
-    let mut carried = 0;
-    let mut header = [0u8; HANDSHAKE_HEADER_LEN];
-    let mut message_len = None;
+/// The record layer's state between calls to [`parse_more`]: where the first record not yet
+/// complete starts, and what the complete ones before it carried. Only complete records are
+/// ever recorded here, so the record in progress is judged afresh on each call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Start of the record being read.
+    pos: usize,
+    /// Length of the first record's fragment, once that record is complete.
+    first_fragment_len: usize,
+    /// Handshake bytes carried by the complete records before `pos`.
+    carried: usize,
+    /// The handshake header, as far as those records carried it.
+    header: [u8; HANDSHAKE_HEADER_LEN],
+    /// Length of the handshake message, header included, once its header is in.
+    message_len: Option<usize>,
+}
+
+/// Walks the records from where `progress` left off until they carry the whole handshake
+/// message, deciding as early as the bytes allow: each header byte is checked as it arrives,
+/// and a size that could never fit in `max_len` is refused from the header that announces it.
+fn frame(progress: &mut Progress, buf: &[u8], max_len: usize) -> Result<Framing, Stop> {
+    let Progress {
+        mut pos,
+        mut first_fragment_len,
+        mut carried,
+        mut header,
+        mut message_len,
+    } = *progress;
     loop {
         let record = buf.get(pos..).unwrap_or_default();
         let Some(fragment_len) = record_header(record, pos == 0)? else {
@@ -204,7 +231,17 @@ fn frame(buf: &[u8], max_len: usize) -> Result<Framing, Stop> {
                     message_len: total,
                 })
             }
-            _ => pos = end,
+            _ => {
+                pos = end;
+                // This record is complete and settled nothing: it is never walked again.
+                *progress = Progress {
+                    pos,
+                    first_fragment_len,
+                    carried,
+                    header,
+                    message_len,
+                };
+            }
         }
     }
 }
@@ -629,6 +666,48 @@ mod tests {
             );
         }
         assert_eq!(&parse(wire, MAX), expected);
+    }
+
+    /// Feeding `wire` in growing prefixes of `step` bytes through one [`Progress`] must give,
+    /// at every prefix, what [`parse`] gives on it alone, until the answer is final.
+    fn check_incremental(wire: &[u8], max: usize, step: usize) {
+        let mut progress = Progress::default();
+        let mut n = 0;
+        loop {
+            let once = parse(&wire[..n], max);
+            assert_eq!(
+                parse_more(&mut progress, &wire[..n], max),
+                once,
+                "prefix of {n} bytes in steps of {step}"
+            );
+            if once != Parsed::NeedMore || n == wire.len() {
+                return;
+            }
+            n = (n + step).min(wire.len());
+        }
+    }
+
+    #[test]
+    fn parsing_as_bytes_arrive_agrees_with_parsing_at_once() {
+        let openssl = handshake_bytes(fixture("openssl-3.0.bin"));
+        let mut server_hello = fixture("openssl-3.0.bin").to_vec();
+        server_hello[5] = 2;
+        let mut cases: Vec<(Vec<u8>, usize)> =
+            FIXTURES.iter().map(|f| (f.1.to_vec(), MAX)).collect();
+        for size in [1, 3, 4, 5, 317] {
+            cases.push((records(&openssl, size), MAX));
+            // Too large, decided from a header or from the bytes buffered.
+            cases.push((records(&openssl, size), 400));
+        }
+        cases.push((records(&handshake_bytes(&server_hello), 1), MAX));
+        let mut broken = records(&openssl, 2);
+        broken[7 * 20] = 23;
+        cases.push((broken, MAX));
+        for (wire, max) in &cases {
+            for step in [1, 2, 5, 6, 7, 100] {
+                check_incremental(wire, *max, step);
+            }
+        }
     }
 
     #[test]

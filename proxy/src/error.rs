@@ -23,6 +23,10 @@ pub enum NameError {
     /// A byte that is not a letter, digit, `-` or `_`.
     #[error("byte 0x{0:02x} is not allowed in a hostname")]
     BadByte(u8),
+    /// An IPv4 or IPv6 address (or a name ending in an all-numeric label, which resolvers
+    /// read as one): RFC 6066 section 3 forbids IP literals as a HostName.
+    #[error("is an IP address, not a hostname (RFC 6066 forbids IP literals in SNI)")]
+    IpLiteral,
 }
 
 /// Why a routing table could not be built.

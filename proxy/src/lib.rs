@@ -44,7 +44,7 @@ pub use route::ListenerKind;
 pub use table::{Backend, Route, RouteSpec, SharedTable, Snapshot, Table};
 
 /// The data plane's knobs, fixed for the life of a listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// How long a client has to send a complete ClientHello.
     pub client_hello_timeout: Duration,

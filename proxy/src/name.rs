@@ -17,7 +17,16 @@ impl ServerName {
     /// Normalises `raw` (an SNI value or a configured hostname) or says why it is not a hostname.
     pub fn parse(raw: &[u8]) -> Result<Self, NameError> {
         let raw = raw.strip_suffix(b".").unwrap_or(raw);
+        if is_ipv6_literal(raw) {
+            return Err(NameError::IpLiteral);
+        }
         check_labels(raw)?;
+        // No top-level domain is all digits (RFC 3696 2), and resolvers and URL parsers read
+        // such a name as an IPv4 address, dotted (10.0.0.1) or short (127.1).
+        let last = raw.rsplit(|&b| b == b'.').next().unwrap_or_default();
+        if last.iter().all(u8::is_ascii_digit) {
+            return Err(NameError::IpLiteral);
+        }
         let lower: String = raw.iter().map(|b| b.to_ascii_lowercase() as char).collect();
         Ok(Self(lower.into_boxed_str()))
     }
@@ -72,6 +81,15 @@ impl fmt::Debug for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "HostPattern({self})")
     }
+}
+
+/// An IPv6 address, bare or in brackets (as in a URL).
+fn is_ipv6_literal(raw: &[u8]) -> bool {
+    let inner = raw
+        .strip_prefix(b"[")
+        .and_then(|r| r.strip_suffix(b"]"))
+        .unwrap_or(raw);
+    std::str::from_utf8(inner).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
 }
 
 fn check_labels(name: &[u8]) -> Result<(), NameError> {
@@ -132,6 +150,32 @@ mod tests {
             ServerName::parse(long_name.as_bytes()),
             Err(NameError::TooLong(255))
         );
+    }
+
+    #[test]
+    fn refuses_ip_literals() {
+        for raw in [
+            &b"10.0.0.1"[..],
+            b"192.0.2.7.",
+            b"127.1",
+            b"1",
+            b"a.b.123",
+            b"::1",
+            b"[::1]",
+            b"2001:db8::7",
+            b"::ffff:10.0.0.1",
+        ] {
+            assert_eq!(
+                ServerName::parse(raw),
+                Err(NameError::IpLiteral),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert_eq!(HostPattern::parse("*.0.1"), Err(NameError::IpLiteral));
+        for name in ["10.0.0.1.example.test", "1a.test", "a.b1", "0x7f.test"] {
+            assert!(ServerName::parse(name.as_bytes()).is_ok(), "{name}");
+        }
     }
 
     #[test]

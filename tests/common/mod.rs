@@ -16,6 +16,8 @@
 
 pub mod apiserver;
 pub mod fake_kube;
+pub mod hellos;
+pub mod procfs;
 pub mod prometheus;
 
 use std::fmt::Write as _;

@@ -1,0 +1,445 @@
+//! The YAML config file: its schema, its defaults, and validation that reports every problem.
+//!
+//! ```yaml
+//! listen: 0.0.0.0:8443            # one address or a list
+//! admin: 127.0.0.1:9090           # optional
+//! client_hello_timeout: 5s        # optional (humantime: 250ms, 5s, 1h30m)
+//! connect_timeout: 10s            # optional
+//! idle_timeout: 1h                # optional
+//! max_client_hello: 16384         # optional, bytes, 512 to 1 MiB
+//! kubernetes: {debounce: 100ms}   # optional: route HostedClusters too
+//! cluster_id_listen: 0.0.0.0:6443 # optional: PROXY-v2 listener routing by ClusterID
+//! revoke_grace: 30s               # optional: duration, or `off`
+//! routes:
+//!   - name: cluster-a             # optional; defaults to the first hostname as written
+//!     hostnames: [api.a.example.test, "*.apps.a.example.test"]
+//!     backends: ["10.0.0.1:6443", "kas.ns.svc:6443", "[::1]:6443"]
+//! ```
+//!
+//! Parsing is two steps. Serde reads the document into a loose, span-carrying shape where every
+//! value is still text ([`raw`]); only structural faults (bad YAML, unknown keys, a map where a
+//! list belongs) stop it there. Validation ([`validate`], one function per section) then checks
+//! every value and collects every problem, each with its line, column and route, so one run of
+//! `sniroute check` lists everything to fix. This module holds the typed result, how it is
+//! read, and which changes to it need a restart.
+
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use proxy::proxy_protocol::Version as ProxyVersion;
+use proxy::{Backend, HostPattern, Route, RouteSpec, Settings, Table};
+use serde_saphyr::{Location, MessageFormatter};
+
+use crate::error::{ConfigError, Problem};
+
+/// `admin` when the file does not say.
+pub const DEFAULT_ADMIN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
+/// `client_hello_timeout` when the file does not say.
+pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// `connect_timeout` when the file does not say.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `idle_timeout` when the file does not say.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// `max_client_hello` when the file does not say: a ClientHello with a post-quantum key share
+/// and a long session ticket is a few KiB, so 16 KiB (one full TLS record) leaves room.
+pub const DEFAULT_MAX_CLIENT_HELLO: usize = 16 * 1024;
+/// The smallest `max_client_hello` accepted: below this, ordinary browsers' hellos are refused.
+pub const MIN_MAX_CLIENT_HELLO: usize = 512;
+/// The largest `max_client_hello` accepted: more is memory per pending connection for nothing.
+pub const MAX_MAX_CLIENT_HELLO: usize = 1024 * 1024;
+/// The `source` of every route read from the file.
+pub const ROUTE_SOURCE: &str = "file";
+/// `kubernetes.debounce` when the file does not say: long enough to batch the burst of
+/// events one hosted cluster's creation makes, short enough to route it well within a second.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
+/// The longest `kubernetes.debounce` accepted: beyond it, changes stop being prompt.
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(10);
+/// `listen_backlog` when the file does not say.
+pub const DEFAULT_LISTEN_BACKLOG: i32 = proxy::socket::DEFAULT_BACKLOG;
+/// `shutdown_delay` when the file does not say: a few load-balancer health-check intervals.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+/// `drain_timeout` when the file does not say.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// `revoke_grace` when the file does not say.
+pub const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(30);
+/// The largest config file read: room for about 145,000 routes of a realistic shape (three
+/// hostnames, two backends, two CIDRs: a 100,000-route file is about 22 MB), and a bound on
+/// what a bad path (a device, a runaway generator) can make the process read.
+pub const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
+/// The YAML parser's node budget (mappings, sequences and scalars, an alias counting each time
+/// it expands): a realistic route is 16 nodes, so this is about 250,000 routes, while it still
+/// stops an alias bomb long before it costs much memory.
+pub const MAX_YAML_NODES: usize = 4_000_000;
+/// The YAML parser's event budget, in step with [`MAX_YAML_NODES`] (a realistic route is 22
+/// parser events).
+pub const MAX_YAML_EVENTS: usize = 6_000_000;
+
+/// A validated config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Addresses to accept TLS connections on (at least one).
+    pub listen: Vec<SocketAddr>,
+    /// Address of the admin HTTP server (health, readiness, routes, metrics).
+    pub admin: SocketAddr,
+    /// The routes, in file order (may be empty: then every connection is refused).
+    pub routes: Vec<RouteConfig>,
+    /// The Kubernetes source, when the file has a `kubernetes:` key.
+    pub kubernetes: Option<KubernetesConfig>,
+    /// Where to accept PROXY-v2 connections routed by the ClusterID TLV, if anywhere.
+    pub cluster_id_listen: Option<SocketAddr>,
+    /// The kernel's accept queue length for each `listen` address.
+    pub listen_backlog: i32,
+    /// After SIGTERM, how long listeners keep accepting while readiness is off.
+    pub shutdown_delay: Duration,
+    /// After listeners close, how long established connections may take to finish.
+    pub drain_timeout: Duration,
+    /// `text` for terminals, `json` for log collectors.
+    pub log_format: LogFormat,
+    /// The log filter when `RUST_LOG` is not set, e.g. `info` or `info,proxy=debug`.
+    pub log_level: String,
+    /// The data plane's knobs (timeouts, limits, PROXY headers, revocation), as the proxy
+    /// takes them.
+    pub proxy: Settings,
+    /// The file name used in messages.
+    origin: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `kubernetes:` section: route the hosted clusters of the cluster the client reaches.
+///
+/// The client is configured the standard way (`KUBECONFIG`, `~/.kube/config`, then the
+/// in-cluster service account), so the section only tunes the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// How long changes are batched after the first one before the table is rebuilt.
+    pub debounce: Duration,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            debounce: DEFAULT_DEBOUNCE,
+        }
+    }
+}
+
+/// One validated route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Unique name: as given, or the first hostname as written.
+    pub name: String,
+    /// The hostnames it answers, normalised (at least one).
+    pub hostnames: Vec<HostPattern>,
+    /// Where it forwards to, in order (at least one).
+    pub backends: Vec<Backend>,
+    /// Forwarded connections allowed at once; `None` is unlimited.
+    pub max_connections: Option<u32>,
+    /// Client networks allowed; empty allows everyone.
+    pub allowed_cidrs: Vec<IpNet>,
+    /// The PROXY header sent to the backends, if any.
+    pub proxy_protocol: Option<ProxyVersion>,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let bytes = read_file(path)?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Validates `text`; `origin` names it in messages (usually the file path).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            file: origin.to_owned(),
+            problems,
+        };
+        let raw: raw::RawConfig = match serde_saphyr::from_str_with_options(text, yaml_options()) {
+            Ok(raw) => raw,
+            Err(err) => return Err(invalid(vec![syntax_problem(&err)])),
+        };
+        let mut problems = Vec::new();
+        let config = raw.validate(origin, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            // Stable: problems on one line keep the order they were found in.
+            problems.sort_by_key(|p| (p.line.unwrap_or(0), p.column.unwrap_or(0)));
+            Err(invalid(problems))
+        }
+    }
+
+    /// Validates file contents read elsewhere; refuses bytes that are not UTF-8.
+    pub(crate) fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, ConfigError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Self::parse(text, origin),
+            Err(err) => {
+                let line = bytes[..err.valid_up_to()]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count() as u64
+                    + 1;
+                Err(ConfigError::Invalid {
+                    file: origin.to_owned(),
+                    problems: vec![Problem {
+                        line: Some(line),
+                        column: None,
+                        route: None,
+                        message: format!(
+                            "not UTF-8 (invalid byte at offset {})",
+                            err.valid_up_to()
+                        ),
+                    }],
+                })
+            }
+        }
+    }
+
+    /// Builds the routing table from the routes, each with source [`ROUTE_SOURCE`].
+    ///
+    /// Validation already refused everything the table refuses, so this fails only on a bug.
+    pub fn table(&self) -> Result<Table, ConfigError> {
+        let table_error = |source| ConfigError::Table {
+            file: self.origin.clone(),
+            source,
+        };
+        let routes = self
+            .route_specs()
+            .into_iter()
+            .map(Route::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(table_error)?;
+        Table::new(routes).map_err(table_error)
+    }
+
+    /// The routes as the publish step takes them, each with source [`ROUTE_SOURCE`].
+    pub fn route_specs(&self) -> Vec<RouteSpec> {
+        let source: Arc<str> = ROUTE_SOURCE.into();
+        self.routes
+            .iter()
+            .map(|r| RouteSpec {
+                max_connections: r.max_connections,
+                allowed_cidrs: r.allowed_cidrs.clone(),
+                proxy_protocol: r.proxy_protocol,
+                ..RouteSpec::new(
+                    r.name.as_str(),
+                    r.hostnames.clone(),
+                    r.backends.clone(),
+                    source.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// The name this config was read under (the file path), as used in messages.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The keys, other than `routes`, whose values differ from `other`'s: these only take
+    /// effect when the process restarts.
+    pub(crate) fn restart_settings_changed(&self, other: &Self) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |key, differs| {
+            if differs {
+                changed.push(key);
+            }
+        };
+        let (mine, theirs) = (&self.proxy, &other.proxy);
+        check("listen", self.listen != other.listen);
+        check("admin", self.admin != other.admin);
+        check(
+            "client_hello_timeout",
+            mine.client_hello_timeout != theirs.client_hello_timeout,
+        );
+        check(
+            "connect_timeout",
+            mine.connect_timeout != theirs.connect_timeout,
+        );
+        check("idle_timeout", mine.idle_timeout != theirs.idle_timeout);
+        check(
+            "max_client_hello",
+            mine.max_client_hello != theirs.max_client_hello,
+        );
+        check("kubernetes", self.kubernetes != other.kubernetes);
+        check(
+            "cluster_id_listen",
+            self.cluster_id_listen != other.cluster_id_listen,
+        );
+        check("revoke_grace", mine.revoke_grace != theirs.revoke_grace);
+        check(
+            "max_connections",
+            mine.max_connections != theirs.max_connections,
+        );
+        check(
+            "listen_backlog",
+            self.listen_backlog != other.listen_backlog,
+        );
+        check(
+            "shutdown_delay",
+            self.shutdown_delay != other.shutdown_delay,
+        );
+        check("drain_timeout", self.drain_timeout != other.drain_timeout);
+        check("log_format", self.log_format != other.log_format);
+        check("log_level", self.log_level != other.log_level);
+        check(
+            "log_connections",
+            mine.log_connections != theirs.log_connections,
+        );
+        check(
+            "outlier_detection",
+            mine.outlier_detection != theirs.outlier_detection,
+        );
+        check(
+            "accept_proxy_protocol",
+            mine.accept_proxy_protocol != theirs.accept_proxy_protocol,
+        );
+        check(
+            "trusted_proxies",
+            mine.trusted_proxies != theirs.trusted_proxies,
+        );
+        changed
+    }
+}
+
+/// Reads the config file at `path`: a regular file (after symlinks) of at most
+/// [`MAX_CONFIG_BYTES`]. Anything else (a device, a FIFO, a directory) is refused before a
+/// byte is read, and the open cannot block: a FIFO with no writer would otherwise hang it.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
+    let file = path.display().to_string();
+    let read_error = |source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    };
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(read_error)?;
+    let meta = opened.metadata().map_err(read_error)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let kind = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(ConfigError::NotRegular { file, kind });
+    }
+    let too_large = || ConfigError::TooLarge {
+        file: file.clone(),
+        limit: MAX_CONFIG_BYTES,
+    };
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    // The file may grow while it is read: the limit holds for what is read, not what was stat'd.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or_default());
+    opened
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// The YAML parser's options: its default budget, with room for large route lists.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_YAML_NODES;
+    budget.max_events = MAX_YAML_EVENTS;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
+/// A problem from the YAML layer: bad syntax, an unknown key, a value of the wrong shape.
+fn syntax_problem(err: &serde_saphyr::Error) -> Problem {
+    let err = err.without_snippet();
+    if let serde_saphyr::Error::Budget { breach, location } = err {
+        let (line, column) = position(*location);
+        return Problem {
+            line,
+            column,
+            route: None,
+            message: budget_message(breach),
+        };
+    }
+    // `format_message` leaves out the location (reported separately below) and does not
+    // escape control characters, so escape them here.
+    let mut message = String::new();
+    for c in serde_saphyr::DefaultMessageFormatter
+        .format_message(err)
+        .chars()
+    {
+        if c.is_control() {
+            message.extend(c.escape_debug());
+        } else {
+            message.push(c);
+        }
+    }
+    let (line, column) = err.location().map(position).unwrap_or((None, None));
+    Problem {
+        line,
+        column,
+        route: None,
+        message,
+    }
+}
+
+/// What a breached parser budget means for this file, naming the limit.
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach;
+    match breach {
+        BudgetBreach::Nodes { .. } => format!(
+            "the file has more than {MAX_YAML_NODES} YAML nodes (mappings, sequences and \
+             scalars, aliases counted as they expand), the limit: about 250,000 routes"
+        ),
+        BudgetBreach::Events { .. } => format!(
+            "the file has more than {MAX_YAML_EVENTS} YAML parser events, the limit: about \
+             250,000 routes"
+        ),
+        other => format!("the YAML parser's limits were exceeded: {other:?}"),
+    }
+}
+
+/// A location as a problem reports it; the crate uses line 0 for "unknown".
+fn position(location: Location) -> (Option<u64>, Option<u64>) {
+    match location.line() {
+        0 => (None, None),
+        line => (Some(line), Some(location.column()).filter(|&c| c > 0)),
+    }
+}
