@@ -19,9 +19,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,9 +32,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, Notify};
-use tokio::time::Instant;
+use tokio::time::{timeout, Instant};
+use tokio_rustls::TlsConnector;
+
+use super::client::read_line;
 
 use super::*;
 
@@ -568,58 +572,16 @@ impl Sniroute {
     /// Starts the binary with `KUBECONFIG` set to `kubeconfig`, and waits until it listens
     /// (not until it is ready: that is what the Kubernetes tests look at).
     pub fn start_kube(yaml: impl AsRef<str>, kubeconfig: &Path) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conf = dir.path().join("conf");
-        std::fs::create_dir(&conf).unwrap();
-        std::fs::create_dir(dir.path().join("staging")).unwrap();
-        let config = conf.join(CONFIG_NAME);
-        std::fs::write(&config, yaml.as_ref()).unwrap();
-        let mut child = Command::new(binary())
-            .arg("--config")
-            .arg(&config)
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,control=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sniroute");
-        let logs = Arc::new(LogBuf::default());
-        let reader = spawn_log_reader(child.stderr.take().unwrap(), logs.clone());
-        let mut me = Self {
-            child,
-            dir,
-            config,
-            layout: Layout::Plain,
-            version: 0,
-            logs,
-            proxy: Vec::new(),
-            admin: "0.0.0.0:0".parse().unwrap(),
-            reader: Some(reader),
+        let kubeconfig = kubeconfig.to_str().expect("a UTF-8 kubeconfig path");
+        let opts = StartOpts {
+            env: vec![
+                ("KUBECONFIG".into(), kubeconfig.into()),
+                ("RUST_LOG".into(), "info,control=debug".into()),
+            ],
+            ready: false,
+            ..StartOpts::default()
         };
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            let (proxy, admin) = listening_addrs(&me.logs());
-            if let (false, Some(admin)) = (proxy.is_empty(), admin) {
-                me.proxy = proxy;
-                me.admin = admin;
-                return me;
-            }
-            if let Ok(Some(status)) = me.child.try_wait() {
-                me.join_reader();
-                panic!(
-                    "sniroute exited with {status} before listening; logs:\n{}",
-                    me.logs().join("\n")
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sniroute did not listen within {STARTUP:?}; logs:\n{}",
-                me.logs().join("\n")
-            );
-            std::thread::sleep(POLL);
-        }
+        Self::start_opts(yaml, &opts)
     }
 
     /// `/readyz`'s status code.
