@@ -566,16 +566,6 @@ async fn cluster_id_listener_routes_by_the_tlv_without_sni() {
     );
 }
 
-/// The outcome counter `outcome` as `/metrics` shows it now.
-fn outcome_count(proxy: &Sniroute, outcome: &str) -> u64 {
-    let (_, body) = proxy.get("/metrics").unwrap();
-    let series = format!("sniroute_connections_total{{outcome=\"{outcome}\"}} ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-}
-
 /// A v2 header with `command` and `protocol` (the LOCAL / DGRAM cases), `src -> dst`.
 fn v2_raw(
     command: v2::Command,
@@ -606,16 +596,16 @@ async fn a_local_header_is_a_health_check_and_routes_by_the_peer_when_a_hello_fo
 
     // The load balancer's probe: a LOCAL header, then close. Counted, never logged.
     let mark = proxy.log_mark();
-    let before = outcome_count(&proxy, "health_check");
+    let before = Scrape::of(&proxy).outcome("health_check");
     let mut tcp = send(listen, &local).await;
     assert!(read_until_closed(&mut tcp, STEP).await.end.closed());
     eventually(STEP, "health_check counted", || async {
-        (outcome_count(&proxy, "health_check") == before + 1).then_some(())
+        (Scrape::of(&proxy).outcome("health_check") == before + 1.0).then_some(())
     })
     .await;
     assert_eq!(
-        outcome_count(&proxy, "not_tls"),
-        0,
+        Scrape::of(&proxy).outcome("not_tls"),
+        0.0,
         "a probe is not an error"
     );
     assert!(

@@ -18,13 +18,7 @@ const DOOMED: &str = "no longer admitted";
 
 /// `sniroute_revoked_connections_total` from `/metrics`.
 fn revoked(proxy: &Sniroute) -> u64 {
-    let (status, body) = proxy.get("/metrics").expect("GET /metrics");
-    assert_eq!(status, 200, "/metrics: {body}");
-    let value = body
-        .lines()
-        .find_map(|l| l.strip_prefix("sniroute_revoked_connections_total "))
-        .unwrap_or_else(|| panic!("no sniroute_revoked_connections_total in:\n{body}"));
-    value.trim().parse::<f64>().expect("a number") as u64
+    Scrape::of(proxy).value("sniroute_revoked_connections_total", &[]) as u64
 }
 
 async fn wait_revoked(proxy: &Sniroute, want: u64) {

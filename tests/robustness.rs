@@ -152,13 +152,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// `sniroute_connections_total{outcome=...}` from `/metrics`.
 fn outcomes(proxy: &Sniroute, outcome: &str) -> u64 {
-    let (status, body) = proxy.get("/metrics").expect("GET /metrics");
-    assert_eq!(status, 200);
-    let prefix = format!("sniroute_connections_total{{outcome=\"{outcome}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{body}")) as u64
+    Scrape::of(proxy).outcome(outcome) as u64
 }
 
 /// Waits (bounded) until `outcome` has been counted `want` times.

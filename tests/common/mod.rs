@@ -9,6 +9,7 @@
 //! - [`client`]: a rustls client trusting the test CA ([`tls_connect`] / [`ClientOpts`]), raw
 //!   TCP reads, `openssl s_client`, HTTP `GET`.
 //! - [`config`]: config YAML built in code ([`Cfg`]).
+//! - [`metrics`]: `/metrics` read into a [`Scrape`].
 //! - [`sniroute`]: the binary as a child process ([`Sniroute`], [`run_binary`]).
 //! - [`fixtures`]: captured ClientHellos; [`hellos`]: hellos reshaped for framing tests.
 //! - [`apiserver`], [`fake_kube`], [`prometheus`], [`procfs`]: the real kube-apiserver, a fake
@@ -24,6 +25,7 @@ pub mod config;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod hellos;
+pub mod metrics;
 pub mod pki;
 pub mod procfs;
 pub mod prometheus;
@@ -42,6 +44,8 @@ pub use client::*;
 pub use config::*;
 #[allow(unused_imports)]
 pub use fixtures::*;
+#[allow(unused_imports)]
+pub use metrics::*;
 #[allow(unused_imports)]
 pub use pki::*;
 #[allow(unused_imports)]
