@@ -15,7 +15,7 @@ use common::*;
 use ppp::v2;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsConnector;
 
@@ -60,26 +60,10 @@ fn v1_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A TCP connection to `to` from a socket bound to `from` (port 0).
-async fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
-    let socket = match from {
-        IpAddr::V4(_) => TcpSocket::new_v4(),
-        IpAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .unwrap();
-    socket.bind(SocketAddr::new(from, 0)).unwrap();
-    let tcp = timeout(STEP, socket.connect(to))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    tcp.set_nodelay(true).unwrap();
-    tcp
-}
-
 /// Connects to `to`, sends `bytes` and half-closes: the proxy then forwards EOF after them, so
 /// a backend's record ends exactly where the proxy's sending ended.
 async fn send_from(from: IpAddr, to: SocketAddr, bytes: &[u8]) -> TcpStream {
-    let mut tcp = connect_from(from, to).await;
+    let mut tcp = raw_connect_from(from, to).await;
     tcp.write_all(bytes).await.unwrap();
     tcp.shutdown().await.unwrap();
     tcp

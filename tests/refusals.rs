@@ -10,10 +10,6 @@ use rustls::AlertDescription;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-fn one_route(backend: std::net::SocketAddr) -> Cfg {
-    Cfg::new().route("api", &["api.example.test"], &[backend])
-}
-
 #[tokio::test]
 async fn unknown_sni_gets_the_unrecognized_name_alert() {
     let b1 = TlsBackend::start("b1");

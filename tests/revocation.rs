@@ -7,7 +7,6 @@ mod common;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::fake_kube::tls_connect_from;
 use common::*;
 use tokio::time::Instant;
 
@@ -141,7 +140,7 @@ async fn a_narrowed_allow_list_revokes_the_clients_it_no_longer_admits() {
     let addr = proxy.proxy_addr();
     let mut from_1 = assert_routes(addr, A, "a").await;
     let two: IpAddr = "127.0.0.2".parse().unwrap();
-    let mut from_2 = tls_connect_from(two, addr, A)
+    let mut from_2 = tls_connect_with(addr, &ClientOpts::sni(A).bound_to(two))
         .await
         .expect("from 127.0.0.2");
     from_1.echo(b"before").await;

@@ -383,10 +383,6 @@ async fn good_client(addr: SocketAddr) -> Result<Duration, String> {
     Ok(started.elapsed())
 }
 
-fn one_route(backend: SocketAddr) -> Cfg {
-    Cfg::new().route("api", &[HOST], &[backend])
-}
-
 // === slowloris ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,14 +3,14 @@
 //! `openssl s_client`, and a minimal HTTP `GET` for admin ports.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use rustls::AlertDescription;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout, Instant};
 use tokio_rustls::{client, TlsConnector};
 
@@ -26,6 +26,9 @@ pub struct ClientOpts {
     pub sni: String,
     /// rustls `max_fragment_size`: small values split the ClientHello over several records.
     pub max_fragment_size: Option<usize>,
+    /// Connect from this loopback address (e.g. 127.0.0.2, to test allow lists) instead of
+    /// the one the kernel picks.
+    pub source: Option<IpAddr>,
 }
 
 impl ClientOpts {
@@ -34,6 +37,15 @@ impl ClientOpts {
         Self {
             sni: sni.to_owned(),
             max_fragment_size: None,
+            source: None,
+        }
+    }
+
+    /// The same options, connecting from `source`.
+    pub fn bound_to(self, source: IpAddr) -> Self {
+        Self {
+            source: Some(source),
+            ..self
         }
     }
 }
@@ -70,8 +82,7 @@ pub async fn tls_connect(addr: SocketAddr, sni: &str) -> io::Result<TlsConn> {
 /// Connects, completes the handshake and reads the backend's identity line, all under [`STEP`].
 pub async fn tls_connect_with(addr: SocketAddr, opts: &ClientOpts) -> io::Result<TlsConn> {
     let attempt = async {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
+        let tcp = tcp_connect(addr, opts.source).await?;
         let connector = TlsConnector::from(pki().client_config(opts.max_fragment_size));
         let name = ServerName::try_from(opts.sni.clone())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -95,9 +106,7 @@ pub async fn tls_connect_with(addr: SocketAddr, opts: &ClientOpts) -> io::Result
 }
 
 /// Reads one `\n`-terminated line byte by byte (so nothing after it is consumed).
-pub(super) async fn read_line<S: tokio::io::AsyncRead + Unpin>(
-    stream: &mut S,
-) -> io::Result<String> {
+async fn read_line<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> io::Result<String> {
     let mut line = Vec::new();
     loop {
         let byte = stream.read_u8().await?;
@@ -212,12 +221,36 @@ pub async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(
 
 /// A TCP connection to `addr` with TCP_NODELAY, bounded by [`STEP`].
 pub async fn raw_connect(addr: SocketAddr) -> TcpStream {
-    let tcp = timeout(STEP, TcpStream::connect(addr))
+    connected(tcp_connect(addr, None)).await
+}
+
+/// Like [`raw_connect`], from `source` (port 0).
+pub async fn raw_connect_from(source: IpAddr, addr: SocketAddr) -> TcpStream {
+    connected(tcp_connect(addr, Some(source))).await
+}
+
+async fn connected(connect: impl std::future::Future<Output = io::Result<TcpStream>>) -> TcpStream {
+    timeout(STEP, connect)
         .await
         .expect("connect timed out")
-        .expect("connect");
-    tcp.set_nodelay(true).expect("nodelay");
-    tcp
+        .expect("connect")
+}
+
+/// A TCP connection to `addr` with TCP_NODELAY, from a socket bound to `source` if given.
+async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let tcp = match source {
+        None => TcpStream::connect(addr).await?,
+        Some(source) => {
+            let socket = match source {
+                IpAddr::V4(_) => TcpSocket::new_v4()?,
+                IpAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(addr).await?
+        }
+    };
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 // === Admin HTTP ===

@@ -107,6 +107,11 @@ impl Cfg {
     }
 }
 
+/// The config most tests start from: route `api` for `api.example.test` to `backend`.
+pub fn one_route(backend: SocketAddr) -> Cfg {
+    Cfg::new().route("api", &["api.example.test"], &[backend])
+}
+
 /// A YAML double-quoted scalar (JSON string syntax is valid YAML).
 pub fn quote(s: &str) -> String {
     serde_json::to_string(s).unwrap()

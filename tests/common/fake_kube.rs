@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -32,13 +32,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, Notify};
-use tokio::time::{timeout, Instant};
-use tokio_rustls::TlsConnector;
-
-use super::client::read_line;
+use tokio::time::Instant;
 
 use super::*;
 
@@ -588,39 +584,6 @@ impl Sniroute {
     pub fn readyz(&self) -> u16 {
         self.get("/readyz").map_or(0, |(status, _)| status)
     }
-}
-
-/// A TLS connection through the proxy at `addr` from a socket bound to `source` (e.g.
-/// 127.0.0.2, to test allow lists), reading the backend's identity line.
-pub async fn tls_connect_from(source: IpAddr, addr: SocketAddr, sni: &str) -> io::Result<TlsConn> {
-    let attempt = async {
-        let socket = match source {
-            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        socket.bind(SocketAddr::new(source, 0))?;
-        let tcp = socket.connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let connector = TlsConnector::from(pki().client_config(None));
-        let name = ServerName::try_from(sni.to_owned())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let mut stream = connector.connect(name, tcp).await?;
-        let line = read_line(&mut stream).await?;
-        let (backend, sni) = parse_identity(&line).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("not an identity line: {line:?}"),
-            )
-        })?;
-        Ok(TlsConn {
-            stream,
-            backend,
-            sni,
-        })
-    };
-    timeout(STEP, attempt)
-        .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "tls_connect_from")))
 }
 
 /// Polls until `sni` reaches `backend` through `addr`; returns how long that took.
