@@ -246,7 +246,8 @@ async fn an_admin_slowloris_at_a_low_open_files_limit_leaves_tls_routing_alone()
             .await
             .unwrap()
             .expect("a trickling admin client was still open past the header timeout");
-        if took < Duration::from_secs(1) {
+        // Well before the header timeout, with room for a loaded machine.
+        if took < HEADER_TIMEOUT - Duration::from_secs(2) {
             closed_at_once += 1;
         }
     }
