@@ -175,6 +175,14 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let admin_listener = socket::bind(config.admin, socket::DEFAULT_BACKLOG)?;
     log_listening("admin", &admin_listener);
+    let debug_listener = match config.debug {
+        Some(addr) => {
+            let bound = listener::bind(addr, listener::DEFAULT_BACKLOG)?;
+            log_listening("debug", &bound);
+            Some(bound)
+        }
+        None => None,
+    };
     let mut listeners = Vec::with_capacity(config.listen.len() + 1);
     for addr in &config.listen {
         let bound = socket::bind(*addr, config.listen_backlog)?;
@@ -204,9 +212,18 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let services = TaskTracker::new();
     services.spawn(admin::serve(
         admin_listener,
+        admin::Surface::Admin,
         state.clone(),
         shutdown.clone(),
     ));
+    if let Some(debug_listener) = debug_listener {
+        tokio::spawn(admin::serve(
+            debug_listener,
+            admin::Surface::Debug,
+            state.clone(),
+            shutdown.clone(),
+        ));
+    }
     let file_source =
         FileSource::new(path, config.clone(), publisher.clone()).run(shutdown.clone());
     if let Some(kube_source) = kube_source {

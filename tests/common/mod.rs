@@ -825,11 +825,14 @@ impl Default for Cfg {
 }
 
 impl Cfg {
-    /// One proxy listener and the admin listener, both on 127.0.0.1:0.
+    /// One proxy listener, the admin and the debug listener, all on 127.0.0.1:0.
     pub fn new() -> Self {
         Self {
             listen: vec!["127.0.0.1:0".into()],
-            settings: vec![("admin".into(), quote("127.0.0.1:0"))],
+            settings: vec![
+                ("admin".into(), quote("127.0.0.1:0")),
+                ("debug".into(), quote("127.0.0.1:0")),
+            ],
             routes: Vec::new(),
         }
     }
@@ -1270,9 +1273,9 @@ impl Sniroute {
         http_get(self.admin, path)
     }
 
-    /// `GET /routes` as JSON (panics unless 200 and JSON).
+    /// `GET /routes` on the debug listener, as JSON (panics unless 200 and JSON).
     pub fn routes(&self) -> serde_json::Value {
-        let (status, body) = self.get("/routes").expect("GET /routes");
+        let (status, body) = http_get(self.listener_addr("debug"), "/routes").expect("GET /routes");
         assert_eq!(status, 200, "/routes status; body {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("/routes not JSON ({e}): {body}"))
     }
