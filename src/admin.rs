@@ -185,6 +185,7 @@ fn respond(surface: Surface, state: &State, req: &Request<Incoming>) -> Response
         },
         (Surface::Admin, "/metrics") => metrics(state),
         (Surface::Debug, "/routes") => routes(state),
+        (Surface::Debug, "/explain") => explain(state, req.uri().query().unwrap_or("")),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
@@ -220,6 +221,16 @@ fn routes(state: &State) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(&view) {
         Ok(body) => response(StatusCode::OK, "application/json", body.into()),
         Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
+}
+
+fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
+    match crate::explain::answer(&state.proxy, query) {
+        Ok(answer) => match serde_json::to_vec_pretty(&answer) {
+            Ok(body) => response(StatusCode::OK, "application/json", body.into()),
+            Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+        },
+        Err(why) => text(StatusCode::BAD_REQUEST, format!("{why}\n")),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod admin;
 mod demo;
+mod explain;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: SocketAddr,
     },
+    /// Ask a running sniroute what it would do with a connection for NAME (and a client).
+    Explain {
+        /// The SNI name.
+        name: String,
+        /// The client address the allow lists are judged for.
+        #[arg(long)]
+        client: Option<std::net::IpAddr>,
+        /// sniroute's debug listener, which serves /explain.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9091")]
+        debug: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +72,20 @@ fn main() -> ExitCode {
         Some(Command::Check) => {
             init_logging(LogFormat::Text, "info");
             return check(cli.config.as_deref());
+        }
+        Some(Command::Explain {
+            name,
+            client,
+            debug,
+        }) => {
+            return match explain::ask(debug, &name, client) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("{error:#}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Some(Command::Demo { listen, admin }) => {
             init_logging(LogFormat::Text, "info");
@@ -177,7 +203,7 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     log_listening("admin", &admin_listener);
     let debug_listener = match config.debug {
         Some(addr) => {
-            let bound = listener::bind(addr, listener::DEFAULT_BACKLOG)?;
+            let bound = socket::bind(addr, socket::DEFAULT_BACKLOG)?;
             log_listening("debug", &bound);
             Some(bound)
         }
