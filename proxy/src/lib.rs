@@ -21,6 +21,7 @@ pub mod client_limit;
 pub mod connect;
 mod connection;
 pub mod error;
+pub mod explain;
 pub mod forward;
 pub mod health;
 pub mod ja4;
@@ -41,7 +42,7 @@ pub use metrics::Metrics;
 pub use name::{HostPattern, ServerName};
 pub use outcome::{Outcome, Reason};
 pub use route::ListenerKind;
-pub use table::{Backend, Route, RouteSpec, SharedTable, Snapshot, Table};
+pub use table::{Backend, Match, Route, RouteKey, RouteSpec, SharedTable, Snapshot, Table};
 
 /// The data plane's knobs, fixed for the life of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]

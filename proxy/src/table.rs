@@ -243,8 +243,18 @@ impl Route {
     /// The backends in the order this connection should try them: each call starts one
     /// further along, so load spreads round robin and a failed one is followed by the next.
     pub fn backends_in_turn(&self) -> impl Iterator<Item = &Backend> {
+        self.backends_from(self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The order [`backends_in_turn`](Self::backends_in_turn) gives the next connection,
+    /// without moving the cursor (for `explain`).
+    pub fn backends_next(&self) -> impl Iterator<Item = &Backend> {
+        self.backends_from(self.next.load(Ordering::Relaxed))
+    }
+
+    fn backends_from(&self, cursor: usize) -> impl Iterator<Item = &Backend> {
         let backends = &self.spec.backends;
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % backends.len();
+        let start = cursor % backends.len();
         backends[start..].iter().chain(&backends[..start])
     }
 }
@@ -278,6 +288,24 @@ impl fmt::Display for RouteKey {
         match self {
             Self::Name(name) => name.fmt(f),
             Self::ClusterId(id) => f.write_str(id),
+        }
+    }
+}
+
+/// Which pattern of a route a name matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match<'n> {
+    /// The name itself is one of the route's hostnames.
+    Exact,
+    /// `*.suffix`, the longest wildcard that covers the name.
+    Wildcard(&'n str),
+}
+
+impl fmt::Display for Match<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact => f.write_str("exact"),
+            Self::Wildcard(suffix) => write!(f, "*.{suffix}"),
         }
     }
 }
@@ -382,13 +410,21 @@ impl Table {
 
     /// The route for `name`: an exact match first, then the wildcard with the longest suffix.
     pub fn lookup(&self, name: &ServerName) -> Option<&Arc<Route>> {
+        self.matching(name).map(|(route, _)| route)
+    }
+
+    /// [`lookup`](Self::lookup), saying which of the route's patterns matched.
+    pub fn matching<'n>(&self, name: &'n ServerName) -> Option<(&Arc<Route>, Match<'n>)> {
         if let Some(route) = self.exact.get(name.as_str()) {
-            return Some(route);
+            return Some((route, Match::Exact));
         }
         let name = name.as_str();
         // Each '.' starts a shorter suffix; the first one found is the longest that matches.
-        name.match_indices('.')
-            .find_map(|(dot, _)| self.wildcard.get(&name[dot + 1..]))
+        name.match_indices('.').find_map(|(dot, _)| {
+            let suffix = &name[dot + 1..];
+            let route = self.wildcard.get(suffix)?;
+            Some((route, Match::Wildcard(suffix)))
+        })
     }
 
     /// Whether a connection routed by `key` from `client` is admitted, and by which route

@@ -22,11 +22,14 @@ impl Default for Cfg {
 }
 
 impl Cfg {
-    /// One proxy listener and the admin listener, both on 127.0.0.1:0.
+    /// One proxy listener, the admin and the debug listener, all on 127.0.0.1:0.
     pub fn new() -> Self {
         Self {
             listen: vec!["127.0.0.1:0".into()],
-            settings: vec![("admin".into(), quote("127.0.0.1:0"))],
+            settings: vec![
+                ("admin".into(), quote("127.0.0.1:0")),
+                ("debug".into(), quote("127.0.0.1:0")),
+            ],
             routes: Vec::new(),
         }
     }

@@ -369,9 +369,9 @@ impl Sniroute {
         http_get(self.admin, path)
     }
 
-    /// `GET /routes` as JSON (panics unless 200 and JSON).
+    /// `GET /routes` on the debug listener, as JSON (panics unless 200 and JSON).
     pub fn routes(&self) -> serde_json::Value {
-        let (status, body) = self.get("/routes").expect("GET /routes");
+        let (status, body) = http_get(self.listener_addr("debug"), "/routes").expect("GET /routes");
         assert_eq!(status, 200, "/routes status; body {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("/routes not JSON ({e}): {body}"))
     }

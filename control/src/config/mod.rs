@@ -3,6 +3,7 @@
 //! ```yaml
 //! listen: 0.0.0.0:8443            # one address or a list
 //! admin: 127.0.0.1:9090           # optional
+//! debug: 127.0.0.1:9091           # optional, or `off`
 //! client_hello_timeout: 5s        # optional (humantime: 250ms, 5s, 1h30m)
 //! connect_timeout: 10s            # optional
 //! idle_timeout: 1h                # optional
@@ -43,6 +44,10 @@ use crate::error::{ConfigError, Problem};
 /// `admin` when the file does not say.
 pub const DEFAULT_ADMIN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
+/// `debug` when the file does not say: loopback, so only the pod itself (or
+/// `kubectl port-forward`) reaches the routing table.
+pub const DEFAULT_DEBUG: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9091);
 /// `client_hello_timeout` when the file does not say.
 pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// `connect_timeout` when the file does not say.
@@ -88,8 +93,10 @@ pub const MAX_YAML_EVENTS: usize = 6_000_000;
 pub struct Config {
     /// Addresses to accept TLS connections on (at least one).
     pub listen: Vec<SocketAddr>,
-    /// Address of the admin HTTP server (health, readiness, routes, metrics).
+    /// Address of the admin HTTP server (health, readiness, metrics).
     pub admin: SocketAddr,
+    /// Address of the debug HTTP server (the routing table); `None` (`off`) runs none.
+    pub debug: Option<SocketAddr>,
     /// The routes, in file order (may be empty: then every connection is refused).
     pub routes: Vec<RouteConfig>,
     /// The Kubernetes source, when the file has a `kubernetes:` key.
@@ -268,6 +275,7 @@ impl Config {
         let (mine, theirs) = (&self.proxy, &other.proxy);
         check("listen", self.listen != other.listen);
         check("admin", self.admin != other.admin);
+        check("debug", self.debug != other.debug);
         check(
             "client_hello_timeout",
             mine.client_hello_timeout != theirs.client_hello_timeout,

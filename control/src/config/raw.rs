@@ -13,6 +13,7 @@ use serde_saphyr::Spanned;
 pub(super) struct RawConfig {
     pub(super) listen: Option<Spanned<OneOrMany>>,
     pub(super) admin: Option<Spanned<String>>,
+    pub(super) debug: Option<Spanned<String>>,
     pub(super) client_hello_timeout: Option<Spanned<String>>,
     pub(super) connect_timeout: Option<Spanned<String>>,
     pub(super) idle_timeout: Option<Spanned<String>>,

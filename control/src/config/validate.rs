@@ -16,9 +16,10 @@ use serde_saphyr::{Location, Spanned};
 use super::raw::{OneOrMany, RawConfig, RawKubernetes, RawOutlier, RawRoute};
 use super::{
     position, Config, KubernetesConfig, LogFormat, RouteConfig, DEFAULT_ADMIN,
-    DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_CLIENT_HELLO, DEFAULT_REVOKE_GRACE,
-    DEFAULT_SHUTDOWN_DELAY, MAX_DEBOUNCE, MAX_MAX_CLIENT_HELLO, MIN_MAX_CLIENT_HELLO,
+    DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_DEBUG,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_CLIENT_HELLO,
+    DEFAULT_REVOKE_GRACE, DEFAULT_SHUTDOWN_DELAY, MAX_DEBOUNCE, MAX_MAX_CLIENT_HELLO,
+    MIN_MAX_CLIENT_HELLO,
 };
 use crate::error::{Problem, RouteRef};
 
@@ -52,6 +53,7 @@ impl Problems<'_> {
 struct Listeners {
     listen: Vec<SocketAddr>,
     admin: SocketAddr,
+    debug: Option<SocketAddr>,
     cluster_id_listen: Option<SocketAddr>,
     listen_backlog: i32,
 }
@@ -70,6 +72,7 @@ impl RawConfig {
         let listeners = listeners(
             self.listen,
             self.admin,
+            self.debug,
             self.cluster_id_listen,
             self.listen_backlog,
             &mut p,
@@ -131,6 +134,7 @@ impl RawConfig {
         Config {
             listen: listeners.listen,
             admin: listeners.admin,
+            debug: listeners.debug,
             routes,
             kubernetes,
             cluster_id_listen: listeners.cluster_id_listen,
@@ -150,6 +154,7 @@ impl RawConfig {
 fn listeners(
     listen: Option<Spanned<OneOrMany>>,
     admin: Option<Spanned<String>>,
+    debug: Option<Spanned<String>>,
     cluster_id_listen: Option<Spanned<String>>,
     listen_backlog: Option<Spanned<String>>,
     p: &mut Problems<'_>,
@@ -158,14 +163,29 @@ fn listeners(
     let admin = admin
         .and_then(|admin| socket_addr("admin", &admin, p))
         .unwrap_or(DEFAULT_ADMIN);
+    // Port 0 asks for a free port: it cannot clash with another port-0 listener.
+    let taken = |addr: SocketAddr, others: &[Option<SocketAddr>]| {
+        addr.port() != 0 && (listen.contains(&addr) || others.contains(&Some(addr)))
+    };
+    let debug = match debug {
+        None => Some(DEFAULT_DEBUG),
+        Some(v) if v.value.trim() == "off" => None,
+        Some(v) => socket_addr("debug", &v, p).inspect(|&addr| {
+            if taken(addr, &[Some(admin)]) {
+                let why = format!("debug: {addr} is already used by `listen` or `admin`");
+                p.at(v.referenced, None, why);
+            }
+        }),
+    };
     let cluster_id_listen = cluster_id_listen.and_then(|v| {
         let addr = socket_addr("cluster_id_listen", &v, p)?;
-        // Port 0 asks for a free port: it cannot clash with another port-0 listener.
-        if addr.port() != 0 && (listen.contains(&addr) || addr == admin) {
+        if taken(addr, &[Some(admin), debug]) {
             p.at(
                 v.referenced,
                 None,
-                format!("cluster_id_listen: {addr} is already used by `listen` or `admin`"),
+                format!(
+                    "cluster_id_listen: {addr} is already used by `listen`, `admin` or `debug`"
+                ),
             );
         }
         Some(addr)
@@ -176,6 +196,7 @@ fn listeners(
     Listeners {
         listen,
         admin,
+        debug,
         cluster_id_listen,
         listen_backlog,
     }

@@ -1,0 +1,116 @@
+//! What the data plane would do with a connection for a name, from a client: the table's own
+//! lookup and admission (the calls a connection makes), the backends in the order the next
+//! connection tries them, and the limits as they stand. For `sniroute explain`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::name::ServerName;
+use crate::outcome::Reason;
+use crate::table::{Allowed, Backend, Denial, Route, RouteKey};
+use crate::Proxy;
+
+/// The answer for one name and (optionally) one client.
+#[derive(Debug)]
+pub struct Explanation {
+    /// The table generation the answer comes from.
+    pub generation: u64,
+    /// The route the name matches, if any.
+    pub route: Option<RouteFacts>,
+    /// Admitted (and by what), or the refusal a connection would get.
+    pub verdict: Result<Admitted, Reason>,
+}
+
+/// What a matched route is and holds now.
+#[derive(Debug)]
+pub struct RouteFacts {
+    /// The route.
+    pub route: Arc<Route>,
+    /// `exact`, or the wildcard pattern that matched.
+    pub matched: String,
+    /// The backends in the order the next connection tries them: as the round robin stands,
+    /// endpoints that are ejected last (as the connect step orders them).
+    pub backends: Vec<(Backend, bool)>,
+    /// Forwarded connections open through the route now.
+    pub open: i64,
+}
+
+/// Why a client would be admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// The route has no allow list.
+    Everyone,
+    /// This entry of the route's `allowed_cidrs`.
+    By(ipnet::IpNet),
+    /// No client was given: the allow list is not judged.
+    ClientNotGiven,
+}
+
+impl Proxy {
+    /// Explains a connection for `name` from `client` against the table in use.
+    pub fn explain(&self, name: &ServerName, client: Option<IpAddr>) -> Explanation {
+        let snapshot = self.table.load();
+        let table = &snapshot.table;
+        let route = table.matching(name).map(|(route, matched)| {
+            let (healthy, ejected): (Vec<_>, Vec<_>) = route
+                .backends_next()
+                .map(|backend| (backend.clone(), self.ejected(backend)))
+                .partition(|(_, ejected)| !ejected);
+            RouteFacts {
+                route: route.clone(),
+                matched: matched.to_string(),
+                backends: healthy.into_iter().chain(ejected).collect(),
+                open: self.metrics.route_open(route.name()),
+            }
+        });
+        let key = RouteKey::Name(name.clone());
+        let admitted = match client {
+            Some(client) => table
+                .admit(&key, client)
+                .map(|admission| match admission.allowed {
+                    Some(Allowed::By(net)) => Admitted::By(*net),
+                    Some(Allowed::Everyone) | None => Admitted::Everyone,
+                })
+                .map_err(Reason::Denied),
+            None => match &route {
+                Some(_) => Ok(Admitted::ClientNotGiven),
+                None => Err(Reason::Denied(Denial::UnknownName(name.clone()))),
+            },
+        };
+        let verdict = admitted.and_then(|admitted| {
+            let facts = route.as_ref();
+            let at_limit = facts.is_some_and(|facts| {
+                facts
+                    .route
+                    .max_connections()
+                    .is_some_and(|limit| facts.open >= i64::from(limit))
+            });
+            if at_limit {
+                let route = facts.map_or_else(Default::default, |f| f.route.name().into());
+                return Err(Reason::RouteLimit { route });
+            }
+            if self
+                .connection_limit
+                .as_ref()
+                .is_some_and(|limit| limit.available_permits() == 0)
+            {
+                return Err(Reason::GlobalLimit);
+            }
+            Ok(admitted)
+        });
+        Explanation {
+            generation: snapshot.generation,
+            route,
+            verdict,
+        }
+    }
+
+    /// Whether `backend` is an address that is ejected now (names are resolved, and judged,
+    /// at connect time).
+    fn ejected(&self, backend: &Backend) -> bool {
+        match backend {
+            Backend::Addr(addr) => self.health.is_ejected(*addr),
+            Backend::Name { .. } => false,
+        }
+    }
+}
