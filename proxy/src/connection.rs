@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
+use crate::client_limit::ClientGuard;
 use crate::connect;
 use crate::forward::{self, Forward, Totals};
 use crate::ja4::Ja4;
@@ -96,6 +97,7 @@ async fn establish(
         key,
         origin,
         ja4,
+        client_slot,
     } = match routed {
         Ok(routed) => routed,
         Err(refused) => return refuse(&proxy, client, refused).await,
@@ -158,6 +160,7 @@ async fn establish(
             backend: backend_addr,
             started,
             ja4,
+            _client_slot: client_slot,
         }),
         _slot: slot,
         _route_active: route_active,
@@ -185,13 +188,15 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// What a forwarded connection's closing lines report.
+/// What a forwarded connection's closing lines report, and what it holds that its task
+/// never reads: its client's `client_limits` slot.
 struct Closing {
     key: RouteKey,
     origin: Origin,
     backend: SocketAddr,
     started: Instant,
     ja4: Option<Ja4>,
+    _client_slot: Option<ClientGuard>,
 }
 
 impl Future for Established {
@@ -312,6 +317,7 @@ mod size_tests {
             accept_proxy_protocol: None,
             trusted_proxies: Vec::new(),
             revoke_grace: Some(Duration::from_secs(1)),
+            client_limits: None,
         };
         let proxy = Arc::new(Proxy::new(settings, Default::default(), metrics.clone()));
         let slot = ConnectionSlot::new(metrics.open(), None);

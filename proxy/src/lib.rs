@@ -67,6 +67,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long a connection the table no longer admits may go on; `None` never revokes.
     pub revoke_grace: Option<Duration>,
+    /// Per-client limits on the SNI listeners; `None` limits no client.
+    pub client_limits: Option<client_limit::Policy>,
 }
 
 /// Everything a connection task needs: the knobs, the current routing table, and the state
@@ -78,6 +80,7 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     health: EndpointHealth,
     connection_limit: Option<Arc<Semaphore>>,
+    client_limits: Option<client_limit::ClientLimits>,
     refusal_log: LogLimiter,
     connections: Arc<revoke::Connections>,
 }
@@ -90,6 +93,10 @@ impl Proxy {
             .map(|limit| Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))));
         Self {
             health: EndpointHealth::new(settings.outlier_detection, metrics.clone()),
+            client_limits: settings
+                .client_limits
+                .clone()
+                .map(client_limit::ClientLimits::new),
             settings,
             table,
             metrics,

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::client_hello::{self, ClientHello, Parsed};
+use crate::client_limit::ClientGuard;
 use crate::ja4::Ja4;
 use crate::outcome::{Reason, Stage};
 use crate::proxy_protocol::{self, Expect, Parsed as ProxyParsed, Version as ProxyVersion};
@@ -56,6 +57,8 @@ pub(crate) struct Routed {
     pub(crate) origin: Origin,
     /// The ClientHello's fingerprint (none on the ClusterID listener, which reads no hello).
     pub(crate) ja4: Option<Ja4>,
+    /// The connection's place in its client's `client_limits`, if limited.
+    pub(crate) client_slot: Option<ClientGuard>,
 }
 
 /// A connection turned away, the client it is logged under, and its ClientHello's JA4 when
@@ -132,6 +135,17 @@ impl Proxy {
         let started = Instant::now();
         let header = self.proxy_header(stream, peer, kind, buf).await?;
         let origin = header.origin;
+        // Judged on the real client, before any of its ClientHello is read. Not on the
+        // ClusterID listener: one hosted cluster's nodes often share one egress address.
+        let client_slot = match (&self.client_limits, kind) {
+            (Some(limits), ListenerKind::Sni) => {
+                match limits.admit(origin.client().ip(), Instant::now()) {
+                    Ok(slot) => Some(slot),
+                    Err(limited) => return Err(origin.refuse(Reason::ClientLimited(limited))),
+                }
+            }
+            _ => None,
+        };
         let mut ja4 = None;
         let key = match kind {
             ListenerKind::ClusterId => cluster_id_key(header),
@@ -161,6 +175,7 @@ impl Proxy {
             key,
             origin,
             ja4,
+            client_slot,
         })
     }
 

@@ -76,6 +76,14 @@ pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// `revoke_grace` when the file does not say.
 pub const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(30);
+/// `client_limits.max_connections` once the section is set.
+pub const DEFAULT_CLIENT_MAX_CONNECTIONS: u32 = 200;
+/// `client_limits.connection_rate` once the section is set.
+pub const DEFAULT_CLIENT_RATE: &str = "50/s";
+/// `client_limits.burst` once the section is set.
+pub const DEFAULT_CLIENT_BURST: u32 = 100;
+/// `client_limits.ipv6_prefix` once the section is set: one host often holds a whole /64.
+pub const DEFAULT_CLIENT_IPV6_PREFIX: u8 = 64;
 /// The largest config file read: room for about 145,000 routes of a realistic shape (three
 /// hostnames, two backends, two CIDRs: a 100,000-route file is about 22 MB), and a bound on
 /// what a bad path (a device, a runaway generator) can make the process read.
@@ -318,6 +326,7 @@ impl Config {
             "outlier_detection",
             mine.outlier_detection != theirs.outlier_detection,
         );
+        check("client_limits", mine.client_limits != theirs.client_limits);
         check(
             "accept_proxy_protocol",
             mine.accept_proxy_protocol != theirs.accept_proxy_protocol,

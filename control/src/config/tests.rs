@@ -246,7 +246,7 @@ fn unknown_keys_and_bad_yaml_give_file_line_and_column() {
          connect_timeout, idle_timeout, max_client_hello, routes, kubernetes, \
          cluster_id_listen, revoke_grace, max_connections, listen_backlog, shutdown_delay, \
          drain_timeout, log_format, log_level, log_connections, outlier_detection, \
-         accept_proxy_protocol, trusted_proxies"
+         accept_proxy_protocol, trusted_proxies, client_limits"
     );
     assert_eq!(
         one_problem(&format!(
@@ -512,4 +512,55 @@ fn debug_is_an_address_or_off() {
     let a = Config::parse(MINIMAL, "t").unwrap();
     let b = Config::parse(&format!("{MINIMAL}debug: off\n"), "t").unwrap();
     assert_eq!(a.restart_settings_changed(&b), ["debug"]);
+}
+
+#[test]
+fn client_limits_are_off_until_set_then_default_key_by_key() {
+    assert_eq!(
+        Config::parse(MINIMAL, "test.yaml")
+            .unwrap()
+            .proxy
+            .client_limits,
+        None
+    );
+    let text = format!("{MINIMAL}client_limits:\n  max_connections: 3\n  exempt: [10.0.0.0/8]\n");
+    let limits = Config::parse(&text, "test.yaml")
+        .unwrap()
+        .proxy
+        .client_limits
+        .unwrap();
+    assert_eq!(limits.max_connections, 3);
+    assert_eq!(limits.burst, DEFAULT_CLIENT_BURST);
+    assert_eq!(limits.ipv6_prefix, 64);
+    assert_eq!(
+        Some(limits.connection_rate),
+        proxy::client_limit::Rate::parse(DEFAULT_CLIENT_RATE)
+    );
+    assert_eq!(
+        limits.exempt,
+        ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+    );
+}
+
+#[test]
+fn client_limits_report_bad_values() {
+    let all = problems(&format!(
+        "{MINIMAL}client_limits:\n  connection_rate: fast\n  burst: 0\n  ipv6_prefix: 129\n  \
+         exempt: [nonsense]\n  max_conns: 1\n"
+    ));
+    let text = all.join("\n");
+    assert!(text.contains("max_conns"), "{text}");
+    let all = problems(&format!(
+        "{MINIMAL}client_limits:\n  connection_rate: fast\n  burst: 0\n  ipv6_prefix: 129\n  \
+         exempt: [nonsense]\n"
+    ));
+    let text = all.join("\n");
+    for needle in [
+        "client_limits.connection_rate: \"fast\"",
+        "client_limits.burst",
+        "client_limits.ipv6_prefix: 129",
+        "client_limits.exempt: \"nonsense\"",
+    ] {
+        assert!(text.contains(needle), "{needle} not in {text}");
+    }
 }

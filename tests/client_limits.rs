@@ -1,0 +1,123 @@
+//! End to end: `client_limits` through real sockets from several loopback source addresses.
+//! One client over its open-connection limit or its rate is closed before its ClientHello is
+//! read and counted `client_limited`; other clients, and exempt ones, are never affected.
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::fake_kube::tls_connect_from;
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// `sniroute_connections_total{outcome="client_limited"}` now.
+fn client_limited(proxy: &Sniroute) -> u64 {
+    let (_, body) = proxy.get("/metrics").unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("sniroute_connections_total{outcome=\"client_limited\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("client_limited series")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_over_its_open_limit_is_closed_and_no_one_else_is() {
+    let backend = TlsBackend::start("b");
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set(
+                "client_limits",
+                "{max_connections: 2, connection_rate: 1000/s, burst: 1000, exempt: [127.0.0.4/32]}",
+            )
+            .route("r", &["r.example.test"], &[backend.addr()])
+            .yaml(),
+    );
+    let addr = proxy.proxy_addr();
+    let busy = ip("127.0.0.2");
+    let held = [
+        tls_connect_from(busy, addr, "r.example.test")
+            .await
+            .unwrap(),
+        tls_connect_from(busy, addr, "r.example.test")
+            .await
+            .unwrap(),
+    ];
+
+    // The third from the same client: closed before any hello byte is read.
+    let mark = proxy.log_mark();
+    assert!(tls_connect_from(busy, addr, "r.example.test")
+        .await
+        .is_err());
+    let line = proxy.wait_refusal_since(mark, "client_limited", STEP);
+    assert!(line.contains("peer=127.0.0.2:"), "{line}");
+    assert!(line.contains("max_connections"), "{line}");
+    assert!(
+        !line.contains("ja4="),
+        "refused after reading the hello: {line}"
+    );
+    assert_eq!(client_limited(&proxy), 1);
+
+    // Another client, and an exempt one past the limit, are routed all the while.
+    for _ in 0..3 {
+        let other = tls_connect_from(ip("127.0.0.3"), addr, "r.example.test").await;
+        assert_eq!(other.unwrap().backend, "b");
+    }
+    let mut exempt = Vec::new();
+    for _ in 0..4 {
+        exempt.push(
+            tls_connect_from(ip("127.0.0.4"), addr, "r.example.test")
+                .await
+                .unwrap(),
+        );
+    }
+
+    // A closed connection gives its slot back.
+    drop(held);
+    eventually(STEP, "a slot freed", || async {
+        tls_connect_from(busy, addr, "r.example.test").await.ok()
+    })
+    .await;
+    assert_eq!(client_limited(&proxy), 1, "only the one over its limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_is_limited_after_its_burst() {
+    let backend = TlsBackend::start("b");
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set(
+                "client_limits",
+                "{max_connections: 100, connection_rate: 1/m, burst: 3}",
+            )
+            .route("r", &["r.example.test"], &[backend.addr()])
+            .yaml(),
+    );
+    let addr = proxy.proxy_addr();
+    let fast = ip("127.0.0.5");
+    for i in 0..3 {
+        let conn = tls_connect_from(fast, addr, "r.example.test").await;
+        assert!(
+            conn.is_ok(),
+            "connection {i} of the burst: {:?}",
+            conn.err()
+        );
+    }
+    // Past the burst, even a connection that sends nothing is closed at once.
+    let mark = proxy.log_mark();
+    let mut raw = {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((fast, 0).into()).unwrap();
+        socket.connect(addr).await.unwrap()
+    };
+    let line = proxy.wait_refusal_since(mark, "client_limited", STEP);
+    assert!(line.contains("connection_rate"), "{line}");
+    let _ = raw.write_all(b"x").await;
+    assert!(read_until_closed(&mut raw, STEP).await.end.closed());
+    // A client of its own is not held to another's rate.
+    assert!(tls_connect_from(ip("127.0.0.6"), addr, "r.example.test")
+        .await
+        .is_ok());
+}
