@@ -6,7 +6,6 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::fake_kube::tls_connect_from;
 use common::*;
 use tokio::io::AsyncWriteExt;
 
@@ -16,11 +15,7 @@ fn ip(s: &str) -> IpAddr {
 
 /// `sniroute_connections_total{outcome="client_limited"}` now.
 fn client_limited(proxy: &Sniroute) -> u64 {
-    let (_, body) = proxy.get("/metrics").unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix("sniroute_connections_total{outcome=\"client_limited\"} "))
-        .and_then(|v| v.parse().ok())
-        .expect("client_limited series")
+    Scrape::of(proxy).outcome("client_limited") as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,19 +33,21 @@ async fn one_client_over_its_open_limit_is_closed_and_no_one_else_is() {
     let addr = proxy.proxy_addr();
     let busy = ip("127.0.0.2");
     let held = [
-        tls_connect_from(busy, addr, "r.example.test")
+        tls_connect_with(addr, &ClientOpts::sni("r.example.test").bound_to(busy))
             .await
             .unwrap(),
-        tls_connect_from(busy, addr, "r.example.test")
+        tls_connect_with(addr, &ClientOpts::sni("r.example.test").bound_to(busy))
             .await
             .unwrap(),
     ];
 
     // The third from the same client: closed before any hello byte is read.
     let mark = proxy.log_mark();
-    assert!(tls_connect_from(busy, addr, "r.example.test")
-        .await
-        .is_err());
+    assert!(
+        tls_connect_with(addr, &ClientOpts::sni("r.example.test").bound_to(busy))
+            .await
+            .is_err()
+    );
     let line = proxy.wait_refusal_since(mark, "client_limited", STEP);
     assert!(line.contains("peer=127.0.0.2:"), "{line}");
     assert!(line.contains("max_connections"), "{line}");
@@ -62,22 +59,31 @@ async fn one_client_over_its_open_limit_is_closed_and_no_one_else_is() {
 
     // Another client, and an exempt one past the limit, are routed all the while.
     for _ in 0..3 {
-        let other = tls_connect_from(ip("127.0.0.3"), addr, "r.example.test").await;
+        let other = tls_connect_with(
+            addr,
+            &ClientOpts::sni("r.example.test").bound_to(ip("127.0.0.3")),
+        )
+        .await;
         assert_eq!(other.unwrap().backend, "b");
     }
     let mut exempt = Vec::new();
     for _ in 0..4 {
         exempt.push(
-            tls_connect_from(ip("127.0.0.4"), addr, "r.example.test")
-                .await
-                .unwrap(),
+            tls_connect_with(
+                addr,
+                &ClientOpts::sni("r.example.test").bound_to(ip("127.0.0.4")),
+            )
+            .await
+            .unwrap(),
         );
     }
 
     // A closed connection gives its slot back.
     drop(held);
     eventually(STEP, "a slot freed", || async {
-        tls_connect_from(busy, addr, "r.example.test").await.ok()
+        tls_connect_with(addr, &ClientOpts::sni("r.example.test").bound_to(busy))
+            .await
+            .ok()
     })
     .await;
     assert_eq!(client_limited(&proxy), 1, "only the one over its limit");
@@ -98,7 +104,7 @@ async fn a_client_over_its_rate_is_limited_after_its_burst() {
     let addr = proxy.proxy_addr();
     let fast = ip("127.0.0.5");
     for i in 0..3 {
-        let conn = tls_connect_from(fast, addr, "r.example.test").await;
+        let conn = tls_connect_with(addr, &ClientOpts::sni("r.example.test").bound_to(fast)).await;
         assert!(
             conn.is_ok(),
             "connection {i} of the burst: {:?}",
@@ -107,17 +113,16 @@ async fn a_client_over_its_rate_is_limited_after_its_burst() {
     }
     // Past the burst, even a connection that sends nothing is closed at once.
     let mark = proxy.log_mark();
-    let mut raw = {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind((fast, 0).into()).unwrap();
-        socket.connect(addr).await.unwrap()
-    };
+    let mut raw = raw_connect_from(fast, addr).await;
     let line = proxy.wait_refusal_since(mark, "client_limited", STEP);
     assert!(line.contains("connection_rate"), "{line}");
     let _ = raw.write_all(b"x").await;
     assert!(read_until_closed(&mut raw, STEP).await.end.closed());
     // A client of its own is not held to another's rate.
-    assert!(tls_connect_from(ip("127.0.0.6"), addr, "r.example.test")
-        .await
-        .is_ok());
+    assert!(tls_connect_with(
+        addr,
+        &ClientOpts::sni("r.example.test").bound_to(ip("127.0.0.6"))
+    )
+    .await
+    .is_ok());
 }
