@@ -491,6 +491,25 @@ async fn tls_after(
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
+/// A HostedCluster created on the real server, and a TLS backend on the ClusterIP the server
+/// allocated its kube-apiserver Service (with the shared leaf: the clients here send no SNI and
+/// check the name "localhost"). Returns the cluster's ID.
+async fn cluster_and_its_kas(
+    server: &ApiServer,
+    namespace: &str,
+    name: &str,
+    index: usize,
+) -> (String, TlsBackend) {
+    let admin = server.admin().await;
+    let cluster = create_cluster(&admin, namespace, name, index).await;
+    let kas = TlsBackend::start_at(
+        "kas",
+        cluster.service("kube-apiserver"),
+        TlsBackendOpts::default(),
+    );
+    (cluster.cluster_id, kas)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_id_listener_routes_by_the_tlv_without_sni() {
     // A real kube-apiserver with the HostedCluster CRD: the cluster ID sniroute routes by is
@@ -498,15 +517,7 @@ async fn cluster_id_listener_routes_by_the_tlv_without_sni() {
     let Some(server) = ApiServer::shared().await else {
         return;
     };
-    let admin = server.admin().await;
-    let cluster = create_cluster(&admin, "pp", "ppid1", 1).await;
-    let cluster_id = cluster.cluster_id.clone();
-    // The shared leaf: the client below sends no SNI and checks the name "localhost".
-    let kas = TlsBackend::start_at(
-        "kas",
-        cluster.service("kube-apiserver"),
-        TlsBackendOpts::default(),
-    );
+    let (cluster_id, kas) = cluster_and_its_kas(server, "pp", "ppid1", 1).await;
     let cfg = Cfg::new().set("cluster_id_listen", &quote("127.0.0.1:0"));
     let (proxy, _dir) = server.start_sniroute(&server.url(), cfg).await;
     let listen = proxy.listener_addr("cluster_id");
@@ -684,34 +695,20 @@ async fn the_cluster_id_listener_believes_addresses_from_trusted_proxies_only() 
     let Some(server) = ApiServer::shared().await else {
         return;
     };
-    let admin = server.admin().await;
-    let cluster = create_cluster(&admin, "pt", "ptid1", 2).await;
-    let cluster_id = cluster.cluster_id.clone();
-    let kas = TlsBackend::start_at(
-        "kas",
-        cluster.service("kube-apiserver"),
-        TlsBackendOpts::default(),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = server.sniroute_kubeconfig(dir.path(), &server.url()).await;
-    let start = |trusted: &str| {
-        let yaml = Cfg::new()
-            .set("kubernetes", "{}")
+    let (cluster_id, kas) = cluster_and_its_kas(server, "pt", "ptid1", 2).await;
+    let start = |trusted: &'static str| async {
+        let cfg = Cfg::new()
             .set("cluster_id_listen", &quote("127.0.0.1:0"))
-            .set("trusted_proxies", trusted)
-            .yaml();
-        let proxy = Sniroute::start_kube(yaml, &kubeconfig);
+            .set("trusted_proxies", trusted);
+        let (proxy, dir) = server.start_sniroute(&server.url(), cfg).await;
         let listen = proxy.listener_addr("cluster_id");
-        (proxy, listen)
+        wait_ready(&proxy).await;
+        (proxy, listen, dir)
     };
     let claimed = addr("10.0.0.7:50000");
     let unknown = "ffffffff-0000-4000-8000-000000000000";
     // No trusted proxy: the TLV still routes, but the claimed source is only a log field.
-    let (proxy, listen) = start("[]");
-    eventually(STARTUP * 3, "/readyz 200", || async {
-        (proxy.readyz() == 200).then_some(())
-    })
-    .await;
+    let (proxy, listen, _dir) = start("[]").await;
     let routed = v2_header(claimed, listen, Some(&cluster_id));
     let (line, _conn) = eventually(STEP, "routed by cluster ID", || async {
         tls_after(listen, &routed).await.ok()
@@ -743,11 +740,7 @@ async fn the_cluster_id_listener_believes_addresses_from_trusted_proxies_only() 
     drop(proxy);
 
     // Trusted: the header's source is the client.
-    let (proxy, listen) = start("[\"127.0.0.1/32\"]");
-    eventually(STARTUP * 3, "/readyz 200", || async {
-        (proxy.readyz() == 200).then_some(())
-    })
-    .await;
+    let (proxy, listen, _dir) = start("[\"127.0.0.1/32\"]").await;
     let line = refusal(
         &proxy,
         listen,

@@ -213,8 +213,12 @@ fn operations_keys_have_defaults_and_take_values() {
     assert_eq!(cidrs, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
     let table = config.table().unwrap();
     assert_eq!(table.routes()[0].max_connections(), Some(5));
-    assert!(table.routes()[0].allows("10.1.2.3".parse().unwrap()));
-    assert!(!table.routes()[0].allows("11.1.2.3".parse().unwrap()));
+    assert!(table.routes()[0]
+        .allowing("10.1.2.3".parse().unwrap())
+        .is_some());
+    assert!(table.routes()[0]
+        .allowing("11.1.2.3".parse().unwrap())
+        .is_none());
 }
 
 #[test]
