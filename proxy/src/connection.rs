@@ -119,6 +119,7 @@ async fn establish(
     let (backend, backend_addr) = match connected {
         Ok(connected) => connected,
         Err(error) => {
+            proxy.metrics.count_unreachable(route.name());
             let refused = origin.refuse(Reason::Backend(error)).with_ja4(ja4);
             return refuse(&proxy, client, refused).await;
         }
