@@ -24,6 +24,7 @@ pub mod error;
 pub mod explain;
 pub mod forward;
 pub mod health;
+pub mod hello_budget;
 pub mod ja4;
 pub mod listener;
 mod log_limit;
@@ -69,6 +70,8 @@ pub struct Settings {
     pub revoke_grace: Option<Duration>,
     /// Per-client limits on the SNI listeners; `None` limits no client.
     pub client_limits: Option<client_limit::Policy>,
+    /// Bytes the buffers of all connections still reading their ClientHello may hold.
+    pub client_hello_memory: usize,
 }
 
 /// Everything a connection task needs: the knobs, the current routing table, and the state
@@ -81,6 +84,7 @@ pub struct Proxy {
     health: EndpointHealth,
     connection_limit: Option<Arc<Semaphore>>,
     client_limits: Option<client_limit::ClientLimits>,
+    hello_budget: hello_budget::HelloBudget,
     refusal_log: LogLimiter,
     connections: Arc<revoke::Connections>,
 }
@@ -97,6 +101,7 @@ impl Proxy {
                 .client_limits
                 .clone()
                 .map(client_limit::ClientLimits::new),
+            hello_budget: hello_budget::HelloBudget::new(settings.client_hello_memory),
             settings,
             table,
             metrics,
