@@ -13,6 +13,7 @@
 //!   `client_hello_memory` closes the oldest (`overloaded`), RSS stays within the budget plus
 //!   a stated overhead per connection, good clients with a full 2 KB hello are routed within a
 //!   second, and RSS and fds return to the baseline;
+//! - connections that send nothing stay in the kernel (TCP_DEFER_ACCEPT) until they do;
 //! - the open-files limit (lowered on the running proxy with `prlimit`, as `ulimit -n` would):
 //!   new connections are closed, established ones keep flowing, the proxy never exits, never
 //!   spins, does not blame (eject) the backend, and recovers by itself;
@@ -986,6 +987,44 @@ async fn unfinished_hellos_stay_within_client_hello_memory_while_good_clients_ge
         .expect("a good client after the attack");
 }
 
+// === connections that send nothing ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_nothing_cost_the_proxy_no_socket_until_they_do() {
+    let _serial = serial().await;
+    let backend = RawServer::start(Mode::Echo(b'E'));
+    let proxy = Sniroute::start(
+        one_route(backend.addr)
+            .set("client_hello_timeout", "30s")
+            .yaml(),
+    );
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    let base = baseline_fds(pid).await;
+    // Connected, as far as the clients know; TCP_DEFER_ACCEPT keeps them in the kernel.
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(raw_connect(addr).await);
+    }
+    // An absence can only be watched for a while.
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fds(pid).sockets,
+        base.sockets,
+        "the proxy accepted connections that sent nothing"
+    );
+    // Once they send, each is handed over and routed.
+    let hello = fixture(HELLO);
+    for tcp in &mut silent {
+        tcp.write_all(&hello).await.unwrap();
+    }
+    for tcp in &mut silent {
+        let id = timeout(STEP, tcp.read_u8()).await.expect("routed in time");
+        assert_eq!(id.expect("the backend's id"), b'E');
+    }
+    drop(silent);
+    assert_fds_back(pid, base, "deferred accept").await;
+}
+
 // === failing backends ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1336,10 +1375,16 @@ fn paced_hello(addr: SocketAddr, pid: u32, records: &[Vec<u8>]) -> io::Result<u8
     let mut tcp = std::net::TcpStream::connect(addr)?;
     tcp.set_nodelay(true)?;
     tcp.set_read_timeout(Some(STEP))?;
-    let proxy_side = PeerSocket::find(pid, &tcp)?;
+    // The proxy's listener hands a connection over only once bytes arrive
+    // (TCP_DEFER_ACCEPT): its socket can be found after the first record.
+    let mut proxy_side = None;
     for record in records {
         tcp.write_all(record)?;
-        while proxy_side.unread() > 0 {
+        let side = match &proxy_side {
+            Some(side) => side,
+            None => proxy_side.insert(PeerSocket::find(pid, &tcp)?),
+        };
+        while side.unread() > 0 {
             std::thread::sleep(Duration::from_micros(10));
         }
     }
