@@ -707,8 +707,8 @@ async fn floods_are_refused_with_bounded_memory_and_good_clients_unaffected() {
 /// buffers (160 MiB) pass it ten times over, and it still holds 1,024 of them.
 const ATTACK_HELLO_MEMORY_MIB: u64 = 16;
 /// What sniroute's RSS may grow by beyond the budget, per attacker: tasks, sockets and the
-/// allocator's slack for up to ~1,300 connections open at once (measured: 15 MB over the
-/// budget for 10,000 attackers, 1.5 KiB each; with a 1 GiB budget, which never fills, the
+/// allocator's slack for up to ~1,300 connections open at once (measured: 7-20 MB over the
+/// budget for 10,000 attackers, 0.7-2 KiB each; with a 1 GiB budget, which never fills, the
 /// same attack grows RSS by 170-190 MB).
 const ATTACK_OVERHEAD_KIB_PER_CONNECTION: u64 = 3;
 
