@@ -156,6 +156,9 @@ async fn a_file_written_in_place_with_a_pause_is_read_once_its_writer_closes_it(
             .yaml()
     };
     let proxy = Sniroute::start(both(&b1));
+    // The watcher reads the file once when it starts (it may have changed since the startup
+    // load): a half-written file read then would be published, so write only after it.
+    proxy.wait_log(&["watching config file"], Duration::from_secs(10));
     let generation = proxy.generation();
     let new = both(&b2);
     // The first route alone is a valid file: publishing it would drop `other`.

@@ -100,7 +100,8 @@ impl FileSource {
         // The file may have changed between the startup load and the watch starting.
         let mut state = State::default();
         self.reload(&mut state, false).await;
-        tracing::debug!(file, "watching config file");
+        // Info, not debug: from this line on every change to the file is seen (tests wait on it).
+        tracing::info!(file, "watching config file");
         loop {
             let forced = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
