@@ -745,6 +745,8 @@ struct AttackRound {
     peak_kib: u64,
     /// The most sockets the proxy held at once.
     most_sockets: usize,
+    /// `sniroute_client_hello_memory_bytes` once the attack is in, the survivors still open.
+    hello_memory: f64,
     /// Good connections during the round: real TLS handshakes, and 2 KB hellos routed raw.
     tls: Vec<Duration>,
     raw: Vec<Duration>,
@@ -853,6 +855,7 @@ async fn hello_attack(
     let took = started.elapsed();
     // A moment for the survivors' last bytes to be read and for RSS to show them.
     sleep(Duration::from_millis(300)).await;
+    let hello_memory = Scrape::of(proxy).value("sniroute_client_hello_memory_bytes", &[]);
     stop.store(true, Ordering::SeqCst);
     let (peak_kib, most_sockets) = sampler.join().expect("sampler");
     let good = good_loop.join().expect("good client thread");
@@ -878,6 +881,7 @@ async fn hello_attack(
         closed,
         peak_kib,
         most_sockets,
+        hello_memory,
         tls,
         raw,
     }
@@ -940,6 +944,19 @@ async fn unfinished_hellos_stay_within_client_hello_memory_while_good_clients_ge
         )
         .await;
         assert_fds_back(pid, base, "hello memory").await;
+        // The gauge saw the survivors' buffers, within the budget, and sees nothing once
+        // they are gone.
+        let budget_bytes = (budget_kib << 10) as f64;
+        assert!(
+            seen.hello_memory > 0.0 && seen.hello_memory <= budget_bytes,
+            "sniroute_client_hello_memory_bytes {} during the attack, budget {budget_bytes}",
+            seen.hello_memory
+        );
+        assert_eq!(
+            Scrape::of(&proxy).value("sniroute_client_hello_memory_bytes", &[]),
+            0.0,
+            "hello memory still held after every attacker closed"
+        );
         let after = rss_kib(pid);
         let growth = seen.peak_kib.saturating_sub(rss_before);
         let slowest = |latencies: &[Duration]| latencies.iter().max().copied().unwrap_or_default();

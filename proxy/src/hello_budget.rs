@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 /// A connection closed for the budget: its hello was the oldest pending when another needed
@@ -143,13 +144,16 @@ impl<S> Ledger<S> {
 #[derive(Debug)]
 pub struct HelloBudget {
     ledger: Mutex<Ledger<Arc<Notify>>>,
+    /// `sniroute_client_hello_memory_bytes`, set under the lock so it follows every change.
+    held: Gauge,
 }
 
 impl HelloBudget {
-    /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Self {
+    /// A budget of `limit` bytes, reporting what it holds in `held`.
+    pub fn new(limit: usize, held: Gauge) -> Self {
         Self {
             ledger: Mutex::new(Ledger::new(limit)),
+            held,
         }
     }
 
@@ -168,9 +172,9 @@ impl HelloBudget {
         }
     }
 
-    /// Bytes reserved by pending connections now.
-    pub fn held(&self) -> usize {
-        self.lock().held()
+    fn report(&self, ledger: &Ledger<Arc<Notify>>) {
+        self.held
+            .set(i64::try_from(ledger.held()).unwrap_or(i64::MAX));
     }
 }
 
@@ -187,13 +191,16 @@ impl Pending<'_> {
     /// Reserves `capacity` bytes in all for this connection's buffer, before it grows to that.
     pub fn reserve(&mut self, capacity: usize) -> Result<(), Evicted> {
         let evicted = &self.evicted;
-        let reserved = self.budget.lock().reserve(
+        let mut ledger = self.budget.lock();
+        let reserved = ledger.reserve(
             self.ticket,
             self.reserved,
             capacity,
             || evicted.clone(),
             |victim| victim.notify_one(),
         );
+        self.budget.report(&ledger);
+        drop(ledger);
         self.reserved = if reserved.is_ok() { capacity } else { 0 };
         reserved
     }
@@ -209,7 +216,9 @@ impl Drop for Pending<'_> {
     fn drop(&mut self) {
         // One that never reserved has no entry: no lock for it.
         if self.reserved > 0 {
-            self.budget.lock().close(self.ticket);
+            let mut ledger = self.budget.lock();
+            ledger.close(self.ticket);
+            self.budget.report(&ledger);
         }
     }
 }
@@ -389,7 +398,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_victim_is_told_even_when_not_waiting_and_drop_releases() {
-        let budget = HelloBudget::new(2048);
+        // What the budget holds is what the gauge says.
+        let held = Gauge::default();
+        let budget = HelloBudget::new(2048, held.clone());
         let mut old = budget.open();
         old.reserve(2048).unwrap();
         let mut young = budget.open();
@@ -398,11 +409,11 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), old.evicted())
             .await
             .expect("the evicted connection is told");
-        assert_eq!(budget.held(), 1024);
+        assert_eq!(held.get(), 1024);
         assert!(old.reserve(4096).is_err(), "evicted stays evicted");
         drop(old);
-        assert_eq!(budget.held(), 1024);
+        assert_eq!(held.get(), 1024);
         drop(young);
-        assert_eq!(budget.held(), 0);
+        assert_eq!(held.get(), 0);
     }
 }

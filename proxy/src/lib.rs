@@ -102,7 +102,10 @@ impl Proxy {
                 .client_limits
                 .clone()
                 .map(client_limit::ClientLimits::new),
-            hello_budget: hello_budget::HelloBudget::new(settings.client_hello_memory),
+            hello_budget: hello_budget::HelloBudget::new(
+                settings.client_hello_memory,
+                metrics.client_hello_memory.clone(),
+            ),
             settings,
             table,
             metrics,

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub(crate) bytes: ByteCounters,
     pub(crate) client_hello_seconds: Histogram,
     pub(crate) backend_connect_seconds: Histogram,
+    /// Bytes unfinished ClientHellos hold against `client_hello_memory`.
+    pub(crate) client_hello_memory: Gauge,
     endpoint_ejected: Family<EndpointLabels, Gauge>,
     route_unreachable: Family<RouteLabels, Counter>,
     pub(crate) revoked: Counter,
@@ -86,6 +88,7 @@ impl Metrics {
             },
             client_hello_seconds: latency(),
             backend_connect_seconds: latency(),
+            client_hello_memory: Gauge::default(),
             endpoint_ejected: Family::default(),
             route_unreachable: Family::default(),
             revoked: Counter::default(),
@@ -115,6 +118,11 @@ impl Metrics {
             "sniroute_backend_connect_seconds",
             "Time to connect to a backend, failover included",
             metrics.backend_connect_seconds.clone(),
+        );
+        registry.register(
+            "sniroute_client_hello_memory_bytes",
+            "Bytes held by connections still reading their ClientHello (of client_hello_memory)",
+            metrics.client_hello_memory.clone(),
         );
         registry.register(
             "sniroute_endpoint_ejected",
