@@ -41,7 +41,7 @@ pub use metrics::Metrics;
 pub use name::{HostPattern, ServerName};
 pub use outcome::{Outcome, Reason};
 pub use route::ListenerKind;
-pub use table::{Backend, Route, RouteSpec, SharedTable, Snapshot, Table};
+pub use table::{Backend, BackendFacts, Condition, Route, RouteSpec, SharedTable, Snapshot, Table};
 
 /// The data plane's knobs, fixed for the life of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
