@@ -15,7 +15,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::raw::{OneOrMany, RawConfig, RawKubernetes, RawOutlier, RawRoute};
 use super::{
-    position, Config, KubernetesConfig, LogFormat, RouteConfig, DEFAULT_ADMIN,
+    position, BackendsMode, Config, KubernetesConfig, LogFormat, RouteConfig, DEFAULT_ADMIN,
     DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_CLIENT_HELLO, DEFAULT_REVOKE_GRACE,
     DEFAULT_SHUTDOWN_DELAY, MAX_DEBOUNCE, MAX_MAX_CLIENT_HELLO, MIN_MAX_CLIENT_HELLO,
@@ -242,8 +242,30 @@ fn kubernetes(raw: RawKubernetes, p: &mut Problems<'_>) -> KubernetesConfig {
         }
         Some(d)
     });
+    let backends = raw.backends.and_then(|v| match v.value.as_str() {
+        "endpoints" => Some(BackendsMode::Endpoints),
+        "service" => Some(BackendsMode::Service),
+        other => {
+            p.at(
+                v.referenced,
+                None,
+                format!("kubernetes.backends: {other:?} is neither `endpoints` nor `service`"),
+            );
+            None
+        }
+    });
+    let zone = raw.zone.and_then(|v| {
+        let zone = v.value.trim();
+        if zone.is_empty() {
+            p.at(v.referenced, None, "kubernetes.zone: is empty".to_owned());
+            return None;
+        }
+        Some(zone.to_owned())
+    });
     KubernetesConfig {
         debounce: debounce.unwrap_or(DEFAULT_DEBOUNCE),
+        backends: backends.unwrap_or_default(),
+        zone,
     }
 }
 

@@ -18,9 +18,9 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::objects::{HostedCluster, OcpRoute, Service, HCP_ROUTE_LABEL};
+use super::objects::{EndpointSlice, HostedCluster, OcpRoute, Service, HCP_ROUTE_LABEL};
 use super::store::{Kind, Object, Store};
-use crate::config::KubernetesConfig;
+use crate::config::{BackendsMode, KubernetesConfig};
 use crate::publish::Publisher;
 use crate::source::SourceKind;
 
@@ -37,7 +37,9 @@ impl Readiness {
     /// Before every kind has been listed once.
     pub fn waiting() -> Self {
         Self::NotReady(
-            "the kubernetes source has not listed HostedClusters, Routes and Services yet".into(),
+            "the kubernetes source has not listed HostedClusters, Routes, Services and \
+             EndpointSlices yet"
+                .into(),
         )
     }
 }
@@ -79,7 +81,7 @@ impl KubeSource {
     /// Watches until `shutdown`. Never fails: an unreachable API server, an expired watch or
     /// a bad object is logged and retried, and the last published routes stay in use.
     pub async fn run(self, shutdown: CancellationToken) {
-        let events = watch_all(&self.client);
+        let events = watch_all(&self.client, self.config.backends);
         let access = access_checks(self.client.clone());
         self.run_with(events, access, shutdown).await;
     }
@@ -87,8 +89,13 @@ impl KubeSource {
     async fn run_with(self, mut events: Events, access: Access, shutdown: CancellationToken) {
         // The checks end once everything is granted; fused, the ended stream stays quiet.
         let mut access = access.fuse();
-        let mut store = Store::new();
-        let mut listed = [false; 3];
+        let mut store = match self.config.backends {
+            BackendsMode::Endpoints => Store::to_endpoints(self.config.zone.clone()),
+            BackendsMode::Service => Store::new(),
+        };
+        let mut listed = [false; Kind::ALL.len()];
+        // Not watched: nothing to wait for.
+        listed[Kind::EndpointSlice as usize] = self.config.backends == BackendsMode::Service;
         // What the RBAC check found: None until it answers, then Ok or what is missing.
         let mut permitted: Option<Result<(), String>> = None;
         let mut published_once = false;
@@ -137,6 +144,15 @@ impl KubeSource {
                         Err(error) => {
                             self.publisher.source_failed(SourceKind::Kubernetes, 1);
                             if let Some(reason) = forbidden(kind, &error) {
+                                if kind == Kind::EndpointSlice {
+                                    // Endpoints are an improvement, not a need: without them
+                                    // every Service goes to its ClusterIP, as before.
+                                    if !listed[kind as usize] || !store.slices_unlisted() {
+                                        tracing::warn!("{reason}; routing every Service to its ClusterIP until EndpointSlices can be listed");
+                                    }
+                                    store.slices_unlistable();
+                                    listed[kind as usize] = true;
+                                }
                                 // Readiness follows the RBAC check, not this answer: a
                                 // kube-apiserver that has just started refuses requests for a
                                 // moment before its authorizer has synced.
@@ -235,6 +251,7 @@ fn resource_of(kind: Kind) -> (&'static str, &'static str) {
         Kind::HostedCluster => ("hypershift.openshift.io", "hostedclusters"),
         Kind::Route => ("route.openshift.io", "routes"),
         Kind::Service => ("", "services"),
+        Kind::EndpointSlice => ("discovery.k8s.io", "endpointslices"),
     }
 }
 
@@ -341,7 +358,7 @@ fn apply(store: &mut Store, kind: Kind, event: Event<Object>) -> bool {
 }
 
 /// The three watches, merged into one stream of events tagged with their kind.
-fn watch_all(client: &Client) -> Events {
+fn watch_all(client: &Client, backends: BackendsMode) -> Events {
     let hosted_clusters = kind_stream(
         Api::<Guarded<HostedCluster>>::all(client.clone()),
         watcher::Config::default(),
@@ -360,7 +377,16 @@ fn watch_all(client: &Client) -> Events {
         Kind::Service,
         Object::Service,
     );
-    Box::pin(stream::select_all([hosted_clusters, routes, services]))
+    let mut all = vec![hosted_clusters, routes, services];
+    if backends == BackendsMode::Endpoints {
+        all.push(kind_stream(
+            Api::<Guarded<EndpointSlice>>::all(client.clone()),
+            watcher::Config::default(),
+            Kind::EndpointSlice,
+            Object::EndpointSlice,
+        ));
+    }
+    Box::pin(stream::select_all(all))
 }
 
 fn kind_stream<K>(api: Api<K>, config: watcher::Config, kind: Kind, wrap: fn(K) -> Object) -> Events
@@ -529,6 +555,9 @@ mod tests {
                 .collect(),
         );
         settle().await;
+        assert_eq!(src.generation(), 0, "EndpointSlices not listed yet");
+        src.list(Kind::EndpointSlice, Vec::new());
+        settle().await;
         assert_eq!(*src.ready.borrow(), Readiness::Ready);
         assert_eq!((src.generation(), src.routes()), (1, 10));
 
@@ -573,6 +602,24 @@ mod tests {
         src.list(Kind::HostedCluster, vec![hc_object(clusters[1].0.clone())]);
         settle().await;
         assert_eq!((src.generation(), src.routes()), (3, 5));
+
+        // A slice for c1's kube-apiserver moves its route to the pod.
+        let slice = fixtures::endpoint_slice(
+            "clusters-c1",
+            "kube-apiserver-a",
+            "kube-apiserver",
+            Some("https"),
+            6444,
+            &[("10.128.0.5", "z1", true, true, false)],
+        );
+        src.send(
+            Kind::EndpointSlice,
+            Event::Apply(fixtures::slice_object(slice)),
+        );
+        settle().await;
+        let snapshot = src.publisher.shared().load();
+        let kas = snapshot.table.route("clusters/c1/kube-apiserver").unwrap();
+        assert_eq!(kas.backends()[0].to_string(), "10.128.0.5:6444");
         src.shutdown.cancel();
     }
 
@@ -601,7 +648,20 @@ mod tests {
             Kind::Service,
             cluster.2.iter().cloned().map(service_object).collect(),
         );
+        // EndpointSlices forbidden: every Service to its ClusterIP, and nothing waits for them.
+        src.tx
+            .send((
+                Kind::EndpointSlice,
+                Err(watcher::Error::InitialListFailed(forbidden_error(
+                    "list",
+                    "endpointslices",
+                ))),
+            ))
+            .unwrap();
         settle().await;
+        let snapshot = src.publisher.shared().load();
+        let kas = snapshot.table.route("clusters/c0/kube-apiserver").unwrap();
+        assert_eq!(kas.backends()[0].to_string(), "172.16.0.1:6443");
         // Published, but the RBAC check has not answered yet.
         assert_eq!(src.routes(), 5);
         assert!(matches!(&*src.ready.borrow(), Readiness::NotReady(why) if why.contains("RBAC")));
@@ -634,7 +694,7 @@ mod tests {
             .unwrap();
         settle().await;
         assert_eq!(*src.ready.borrow(), Readiness::Ready);
-        assert_eq!(src.source_errors(), 1);
+        assert_eq!(src.source_errors(), 2);
         src.shutdown.cancel();
     }
 
