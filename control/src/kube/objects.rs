@@ -103,8 +103,9 @@ impl<K: ::kube::Resource<DynamicType = ()>> ::kube::Resource for Guarded<K> {
     }
 }
 
-/// Reads `metadata`'s name, namespace, resourceVersion and deletionTimestamp, skipping the
-/// rest without allocating for it.
+/// Reads `metadata`'s name, namespace, resourceVersion, deletionTimestamp and the
+/// `kubernetes.io/service-name` label (which only EndpointSlices carry), skipping the rest
+/// without allocating for it.
 fn slim_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -113,6 +114,12 @@ fn slim_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMet
         namespace: Option<String>,
         resource_version: Option<String>,
         deletion_timestamp: Option<Time>,
+        labels: Option<Labels>,
+    }
+    #[derive(Deserialize)]
+    struct Labels {
+        #[serde(rename = "kubernetes.io/service-name")]
+        service_name: Option<String>,
     }
     let slim = Option::<Slim>::deserialize(deserializer)?;
     Ok(slim.map_or_else(ObjectMeta::default, |slim| ObjectMeta {
@@ -120,6 +127,10 @@ fn slim_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMet
         namespace: slim.namespace,
         resource_version: slim.resource_version,
         deletion_timestamp: slim.deletion_timestamp,
+        labels: slim
+            .labels
+            .and_then(|l| l.service_name)
+            .map(|name| [(SERVICE_NAME_LABEL.to_owned(), name)].into()),
         ..ObjectMeta::default()
     }))
 }
@@ -338,7 +349,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct EndpointSlice {
     /// Name, namespace, and the `kubernetes.io/service-name` label.
-    #[serde(default, deserialize_with = "slice_metadata")]
+    #[serde(default, deserialize_with = "slim_metadata")]
     pub metadata: ObjectMeta,
     /// `addressType`: `IPv4`, `IPv6` or `FQDN` (not routed).
     #[serde(default, rename = "addressType")]
@@ -402,37 +413,6 @@ pub struct EndpointPort {
     pub name: Option<String>,
     /// The pod's port.
     pub port: Option<i32>,
-}
-
-/// Like [`slim_metadata`], keeping the `kubernetes.io/service-name` label too.
-fn slice_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Slim {
-        name: Option<String>,
-        namespace: Option<String>,
-        resource_version: Option<String>,
-        deletion_timestamp: Option<Time>,
-        #[serde(default)]
-        labels: Option<SliceLabels>,
-    }
-    #[derive(Deserialize)]
-    struct SliceLabels {
-        #[serde(rename = "kubernetes.io/service-name")]
-        service_name: Option<String>,
-    }
-    let slim = Option::<Slim>::deserialize(deserializer)?;
-    Ok(slim.map_or_else(ObjectMeta::default, |slim| ObjectMeta {
-        name: slim.name,
-        namespace: slim.namespace,
-        resource_version: slim.resource_version,
-        deletion_timestamp: slim.deletion_timestamp,
-        labels: slim
-            .labels
-            .and_then(|l| l.service_name)
-            .map(|name| [(SERVICE_NAME_LABEL.to_owned(), name)].into()),
-        ..ObjectMeta::default()
-    }))
 }
 
 #[cfg(test)]
