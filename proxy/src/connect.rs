@@ -8,23 +8,27 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::error::ConnectError;
-use crate::health::EndpointHealth;
-use crate::table::{Backend, Route};
+use crate::health::{EndpointHealth, LoadGuard};
+use crate::table::{Backend, Condition, Route};
 
-/// Connects to the first backend that accepts, starting at the route's round-robin cursor.
+/// Connects to the best backend that accepts, counting the connection against it.
 ///
-/// Each address gets its own `connect_timeout`, so one black-holed endpoint cannot use up the
-/// time of the ones after it. Names are resolved now, so DNS changes are followed. Ejected
-/// endpoints are skipped, and tried last rather than not at all: a route whose endpoints are
-/// all ejected still gets its chance.
+/// Least connections: each connection goes to the eligible endpoint with the fewest
+/// forwarded connections open through this replica, ties broken round robin. Eligible first:
+/// ready endpoints in the route's zone (or every ready one when it names none), then ready
+/// ones elsewhere, then terminating ones; ejected endpoints are tried last rather than not at
+/// all, so a route whose endpoints are all ejected still gets its chance. Each address gets
+/// its own `connect_timeout`, so one black-holed endpoint cannot use up the time of the ones
+/// after it. Names are resolved now, so DNS changes are followed.
 pub async fn connect(
     route: &Route,
     connect_timeout: Duration,
     health: &EndpointHealth,
-) -> Result<(TcpStream, SocketAddr), ConnectError> {
+) -> Result<(TcpStream, SocketAddr, LoadGuard), ConnectError> {
     let mut last = None;
-    let mut ejected = Vec::new();
-    for backend in route.backends_in_turn() {
+    let spec = route.spec();
+    let mut candidates: Vec<(SocketAddr, u8)> = Vec::with_capacity(spec.backends.len());
+    for (i, backend) in spec.backends.iter().enumerate() {
         let addrs = match resolve(backend).await {
             Ok(addrs) => addrs,
             Err(error) => {
@@ -33,20 +37,25 @@ pub async fn connect(
                 continue;
             }
         };
+        let rank = spec.facts.get(i).map_or(0, |facts| match facts.condition {
+            Condition::Terminating => 2,
+            Condition::Ready if spec.zone.is_some() && facts.zone != spec.zone => 1,
+            Condition::Ready => 0,
+        });
         for addr in addrs {
-            if health.is_ejected(addr) {
-                ejected.push(addr);
-                continue;
-            }
-            match attempt(route, addr, connect_timeout, health).await {
-                Ok(stream) => return Ok((stream, addr)),
-                Err(error) => last = Some((addr.to_string(), error)),
-            }
+            let rank = if health.is_ejected(addr) {
+                rank + 3
+            } else {
+                rank
+            };
+            candidates.push((addr, rank));
         }
     }
-    for addr in ejected {
+    let turn = route.next_turn();
+    while let Some((index, guard)) = health.pick(&candidates, turn) {
+        let (addr, _) = candidates.remove(index);
         match attempt(route, addr, connect_timeout, health).await {
-            Ok(stream) => return Ok((stream, addr)),
+            Ok(stream) => return Ok((stream, addr, guard)),
             Err(error) => last = Some((addr.to_string(), error)),
         }
     }

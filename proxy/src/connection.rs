@@ -14,6 +14,7 @@ use tokio::time::{timeout, Instant};
 
 use crate::connect;
 use crate::forward::{self, Forward, Totals};
+use crate::health::LoadGuard;
 use crate::metrics::ActiveGuard;
 use crate::outcome::{Outcome, Reason};
 use crate::proxy_protocol;
@@ -108,7 +109,7 @@ async fn establish(
         .metrics
         .backend_connect_seconds
         .observe(connecting.elapsed().as_secs_f64());
-    let (backend, backend_addr) = match connected {
+    let (backend, backend_addr, load) = match connected {
         Ok(connected) => connected,
         Err(error) => return refuse(&proxy, client, origin.refuse(Reason::Backend(error))).await,
     };
@@ -149,6 +150,7 @@ async fn establish(
         started,
         _slot: slot,
         _route_active: route_active,
+        _load: Box::new(load),
     })
 }
 
@@ -172,6 +174,8 @@ pin_project_lite::pin_project! {
         started: Instant,
         _slot: ConnectionSlot,
         _route_active: ActiveGuard,
+        // Boxed: inline, its 40 bytes would push the task past its size budget.
+        _load: Box<LoadGuard>,
     }
 }
 

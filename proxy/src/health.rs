@@ -63,6 +63,38 @@ pub struct EndpointHealth {
     policy: OutlierPolicy,
     endpoints: Mutex<HashMap<SocketAddr, State>>,
     metrics: Arc<Metrics>,
+    load: Arc<Load>,
+}
+
+/// Forwarded connections open through this replica, per endpoint address; only endpoints
+/// with one are kept.
+#[derive(Debug, Default)]
+struct Load(Mutex<HashMap<SocketAddr, usize>>);
+
+impl Load {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
+        // Plain counters: a panic elsewhere cannot leave them inconsistent.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One connection counted against its endpoint; dropping it releases the count.
+#[derive(Debug)]
+pub struct LoadGuard {
+    load: Arc<Load>,
+    endpoint: SocketAddr,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        let mut open = self.load.lock();
+        if let Some(count) = open.get_mut(&self.endpoint) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.endpoint);
+            }
+        }
+    }
 }
 
 impl EndpointHealth {
@@ -72,7 +104,36 @@ impl EndpointHealth {
             policy,
             endpoints: Mutex::new(HashMap::new()),
             metrics,
+            load: Arc::default(),
         }
+    }
+
+    /// Takes the candidate to connect to next and counts a connection against it: the lowest
+    /// `rank`, then the fewest connections open, then the first at or after `turn` (round
+    /// robin among equals). Choosing and counting under one lock keeps a burst of
+    /// connections from all choosing the same endpoint.
+    pub fn pick(&self, candidates: &[(SocketAddr, u8)], turn: usize) -> Option<(usize, LoadGuard)> {
+        let mut open = self.load.lock();
+        let n = candidates.len();
+        let (index, &(endpoint, _)) =
+            candidates
+                .iter()
+                .enumerate()
+                .min_by_key(|&(i, &(addr, rank))| {
+                    let count = open.get(&addr).copied().unwrap_or(0);
+                    (rank, count, (i + n - turn % n.max(1)) % n.max(1))
+                })?;
+        *open.entry(endpoint).or_insert(0) += 1;
+        let guard = LoadGuard {
+            load: self.load.clone(),
+            endpoint,
+        };
+        Some((index, guard))
+    }
+
+    /// Forwarded connections open to `endpoint` through this replica.
+    pub fn open(&self, endpoint: SocketAddr) -> usize {
+        self.load.lock().get(&endpoint).copied().unwrap_or(0)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, State>> {
@@ -204,6 +265,27 @@ mod tests {
         h.failed("r", ep);
         assert!(h.is_ejected(ep));
         assert!(h.ejected()[0].remaining > Duration::from_secs(3600 * 24 * 365));
+    }
+
+    #[test]
+    fn picks_the_best_rank_then_the_least_loaded_then_in_turn() {
+        let h = health(3);
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        let all = [(a, 0), (b, 0), (c, 2)];
+        let (i, first) = h.pick(&all, 1).unwrap();
+        assert_eq!(i, 1, "equals in turn");
+        let (i, second) = h.pick(&all, 1).unwrap();
+        assert_eq!(i, 0, "the least loaded");
+        let (i, _third) = h.pick(&all, 0).unwrap();
+        assert_eq!(i, 0, "a tie again, broken by the turn");
+        assert_eq!((h.open(a), h.open(b), h.open(c)), (2, 1, 0));
+        drop((first, second));
+        assert_eq!((h.open(a), h.open(b)), (1, 0));
+        let (i, _) = h.pick(&[(c, 2), (a, 3)], 0).unwrap();
+        assert_eq!(i, 0, "a terminating endpoint before an ejected one");
+        assert!(h.pick(&[], 0).is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -287,6 +287,11 @@ impl Route {
         &self.spec.source
     }
 
+    /// This connection's turn in the round robin among equally good backends.
+    pub fn next_turn(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// The backends in the order this connection should try them: each call starts one
     /// further along, so load spreads round robin and a failed one is followed by the next.
     pub fn backends_in_turn(&self) -> impl Iterator<Item = &Backend> {
