@@ -45,7 +45,7 @@ def main():
     d = tempfile.mkdtemp()
     cfg = os.path.join(d, "scale.yaml")
     with open(cfg, "w") as f:
-        f.write("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nrevoke_grace: off\nroutes:\n")
+        f.write("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\ndebug: off\nrevoke_grace: off\nroutes:\n")
         for i in range(N):
             f.write(f"  - {{name: r{i}, hostnames: [api-{i}.scale.test], backends: [\"127.0.0.1:{port}\"]}}\n")
     p = subprocess.Popen([BIN, "--config", cfg], stderr=subprocess.PIPE, text=True)

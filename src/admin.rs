@@ -1,4 +1,6 @@
-//! The admin HTTP server: liveness, readiness and the current routing table.
+//! The HTTP servers beside the proxy: `admin` (on the pod network, for probes and scrapes:
+//! liveness, readiness, metrics) and `debug` (loopback by default: the routing table, which
+//! names every customer's hostnames and backends). Both are hardened the same way.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,11 +93,27 @@ struct RouteView<'a> {
     name: &'a str,
     hostnames: Vec<String>,
     backends: Vec<String>,
+    /// Each backend as it stands here (zone, condition, ejection, open connections).
+    endpoints: Vec<serde_json::Value>,
     source: &'a str,
 }
 
-/// Serves admin requests on `listener` until `shutdown` fires.
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `/healthz`, `/readyz`, `/metrics`.
+    Admin,
+    /// `/routes`.
+    Debug,
+}
+
+/// Serves `surface`'s requests on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    surface: Surface,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut in_burst = false;
@@ -134,7 +152,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
             let _slot = slot;
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &req)) }
+                async move { Ok::<_, Infallible>(respond(surface, &state, &req)) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -149,7 +167,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     }
 }
 
-fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(surface: Surface, state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
         // RFC 9110 15.5.6: a 405 lists the methods the resource takes.
@@ -158,17 +176,18 @@ fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => match state.ready() {
+    match (surface, req.uri().path()) {
+        (Surface::Admin, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+        (Surface::Admin, "/readyz") => match state.ready() {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {why}\n"),
             ),
         },
-        "/routes" => routes(state),
-        "/metrics" => metrics(state),
+        (Surface::Admin, "/metrics") => metrics(state),
+        (Surface::Debug, "/routes") => routes(state),
+        (Surface::Debug, "/explain") => explain(state, req.uri().query().unwrap_or("")),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
@@ -186,6 +205,12 @@ fn routes(state: &State) -> Response<Full<Bytes>> {
                 name: route.name(),
                 hostnames: route.hostnames().iter().map(|h| h.to_string()).collect(),
                 backends: route.backends().iter().map(|b| b.to_string()).collect(),
+                endpoints: state
+                    .proxy
+                    .backends_now(route)
+                    .iter()
+                    .map(crate::explain::backend_json)
+                    .collect(),
                 source: route.source(),
             })
             .collect(),
@@ -204,6 +229,16 @@ fn routes(state: &State) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(&view) {
         Ok(body) => response(StatusCode::OK, "application/json", body.into()),
         Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
+}
+
+fn explain(state: &State, query: &str) -> Response<Full<Bytes>> {
+    match crate::explain::answer(&state.proxy, query) {
+        Ok(answer) => match serde_json::to_vec_pretty(&answer) {
+            Ok(body) => response(StatusCode::OK, "application/json", body.into()),
+            Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+        },
+        Err(why) => text(StatusCode::BAD_REQUEST, format!("{why}\n")),
     }
 }
 

@@ -41,9 +41,10 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
          \x20 curl -sk --resolve api.a.demo.test:{port}:{host} https://api.a.demo.test:{port}/\n\
          \x20 curl -sk --resolve api.b.demo.test:{port}:{host} https://api.b.demo.test:{port}/\n\
          \x20 curl -sk --resolve nope.demo.test:{port}:{host} https://nope.demo.test:{port}/   # refused: unrecognized_name\n\
-         \x20 curl -s http://{admin}/routes\n\
+         \x20 curl -s http://{debug}/routes\n\
          Edit {path} (swap the two backends) and run the curls again. Ctrl-C stops.",
-        path = path.display()
+        path = path.display(),
+        debug = control::config::DEFAULT_DEBUG,
     );
     let config = control::Config::load(&path)?;
     crate::run(path, config).await

@@ -3,6 +3,7 @@
 
 mod admin;
 mod demo;
+mod explain;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,17 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: SocketAddr,
     },
+    /// Ask a running sniroute what it would do with a connection for NAME (and a client).
+    Explain {
+        /// The SNI name.
+        name: String,
+        /// The client address the allow lists are judged for.
+        #[arg(long)]
+        client: Option<std::net::IpAddr>,
+        /// sniroute's debug listener, which serves /explain.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9091")]
+        debug: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +72,20 @@ fn main() -> ExitCode {
         Some(Command::Check) => {
             init_logging(LogFormat::Text, "info");
             return check(cli.config.as_deref());
+        }
+        Some(Command::Explain {
+            name,
+            client,
+            debug,
+        }) => {
+            return match explain::ask(debug, &name, client) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => {
+                    eprintln!("{error:#}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Some(Command::Demo { listen, admin }) => {
             init_logging(LogFormat::Text, "info");
@@ -175,6 +201,14 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let admin_listener = socket::bind(config.admin, socket::DEFAULT_BACKLOG)?;
     log_listening("admin", &admin_listener);
+    let debug_listener = match config.debug {
+        Some(addr) => {
+            let bound = socket::bind(addr, socket::DEFAULT_BACKLOG)?;
+            log_listening("debug", &bound);
+            Some(bound)
+        }
+        None => None,
+    };
     let mut listeners = Vec::with_capacity(config.listen.len() + 1);
     for addr in &config.listen {
         let bound = socket::bind(*addr, config.listen_backlog)?;
@@ -204,9 +238,18 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let services = TaskTracker::new();
     services.spawn(admin::serve(
         admin_listener,
+        admin::Surface::Admin,
         state.clone(),
         shutdown.clone(),
     ));
+    if let Some(debug_listener) = debug_listener {
+        tokio::spawn(admin::serve(
+            debug_listener,
+            admin::Surface::Debug,
+            state.clone(),
+            shutdown.clone(),
+        ));
+    }
     let file_source =
         FileSource::new(path, config.clone(), publisher.clone()).run(shutdown.clone());
     if let Some(kube_source) = kube_source {

@@ -169,6 +169,7 @@ fn cfg_renders_yaml() {
         y,
         "listen: \"127.0.0.1:0\"\n\
          admin: \"127.0.0.1:0\"\n\
+         debug: \"127.0.0.1:0\"\n\
          client_hello_timeout: 500ms\n\
          routes:\n\
          \x20 - name: \"r1\"\n\

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::apiserver::hypershift::{create_cluster, FINALIZER, HC_API};
 use common::apiserver::{wait_ready, ApiServer};
-use common::fake_kube::{tls_connect_from, wait_routed, wait_unrouted};
+use common::fake_kube::{wait_routed, wait_unrouted};
 use common::*;
 use serde_json::{json, Value};
 
@@ -239,13 +239,15 @@ async fn allowed_cidr_blocks_admit_listed_sources_only() {
     let localhost: IpAddr = "127.0.0.1".parse().unwrap();
     let other: IpAddr = "127.0.0.2".parse().unwrap();
     let conn = eventually(STEP, "routed from 127.0.0.1", || async {
-        tls_connect_from(localhost, addr, &c.api()).await.ok()
+        tls_connect_with(addr, &ClientOpts::sni(&c.api()).bound_to(localhost))
+            .await
+            .ok()
     })
     .await;
     assert_eq!(conn.backend, "a");
     let mark = proxy.log_mark();
     for host in [c.api(), c.oauth()] {
-        let refused = tls_connect_from(other, addr, &host).await;
+        let refused = tls_connect_with(addr, &ClientOpts::sni(&host).bound_to(other)).await;
         assert!(refused.is_err(), "{host} from 127.0.0.2 was routed");
     }
     proxy.wait_refusal_since(mark, "denied", STEP);
@@ -257,7 +259,9 @@ async fn allowed_cidr_blocks_admit_listed_sources_only() {
     )
     .await;
     eventually(SWAP, "127.0.0.2 admitted", || async {
-        tls_connect_from(other, addr, &c.api()).await.ok()
+        tls_connect_with(addr, &ClientOpts::sni(&c.api()).bound_to(other))
+            .await
+            .ok()
     })
     .await;
 

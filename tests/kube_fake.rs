@@ -170,13 +170,8 @@ async fn malformed_objects_skip_only_what_they_break() {
     wait_unrouted(addr, &api("c2"), STEP).await;
     let line = proxy.wait_log(&["does not parse", "name=\"c2\""], STEP);
     assert!(line.contains("HostedCluster"), "{line}");
-    let (_, metrics) = proxy.get("/metrics").unwrap();
-    let errors: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("sniroute_source_errors_total{source=\"kubernetes\"} "))
-        .unwrap_or_else(|| panic!("no kubernetes source errors in:\n{metrics}"))
-        .parse()
-        .unwrap();
+    let errors =
+        Scrape::of(&proxy).value("sniroute_source_errors_total", &[("source", "kubernetes")]);
     assert!(errors >= 1.0, "{errors}");
 
     // Fixed, it is routed.

@@ -15,7 +15,7 @@ use common::*;
 use ppp::v2;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsConnector;
 
@@ -60,26 +60,10 @@ fn v1_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A TCP connection to `to` from a socket bound to `from` (port 0).
-async fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
-    let socket = match from {
-        IpAddr::V4(_) => TcpSocket::new_v4(),
-        IpAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .unwrap();
-    socket.bind(SocketAddr::new(from, 0)).unwrap();
-    let tcp = timeout(STEP, socket.connect(to))
-        .await
-        .expect("connect timed out")
-        .expect("connect");
-    tcp.set_nodelay(true).unwrap();
-    tcp
-}
-
 /// Connects to `to`, sends `bytes` and half-closes: the proxy then forwards EOF after them, so
 /// a backend's record ends exactly where the proxy's sending ended.
 async fn send_from(from: IpAddr, to: SocketAddr, bytes: &[u8]) -> TcpStream {
-    let mut tcp = connect_from(from, to).await;
+    let mut tcp = raw_connect_from(from, to).await;
     tcp.write_all(bytes).await.unwrap();
     tcp.shutdown().await.unwrap();
     tcp
@@ -507,6 +491,25 @@ async fn tls_after(
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
+/// A HostedCluster created on the real server, and a TLS backend on the ClusterIP the server
+/// allocated its kube-apiserver Service (with the shared leaf: the clients here send no SNI and
+/// check the name "localhost"). Returns the cluster's ID.
+async fn cluster_and_its_kas(
+    server: &ApiServer,
+    namespace: &str,
+    name: &str,
+    index: usize,
+) -> (String, TlsBackend) {
+    let admin = server.admin().await;
+    let cluster = create_cluster(&admin, namespace, name, index).await;
+    let kas = TlsBackend::start_at(
+        "kas",
+        cluster.service("kube-apiserver"),
+        TlsBackendOpts::default(),
+    );
+    (cluster.cluster_id, kas)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_id_listener_routes_by_the_tlv_without_sni() {
     // A real kube-apiserver with the HostedCluster CRD: the cluster ID sniroute routes by is
@@ -514,15 +517,7 @@ async fn cluster_id_listener_routes_by_the_tlv_without_sni() {
     let Some(server) = ApiServer::shared().await else {
         return;
     };
-    let admin = server.admin().await;
-    let cluster = create_cluster(&admin, "pp", "ppid1", 1).await;
-    let cluster_id = cluster.cluster_id.clone();
-    // The shared leaf: the client below sends no SNI and checks the name "localhost".
-    let kas = TlsBackend::start_at(
-        "kas",
-        cluster.service("kube-apiserver"),
-        TlsBackendOpts::default(),
-    );
+    let (cluster_id, kas) = cluster_and_its_kas(server, "pp", "ppid1", 1).await;
     let cfg = Cfg::new().set("cluster_id_listen", &quote("127.0.0.1:0"));
     let (proxy, _dir) = server.start_sniroute(&server.url(), cfg).await;
     let listen = proxy.listener_addr("cluster_id");
@@ -566,16 +561,6 @@ async fn cluster_id_listener_routes_by_the_tlv_without_sni() {
     );
 }
 
-/// The outcome counter `outcome` as `/metrics` shows it now.
-fn outcome_count(proxy: &Sniroute, outcome: &str) -> u64 {
-    let (_, body) = proxy.get("/metrics").unwrap();
-    let series = format!("sniroute_connections_total{{outcome=\"{outcome}\"}} ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-}
-
 /// A v2 header with `command` and `protocol` (the LOCAL / DGRAM cases), `src -> dst`.
 fn v2_raw(
     command: v2::Command,
@@ -606,16 +591,16 @@ async fn a_local_header_is_a_health_check_and_routes_by_the_peer_when_a_hello_fo
 
     // The load balancer's probe: a LOCAL header, then close. Counted, never logged.
     let mark = proxy.log_mark();
-    let before = outcome_count(&proxy, "health_check");
+    let before = Scrape::of(&proxy).outcome("health_check");
     let mut tcp = send(listen, &local).await;
     assert!(read_until_closed(&mut tcp, STEP).await.end.closed());
     eventually(STEP, "health_check counted", || async {
-        (outcome_count(&proxy, "health_check") == before + 1).then_some(())
+        (Scrape::of(&proxy).outcome("health_check") == before + 1.0).then_some(())
     })
     .await;
     assert_eq!(
-        outcome_count(&proxy, "not_tls"),
-        0,
+        Scrape::of(&proxy).outcome("not_tls"),
+        0.0,
         "a probe is not an error"
     );
     assert!(
@@ -710,34 +695,20 @@ async fn the_cluster_id_listener_believes_addresses_from_trusted_proxies_only() 
     let Some(server) = ApiServer::shared().await else {
         return;
     };
-    let admin = server.admin().await;
-    let cluster = create_cluster(&admin, "pt", "ptid1", 2).await;
-    let cluster_id = cluster.cluster_id.clone();
-    let kas = TlsBackend::start_at(
-        "kas",
-        cluster.service("kube-apiserver"),
-        TlsBackendOpts::default(),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = server.sniroute_kubeconfig(dir.path(), &server.url()).await;
-    let start = |trusted: &str| {
-        let yaml = Cfg::new()
-            .set("kubernetes", "{}")
+    let (cluster_id, kas) = cluster_and_its_kas(server, "pt", "ptid1", 2).await;
+    let start = |trusted: &'static str| async {
+        let cfg = Cfg::new()
             .set("cluster_id_listen", &quote("127.0.0.1:0"))
-            .set("trusted_proxies", trusted)
-            .yaml();
-        let proxy = Sniroute::start_kube(yaml, &kubeconfig);
+            .set("trusted_proxies", trusted);
+        let (proxy, dir) = server.start_sniroute(&server.url(), cfg).await;
         let listen = proxy.listener_addr("cluster_id");
-        (proxy, listen)
+        wait_ready(&proxy).await;
+        (proxy, listen, dir)
     };
     let claimed = addr("10.0.0.7:50000");
     let unknown = "ffffffff-0000-4000-8000-000000000000";
     // No trusted proxy: the TLV still routes, but the claimed source is only a log field.
-    let (proxy, listen) = start("[]");
-    eventually(STARTUP * 3, "/readyz 200", || async {
-        (proxy.readyz() == 200).then_some(())
-    })
-    .await;
+    let (proxy, listen, _dir) = start("[]").await;
     let routed = v2_header(claimed, listen, Some(&cluster_id));
     let (line, _conn) = eventually(STEP, "routed by cluster ID", || async {
         tls_after(listen, &routed).await.ok()
@@ -769,11 +740,7 @@ async fn the_cluster_id_listener_believes_addresses_from_trusted_proxies_only() 
     drop(proxy);
 
     // Trusted: the header's source is the client.
-    let (proxy, listen) = start("[\"127.0.0.1/32\"]");
-    eventually(STARTUP * 3, "/readyz 200", || async {
-        (proxy.readyz() == 200).then_some(())
-    })
-    .await;
+    let (proxy, listen, _dir) = start("[\"127.0.0.1/32\"]").await;
     let line = refusal(
         &proxy,
         listen,

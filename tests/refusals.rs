@@ -10,10 +10,6 @@ use rustls::AlertDescription;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-fn one_route(backend: std::net::SocketAddr) -> Cfg {
-    Cfg::new().route("api", &["api.example.test"], &[backend])
-}
-
 #[tokio::test]
 async fn unknown_sni_gets_the_unrecognized_name_alert() {
     let b1 = TlsBackend::start("b1");
@@ -250,4 +246,46 @@ async fn refusals_do_not_disturb_other_connections() {
     fresh.echo(b"fresh").await;
     good.echo(b"good survived").await;
     assert_eq!(b1.handshakes(), 2, "junk reached the backend");
+}
+
+#[tokio::test]
+async fn refusals_after_a_hello_and_closing_summaries_carry_its_ja4() {
+    let backend = TlsBackend::start("b");
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set("log_connections", "true")
+            .route("r", &["r.example.test"], &[backend.addr()])
+            .yaml(),
+    );
+    // A browser's hello from FoxIO's test data, with the fingerprint the spec gives for it
+    // (tests/fixtures/ja4/README.md), for a name without a route.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ja4/browsers-x509-0.bin"
+    );
+    let hello = std::fs::read(path).unwrap();
+    let mark = proxy.log_mark();
+    let mut tcp = raw_connect(proxy.proxy_addr()).await;
+    tcp.write_all(&with_sni(&hello, b"nothing.example.test"))
+        .await
+        .unwrap();
+    let line = proxy.wait_refusal_since(mark, "unknown_sni", STEP);
+    assert!(
+        line.contains("ja4=t13d1516h2_8daaf6152771_e5627efa2ab1"),
+        "{line}"
+    );
+
+    // A refusal before any hello (not TLS) has none.
+    let mark = proxy.log_mark();
+    let mut tcp = raw_connect(proxy.proxy_addr()).await;
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let line = proxy.wait_refusal_since(mark, "not_tls", STEP);
+    assert!(!line.contains("ja4="), "{line}");
+
+    // A forwarded connection's closing line carries the fingerprint of its hello.
+    let mark = proxy.log_mark();
+    let conn = assert_routes(proxy.proxy_addr(), "r.example.test", "b").await;
+    drop(conn);
+    let line = proxy.wait_log_since(mark, &["connection closed"], STEP);
+    assert!(line.contains("ja4=t13d"), "{line}");
 }

@@ -14,9 +14,7 @@ use tokio::time::Instant;
 const RELOAD_WITHIN: Duration = Duration::from_millis(1500);
 
 fn to(backend: SocketAddr) -> String {
-    Cfg::new()
-        .route("api", &["api.example.test"], &[backend])
-        .yaml()
+    one_route(backend).yaml()
 }
 
 /// Connects until a new connection lands on `backend`; panics after [`RELOAD_WITHIN`] from

@@ -7,7 +7,6 @@ mod common;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::fake_kube::tls_connect_from;
 use common::*;
 use tokio::time::Instant;
 
@@ -18,13 +17,7 @@ const DOOMED: &str = "no longer admitted";
 
 /// `sniroute_revoked_connections_total` from `/metrics`.
 fn revoked(proxy: &Sniroute) -> u64 {
-    let (status, body) = proxy.get("/metrics").expect("GET /metrics");
-    assert_eq!(status, 200, "/metrics: {body}");
-    let value = body
-        .lines()
-        .find_map(|l| l.strip_prefix("sniroute_revoked_connections_total "))
-        .unwrap_or_else(|| panic!("no sniroute_revoked_connections_total in:\n{body}"));
-    value.trim().parse::<f64>().expect("a number") as u64
+    Scrape::of(proxy).value("sniroute_revoked_connections_total", &[]) as u64
 }
 
 async fn wait_revoked(proxy: &Sniroute, want: u64) {
@@ -147,7 +140,7 @@ async fn a_narrowed_allow_list_revokes_the_clients_it_no_longer_admits() {
     let addr = proxy.proxy_addr();
     let mut from_1 = assert_routes(addr, A, "a").await;
     let two: IpAddr = "127.0.0.2".parse().unwrap();
-    let mut from_2 = tls_connect_from(two, addr, A)
+    let mut from_2 = tls_connect_with(addr, &ClientOpts::sni(A).bound_to(two))
         .await
         .expect("from 127.0.0.2");
     from_1.echo(b"before").await;
@@ -179,7 +172,8 @@ async fn a_route_restored_within_the_grace_keeps_its_streams() {
     let (changed, _) = change_dooming(&mut proxy, only_b.yaml());
     let restoring = proxy.log_mark();
     proxy.write_config(both.yaml());
-    proxy.wait_log_since(restoring, &["table published"], STEP);
+    // The restore's own publish (a reload of the doomed file again would say added=0).
+    proxy.wait_log_since(restoring, &["table published", "added=1"], STEP);
     assert!(
         changed.elapsed() < grace - Duration::from_millis(300),
         "the restore took {:?}: too slow to land inside the {grace:?} grace",

@@ -152,13 +152,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// `sniroute_connections_total{outcome=...}` from `/metrics`.
 fn outcomes(proxy: &Sniroute, outcome: &str) -> u64 {
-    let (status, body) = proxy.get("/metrics").expect("GET /metrics");
-    assert_eq!(status, 200);
-    let prefix = format!("sniroute_connections_total{{outcome=\"{outcome}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{body}")) as u64
+    Scrape::of(proxy).outcome(outcome) as u64
 }
 
 /// Waits (bounded) until `outcome` has been counted `want` times.
@@ -387,10 +381,6 @@ async fn good_client(addr: SocketAddr) -> Result<Duration, String> {
     let mut conn = tls_connect(addr, HOST).await.map_err(|e| e.to_string())?;
     conn.echo(b"ping\n").await;
     Ok(started.elapsed())
-}
-
-fn one_route(backend: SocketAddr) -> Cfg {
-    Cfg::new().route("api", &[HOST], &[backend])
 }
 
 // === slowloris ===
@@ -841,10 +831,12 @@ async fn a_black_holed_backend_times_out_and_the_next_is_tried() {
     let base = baseline_fds(pid).await;
     let hello = fixture(HELLO);
 
-    // Round robin: the first connection starts at the hole, the second at the good one, ...
+    // With nothing open, least connections is a tie every time, broken in turn: the first
+    // connection starts at the hole, the second at the good one, ... Each waits for the one
+    // before to close, or the good one's open connection would send the next to the hole.
     for i in 0..6 {
         let started = Instant::now();
-        let (_tcp, id) = raw_route(addr, &hello, STEP)
+        let (tcp, id) = raw_route(addr, &hello, STEP)
             .await
             .unwrap_or_else(|e| panic!("connection {i}: {e}"));
         let took = started.elapsed();
@@ -860,6 +852,10 @@ async fn a_black_holed_backend_times_out_and_the_next_is_tried() {
                 "connection {i} took {took:?}"
             );
         }
+        drop(tcp);
+        scrape_until(&proxy, STEP, "the connection closed", |s| {
+            s.get("sniroute_route_active_connections", &[("route", "api")]) == Some(0.0)
+        });
     }
     // Concurrently too: every one gets through, none waits more than one connect_timeout.
     let mut tasks = Vec::new();

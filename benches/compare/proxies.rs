@@ -225,7 +225,7 @@ impl Running {
 
     fn sniroute_yaml(&self) -> String {
         let mut y = format!(
-            "listen: {}\nadmin: 127.0.0.1:0\nidle_timeout: 1h\nshutdown_delay: 0s\nroutes:\n",
+            "listen: {}\nadmin: 127.0.0.1:0\ndebug: off\nidle_timeout: 1h\nshutdown_delay: 0s\nroutes:\n",
             self.addr
         );
         for (host, backend) in self.routes() {

@@ -232,6 +232,10 @@ def check_objects(objs, role, where, config_out):
     admin = str(config.get("admin", "127.0.0.1:9090"))
     check(admin.startswith(("0.0.0.0:", "[::]:")) and port_of(admin) == ports.get("admin"), d,
           f"config admin {admin} must listen on all addresses, port {ports.get('admin')}")
+    # The routing table names every customer's hostnames and backends: loopback only.
+    debug = str(config.get("debug", "127.0.0.1:9091"))
+    check(debug == "off" or debug.startswith(("127.", "[::1]:")), d,
+          f"config debug {debug} must stay on loopback (reach it with kubectl port-forward)")
     check("cluster_id_listen" in config
           and port_of(config["cluster_id_listen"]) == ports.get("cluster-id"), d,
           "config cluster_id_listen must be set, on the cluster-id container port (the "

@@ -7,19 +7,17 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::balance::{Candidate, Standing};
 use crate::error::ConnectError;
 use crate::health::{EndpointHealth, LoadGuard};
-use crate::table::{Backend, Condition, Route};
+use crate::table::{Backend, Route};
 
 /// Connects to the best backend that accepts, counting the connection against it.
 ///
-/// Least connections: each connection goes to the eligible endpoint with the fewest
-/// forwarded connections open through this replica, ties broken round robin. Eligible first:
-/// ready endpoints in the route's zone (or every ready one when it names none), then ready
-/// ones elsewhere, then terminating ones; ejected endpoints are tried last rather than not at
-/// all, so a route whose endpoints are all ejected still gets its chance. Each address gets
-/// its own `connect_timeout`, so one black-holed endpoint cannot use up the time of the ones
-/// after it. Names are resolved now, so DNS changes are followed.
+/// Each attempt takes the first untried candidate of [`order`](crate::balance::order), with open counts as they
+/// are at that moment. Each address gets its own `connect_timeout`, so one black-holed
+/// endpoint cannot use up the time of the ones after it. Names are resolved now, so DNS
+/// changes are followed.
 pub async fn connect(
     route: &Route,
     connect_timeout: Duration,
@@ -27,7 +25,7 @@ pub async fn connect(
 ) -> Result<(TcpStream, SocketAddr, LoadGuard), ConnectError> {
     let mut last = None;
     let spec = route.spec();
-    let mut candidates: Vec<(SocketAddr, u8)> = Vec::with_capacity(spec.backends.len());
+    let mut candidates = Vec::with_capacity(spec.backends.len());
     for (i, backend) in spec.backends.iter().enumerate() {
         let addrs = match resolve(backend).await {
             Ok(addrs) => addrs,
@@ -37,23 +35,19 @@ pub async fn connect(
                 continue;
             }
         };
-        let rank = spec.facts.get(i).map_or(0, |facts| match facts.condition {
-            Condition::Terminating => 2,
-            Condition::Ready if spec.zone.is_some() && facts.zone != spec.zone => 1,
-            Condition::Ready => 0,
-        });
-        for addr in addrs {
-            let rank = if health.is_ejected(addr) {
-                rank + 3
-            } else {
-                rank
-            };
-            candidates.push((addr, rank));
-        }
+        let standing = Standing::of(spec, i);
+        candidates.extend(addrs.into_iter().map(|addr| Candidate {
+            at: addr,
+            standing,
+            ejected: health.is_ejected(addr),
+            open: 0,
+        }));
     }
     let turn = route.next_turn();
-    while let Some((index, guard)) = health.pick(&candidates, turn) {
-        let (addr, _) = candidates.remove(index);
+    let mut tried = vec![false; candidates.len()];
+    while let Some((index, guard)) = health.pick(&mut candidates, turn, |i| !tried[i]) {
+        tried[index] = true;
+        let addr = candidates[index].at;
         match attempt(route, addr, connect_timeout, health).await {
             Ok(stream) => return Ok((stream, addr, guard)),
             Err(error) => last = Some((addr.to_string(), error)),

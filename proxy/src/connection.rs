@@ -12,9 +12,11 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
+use crate::client_limit::ClientGuard;
 use crate::connect;
 use crate::forward::{self, Forward, Totals};
 use crate::health::LoadGuard;
+use crate::ja4::Ja4;
 use crate::metrics::ActiveGuard;
 use crate::outcome::{Outcome, Reason};
 use crate::proxy_protocol;
@@ -91,7 +93,13 @@ async fn establish(
         Ok(routed) => routed,
         Err(_) => Err(Origin::peer(peer).refuse(Reason::Timeout)),
     };
-    let Routed { route, key, origin } = match routed {
+    let Routed {
+        route,
+        key,
+        origin,
+        ja4,
+        client_slot,
+    } = match routed {
         Ok(routed) => routed,
         Err(refused) => return refuse(&proxy, client, refused).await,
     };
@@ -100,7 +108,7 @@ async fn establish(
         let reason = Reason::RouteLimit {
             route: route.name().into(),
         };
-        return refuse(&proxy, client, origin.refuse(reason)).await;
+        return refuse(&proxy, client, origin.refuse(reason).with_ja4(ja4)).await;
     };
 
     let connecting = Instant::now();
@@ -111,7 +119,10 @@ async fn establish(
         .observe(connecting.elapsed().as_secs_f64());
     let (backend, backend_addr, load) = match connected {
         Ok(connected) => connected,
-        Err(error) => return refuse(&proxy, client, origin.refuse(Reason::Backend(error))).await,
+        Err(error) => {
+            let refused = origin.refuse(Reason::Backend(error)).with_ja4(ja4);
+            return refuse(&proxy, client, refused).await;
+        }
     };
     proxy.metrics.count(Outcome::Routed);
     if let Err(error) = socket::tune(&backend) {
@@ -144,13 +155,17 @@ async fn establish(
         forward,
         proxy,
         route,
-        key,
-        origin,
-        backend: backend_addr,
-        started,
+        closing: Box::new(Closing {
+            key,
+            origin,
+            backend: backend_addr,
+            started,
+            ja4,
+            _client_slot: client_slot,
+            _load: load,
+        }),
         _slot: slot,
         _route_active: route_active,
-        _load: Box::new(load),
     })
 }
 
@@ -168,15 +183,23 @@ pin_project_lite::pin_project! {
         forward: Forward,
         proxy: Arc<Proxy>,
         route: Arc<Route>,
-        key: RouteKey,
-        origin: Origin,
-        backend: SocketAddr,
-        started: Instant,
+        // Boxed: read only when the pair closes, so the task a connection idles in stays small.
+        closing: Box<Closing>,
         _slot: ConnectionSlot,
         _route_active: ActiveGuard,
-        // Boxed: inline, its 40 bytes would push the task past its size budget.
-        _load: Box<LoadGuard>,
     }
+}
+
+/// What a forwarded connection's closing lines report, and what it holds that its task
+/// never reads: its client's `client_limits` slot and its endpoint's open-connection count.
+struct Closing {
+    key: RouteKey,
+    origin: Origin,
+    backend: SocketAddr,
+    started: Instant,
+    ja4: Option<Ja4>,
+    _client_slot: Option<ClientGuard>,
+    _load: LoadGuard,
 }
 
 impl Future for Established {
@@ -188,19 +211,21 @@ impl Future for Established {
             Ok(totals) => (totals, None),
             Err(error) => (Totals::default(), Some(error)),
         };
-        let (client, name, route) = (this.origin.client(), &*this.key, this.route.name());
-        let claimed = this.origin.claimed().map(tracing::field::display);
+        let closing = &**this.closing;
+        let (client, name, route) = (closing.origin.client(), &closing.key, this.route.name());
+        let claimed = closing.origin.claimed().map(tracing::field::display);
+        let ja4 = closing.ja4.map(tracing::field::display);
         if totals.revoked {
             tracing::info!(%client, claimed, %name, route, "connection revoked: the table no longer admits it");
         }
         if this.proxy.settings.log_connections {
             tracing::info!(
-                %client, peer = %this.origin.peer, claimed, %name, route, backend = %this.backend,
+                %client, peer = %closing.origin.peer, claimed, %name, route, backend = %closing.backend, ja4,
                 client_to_backend = totals.client_to_backend,
                 backend_to_client = totals.backend_to_client,
                 idle_timeout = totals.idle_timed_out,
                 revoked = totals.revoked,
-                duration = ?this.started.elapsed(),
+                duration = ?closing.started.elapsed(),
                 error = error.as_ref().map(tracing::field::display),
                 "connection closed"
             );
@@ -240,12 +265,17 @@ impl Proxy {
 
     /// Counts a refusal and writes its one log line (within the refusal log budget).
     fn count_refusal(&self, refused: &Refused) {
-        let Refused { reason, origin } = refused;
+        let Refused {
+            reason,
+            origin,
+            ja4,
+        } = refused;
         let outcome = reason.outcome();
         self.metrics.count(outcome);
         if reason.logged() && self.refusal_log.allow() {
             let claimed = origin.claimed().map(tracing::field::display);
-            tracing::info!(peer = %origin.client(), claimed, reason = %outcome, detail = %reason, "connection refused");
+            let ja4 = ja4.map(tracing::field::display);
+            tracing::info!(peer = %origin.client(), claimed, reason = %outcome, detail = %reason, ja4, "connection refused");
         }
     }
 
@@ -290,6 +320,7 @@ mod size_tests {
             accept_proxy_protocol: None,
             trusted_proxies: Vec::new(),
             revoke_grace: Some(Duration::from_secs(1)),
+            client_limits: None,
         };
         let proxy = Arc::new(Proxy::new(settings, Default::default(), metrics.clone()));
         let slot = ConnectionSlot::new(metrics.open(), None);

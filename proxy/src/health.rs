@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::balance::{order, Candidate};
 use crate::metrics::Metrics;
 
 /// When an endpoint is ejected, and for how long.
@@ -108,21 +109,21 @@ impl EndpointHealth {
         }
     }
 
-    /// Takes the candidate to connect to next and counts a connection against it: the lowest
-    /// `rank`, then the fewest connections open, then the first at or after `turn` (round
-    /// robin among equals). Choosing and counting under one lock keeps a burst of
-    /// connections from all choosing the same endpoint.
-    pub fn pick(&self, candidates: &[(SocketAddr, u8)], turn: usize) -> Option<(usize, LoadGuard)> {
+    /// Takes the first candidate of [`order`] that `untried` lets through, with open counts
+    /// as they stand, and counts a connection against it. Choosing and counting under one
+    /// lock keeps a burst of connections from all choosing the same endpoint.
+    pub fn pick(
+        &self,
+        candidates: &mut [Candidate<SocketAddr>],
+        turn: usize,
+        untried: impl Fn(usize) -> bool,
+    ) -> Option<(usize, LoadGuard)> {
         let mut open = self.load.lock();
-        let n = candidates.len();
-        let (index, &(endpoint, _)) =
-            candidates
-                .iter()
-                .enumerate()
-                .min_by_key(|&(i, &(addr, rank))| {
-                    let count = open.get(&addr).copied().unwrap_or(0);
-                    (rank, count, (i + n - turn % n.max(1)) % n.max(1))
-                })?;
+        for candidate in candidates.iter_mut() {
+            candidate.open = open.get(&candidate.at).copied().unwrap_or(0);
+        }
+        let index = order(candidates, turn).into_iter().find(|&i| untried(i))?;
+        let endpoint = candidates[index].at;
         *open.entry(endpoint).or_insert(0) += 1;
         let guard = LoadGuard {
             load: self.load.clone(),
@@ -268,24 +269,39 @@ mod tests {
     }
 
     #[test]
-    fn picks_the_best_rank_then_the_least_loaded_then_in_turn() {
+    fn picks_in_order_skipping_the_tried_and_counts_until_dropped() {
+        use crate::balance::Standing;
         let h = health(3);
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
-        let all = [(a, 0), (b, 0), (c, 2)];
-        let (i, first) = h.pick(&all, 1).unwrap();
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let cand = |port, standing| Candidate {
+            at: addr(port),
+            standing,
+            ejected: false,
+            open: 0,
+        };
+        let mut all = [
+            cand(1, Standing::Near),
+            cand(2, Standing::Near),
+            cand(3, Standing::Terminating),
+        ];
+        let (i, first) = h.pick(&mut all, 1, |_| true).unwrap();
         assert_eq!(i, 1, "equals in turn");
-        let (i, second) = h.pick(&all, 1).unwrap();
+        let (i, second) = h.pick(&mut all, 1, |_| true).unwrap();
         assert_eq!(i, 0, "the least loaded");
-        let (i, _third) = h.pick(&all, 0).unwrap();
+        let (i, third) = h.pick(&mut all, 0, |_| true).unwrap();
         assert_eq!(i, 0, "a tie again, broken by the turn");
-        assert_eq!((h.open(a), h.open(b), h.open(c)), (2, 1, 0));
-        drop((first, second));
-        assert_eq!((h.open(a), h.open(b)), (1, 0));
-        let (i, _) = h.pick(&[(c, 2), (a, 3)], 0).unwrap();
-        assert_eq!(i, 0, "a terminating endpoint before an ejected one");
-        assert!(h.pick(&[], 0).is_none());
+        assert_eq!(
+            (h.open(addr(1)), h.open(addr(2)), h.open(addr(3))),
+            (2, 1, 0)
+        );
+        let (i, _fourth) = h.pick(&mut all, 0, |i| i != 1 && i != 0).unwrap();
+        assert_eq!(i, 2, "the terminating one once the others are tried");
+        drop((first, second, third));
+        assert_eq!(
+            (h.open(addr(1)), h.open(addr(2)), h.open(addr(3))),
+            (0, 0, 1)
+        );
+        assert!(h.pick(&mut [], 0, |_| true).is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,11 +16,13 @@ use crate::log_limit::LogLimiter;
 /// Refusal log lines allowed per second; past that they are counted and summarised.
 const REFUSAL_LOG_LINES_PER_SECOND: u32 = 50;
 
+pub mod balance;
 pub mod client_hello;
 pub mod client_limit;
 pub mod connect;
 mod connection;
 pub mod error;
+pub mod explain;
 pub mod forward;
 pub mod health;
 pub mod ja4;
@@ -41,7 +43,10 @@ pub use metrics::Metrics;
 pub use name::{HostPattern, ServerName};
 pub use outcome::{Outcome, Reason};
 pub use route::ListenerKind;
-pub use table::{Backend, BackendFacts, Condition, Route, RouteSpec, SharedTable, Snapshot, Table};
+pub use table::{
+    Backend, BackendFacts, Condition, Match, Route, RouteKey, RouteSpec, SharedTable, Snapshot,
+    Table,
+};
 
 /// The data plane's knobs, fixed for the life of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +71,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long a connection the table no longer admits may go on; `None` never revokes.
     pub revoke_grace: Option<Duration>,
+    /// Per-client limits on the SNI listeners; `None` limits no client.
+    pub client_limits: Option<client_limit::Policy>,
 }
 
 /// Everything a connection task needs: the knobs, the current routing table, and the state
@@ -77,6 +84,7 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     health: EndpointHealth,
     connection_limit: Option<Arc<Semaphore>>,
+    client_limits: Option<client_limit::ClientLimits>,
     refusal_log: LogLimiter,
     connections: Arc<revoke::Connections>,
 }
@@ -89,6 +97,10 @@ impl Proxy {
             .map(|limit| Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))));
         Self {
             health: EndpointHealth::new(settings.outlier_detection, metrics.clone()),
+            client_limits: settings
+                .client_limits
+                .clone()
+                .map(client_limit::ClientLimits::new),
             settings,
             table,
             metrics,

@@ -157,6 +157,16 @@ impl Metrics {
         })
     }
 
+    /// Forwarded connections open through `route` now (no series is made for asking).
+    pub(crate) fn route_open(&self, route: &str) -> i64 {
+        let labels = RouteLabels {
+            route: route.to_owned(),
+        };
+        self.route_active
+            .get(&labels)
+            .map_or(0, |gauge| gauge.get())
+    }
+
     /// Sets whether `endpoint` of `route` is ejected; a healthy endpoint has no series, so
     /// endpoints that come and go leave none behind.
     pub(crate) fn set_ejected(&self, route: &str, endpoint: &str, ejected: bool) {

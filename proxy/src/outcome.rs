@@ -6,6 +6,7 @@ use std::io;
 use std::str::Utf8Error;
 
 use crate::client_hello;
+use crate::client_limit::Limited;
 use crate::error::ConnectError;
 use crate::table::Denial;
 
@@ -30,11 +31,13 @@ pub enum Outcome {
     Limited,
     /// A load balancer's health check: a PROXY v2 LOCAL header, then close.
     HealthCheck,
+    /// Over the client's `client_limits` (connections open, or rate).
+    ClientLimited,
 }
 
 impl Outcome {
     /// Every outcome, for metrics that should show zeros.
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Self::Routed,
         Self::UnknownSni,
         Self::NoSni,
@@ -44,6 +47,7 @@ impl Outcome {
         Self::BackendUnreachable,
         Self::Limited,
         Self::HealthCheck,
+        Self::ClientLimited,
     ];
 
     /// The label value.
@@ -58,6 +62,7 @@ impl Outcome {
             Self::BackendUnreachable => "backend_unreachable",
             Self::Limited => "limited",
             Self::HealthCheck => "health_check",
+            Self::ClientLimited => "client_limited",
         }
     }
 }
@@ -120,6 +125,8 @@ pub enum Reason {
     },
     /// The proxy is at the global `max_connections`.
     GlobalLimit,
+    /// The client is over its `client_limits`.
+    ClientLimited(Limited),
     /// No backend of the route accepted.
     Backend(ConnectError),
 }
@@ -144,6 +151,7 @@ impl Reason {
             }
             Self::NoSni => Outcome::NoSni,
             Self::RouteLimit { .. } | Self::GlobalLimit => Outcome::Limited,
+            Self::ClientLimited(_) => Outcome::ClientLimited,
             Self::Backend(_) => Outcome::BackendUnreachable,
         }
     }
@@ -176,6 +184,7 @@ impl fmt::Display for Reason {
             Self::Denied(denial) => denial.fmt(f),
             Self::RouteLimit { route } => write!(f, "route {route} is at max_connections"),
             Self::GlobalLimit => f.write_str("at the global max_connections"),
+            Self::ClientLimited(limit) => write!(f, "client_limits: {limit}"),
             Self::Backend(error) => error.fmt(f),
         }
     }

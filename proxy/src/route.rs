@@ -9,7 +9,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::client_hello::{self, Parsed};
+use crate::client_hello::{self, ClientHello, Parsed};
+use crate::client_limit::ClientGuard;
+use crate::ja4::Ja4;
 use crate::outcome::{Reason, Stage};
 use crate::proxy_protocol::{self, Expect, Parsed as ProxyParsed, Version as ProxyVersion};
 use crate::table::{canonical, Route, RouteKey};
@@ -53,13 +55,26 @@ pub(crate) struct Routed {
     /// The SNI name or the ClusterID; what logs name the connection by.
     pub(crate) key: RouteKey,
     pub(crate) origin: Origin,
+    /// The ClientHello's fingerprint (none on the ClusterID listener, which reads no hello).
+    pub(crate) ja4: Option<Ja4>,
+    /// The connection's place in its client's `client_limits`, if limited.
+    pub(crate) client_slot: Option<ClientGuard>,
 }
 
-/// A connection turned away, and the client it is logged under.
+/// A connection turned away, the client it is logged under, and its ClientHello's JA4 when
+/// one was read.
 #[derive(Debug)]
 pub(crate) struct Refused {
     pub(crate) reason: Reason,
     pub(crate) origin: Origin,
+    pub(crate) ja4: Option<Ja4>,
+}
+
+impl Refused {
+    pub(crate) fn with_ja4(mut self, ja4: Option<Ja4>) -> Self {
+        self.ja4 = ja4;
+        self
+    }
 }
 
 impl Origin {
@@ -92,6 +107,7 @@ impl Origin {
         Refused {
             reason,
             origin: self,
+            ja4: None,
         }
     }
 }
@@ -119,9 +135,27 @@ impl Proxy {
         let started = Instant::now();
         let header = self.proxy_header(stream, peer, kind, buf).await?;
         let origin = header.origin;
+        // Judged on the real client, before any of its ClientHello is read. Not on the
+        // ClusterID listener: one hosted cluster's nodes often share one egress address.
+        let client_slot = match (&self.client_limits, kind) {
+            (Some(limits), ListenerKind::Sni) => {
+                match limits.admit(origin.client().ip(), Instant::now()) {
+                    Ok(slot) => Some(slot),
+                    Err(limited) => return Err(origin.refuse(Reason::ClientLimited(limited))),
+                }
+            }
+            _ => None,
+        };
+        let mut ja4 = None;
         let key = match kind {
             ListenerKind::ClusterId => cluster_id_key(header),
-            ListenerKind::Sni => self.sni_key(stream, buf, header.local).await,
+            ListenerKind::Sni => self
+                .hello(stream, buf, header.local)
+                .await
+                .and_then(|hello| {
+                    ja4 = Some(hello.ja4);
+                    hello.server_name.map(RouteKey::Name).ok_or(Reason::NoSni)
+                }),
         };
         // What routing needs is complete (a hello without SNI is complete too).
         if matches!(key, Ok(_) | Err(Reason::NoSni)) {
@@ -129,14 +163,20 @@ impl Proxy {
                 .client_hello_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        let key = key.map_err(|reason| origin.refuse(reason))?;
+        let key = key.map_err(|reason| origin.refuse(reason).with_ja4(ja4))?;
         let snapshot = self.table.load();
         let route = match snapshot.table.admit(&key, origin.client().ip()) {
             // Connections keep the route, never the whole table: a swap frees the old one.
             Ok(admission) => admission.route.clone(),
-            Err(denial) => return Err(origin.refuse(Reason::Denied(denial))),
+            Err(denial) => return Err(origin.refuse(Reason::Denied(denial)).with_ja4(ja4)),
         };
-        Ok(Routed { route, key, origin })
+        Ok(Routed {
+            route,
+            key,
+            origin,
+            ja4,
+            client_slot,
+        })
     }
 
     /// Step 1: the PROXY header, where the listener takes one. Its addresses are believed
@@ -200,28 +240,31 @@ impl Proxy {
         Ok(header)
     }
 
-    /// Step 2 on the SNI listeners: the ClientHello's server name.
-    async fn sni_key(
+    /// Step 2 on the SNI listeners: the ClientHello (its server name and JA4).
+    async fn hello(
         &self,
         stream: &mut TcpStream,
         buf: &mut Vec<u8>,
         local: bool,
-    ) -> Result<RouteKey, Reason> {
+    ) -> Result<ClientHello, Reason> {
         let max = self.settings.max_client_hello;
-        let hello = read_until(
-            stream,
-            buf,
-            max,
-            Stage::ClientHello,
-            |b| match client_hello::parse(b, max) {
-                Parsed::Hello(hello) => Step::Done(hello),
-                Parsed::NeedMore => Step::More,
-                Parsed::Refused(refusal) => Step::Refuse(Reason::Hello(refusal)),
-            },
-        )
-        .await;
+        // Records already framed are not walked again after each read.
+        let mut progress = client_hello::Progress::default();
+        let hello =
+            read_until(
+                stream,
+                buf,
+                max,
+                Stage::ClientHello,
+                |b| match client_hello::parse_more(&mut progress, b, max) {
+                    Parsed::Hello(hello) => Step::Done(hello),
+                    Parsed::NeedMore => Step::More,
+                    Parsed::Refused(refusal) => Step::Refuse(Reason::Hello(refusal)),
+                },
+            )
+            .await;
         match hello {
-            Ok(hello) => hello.server_name.map(RouteKey::Name).ok_or(Reason::NoSni),
+            Ok(hello) => Ok(hello),
             // A LOCAL header and a close, nothing in between: the load balancer's probe.
             Err(Reason::Closed(_)) if local && buf.is_empty() => Err(Reason::HealthCheck),
             Err(reason) => Err(reason),

@@ -262,11 +262,6 @@ impl Route {
             .map(Allowed::By)
     }
 
-    /// Whether a client at `addr` may use this route.
-    pub fn allows(&self, addr: IpAddr) -> bool {
-        self.allowing(addr).is_some()
-    }
-
     /// The route's name, unique within its table.
     pub fn name(&self) -> &str {
         &self.spec.name
@@ -292,12 +287,10 @@ impl Route {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The backends in the order this connection should try them: each call starts one
-    /// further along, so load spreads round robin and a failed one is followed by the next.
-    pub fn backends_in_turn(&self) -> impl Iterator<Item = &Backend> {
-        let backends = &self.spec.backends;
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % backends.len();
-        backends[start..].iter().chain(&backends[..start])
+    /// The turn [`next_turn`](Self::next_turn) gives the next connection, without taking it
+    /// (for `explain`).
+    pub fn peek_turn(&self) -> usize {
+        self.next.load(Ordering::Relaxed)
     }
 }
 
@@ -330,6 +323,24 @@ impl fmt::Display for RouteKey {
         match self {
             Self::Name(name) => name.fmt(f),
             Self::ClusterId(id) => f.write_str(id),
+        }
+    }
+}
+
+/// Which pattern of a route a name matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match<'n> {
+    /// The name itself is one of the route's hostnames.
+    Exact,
+    /// `*.suffix`, the longest wildcard that covers the name.
+    Wildcard(&'n str),
+}
+
+impl fmt::Display for Match<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact => f.write_str("exact"),
+            Self::Wildcard(suffix) => write!(f, "*.{suffix}"),
         }
     }
 }
@@ -434,13 +445,21 @@ impl Table {
 
     /// The route for `name`: an exact match first, then the wildcard with the longest suffix.
     pub fn lookup(&self, name: &ServerName) -> Option<&Arc<Route>> {
+        self.matching(name).map(|(route, _)| route)
+    }
+
+    /// [`lookup`](Self::lookup), saying which of the route's patterns matched.
+    pub fn matching<'n>(&self, name: &'n ServerName) -> Option<(&Arc<Route>, Match<'n>)> {
         if let Some(route) = self.exact.get(name.as_str()) {
-            return Some(route);
+            return Some((route, Match::Exact));
         }
         let name = name.as_str();
         // Each '.' starts a shorter suffix; the first one found is the longest that matches.
-        name.match_indices('.')
-            .find_map(|(dot, _)| self.wildcard.get(&name[dot + 1..]))
+        name.match_indices('.').find_map(|(dot, _)| {
+            let suffix = &name[dot + 1..];
+            let route = self.wildcard.get(suffix)?;
+            Some((route, Match::Wildcard(suffix)))
+        })
     }
 
     /// Whether a connection routed by `key` from `client` is admitted, and by which route
@@ -631,27 +650,16 @@ mod tests {
     }
 
     #[test]
-    fn backends_rotate_and_wrap() {
-        let r = route(
-            "r",
-            &["x.test"],
-            &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
-        );
-        let order = |r: &Route| {
-            r.backends_in_turn()
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(order(&r), ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
-        assert_eq!(order(&r), ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:1"]);
-        assert_eq!(order(&r), ["127.0.0.1:3", "127.0.0.1:1", "127.0.0.1:2"]);
-        assert_eq!(order(&r), ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+    fn turns_advance_per_connection_and_peeking_takes_none() {
+        let r = route("r", &["x.test"], &["127.0.0.1:1"]);
+        assert_eq!((r.peek_turn(), r.next_turn(), r.next_turn()), (0, 0, 1));
+        assert_eq!(r.peek_turn(), 2);
     }
 
     #[test]
     fn allow_lists_check_the_peer_address() {
         let open = route("open", &["a.test"], &["127.0.0.1:1"]);
-        assert!(open.allows("192.0.2.1".parse().unwrap()));
+        assert!(open.allowing("192.0.2.1".parse().unwrap()).is_some());
         let r = Route::new(RouteSpec {
             allowed_cidrs: vec![
                 "127.0.0.1/32".parse().unwrap(),
@@ -660,11 +668,11 @@ mod tests {
             ..spec("r", &["x.test"], &["127.0.0.1:1"])
         })
         .unwrap();
-        assert!(r.allows("127.0.0.1".parse().unwrap()));
-        assert!(r.allows("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(r.allows("2001:db8::5".parse().unwrap()));
-        assert!(!r.allows("127.0.0.2".parse().unwrap()));
-        assert!(!r.allows("::1".parse().unwrap()));
+        assert!(r.allowing("127.0.0.1".parse().unwrap()).is_some());
+        assert!(r.allowing("::ffff:127.0.0.1".parse().unwrap()).is_some());
+        assert!(r.allowing("2001:db8::5".parse().unwrap()).is_some());
+        assert!(r.allowing("127.0.0.2".parse().unwrap()).is_none());
+        assert!(r.allowing("::1".parse().unwrap()).is_none());
     }
 
     fn with_cluster_id(spec: RouteSpec, id: &str) -> Route {

@@ -48,7 +48,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OnceCell};
 use tokio::time::Instant;
 
-use super::{BackendThread, Cfg, Sniroute, TlsBackend, TlsBackendOpts, TlsStats};
+use super::{BackendThread, Cfg, Sniroute, TlsBackend, TlsBackendOpts};
 
 pub mod hypershift;
 
@@ -1339,40 +1339,7 @@ impl TlsBackend {
     /// A backend like [`TlsBackend::start_with`], listening on `addr` (a ClusterIP the API
     /// server allocated, and the Service's port).
     pub fn start_at(id: &str, addr: SocketAddr, opts: TlsBackendOpts) -> Self {
-        let config = match &opts.names {
-            Some(names) => {
-                let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                let (chain, key) = super::pki().leaf(&names);
-                super::pki().server_config_for(chain, key)
-            }
-            None => super::pki().server_config(),
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let listener = bind_reusable(addr);
-        let stats = Arc::new(TlsStats::default());
-        let id_owned = id.to_owned();
-        let stats2 = stats.clone();
-        let thread = BackendThread::spawn(id, listener, move |listener| async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                stats2.accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(super::serve_tls(
-                    tcp,
-                    acceptor.clone(),
-                    id_owned.clone(),
-                    opts.trailer.clone(),
-                    stats2.clone(),
-                ));
-            }
-        });
-        Self {
-            id: id.to_owned(),
-            addr,
-            stats,
-            _thread: thread,
-        }
+        Self::serve_on(id, bind_reusable(addr), opts)
     }
 }
 

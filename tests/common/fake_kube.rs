@@ -19,9 +19,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::io;
-use std::net::IpAddr;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -568,97 +568,22 @@ impl Sniroute {
     /// Starts the binary with `KUBECONFIG` set to `kubeconfig`, and waits until it listens
     /// (not until it is ready: that is what the Kubernetes tests look at).
     pub fn start_kube(yaml: impl AsRef<str>, kubeconfig: &Path) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conf = dir.path().join("conf");
-        std::fs::create_dir(&conf).unwrap();
-        std::fs::create_dir(dir.path().join("staging")).unwrap();
-        let config = conf.join(CONFIG_NAME);
-        std::fs::write(&config, yaml.as_ref()).unwrap();
-        let mut child = Command::new(binary())
-            .arg("--config")
-            .arg(&config)
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,control=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sniroute");
-        let logs = Arc::new(LogBuf::default());
-        let reader = spawn_log_reader(child.stderr.take().unwrap(), logs.clone());
-        let mut me = Self {
-            child,
-            dir,
-            config,
-            layout: Layout::Plain,
-            version: 0,
-            logs,
-            proxy: Vec::new(),
-            admin: "0.0.0.0:0".parse().unwrap(),
-            reader: Some(reader),
+        let kubeconfig = kubeconfig.to_str().expect("a UTF-8 kubeconfig path");
+        let opts = StartOpts {
+            env: vec![
+                ("KUBECONFIG".into(), kubeconfig.into()),
+                ("RUST_LOG".into(), "info,control=debug".into()),
+            ],
+            ready: false,
+            ..StartOpts::default()
         };
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            let (proxy, admin) = listening_addrs(&me.logs());
-            if let (false, Some(admin)) = (proxy.is_empty(), admin) {
-                me.proxy = proxy;
-                me.admin = admin;
-                return me;
-            }
-            if let Ok(Some(status)) = me.child.try_wait() {
-                me.join_reader();
-                panic!(
-                    "sniroute exited with {status} before listening; logs:\n{}",
-                    me.logs().join("\n")
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sniroute did not listen within {STARTUP:?}; logs:\n{}",
-                me.logs().join("\n")
-            );
-            std::thread::sleep(POLL);
-        }
+        Self::start_opts(yaml, &opts)
     }
 
     /// `/readyz`'s status code.
     pub fn readyz(&self) -> u16 {
         self.get("/readyz").map_or(0, |(status, _)| status)
     }
-}
-
-/// A TLS connection through the proxy at `addr` from a socket bound to `source` (e.g.
-/// 127.0.0.2, to test allow lists), reading the backend's identity line.
-pub async fn tls_connect_from(source: IpAddr, addr: SocketAddr, sni: &str) -> io::Result<TlsConn> {
-    let attempt = async {
-        let socket = match source {
-            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        socket.bind(SocketAddr::new(source, 0))?;
-        let tcp = socket.connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let connector = TlsConnector::from(pki().client_config(None));
-        let name = ServerName::try_from(sni.to_owned())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let mut stream = connector.connect(name, tcp).await?;
-        let line = read_line(&mut stream).await?;
-        let (backend, sni) = parse_identity(&line).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("not an identity line: {line:?}"),
-            )
-        })?;
-        Ok(TlsConn {
-            stream,
-            backend,
-            sni,
-        })
-    };
-    timeout(STEP, attempt)
-        .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "tls_connect_from")))
 }
 
 /// Polls until `sni` reaches `backend` through `addr`; returns how long that took.

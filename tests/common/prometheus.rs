@@ -6,6 +6,7 @@
 //! `None`, so a test can return early on a developer's machine; with
 //! `SNIROUTE_REQUIRE_PROMETHEUS` set (CI installs the package and sets it) it panics instead.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,7 +38,11 @@ pub fn binary() -> Option<PathBuf> {
         if std::env::var_os(REQUIRE_ENV).is_some() {
             panic!("{why}; {REQUIRE_ENV} is set, so this is a failure");
         }
-        eprintln!("\n!!!!! SKIPPED: {why}; the real-Prometheus test did not run !!!!!\n");
+        // Straight to stderr, past the test harness's capture, so a passing run shows it.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!! SKIPPED: {why}; the real-Prometheus test did not run !!!!!\n"
+        );
     }
     path
 }

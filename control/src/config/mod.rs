@@ -3,6 +3,7 @@
 //! ```yaml
 //! listen: 0.0.0.0:8443            # one address or a list
 //! admin: 127.0.0.1:9090           # optional
+//! debug: 127.0.0.1:9091           # optional, or `off`
 //! client_hello_timeout: 5s        # optional (humantime: 250ms, 5s, 1h30m)
 //! connect_timeout: 10s            # optional
 //! idle_timeout: 1h                # optional
@@ -44,6 +45,10 @@ use crate::error::{ConfigError, Problem};
 /// `admin` when the file does not say.
 pub const DEFAULT_ADMIN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
+/// `debug` when the file does not say: loopback, so only the pod itself (or
+/// `kubectl port-forward`) reaches the routing table.
+pub const DEFAULT_DEBUG: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9091);
 /// `client_hello_timeout` when the file does not say.
 pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// `connect_timeout` when the file does not say.
@@ -72,6 +77,14 @@ pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// `revoke_grace` when the file does not say.
 pub const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(30);
+/// `client_limits.max_connections` once the section is set.
+pub const DEFAULT_CLIENT_MAX_CONNECTIONS: u32 = 200;
+/// `client_limits.connection_rate` once the section is set.
+pub const DEFAULT_CLIENT_RATE: &str = "50/s";
+/// `client_limits.burst` once the section is set.
+pub const DEFAULT_CLIENT_BURST: u32 = 100;
+/// `client_limits.ipv6_prefix` once the section is set: one host often holds a whole /64.
+pub const DEFAULT_CLIENT_IPV6_PREFIX: u8 = 64;
 /// The largest config file read: room for about 145,000 routes of a realistic shape (three
 /// hostnames, two backends, two CIDRs: a 100,000-route file is about 22 MB), and a bound on
 /// what a bad path (a device, a runaway generator) can make the process read.
@@ -89,8 +102,10 @@ pub const MAX_YAML_EVENTS: usize = 6_000_000;
 pub struct Config {
     /// Addresses to accept TLS connections on (at least one).
     pub listen: Vec<SocketAddr>,
-    /// Address of the admin HTTP server (health, readiness, routes, metrics).
+    /// Address of the admin HTTP server (health, readiness, metrics).
     pub admin: SocketAddr,
+    /// Address of the debug HTTP server (the routing table); `None` (`off`) runs none.
+    pub debug: Option<SocketAddr>,
     /// The routes, in file order (may be empty: then every connection is refused).
     pub routes: Vec<RouteConfig>,
     /// The Kubernetes source, when the file has a `kubernetes:` key.
@@ -285,6 +300,7 @@ impl Config {
         let (mine, theirs) = (&self.proxy, &other.proxy);
         check("listen", self.listen != other.listen);
         check("admin", self.admin != other.admin);
+        check("debug", self.debug != other.debug);
         check(
             "client_hello_timeout",
             mine.client_hello_timeout != theirs.client_hello_timeout,
@@ -327,6 +343,7 @@ impl Config {
             "outlier_detection",
             mine.outlier_detection != theirs.outlier_detection,
         );
+        check("client_limits", mine.client_limits != theirs.client_limits);
         check(
             "accept_proxy_protocol",
             mine.accept_proxy_protocol != theirs.accept_proxy_protocol,

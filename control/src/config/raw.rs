@@ -13,6 +13,7 @@ use serde_saphyr::Spanned;
 pub(super) struct RawConfig {
     pub(super) listen: Option<Spanned<OneOrMany>>,
     pub(super) admin: Option<Spanned<String>>,
+    pub(super) debug: Option<Spanned<String>>,
     pub(super) client_hello_timeout: Option<Spanned<String>>,
     pub(super) connect_timeout: Option<Spanned<String>>,
     pub(super) idle_timeout: Option<Spanned<String>>,
@@ -31,6 +32,17 @@ pub(super) struct RawConfig {
     pub(super) outlier_detection: Option<Spanned<RawOutlier>>,
     pub(super) accept_proxy_protocol: Option<Spanned<String>>,
     pub(super) trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub(super) client_limits: Option<Spanned<RawClientLimits>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientLimits {
+    pub(super) max_connections: Option<Spanned<String>>,
+    pub(super) connection_rate: Option<Spanned<String>>,
+    pub(super) burst: Option<Spanned<String>>,
+    pub(super) ipv6_prefix: Option<Spanned<String>>,
+    pub(super) exempt: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]

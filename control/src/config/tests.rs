@@ -27,6 +27,7 @@ fn defaults() {
     let config = Config::parse(MINIMAL, "test.yaml").unwrap();
     assert_eq!(config.listen, ["0.0.0.0:8443".parse().unwrap()]);
     assert_eq!(config.admin, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(config.debug, Some("127.0.0.1:9091".parse().unwrap()));
     assert_eq!(config.proxy.client_hello_timeout, Duration::from_secs(5));
     assert_eq!(config.proxy.connect_timeout, Duration::from_secs(10));
     assert_eq!(config.proxy.idle_timeout, Duration::from_secs(3600));
@@ -212,8 +213,12 @@ fn operations_keys_have_defaults_and_take_values() {
     assert_eq!(cidrs, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
     let table = config.table().unwrap();
     assert_eq!(table.routes()[0].max_connections(), Some(5));
-    assert!(table.routes()[0].allows("10.1.2.3".parse().unwrap()));
-    assert!(!table.routes()[0].allows("11.1.2.3".parse().unwrap()));
+    assert!(table.routes()[0]
+        .allowing("10.1.2.3".parse().unwrap())
+        .is_some());
+    assert!(table.routes()[0]
+        .allowing("11.1.2.3".parse().unwrap())
+        .is_none());
 }
 
 #[test]
@@ -241,11 +246,11 @@ fn operations_keys_report_bad_values() {
 fn unknown_keys_and_bad_yaml_give_file_line_and_column() {
     assert_eq!(
         one_problem(&format!("{MINIMAL}listne: 0.0.0.0:1\n")),
-        "2:1: unknown field `listne`, expected one of listen, admin, client_hello_timeout, \
+        "2:1: unknown field `listne`, expected one of listen, admin, debug, client_hello_timeout, \
          connect_timeout, idle_timeout, max_client_hello, routes, kubernetes, \
          cluster_id_listen, revoke_grace, max_connections, listen_backlog, shutdown_delay, \
          drain_timeout, log_format, log_level, log_connections, outlier_detection, \
-         accept_proxy_protocol, trusted_proxies"
+         accept_proxy_protocol, trusted_proxies, client_limits"
     );
     assert_eq!(
         one_problem(&format!(
@@ -420,7 +425,7 @@ fn kubernetes_cluster_id_listen_and_revoke_grace_problems() {
         )),
         [
             "3:13: kubernetes.debounce: 11s is above the maximum of 10s",
-            "4:20: cluster_id_listen: 0.0.0.0:8443 is already used by `listen` or `admin`",
+            "4:20: cluster_id_listen: 0.0.0.0:8443 is already used by `listen`, `admin` or `debug`",
             "5:15: revoke_grace: must be more than zero",
         ]
     );
@@ -520,4 +525,74 @@ fn the_example_config_parses() {
     assert!(config.routes.len() >= 2);
     assert_eq!(config.proxy.revoke_grace, Some(DEFAULT_REVOKE_GRACE));
     config.table().unwrap();
+}
+
+#[test]
+fn debug_is_an_address_or_off() {
+    let config = Config::parse(&format!("{MINIMAL}debug: off\n"), "t").unwrap();
+    assert_eq!(config.debug, None);
+    let config = Config::parse(&format!("{MINIMAL}debug: \"[::1]:9999\"\n"), "t").unwrap();
+    assert_eq!(config.debug, Some("[::1]:9999".parse().unwrap()));
+    assert_eq!(
+        one_problem(&format!("{MINIMAL}debug: \"127.0.0.1:9090\"\n")),
+        "2:8: debug: 127.0.0.1:9090 is already used by `listen` or `admin`"
+    );
+    assert_eq!(
+        one_problem(&format!("{MINIMAL}debug: nope\n")),
+        "2:8: debug: \"nope\" is not an IP address and port (e.g. 0.0.0.0:8443 or [::]:8443)"
+    );
+    let a = Config::parse(MINIMAL, "t").unwrap();
+    let b = Config::parse(&format!("{MINIMAL}debug: off\n"), "t").unwrap();
+    assert_eq!(a.restart_settings_changed(&b), ["debug"]);
+}
+
+#[test]
+fn client_limits_are_off_until_set_then_default_key_by_key() {
+    assert_eq!(
+        Config::parse(MINIMAL, "test.yaml")
+            .unwrap()
+            .proxy
+            .client_limits,
+        None
+    );
+    let text = format!("{MINIMAL}client_limits:\n  max_connections: 3\n  exempt: [10.0.0.0/8]\n");
+    let limits = Config::parse(&text, "test.yaml")
+        .unwrap()
+        .proxy
+        .client_limits
+        .unwrap();
+    assert_eq!(limits.max_connections, 3);
+    assert_eq!(limits.burst, DEFAULT_CLIENT_BURST);
+    assert_eq!(limits.ipv6_prefix, 64);
+    assert_eq!(
+        Some(limits.connection_rate),
+        proxy::client_limit::Rate::parse(DEFAULT_CLIENT_RATE)
+    );
+    assert_eq!(
+        limits.exempt,
+        ["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]
+    );
+}
+
+#[test]
+fn client_limits_report_bad_values() {
+    let all = problems(&format!(
+        "{MINIMAL}client_limits:\n  connection_rate: fast\n  burst: 0\n  ipv6_prefix: 129\n  \
+         exempt: [nonsense]\n  max_conns: 1\n"
+    ));
+    let text = all.join("\n");
+    assert!(text.contains("max_conns"), "{text}");
+    let all = problems(&format!(
+        "{MINIMAL}client_limits:\n  connection_rate: fast\n  burst: 0\n  ipv6_prefix: 129\n  \
+         exempt: [nonsense]\n"
+    ));
+    let text = all.join("\n");
+    for needle in [
+        "client_limits.connection_rate: \"fast\"",
+        "client_limits.burst",
+        "client_limits.ipv6_prefix: 129",
+        "client_limits.exempt: \"nonsense\"",
+    ] {
+        assert!(text.contains(needle), "{needle} not in {text}");
+    }
 }

@@ -9,16 +9,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use proxy::client_limit::{Policy as ClientPolicy, Rate};
 use proxy::proxy_protocol::{Expect, Version as ProxyVersion};
 use proxy::{Backend, HostPattern, OutlierPolicy, Settings};
 use serde_saphyr::{Location, Spanned};
 
-use super::raw::{OneOrMany, RawConfig, RawKubernetes, RawOutlier, RawRoute};
+use super::raw::{OneOrMany, RawClientLimits, RawConfig, RawKubernetes, RawOutlier, RawRoute};
 use super::{
     position, BackendsMode, Config, KubernetesConfig, LogFormat, RouteConfig, DEFAULT_ADMIN,
-    DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_CLIENT_HELLO, DEFAULT_REVOKE_GRACE,
-    DEFAULT_SHUTDOWN_DELAY, MAX_DEBOUNCE, MAX_MAX_CLIENT_HELLO, MIN_MAX_CLIENT_HELLO,
+    DEFAULT_CLIENT_BURST, DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_CLIENT_IPV6_PREFIX,
+    DEFAULT_CLIENT_MAX_CONNECTIONS, DEFAULT_CLIENT_RATE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEBOUNCE,
+    DEFAULT_DEBUG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG,
+    DEFAULT_MAX_CLIENT_HELLO, DEFAULT_REVOKE_GRACE, DEFAULT_SHUTDOWN_DELAY, MAX_DEBOUNCE,
+    MAX_MAX_CLIENT_HELLO, MIN_MAX_CLIENT_HELLO,
 };
 use crate::error::{Problem, RouteRef};
 
@@ -52,6 +55,7 @@ impl Problems<'_> {
 struct Listeners {
     listen: Vec<SocketAddr>,
     admin: SocketAddr,
+    debug: Option<SocketAddr>,
     cluster_id_listen: Option<SocketAddr>,
     listen_backlog: i32,
 }
@@ -70,6 +74,7 @@ impl RawConfig {
         let listeners = listeners(
             self.listen,
             self.admin,
+            self.debug,
             self.cluster_id_listen,
             self.listen_backlog,
             &mut p,
@@ -124,6 +129,9 @@ impl RawConfig {
             accept_proxy_protocol: None,
             trusted_proxies: Vec::new(),
             revoke_grace: revoke_grace(self.revoke_grace, &mut p),
+            client_limits: self
+                .client_limits
+                .and_then(|limits| client_limits(limits.value, &mut p)),
         };
         (settings.accept_proxy_protocol, settings.trusted_proxies) =
             proxy_protocol(self.accept_proxy_protocol, self.trusted_proxies, &mut p);
@@ -131,6 +139,7 @@ impl RawConfig {
         Config {
             listen: listeners.listen,
             admin: listeners.admin,
+            debug: listeners.debug,
             routes,
             kubernetes,
             cluster_id_listen: listeners.cluster_id_listen,
@@ -150,6 +159,7 @@ impl RawConfig {
 fn listeners(
     listen: Option<Spanned<OneOrMany>>,
     admin: Option<Spanned<String>>,
+    debug: Option<Spanned<String>>,
     cluster_id_listen: Option<Spanned<String>>,
     listen_backlog: Option<Spanned<String>>,
     p: &mut Problems<'_>,
@@ -158,14 +168,29 @@ fn listeners(
     let admin = admin
         .and_then(|admin| socket_addr("admin", &admin, p))
         .unwrap_or(DEFAULT_ADMIN);
+    // Port 0 asks for a free port: it cannot clash with another port-0 listener.
+    let taken = |addr: SocketAddr, others: &[Option<SocketAddr>]| {
+        addr.port() != 0 && (listen.contains(&addr) || others.contains(&Some(addr)))
+    };
+    let debug = match debug {
+        None => Some(DEFAULT_DEBUG),
+        Some(v) if v.value.trim() == "off" => None,
+        Some(v) => socket_addr("debug", &v, p).inspect(|&addr| {
+            if taken(addr, &[Some(admin)]) {
+                let why = format!("debug: {addr} is already used by `listen` or `admin`");
+                p.at(v.referenced, None, why);
+            }
+        }),
+    };
     let cluster_id_listen = cluster_id_listen.and_then(|v| {
         let addr = socket_addr("cluster_id_listen", &v, p)?;
-        // Port 0 asks for a free port: it cannot clash with another port-0 listener.
-        if addr.port() != 0 && (listen.contains(&addr) || addr == admin) {
+        if taken(addr, &[Some(admin), debug]) {
             p.at(
                 v.referenced,
                 None,
-                format!("cluster_id_listen: {addr} is already used by `listen` or `admin`"),
+                format!(
+                    "cluster_id_listen: {addr} is already used by `listen`, `admin` or `debug`"
+                ),
             );
         }
         Some(addr)
@@ -176,6 +201,7 @@ fn listeners(
     Listeners {
         listen,
         admin,
+        debug,
         cluster_id_listen,
         listen_backlog,
     }
@@ -315,6 +341,69 @@ fn revoke_grace(value: Option<Spanned<String>>, p: &mut Problems<'_>) -> Option<
         Some(v) if v.value.trim() == "off" => None,
         Some(v) => Some(validate_duration("revoke_grace", &v, p).unwrap_or_default()),
     }
+}
+
+/// `client_limits`: each key defaults to the documented value once the section is set.
+/// `None` only after a problem is recorded (the config then fails).
+fn client_limits(raw: RawClientLimits, p: &mut Problems<'_>) -> Option<ClientPolicy> {
+    let connection_rate = match raw.connection_rate {
+        None => Rate::parse(DEFAULT_CLIENT_RATE),
+        Some(rate) => {
+            let parsed = Rate::parse(&rate.value);
+            if parsed.is_none() {
+                p.at(
+                    rate.referenced,
+                    None,
+                    format!(
+                        "client_limits.connection_rate: {:?} is not N/s or N/m with N above 0",
+                        rate.value
+                    ),
+                );
+            }
+            parsed
+        }
+    };
+    let ipv6_prefix = raw
+        .ipv6_prefix
+        .and_then(|v| count::<u8>("client_limits.ipv6_prefix", &v, 1, p))
+        .unwrap_or(DEFAULT_CLIENT_IPV6_PREFIX);
+    if ipv6_prefix > 128 {
+        p.nowhere(format!(
+            "client_limits.ipv6_prefix: {ipv6_prefix} is longer than an IPv6 address (128)"
+        ));
+    }
+    let exempt = raw
+        .exempt
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|entry| {
+            let net = parse_cidr(&entry.value);
+            if net.is_none() {
+                p.at(
+                    entry.referenced,
+                    None,
+                    format!("client_limits.exempt: {:?} is not a CIDR", entry.value),
+                );
+            }
+            net
+        })
+        .collect();
+    // Every key is judged (and each problem reported) before a bad rate ends the section.
+    let max_connections = raw
+        .max_connections
+        .and_then(|v| count::<u32>("client_limits.max_connections", &v, 1, p))
+        .unwrap_or(DEFAULT_CLIENT_MAX_CONNECTIONS);
+    let burst = raw
+        .burst
+        .and_then(|v| count::<u32>("client_limits.burst", &v, 1, p))
+        .unwrap_or(DEFAULT_CLIENT_BURST);
+    Some(ClientPolicy {
+        max_connections,
+        connection_rate: connection_rate?,
+        burst,
+        ipv6_prefix: ipv6_prefix.min(128),
+        exempt,
+    })
 }
 
 fn outlier_detection(raw: RawOutlier, p: &mut Problems<'_>) -> OutlierPolicy {

@@ -1,0 +1,146 @@
+//! What the data plane would do with a connection for a name, from a client: the table's own
+//! lookup and admission (the calls a connection makes), the backends in the order the next
+//! connection tries them (the connect step's own [`order`]), and the limits as they stand.
+//! For `sniroute explain`, and `/routes` for the backends.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::balance::{order, Candidate, Standing};
+use crate::name::ServerName;
+use crate::outcome::Reason;
+use crate::table::{Allowed, Backend, BackendFacts, Denial, Route, RouteKey};
+use crate::Proxy;
+
+/// The answer for one name and (optionally) one client.
+#[derive(Debug)]
+pub struct Explanation {
+    /// The table generation the answer comes from.
+    pub generation: u64,
+    /// The route the name matches, if any.
+    pub route: Option<RouteFacts>,
+    /// Admitted (and by what), or the refusal a connection would get.
+    pub verdict: Result<Admitted, Reason>,
+}
+
+/// What a matched route is and holds now.
+#[derive(Debug)]
+pub struct RouteFacts {
+    /// The route.
+    pub route: Arc<Route>,
+    /// `exact`, or the wildcard pattern that matched.
+    pub matched: String,
+    /// The backends in the order the next connection tries them, as [`order`] gives it.
+    pub backends: Vec<BackendNow>,
+    /// Forwarded connections open through the route now.
+    pub open: i64,
+}
+
+/// A backend as its source describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    /// Where it is.
+    pub backend: Backend,
+    /// Its zone and condition.
+    pub facts: BackendFacts,
+}
+
+/// A backend of a route as it stands now: described, ranked, ejected or not, its load.
+/// A name (resolved only at connect time) is never ejected and has nothing open here.
+pub type BackendNow = Candidate<Described>;
+
+/// Why a client would be admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// The route has no allow list.
+    Everyone,
+    /// This entry of the route's `allowed_cidrs`.
+    By(ipnet::IpNet),
+    /// No client was given: the allow list is not judged.
+    ClientNotGiven,
+}
+
+impl Proxy {
+    /// Explains a connection for `name` from `client` against the table in use.
+    pub fn explain(&self, name: &ServerName, client: Option<IpAddr>) -> Explanation {
+        let snapshot = self.table.load();
+        let table = &snapshot.table;
+        let route = table.matching(name).map(|(route, matched)| {
+            let now = self.backends_now(route);
+            let backends = order(&now, route.peek_turn())
+                .into_iter()
+                .map(|i| now[i].clone())
+                .collect();
+            RouteFacts {
+                route: route.clone(),
+                matched: matched.to_string(),
+                backends,
+                open: self.metrics.route_open(route.name()),
+            }
+        });
+        let key = RouteKey::Name(name.clone());
+        let admitted = match client {
+            Some(client) => table
+                .admit(&key, client)
+                .map(|admission| match admission.allowed {
+                    Some(Allowed::By(net)) => Admitted::By(*net),
+                    Some(Allowed::Everyone) | None => Admitted::Everyone,
+                })
+                .map_err(Reason::Denied),
+            None => match &route {
+                Some(_) => Ok(Admitted::ClientNotGiven),
+                None => Err(Reason::Denied(Denial::UnknownName(name.clone()))),
+            },
+        };
+        let verdict = admitted.and_then(|admitted| {
+            let facts = route.as_ref();
+            let at_limit = facts.is_some_and(|facts| {
+                facts
+                    .route
+                    .max_connections()
+                    .is_some_and(|limit| facts.open >= i64::from(limit))
+            });
+            if at_limit {
+                let route = facts.map_or_else(Default::default, |f| f.route.name().into());
+                return Err(Reason::RouteLimit { route });
+            }
+            if self
+                .connection_limit
+                .as_ref()
+                .is_some_and(|limit| limit.available_permits() == 0)
+            {
+                return Err(Reason::GlobalLimit);
+            }
+            Ok(admitted)
+        });
+        Explanation {
+            generation: snapshot.generation,
+            route,
+            verdict,
+        }
+    }
+
+    /// Each backend of `route` as it stands now, in the route's order.
+    pub fn backends_now(&self, route: &Route) -> Vec<BackendNow> {
+        let spec = route.spec();
+        spec.backends
+            .iter()
+            .enumerate()
+            .map(|(i, backend)| {
+                let (ejected, open) = match backend {
+                    Backend::Addr(addr) => (self.health.is_ejected(*addr), self.health.open(*addr)),
+                    Backend::Name { .. } => (false, 0),
+                };
+                Candidate {
+                    at: Described {
+                        backend: backend.clone(),
+                        facts: spec.facts.get(i).cloned().unwrap_or_default(),
+                    },
+                    standing: Standing::of(spec, i),
+                    ejected,
+                    open,
+                }
+            })
+            .collect()
+    }
+}

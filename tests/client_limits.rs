@@ -1,0 +1,130 @@
+//! End to end: `client_limits` through real sockets from several loopback source addresses.
+//! One client over its open-connection limit or its rate is closed before its ClientHello is
+//! read and counted `client_limited`; other clients, and exempt ones, are never affected.
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// `sniroute_connections_total{outcome="client_limited"}` now.
+fn client_limited(proxy: &Sniroute) -> u64 {
+    Scrape::of(proxy).outcome("client_limited") as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_over_its_open_limit_is_closed_and_no_one_else_is() {
+    let backend = TlsBackend::start("b");
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set(
+                "client_limits",
+                "{max_connections: 2, connection_rate: 1000/s, burst: 1000, exempt: [127.0.0.4/32]}",
+            )
+            .route("r", &["r.example.test"], &[backend.addr()])
+            .yaml(),
+    );
+    let addr = proxy.proxy_addr();
+    let busy = ip("127.0.0.2");
+    let held = [
+        tls_connect_with(addr, &ClientOpts::sni("r.example.test").bound_to(busy))
+            .await
+            .unwrap(),
+        tls_connect_with(addr, &ClientOpts::sni("r.example.test").bound_to(busy))
+            .await
+            .unwrap(),
+    ];
+
+    // The third from the same client: closed before any hello byte is read.
+    let mark = proxy.log_mark();
+    assert!(
+        tls_connect_with(addr, &ClientOpts::sni("r.example.test").bound_to(busy))
+            .await
+            .is_err()
+    );
+    let line = proxy.wait_refusal_since(mark, "client_limited", STEP);
+    assert!(line.contains("peer=127.0.0.2:"), "{line}");
+    assert!(line.contains("max_connections"), "{line}");
+    assert!(
+        !line.contains("ja4="),
+        "refused after reading the hello: {line}"
+    );
+    assert_eq!(client_limited(&proxy), 1);
+
+    // Another client, and an exempt one past the limit, are routed all the while.
+    for _ in 0..3 {
+        let other = tls_connect_with(
+            addr,
+            &ClientOpts::sni("r.example.test").bound_to(ip("127.0.0.3")),
+        )
+        .await;
+        assert_eq!(other.unwrap().backend, "b");
+    }
+    let mut exempt = Vec::new();
+    for _ in 0..4 {
+        exempt.push(
+            tls_connect_with(
+                addr,
+                &ClientOpts::sni("r.example.test").bound_to(ip("127.0.0.4")),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+
+    assert_eq!(client_limited(&proxy), 1, "only the one over its limit");
+
+    // A closed connection gives its slot back (once the proxy has seen the close: retries
+    // before that are refused, and counted, as they should be).
+    drop(held);
+    eventually(STEP, "a slot freed", || async {
+        tls_connect_with(addr, &ClientOpts::sni("r.example.test").bound_to(busy))
+            .await
+            .ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_is_limited_after_its_burst() {
+    let backend = TlsBackend::start("b");
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set(
+                "client_limits",
+                "{max_connections: 100, connection_rate: 1/m, burst: 3}",
+            )
+            .route("r", &["r.example.test"], &[backend.addr()])
+            .yaml(),
+    );
+    let addr = proxy.proxy_addr();
+    let fast = ip("127.0.0.5");
+    for i in 0..3 {
+        let conn = tls_connect_with(addr, &ClientOpts::sni("r.example.test").bound_to(fast)).await;
+        assert!(
+            conn.is_ok(),
+            "connection {i} of the burst: {:?}",
+            conn.err()
+        );
+    }
+    // Past the burst, even a connection that sends nothing is closed at once.
+    let mark = proxy.log_mark();
+    let mut raw = raw_connect_from(fast, addr).await;
+    let line = proxy.wait_refusal_since(mark, "client_limited", STEP);
+    assert!(line.contains("connection_rate"), "{line}");
+    let _ = raw.write_all(b"x").await;
+    assert!(read_until_closed(&mut raw, STEP).await.end.closed());
+    // A client of its own is not held to another's rate.
+    assert!(tls_connect_with(
+        addr,
+        &ClientOpts::sni("r.example.test").bound_to(ip("127.0.0.6"))
+    )
+    .await
+    .is_ok());
+}
