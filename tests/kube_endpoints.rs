@@ -94,13 +94,13 @@ struct Setup {
 }
 
 impl Setup {
-    /// Test number `test` (its pod addresses), cluster `name`, sniroute with `kubernetes`,
-    /// and the pods `pods` on the first addresses; `None` where the server or the addresses
-    /// cannot be had.
+    /// Test number `test` (its pod addresses), cluster `name`, sniroute with `kubernetes`
+    /// on node `node` (`NODE_NAME`, as the Deployment sets it), and the pods `pods` on the
+    /// first addresses; `None` where the server or the addresses cannot be had.
     async fn start(
         test: u8,
         name: &str,
-        kubernetes: &str,
+        (kubernetes, node): (&str, Option<&str>),
         pods: &[&str],
     ) -> Option<(Self, Vec<Pod>)> {
         let ips = pod_addrs(test, 6)?;
@@ -114,7 +114,17 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = server.sniroute_kubeconfig(dir.path(), &server.url()).await;
         let cfg = Cfg::new().set("kubernetes", kubernetes);
-        let proxy = Sniroute::start_kube(cfg.yaml(), &kubeconfig);
+        let mut env = vec![
+            ("KUBECONFIG".to_owned(), kubeconfig.display().to_string()),
+            ("RUST_LOG".to_owned(), "info,control=debug".to_owned()),
+        ];
+        env.extend(node.map(|node| ("NODE_NAME".to_owned(), node.to_owned())));
+        let opts = StartOpts {
+            env,
+            ready: false,
+            ..StartOpts::default()
+        };
+        let proxy = Sniroute::start_opts(cfg.yaml(), &opts);
         wait_ready(&proxy).await;
         let setup = Self {
             admin,
@@ -255,7 +265,7 @@ impl Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_connections_spread_evenly_and_the_least_loaded_pod_takes_the_next() {
-    let Some((s, pods)) = Setup::start(1, "spread", "{}", &["p1", "p2", "p3"]).await else {
+    let Some((s, pods)) = Setup::start(1, "spread", ("{}", None), &["p1", "p2", "p3"]).await else {
         return;
     };
     s.write_slice(&[(0, READY), (1, READY), (2, READY)]).await;
@@ -287,7 +297,8 @@ async fn held_connections_spread_evenly_and_the_least_loaded_pod_takes_the_next(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminating_pod_takes_no_new_connection_and_keeps_its_old_ones() {
-    let Some((s, pods)) = Setup::start(2, "terminating", "{}", &["p1", "p2", "p3"]).await else {
+    let Some((s, pods)) = Setup::start(2, "terminating", ("{}", None), &["p1", "p2", "p3"]).await
+    else {
         return;
     };
     s.write_slice(&[(0, READY), (1, READY), (2, READY)]).await;
@@ -323,7 +334,8 @@ async fn a_terminating_pod_takes_no_new_connection_and_keeps_its_old_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_pods_are_skipped_and_none_serving_falls_back_to_the_cluster_ip() {
-    let Some((s, pods)) = Setup::start(3, "notready", "{}", &["p1", "p2", "p3"]).await else {
+    let Some((s, pods)) = Setup::start(3, "notready", ("{}", None), &["p1", "p2", "p3"]).await
+    else {
         return;
     };
     // No slice yet: the ClusterIP, which for this test has a listener.
@@ -368,8 +380,12 @@ async fn not_ready_pods_are_skipped_and_none_serving_falls_back_to_the_cluster_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_zone_is_preferred_and_other_zones_take_the_overflow() {
-    let zones = "{zone: zone-a}";
-    let Some((s, pods)) = Setup::start(4, "zones", zones, &["a1", "b1", "b2"]).await else {
+    // The node is in zone-b, but kubernetes.zone wins.
+    let Some(node) = node_in("zone-b").await else {
+        return;
+    };
+    let sniroute = ("{zone: zone-a}", Some(node.as_str()));
+    let Some((s, pods)) = Setup::start(4, "zones", sniroute, &["a1", "b1", "b2"]).await else {
         return;
     };
     let in_b = |c: Conditions| ("zone-b", c.1, c.2, c.3);
@@ -395,9 +411,51 @@ async fn the_same_zone_is_preferred_and_other_zones_take_the_overflow() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_kubernetes_zone_the_zone_is_the_nodes() {
+    let Some(node) = node_in("zone-b").await else {
+        return;
+    };
+    let sniroute = ("{}", Some(node.as_str()));
+    let Some((s, pods)) = Setup::start(6, "nodezone", sniroute, &["a1", "b1"]).await else {
+        return;
+    };
+    s.proxy.wait_log(
+        &[
+            "preferring endpoints in the zone of this node",
+            "zone-b",
+            &node,
+        ],
+        STEP,
+    );
+    s.write_slice(&[(0, READY), (1, ("zone-b", true, true, false))])
+        .await;
+    let shown = s.endpoints();
+    let standing: Vec<_> = pods
+        .iter()
+        .map(|p| shown[&p.addr()]["standing"].clone())
+        .collect();
+    assert_eq!(standing, ["far", "near"]);
+    let (_conns, spread) = s.open(3, &pods).await;
+    assert_eq!(spread, [0, 3], "the node's zone first");
+}
+
+/// A Node labelled with `zone` (as the kubelet labels its own), by its name.
+async fn node_in(zone: &str) -> Option<String> {
+    let admin = ApiServer::shared().await?.admin().await;
+    let name = format!("node-{zone}");
+    admin
+        .apply(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}}
+        }))
+        .await;
+    Some(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_replacing_every_pod_fails_no_connection() {
     let old = ["old1", "old2", "old3"];
-    let Some((s, pods)) = Setup::start(5, "rollout", "{}", &old).await else {
+    let Some((s, pods)) = Setup::start(5, "rollout", ("{}", None), &old).await else {
         return;
     };
     let mut pods: Vec<Option<Pod>> = pods.into_iter().map(Some).collect();

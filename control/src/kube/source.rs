@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::objects::{EndpointSlice, HostedCluster, OcpRoute, Service, HCP_ROUTE_LABEL};
 use super::store::{Kind, Object, Store};
+use super::zone;
 use crate::config::{BackendsMode, KubernetesConfig};
 use crate::publish::Publisher;
 use crate::source::SourceKind;
@@ -53,6 +54,8 @@ pub struct KubeSource {
     /// Malformed objects, left-out routes and broken clusters at the last rebuild: each new
     /// one is a source error that kept the rest.
     problems: AtomicU64,
+    /// The node this replica runs on, whose zone is preferred when `kubernetes.zone` is not set.
+    node: Option<String>,
 }
 
 type Events = Pin<Box<dyn Stream<Item = (Kind, Result<Event<Object>, watcher::Error>)> + Send>>;
@@ -75,12 +78,23 @@ impl KubeSource {
             publisher,
             ready,
             problems: AtomicU64::new(0),
+            node: None,
         }
+    }
+
+    /// The same source on node `node` (the downward API's `spec.nodeName`), whose
+    /// `topology.kubernetes.io/zone` label is the zone when `kubernetes.zone` is not set.
+    pub fn on_node(self, node: Option<String>) -> Self {
+        Self { node, ..self }
     }
 
     /// Watches until `shutdown`. Never fails: an unreachable API server, an expired watch or
     /// a bad object is logged and retried, and the last published routes stay in use.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        if self.config.backends == BackendsMode::Endpoints {
+            let configured = self.config.zone.take();
+            self.config.zone = zone::zone(&self.client, configured, self.node.as_deref()).await;
+        }
         let events = watch_all(&self.client, self.config.backends);
         let access = access_checks(self.client.clone());
         self.run_with(events, access, shutdown).await;
