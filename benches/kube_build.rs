@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use control::kube::fixtures;
 use control::kube::{Kind, Object, Store};
-use control::{Publisher, SourceKind};
+use control::{Published, Publisher, SourceKind};
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::{json, Value};
 
@@ -147,6 +147,16 @@ fn build(lists: Vec<(Kind, Vec<Object>)>, publisher: &Publisher) -> Store {
     store
 }
 
+/// One event applied: its cluster mapped again, the table rebuilt and swapped.
+fn update(store: &mut Store, publisher: &Publisher, event: Object) -> Published {
+    store.apply(event);
+    let rebuilt = store.rebuild();
+    assert_eq!(rebuilt.clusters, 1);
+    publisher
+        .update_sets(SourceKind::Kubernetes, store.route_sets())
+        .expect("a table")
+}
+
 fn kube_build(c: &mut Criterion) {
     let world = world();
     let bytes: usize = world.bodies.iter().map(|(_, body)| body.len()).sum();
@@ -193,14 +203,7 @@ fn kube_build(c: &mut Criterion) {
                     svc["spec"]["ports"][0]["port"] = json!(7000 + version % 2);
                     fixtures::service_object(svc)
                 },
-                |event| {
-                    store.apply(event);
-                    let rebuilt = store.rebuild();
-                    assert_eq!(rebuilt.clusters, 1);
-                    publisher
-                        .update_sets(SourceKind::Kubernetes, store.route_sets())
-                        .expect("a table")
-                },
+                |event| update(&mut store, &publisher, event),
             )
         })
     });
@@ -215,14 +218,7 @@ fn kube_build(c: &mut Criterion) {
                     let slice = slice_of(&svc, 1234, 0, middle);
                     fixtures::slice_object(fixtures::with_rv(slice, version))
                 },
-                |event| {
-                    store.apply(event);
-                    let rebuilt = store.rebuild();
-                    assert_eq!(rebuilt.clusters, 1);
-                    publisher
-                        .update_sets(SourceKind::Kubernetes, store.route_sets())
-                        .expect("a table")
-                },
+                |event| update(&mut store, &publisher, event),
             )
         })
     });

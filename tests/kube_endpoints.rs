@@ -216,6 +216,14 @@ impl Setup {
             .unwrap_or_default()
     }
 
+    /// How `/routes` ranks each of `pods` (`near`, `far`, `terminating`).
+    fn standings(&self, pods: &[Pod]) -> Vec<Value> {
+        let shown = self.endpoints();
+        pods.iter()
+            .map(|p| shown[&p.addr()]["standing"].clone())
+            .collect()
+    }
+
     /// Waits until `/routes` lists exactly `want` (address, condition) for the route.
     async fn wait_endpoints(&self, want: &[(SocketAddr, &str)]) {
         let want: BTreeMap<SocketAddr, String> =
@@ -288,6 +296,15 @@ async fn held_connections_spread_evenly_and_the_least_loaded_pod_takes_the_next(
         (s.endpoints()[&pods[0].addr()]["open_connections"] == 0).then_some(())
     })
     .await;
+    // explain orders the backends as the next connection tries them: p1 first.
+    let query = format!("/explain?sni={}", s.cluster.api());
+    let (status, body) = http_get(s.proxy.listener_addr("debug"), &query).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let first = &answer["route"]["backends"][0];
+    assert_eq!(first["backend"], pods[0].addr().to_string(), "{answer}");
+    assert_eq!(first["open_connections"], 0, "{answer}");
+    assert_eq!(answer["route"]["backends"][1]["open_connections"], 10);
     let (mut more, spread) = s.open(10, &pods).await;
     assert_eq!(spread, [10, 0, 0], "the least loaded pod fills up");
     for conn in conns.iter_mut().chain(more.iter_mut()) {
@@ -392,11 +409,7 @@ async fn the_same_zone_is_preferred_and_other_zones_take_the_overflow() {
     s.write_slice(&[(0, READY), (1, in_b(READY)), (2, in_b(READY))])
         .await;
     let shown = s.endpoints();
-    let standing: Vec<_> = pods
-        .iter()
-        .map(|p| shown[&p.addr()]["standing"].clone())
-        .collect();
-    assert_eq!(standing, ["near", "far", "far"]);
+    assert_eq!(s.standings(&pods), ["near", "far", "far"]);
     assert_eq!(shown[&pods[1].addr()]["zone"], "zone-b");
 
     // Same zone first, however loaded.
@@ -429,12 +442,7 @@ async fn without_kubernetes_zone_the_zone_is_the_nodes() {
     );
     s.write_slice(&[(0, READY), (1, ("zone-b", true, true, false))])
         .await;
-    let shown = s.endpoints();
-    let standing: Vec<_> = pods
-        .iter()
-        .map(|p| shown[&p.addr()]["standing"].clone())
-        .collect();
-    assert_eq!(standing, ["far", "near"]);
+    assert_eq!(s.standings(&pods), ["far", "near"]);
     let (_conns, spread) = s.open(3, &pods).await;
     assert_eq!(spread, [0, 3], "the node's zone first");
 }
