@@ -14,10 +14,11 @@ use crate::table::{Backend, Route};
 
 /// Connects to the best backend that accepts, counting the connection against it.
 ///
-/// Each attempt takes the first untried candidate of [`order`](crate::balance::order), with open counts as they
-/// are at that moment. Each address gets its own `connect_timeout`, so one black-holed
-/// endpoint cannot use up the time of the ones after it. Names are resolved now, so DNS
-/// changes are followed.
+/// Each attempt takes the first untried candidate of [`order`](crate::balance::order) (least
+/// connections, same zone first, terminating pods and then ejected endpoints last), with the
+/// open counts of that moment. Each address gets its own `connect_timeout`, so one
+/// black-holed endpoint cannot use up the time of the ones after it. Names are resolved now,
+/// so DNS changes are followed.
 pub async fn connect(
     route: &Route,
     connect_timeout: Duration,

@@ -116,7 +116,10 @@ impl KubeSource {
         let mut due: Option<Instant> = None;
         tracing::info!(
             debounce = ?self.config.debounce,
-            "kubernetes source watching HostedClusters, Routes labelled {HCP_ROUTE_LABEL} and Services"
+            backends = ?self.config.backends,
+            zone = self.config.zone.as_deref().unwrap_or("none"),
+            "kubernetes source watching HostedClusters, Routes labelled {HCP_ROUTE_LABEL}, \
+             Services and (with backends: endpoints) EndpointSlices"
         );
         loop {
             let all_listed = listed.iter().all(|&l| l);

@@ -59,11 +59,27 @@ pub async fn zone(
             }
         },
         Ok(Err(error)) => {
-            tracing::warn!(node, %error, "cannot read this node's {ZONE_LABEL} label (RBAC needs `get` on nodes): endpoints of every zone are equal");
+            let hint = match &error {
+                ::kube::Error::Api(status) if status.code == 403 => {
+                    " (grant `get` on nodes, as deploy/base/rbac.yaml does)"
+                }
+                _ => "",
+            };
+            tracing::warn!(
+                node,
+                %error,
+                "cannot read this node's {ZONE_LABEL} label{hint}: endpoints of every zone \
+                 are equal"
+            );
             None
         }
         Err(_) => {
-            tracing::warn!(node, timeout = ?LOOKUP_TIMEOUT, "reading this node's {ZONE_LABEL} label timed out: endpoints of every zone are equal");
+            tracing::warn!(
+                node,
+                timeout = ?LOOKUP_TIMEOUT,
+                "reading this node's {ZONE_LABEL} label timed out: endpoints of every zone \
+                 are equal"
+            );
             None
         }
     }
