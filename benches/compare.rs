@@ -7,6 +7,7 @@
 //! cargo bench --bench compare                   # the full run (about 3.5 minutes)
 //! cargo bench --bench compare -- --quick        # or COMPARE_QUICK=1: what CI runs (~90 s)
 //! cargo bench --bench compare -- --only direct,sniroute   # a subset
+//! COMPARE_BASELINE_BIN=/tmp/sniroute-main cargo bench --bench compare -- --quick
 //! ```
 //!
 //! Prints a table and writes `target/compare/results.json`, `results.md` and `results.svg`
@@ -19,6 +20,11 @@
 //! 3. proxy RSS per idle established TLS connection, at 8,000 of them;
 //! 4. time from a table change to the first connection routed by the new table (sniroute: the
 //!    file rewritten; HAProxy: a `-sf` reload with the new file; nginx: SIGHUP).
+//!
+//! sniroute's variants are measured with it on new connections only (part 2) and reported
+//! as ratios to it: `sniroute-limits` (`client_limits` set, refusing nobody: their cost per
+//! connection) and, when `COMPARE_BASELINE_BIN` names another sniroute build, `sniroute-base`
+//! (a change against, say, main, in the same run).
 //!
 //! Every proxy runs for the whole run; each measurement is split into rounds that visit every
 //! proxy in turn, so drifting background load falls on all alike. Hidden modes for profiling
@@ -195,12 +201,14 @@ fn main() -> ExitCode {
         .and_then(|i| args.get(i + 1))
         .or(std::env::var("COMPARE_ONLY").ok().as_ref())
         .map(|s| s.split(',').map(str::to_owned).collect());
+    let baseline = std::env::var_os(proxies::BASELINE_ENV).is_some();
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|k| {
             only.as_ref()
                 .is_none_or(|o| o.iter().any(|n| n == k.name()))
         })
+        .filter(|&k| k != Kind::SnirouteBaseline || baseline)
         .collect();
     match run(Plan::new(quick), &kinds) {
         Ok(()) => ExitCode::SUCCESS,
@@ -494,16 +502,19 @@ impl Bench {
     }
 
     /// Runs `one` against every proxy still standing, `rounds` times over, summing per proxy.
-    /// A proxy whose run fails is reported and left out from then on.
+    /// A proxy whose run fails is reported and left out from then on. sniroute's variants
+    /// take part only in the new-connection measurements.
     fn rounds(
         &mut self,
         what: &str,
         rounds: u32,
         one: impl Fn(&Self, &Running) -> io::Result<Sum>,
     ) -> Vec<(Kind, Sum)> {
+        let new_connections = matches!(what, "warm-up" | "latency" | "cps_c32" | "cps_c256");
         let mut sums: Vec<(Kind, Sum)> = self
             .proxies
             .iter()
+            .filter(|p| new_connections || !p.kind.variant())
             .map(|p| (p.kind, Sum::default()))
             .collect();
         for _ in 0..rounds {
@@ -690,7 +701,7 @@ impl Bench {
         // 4. Table change to the first connection routed by the new table. Last: an HAProxy
         // reload replaces its process.
         for i in 0..self.proxies.len() {
-            if self.proxies[i].kind == Kind::Direct {
+            if self.proxies[i].kind == Kind::Direct || self.proxies[i].kind.variant() {
                 continue;
             }
             let mut times = Vec::new();

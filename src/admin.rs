@@ -16,11 +16,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use proxy::{Proxy, SharedTable};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Admin connections served at once. Probes and scrapes need a handful; the cap keeps a flood
@@ -43,20 +46,40 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub struct State {
     /// The routing table connections use.
     pub table: Arc<SharedTable>,
-    /// Set once every proxy listener is bound.
-    pub listening: AtomicBool,
-    /// Ready once every routing source has loaded (Kubernetes: its first full list), else why.
-    pub sources_ready: tokio::sync::watch::Receiver<Readiness>,
-    /// Set when a drain starts: the load balancer should stop sending new connections.
-    pub draining: AtomicBool,
+    /// What `/readyz` answers from.
+    pub ready: Arc<ReadyState>,
     /// Every metric of the process.
     pub registry: Registry,
     /// The data plane, for endpoint health.
     pub proxy: Arc<Proxy>,
 }
 
-impl State {
-    fn ready(&self) -> Result<(), String> {
+/// Whether the replica should get connections: what `/readyz` answers and the `sniroute_ready`
+/// gauge reports, both computed from this one state when asked, so they cannot disagree.
+#[derive(Debug)]
+pub struct ReadyState {
+    table: Arc<SharedTable>,
+    /// Set once every proxy listener is bound.
+    pub listening: AtomicBool,
+    /// Ready once every routing source has loaded (Kubernetes: its first full list), else why.
+    sources: watch::Receiver<Readiness>,
+    /// Set when a drain starts: the load balancer should stop sending new connections.
+    pub draining: AtomicBool,
+}
+
+impl ReadyState {
+    /// Not listening and not draining yet; ready once `table` is loaded and `sources` say so.
+    pub fn new(table: Arc<SharedTable>, sources: watch::Receiver<Readiness>) -> Arc<Self> {
+        Arc::new(Self {
+            table,
+            listening: AtomicBool::new(false),
+            sources,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// Ready, or why not.
+    pub fn check(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Acquire) {
             return Err("draining".into());
         }
@@ -66,10 +89,33 @@ impl State {
         if !self.table.is_loaded() {
             return Err("no routing table loaded yet".into());
         }
-        if let Readiness::NotReady(why) = &*self.sources_ready.borrow() {
+        if let Readiness::NotReady(why) = &*self.sources.borrow() {
             return Err(why.clone());
         }
         Ok(())
+    }
+
+    /// Registers `sniroute_ready` in `registry`, evaluated by [`Self::check`] at each scrape.
+    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        registry.register_collector(Box::new(ReadyGauge(self.clone())));
+    }
+}
+
+/// `sniroute_ready`: a collector rather than a gauge that is set, so no path that changes
+/// readiness can forget to update it.
+#[derive(Debug)]
+struct ReadyGauge(Arc<ReadyState>);
+
+impl Collector for ReadyGauge {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(i64::from(self.0.check().is_ok()));
+        let metric = encoder.encode_descriptor(
+            "sniroute_ready",
+            "1 while /readyz answers 200 (bound, table loaded, sources listed, not draining)",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
     }
 }
 
@@ -178,7 +224,7 @@ fn respond(surface: Surface, state: &State, req: &Request<Incoming>) -> Response
     }
     match (surface, req.uri().path()) {
         (Surface::Admin, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-        (Surface::Admin, "/readyz") => match state.ready() {
+        (Surface::Admin, "/readyz") => match state.ready.check() {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -265,4 +311,44 @@ fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy::Table;
+
+    fn scraped(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out.lines()
+            .find(|line| line.starts_with("sniroute_ready "))
+            .unwrap_or_else(|| panic!("no sniroute_ready in {out}"))
+            .to_owned()
+    }
+
+    #[test]
+    fn the_gauge_follows_every_step_of_readiness() {
+        let table = Arc::new(SharedTable::default());
+        let (sources, sources_rx) = watch::channel(Readiness::waiting());
+        let ready = ReadyState::new(table.clone(), sources_rx);
+        let mut registry = Registry::default();
+        ready.register(&mut registry);
+        let expect = |want: bool| {
+            assert_eq!(ready.check().is_ok(), want, "{:?}", ready.check());
+            assert_eq!(
+                scraped(&registry),
+                format!("sniroute_ready {}", u8::from(want))
+            );
+        };
+        expect(false);
+        ready.listening.store(true, Ordering::Release);
+        expect(false);
+        table.publish(Table::new(Vec::<proxy::Route>::new()).unwrap());
+        expect(false);
+        sources.send(Readiness::Ready).unwrap();
+        expect(true);
+        ready.draining.store(true, Ordering::Release);
+        expect(false);
+    }
 }

@@ -225,11 +225,11 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let connections = TaskTracker::new();
     let proxy = Arc::new(Proxy::new(config.proxy.clone(), table.clone(), metrics));
+    let ready = admin::ReadyState::new(table.clone(), sources_ready_rx);
+    ready.register(&mut registry);
     let state = Arc::new(admin::State {
         table,
-        listening: Default::default(),
-        sources_ready: sources_ready_rx,
-        draining: Default::default(),
+        ready: ready.clone(),
         registry,
         proxy: proxy.clone(),
     });
@@ -268,7 +268,7 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
             connections.clone(),
         ));
     }
-    state.listening.store(true, Ordering::Release);
+    ready.listening.store(true, Ordering::Release);
 
     let mut signals = Signals::new()?;
     tokio::select! {
@@ -277,7 +277,7 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         // to serve a table that silently stops following its file.
         watched = file_source => watched.context("cannot watch the config file")?,
     }
-    state.draining.store(true, Ordering::Release);
+    ready.draining.store(true, Ordering::Release);
     let outcome = drain(&config, &mut signals, &stop_accepting, &connections).await;
     shutdown.cancel();
     services.close();

@@ -286,10 +286,13 @@ async fn admin_accept_errors_back_off_and_log_once_per_burst() {
     let proxy = Sniroute::start(Cfg::new().set("client_hello_timeout", "60s").yaml());
     let pid = proxy.pid();
     limit_open_files(pid, 64);
-    // Idle proxy connections take every descriptor left.
+    // Idle proxy connections take every descriptor left: each sends the first byte of a
+    // hello (the listener hands over only connections that have sent something).
     let mut hogs = Vec::new();
     for _ in 0..96 {
-        hogs.push(raw_connect(proxy.proxy_addr()).await);
+        let mut hog = raw_connect(proxy.proxy_addr()).await;
+        hog.write_all(&[0x16]).await.unwrap();
+        hogs.push(hog);
     }
     let deadline = Instant::now() + STEP;
     while open_fds(pid) < 63 && Instant::now() < deadline {

@@ -113,12 +113,13 @@ async fn a_client_over_its_rate_is_limited_after_its_burst() {
             conn.err()
         );
     }
-    // Past the burst, even a connection that sends nothing is closed at once.
+    // Past the burst, a connection is closed as soon as it is handed over, on its first byte
+    // (TCP_DEFER_ACCEPT: the listener hands over only connections that have sent something).
     let mark = proxy.log_mark();
     let mut raw = raw_connect_from(fast, addr).await;
+    let _ = raw.write_all(b"x").await;
     let line = proxy.wait_refusal_since(mark, "client_limited", STEP);
     assert!(line.contains("connection_rate"), "{line}");
-    let _ = raw.write_all(b"x").await;
     assert!(read_until_closed(&mut raw, STEP).await.end.closed());
     // A client of its own is not held to another's rate.
     assert!(tls_connect_with(

@@ -1,11 +1,15 @@
 //! End to end with a real Prometheus (Debian's): two real sniroute replicas are scraped every
-//! second while real traffic flows through them (routed, refused, an endpoint ejected, a
-//! reload that revokes connections and makes the replicas' tables differ, a broken config);
-//! the rules of deploy/components/monitoring are evaluated every second. Every recording and
-//! alert expression and every dashboard query must parse and return data through
-//! `/api/v1/query`, every alert must become active and render its annotations from labels
-//! that exist, and the replica alerts must fire once the replicas are killed. So no alert or
-//! panel can refer to a metric or label that sniroute does not expose.
+//! second while real traffic flows through them (routed, refused, a route whose only endpoint
+//! is dead and ejected, an endpoint ejected on a route that still routes, a reload that
+//! revokes connections and makes the replicas' tables differ, a broken config); the rules of
+//! deploy/components/monitoring are evaluated every second. Every recording and alert
+//! expression and every dashboard query must parse and return data through `/api/v1/query`,
+//! every alert must become active and render its annotations from labels that exist, and the
+//! replica alerts must fire once the replicas drain (not ready, still scraped) and then are
+//! killed. So no alert or panel can refer to a metric or label that sniroute does not expose.
+//!
+//! Beside it, without Prometheus: `sniroute_ready` says what `/readyz` says, before the
+//! Kubernetes source's first list, after it, and while draining.
 //!
 //! Without Prometheus installed the test prints a loud line and returns; CI sets
 //! `SNIROUTE_REQUIRE_PROMETHEUS`, which makes that a failure.
@@ -18,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::fake_kube::{FakeKube, Kind};
 use common::prometheus::{self, Prometheus, Target};
 use common::*;
 use serde_json::Value;
@@ -34,6 +39,14 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// Refusal outcomes the rules watch that this build does not produce yet (issue 15 adds
 /// them); their thresholds are checked by the promtool tests only.
 const PENDING_OUTCOMES: [&str; 2] = ["client_limited", "overloaded"];
+/// The alerts on replicas: quiet while the replicas serve, raised at the end by draining
+/// them (the readiness two) and then killing them (the scrape two).
+const REPLICA_ALERTS: [&str; 4] = [
+    "SnirouteReplicaNotReady",
+    "SnirouteNoReadyReplica",
+    "SnirouteReplicaDown",
+    "SnirouteAllReplicasDown",
+];
 
 // === The rules and the dashboard, as shipped ===
 
@@ -178,6 +191,8 @@ async fn keep_traffic_flowing(replicas: Vec<SocketAddr>, stop: Arc<AtomicBool>) 
 fn config(good: SocketAddr, dead: SocketAddr, down: SocketAddr, with_gone: bool) -> String {
     let mut cfg = Cfg::new()
         .set("max_connections", "10")
+        // Draining replicas stay up (and scraped) for the rest of the test.
+        .set("shutdown_delay", "5m")
         .set("client_hello_timeout", "200ms")
         .set("revoke_grace", "100ms")
         .set(
@@ -280,13 +295,12 @@ async fn every_alert_rule_and_panel_holds_on_a_real_prometheus() {
     b.wait_log_since(mark, &["config reload failed"], STEP);
     a.wait_log_since(0, &["connection revoked"], STEP);
 
-    // Every alert but the two replica ones becomes active (pending or firing), with its
+    // Every alert but the replica ones becomes active (pending or firing), with its
     // annotations rendered from labels that exist.
     let expected: BTreeSet<&str> = rules
         .iter()
         .filter(|(name, _, annotations)| {
-            annotations.is_object()
-                && !["SnirouteAllReplicasDown", "SnirouteReplicaDown"].contains(&name.as_str())
+            annotations.is_object() && !REPLICA_ALERTS.contains(&name.as_str())
         })
         .map(|(name, _, _)| name.as_str())
         .collect();
@@ -326,33 +340,23 @@ async fn every_alert_rule_and_panel_holds_on_a_real_prometheus() {
     }
     let alerts_at = started.elapsed();
     for (name, _, annotations) in &rules {
-        let Some(instances) = active.get(name) else {
-            continue;
-        };
-        for instance in instances {
-            for (key, template) in annotations.as_object().unwrap() {
-                let rendered = instance["annotations"][key].as_str().unwrap_or_default();
-                assert!(
-                    !rendered.is_empty() && !rendered.contains("<no value>"),
-                    "{name}: annotation {key} rendered {rendered:?} from {template}"
-                );
-                for label in template_labels(template.as_str().unwrap()) {
-                    let got = instance["labels"][&label].as_str().unwrap_or_default();
-                    assert!(
-                        !got.is_empty(),
-                        "{name}: annotation {key} names label {label}, which the alert \
-                         lacks: {instance}"
-                    );
-                }
-            }
+        if let Some(instances) = active.get(name) {
+            assert_annotations(name, annotations, instances);
         }
     }
+    // Per route: the route whose every endpoint fails is named, not the one whose ejected
+    // endpoint left it a good one.
+    let backends_down: BTreeSet<&str> = active["SnirouteRouteBackendsDown"]
+        .iter()
+        .filter_map(|alert| alert["labels"]["route"].as_str())
+        .collect();
+    assert_eq!(backends_down, BTreeSet::from(["down"]), "{active:#?}");
 
     // Every expression parses and returns data: the alerts' (their conditions hold now),
     // the recording rules', every dashboard query; legends name labels the series carry.
     blocking(|| {
         for (name, expr, _) in &rules {
-            if ["SnirouteAllReplicasDown", "SnirouteReplicaDown"].contains(&name.as_str()) {
+            if REPLICA_ALERTS.contains(&name.as_str()) {
                 prom.query(expr)
                     .unwrap_or_else(|e| panic!("{name}: {expr}: {e}"));
                 continue;
@@ -403,6 +407,38 @@ async fn every_alert_rule_and_panel_holds_on_a_real_prometheus() {
     drop(held);
     drop(doomed);
 
+    // b drains: still scraped, no longer ready. a still is, so no replica-wide alert.
+    b.signal("TERM");
+    blocking(|| {
+        let not_ready = prom.wait_query(&expr_of(&rules, "SnirouteReplicaNotReady"), SETTLE, |r| {
+            !r.is_empty()
+        });
+        assert_eq!(pods(&not_ready), ["sniroute-b"], "{not_ready:?}");
+        let alerts = prom.wait_active(&rules, "SnirouteReplicaNotReady", SETTLE);
+        assert_eq!(pods(&alerts), ["sniroute-b"], "{alerts:?}");
+        let none_ready = prom.query(&expr_of(&rules, "SnirouteNoReadyReplica"));
+        assert_eq!(none_ready, Ok(Vec::new()), "a is ready");
+    });
+    // a drains too: both scraped, neither ready.
+    a.signal("TERM");
+    blocking(|| {
+        prom.wait_query(&expr_of(&rules, "SnirouteNoReadyReplica"), SETTLE, |r| {
+            r.len() == 1
+        });
+        prom.wait_active(&rules, "SnirouteNoReadyReplica", SETTLE);
+        let not_ready = prom.wait_query(&expr_of(&rules, "SnirouteReplicaNotReady"), SETTLE, |r| {
+            r.len() == 2
+        });
+        assert_eq!(
+            pods(&not_ready),
+            ["sniroute-a", "sniroute-b"],
+            "{not_ready:?}"
+        );
+        let all_down = prom.query(&expr_of(&rules, "SnirouteAllReplicasDown"));
+        assert_eq!(all_down, Ok(Vec::new()), "both are scraped");
+    });
+    let drained_at = started.elapsed();
+
     // Replica b dies: its scrape fails. Then a: no replica is left.
     drop(b);
     blocking(|| {
@@ -410,37 +446,26 @@ async fn every_alert_rule_and_panel_holds_on_a_real_prometheus() {
             !r.is_empty()
         });
         assert_eq!(down[0]["metric"]["pod"], "sniroute-b", "{down:?}");
-        for (name, expr, _) in &rules {
-            if name == "SnirouteReplicaDown" {
-                let result = prom.wait_query(expr, SETTLE, |r| !r.is_empty());
-                assert_eq!(result[0]["metric"]["pod"], "sniroute-b", "{result:?}");
-            }
-        }
+        let result = prom.wait_query(&expr_of(&rules, "SnirouteReplicaDown"), SETTLE, |r| {
+            !r.is_empty()
+        });
+        assert_eq!(pods(&result), ["sniroute-b"], "{result:?}");
     });
     drop(a);
     blocking(|| {
-        for (name, expr, _) in &rules {
-            if name == "SnirouteAllReplicasDown" {
-                prom.wait_query(expr, SETTLE, |r| r.len() == 1);
-            }
-        }
-        let deadline = Instant::now() + SETTLE;
-        while !prom
-            .rules()
-            .iter()
-            .any(|r| r["name"] == "SnirouteAllReplicasDown" && r["state"] != "inactive")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "SnirouteAllReplicasDown not active"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        prom.wait_query(&expr_of(&rules, "SnirouteAllReplicasDown"), SETTLE, |r| {
+            r.len() == 1
+        });
+        prom.wait_active(&rules, "SnirouteAllReplicasDown", SETTLE);
+        // With nothing scraped, no readiness series is left: the scrape alert pages alone.
+        let none_ready = prom.query(&expr_of(&rules, "SnirouteNoReadyReplica"));
+        assert_eq!(none_ready, Ok(Vec::new()));
     });
     eprintln!(
         "monitoring e2e: {} rules, {} dashboard queries, {rounds} traffic rounds; quiet \
          baseline at {quiet_at:?}, every alert active at {alerts_at:?}, every query \
-         answered at {queries_at:?}, all done in {:?}",
+         answered at {queries_at:?}, both replicas drained at {drained_at:?}, all done in \
+         {:?}",
         rules.len(),
         queries.len(),
         started.elapsed()
@@ -453,4 +478,138 @@ fn value(sample: &Value) -> f64 {
         .as_str()
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// The expression of the rule `name`.
+fn expr_of(rules: &[(String, String, Value)], name: &str) -> String {
+    rules
+        .iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, expr, _)| expr.clone())
+        .unwrap_or_else(|| panic!("no rule {name}"))
+}
+
+/// The `pod` labels of query results or alerts, sorted.
+fn pods(results: &[Value]) -> Vec<String> {
+    let mut pods: Vec<String> = results
+        .iter()
+        .map(|r| {
+            let labels = if r["metric"].is_object() {
+                &r["metric"]
+            } else {
+                &r["labels"]
+            };
+            labels["pod"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    pods.sort();
+    pods
+}
+
+/// Every annotation of each active instance of the alert `name` rendered, from labels the
+/// instance carries.
+fn assert_annotations(name: &str, annotations: &Value, instances: &[Value]) {
+    for instance in instances {
+        for (key, template) in annotations.as_object().unwrap() {
+            let rendered = instance["annotations"][key].as_str().unwrap_or_default();
+            assert!(
+                !rendered.is_empty() && !rendered.contains("<no value>"),
+                "{name}: annotation {key} rendered {rendered:?} from {template}"
+            );
+            for label in template_labels(template.as_str().unwrap()) {
+                let got = instance["labels"][&label].as_str().unwrap_or_default();
+                assert!(
+                    !got.is_empty(),
+                    "{name}: annotation {key} names label {label}, which the alert lacks: \
+                     {instance}"
+                );
+            }
+        }
+    }
+}
+
+trait WaitActive {
+    /// Waits until the alert `name` is pending or firing; checks its annotations and returns
+    /// its instances.
+    fn wait_active(
+        &self,
+        rules: &[(String, String, Value)],
+        name: &str,
+        within: Duration,
+    ) -> Vec<Value>;
+}
+
+impl WaitActive for Prometheus {
+    fn wait_active(
+        &self,
+        rules: &[(String, String, Value)],
+        name: &str,
+        within: Duration,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let active = self
+                .rules()
+                .into_iter()
+                .find(|r| r["name"] == name && r["state"] != "inactive");
+            if let Some(rule) = active {
+                let instances = rule["alerts"].as_array().cloned().unwrap_or_default();
+                let (_, _, annotations) = rules.iter().find(|(n, _, _)| n == name).unwrap();
+                assert_annotations(name, annotations, &instances);
+                return instances;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not active within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// `sniroute_ready` and `/readyz` answer from one state: they agree while the Kubernetes
+/// source's first list is held back, once it is in, and while draining. (The fake API
+/// server, because a real one cannot hold back one list while answering the others.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ready_gauge_says_what_readyz_says() {
+    let fake = FakeKube::start();
+    fake.hold_lists(Kind::Service);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Cfg::new()
+        .set("kubernetes", "{}")
+        .set("shutdown_delay", "1m");
+    let proxy = Sniroute::start_kube(cfg.yaml(), &fake.kubeconfig(dir.path()));
+    // /readyz is asked before and after the scrape: when the two differ, readiness changed
+    // in between and the round is tried again.
+    let agree = |status: u16, why: &str| {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let (before, body) = proxy.get("/readyz").unwrap();
+            let gauge = Scrape::of(&proxy).value("sniroute_ready", &[]);
+            let (after, _) = proxy.get("/readyz").unwrap();
+            if before == status && after == status {
+                assert!(body.contains(why), "{body}");
+                assert_eq!(
+                    gauge,
+                    f64::from(u8::from(status == 200)),
+                    "/readyz {status} {body}"
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz not {status} within {STARTUP:?}: {body}"
+            );
+            std::thread::sleep(POLL);
+        }
+    };
+    eventually(STARTUP, "a Service list request", || async {
+        (fake.count_requests(&["GET /api/v1/services?"]) > 0).then_some(())
+    })
+    .await;
+    agree(503, "kubernetes source");
+    fake.release();
+    agree(200, "ready");
+    proxy.signal("TERM");
+    agree(503, "draining");
 }

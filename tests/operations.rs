@@ -1086,11 +1086,14 @@ async fn running_out_of_file_descriptors_is_survived() {
         .await;
     let mark = proxy.log_mark();
 
-    // Idle clients (they never send a hello) until accept fails with EMFILE; the kernel's
-    // backlog takes the ones the process cannot accept.
+    // Idle clients (each sends one byte of a hello, so the listener hands it over, then
+    // stops) until accept fails with EMFILE; the kernel's backlog takes the ones the process
+    // cannot accept.
     let mut idle = Vec::with_capacity(IDLE_CLIENTS);
     for _ in 0..IDLE_CLIENTS {
-        idle.push(raw_connect(addr).await);
+        let mut client = raw_connect(addr).await;
+        client.write_all(&[0x16]).await.unwrap();
+        idle.push(client);
     }
     let failed = proxy.wait_log_since(mark, &["accept failed"], STEP);
     // Keep the descriptors exhausted for a while: the loop backs off instead of spinning, and

@@ -12,6 +12,10 @@ pub const RAW_HOST: &str = "api.example.test";
 /// The name of the TLS route.
 pub const TLS_HOST: &str = "tls.bench.test";
 
+/// Where the `sniroute-base` variant's binary is named: another build of sniroute (main,
+/// say), so a change is measured against it in one run.
+pub const BASELINE_ENV: &str = "COMPARE_BASELINE_BIN";
+
 /// One proxy (or none) in front of the backends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -20,15 +24,22 @@ pub enum Kind {
     Haproxy,
     HaproxySplice,
     Nginx,
+    /// sniroute with `client_limits` set (generous enough never to refuse the load, exempting
+    /// nobody): what the limits cost per connection.
+    SnirouteLimits,
+    /// The sniroute binary at [`BASELINE_ENV`], with the default config; only when it is set.
+    SnirouteBaseline,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Direct,
         Kind::Sniroute,
         Kind::Haproxy,
         Kind::HaproxySplice,
         Kind::Nginx,
+        Kind::SnirouteLimits,
+        Kind::SnirouteBaseline,
     ];
 
     /// The column name.
@@ -39,7 +50,15 @@ impl Kind {
             Kind::Haproxy => "haproxy",
             Kind::HaproxySplice => "haproxy-splice",
             Kind::Nginx => "nginx",
+            Kind::SnirouteLimits => "sniroute-limits",
+            Kind::SnirouteBaseline => "sniroute-base",
         }
+    }
+
+    /// A sniroute variant: compared with sniroute on new connections only (rate, CPU per
+    /// connection, handshake latency), not in the main table.
+    pub fn variant(self) -> bool {
+        matches!(self, Kind::SnirouteLimits | Kind::SnirouteBaseline)
     }
 }
 
@@ -89,9 +108,15 @@ impl Running {
         let log = || std::fs::File::create(dir.join("proxy.log"));
         let child = match kind {
             Kind::Direct => return Ok(me),
-            Kind::Sniroute => {
+            Kind::Sniroute | Kind::SnirouteLimits | Kind::SnirouteBaseline => {
                 let (cfg, _) = me.write_config()?;
-                Command::new(sniroute)
+                let binary = match kind {
+                    Kind::SnirouteBaseline => std::env::var_os(BASELINE_ENV)
+                        .map(PathBuf::from)
+                        .ok_or_else(|| io::Error::other(format!("{BASELINE_ENV} is not set")))?,
+                    _ => sniroute.to_owned(),
+                };
+                Command::new(binary)
                     .arg("--config")
                     .arg(cfg)
                     .env_remove("RUST_LOG")
@@ -199,7 +224,9 @@ impl Running {
     fn write_config(&self) -> io::Result<(PathBuf, Instant)> {
         let (name, text) = match self.kind {
             Kind::Direct => return Ok((PathBuf::new(), Instant::now())),
-            Kind::Sniroute => ("sniroute.yaml", self.sniroute_yaml()),
+            Kind::Sniroute | Kind::SnirouteLimits | Kind::SnirouteBaseline => {
+                ("sniroute.yaml", self.sniroute_yaml())
+            }
             Kind::Haproxy | Kind::HaproxySplice => ("haproxy.cfg", self.haproxy_cfg()),
             Kind::Nginx => ("nginx.conf", self.nginx_conf()),
         };
@@ -230,6 +257,12 @@ impl Running {
         );
         for (host, backend) in self.routes() {
             y += &format!("  - hostnames: [\"{host}\"]\n    backends: [\"{backend}\"]\n");
+        }
+        if self.kind == Kind::SnirouteLimits {
+            // Every connection is judged (the load all comes from 127.0.0.1, exempt is
+            // empty) and counted open, but none is refused: the cost, not the effect.
+            y += "client_limits:\n  max_connections: 1000000\n  connection_rate: 1000000/s\n  \
+                  burst: 1000000\n";
         }
         y
     }
@@ -291,7 +324,9 @@ impl Running {
         self.extra.push(host.to_owned());
         match self.kind {
             Kind::Direct => Ok(None),
-            Kind::Sniroute => Ok(Some(self.write_config()?.1)),
+            Kind::Sniroute | Kind::SnirouteLimits | Kind::SnirouteBaseline => {
+                Ok(Some(self.write_config()?.1))
+            }
             Kind::Haproxy | Kind::HaproxySplice => {
                 // A hitless reload: a new process with the new file takes over the listener
                 // (SO_REUSEPORT) and tells the old one (-sf) to finish its connections.

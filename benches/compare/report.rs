@@ -186,6 +186,8 @@ const METRICS: &[Metric] = &[
 ];
 
 const COLUMNS: [&str; 5] = ["direct", "sniroute", "haproxy", "haproxy-splice", "nginx"];
+/// sniroute run otherwise: reported against sniroute, below the main table.
+const VARIANTS: [&str; 2] = ["sniroute-limits", "sniroute-base"];
 
 pub struct Report {
     quick: bool,
@@ -302,6 +304,40 @@ impl Report {
             };
             let _ = writeln!(row, " {text} | {mark} |");
             out += &row;
+        }
+        out += &self.variants();
+        out
+    }
+
+    /// sniroute's variants against sniroute, on what they were measured on.
+    fn variants(&self) -> String {
+        let mut out = String::new();
+        for variant in VARIANTS {
+            let rows: Vec<String> = METRICS
+                .iter()
+                .filter_map(|metric| {
+                    let v = self.get(metric.key, variant)?;
+                    let s = self.get(metric.key, "sniroute");
+                    let ratio = s
+                        .filter(|&s| s != 0.0 && !metric.key.starts_with("added_"))
+                        .map_or(String::new(), |s| format!("{:.3}×", v / s));
+                    Some(format!(
+                        "| {} | {} | {} | {} | {ratio} |\n",
+                        metric.label,
+                        metric.unit,
+                        fmt(s),
+                        fmt(Some(v))
+                    ))
+                })
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let _ = write!(
+                out,
+                "\n| metric | unit | sniroute | {variant} | ÷sniroute |\n|---|---|---:|---:|---:|\n"
+            );
+            out.extend(rows);
         }
         out
     }

@@ -1,12 +1,14 @@
 //! Valid ClientHellos built from the fuzz input, framed into records of arbitrary sizes and fed
 //! in arbitrary segments: `client_hello::parse_more`, carrying its `Progress` from segment to
 //! segment as the proxy does, must ask for more until the last record is in, then find exactly
-//! the name that was put in, as `parse` does on the whole.
+//! the name that was put in, as `parse` does on the whole (or refuse it as an IP literal when its
+//! last label is all digits, as RFC 6066 and `ServerName` require).
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use proxy::client_hello::{parse, parse_more, Parsed, Progress};
+use proxy::client_hello::{parse, parse_more, Parsed, Progress, Refusal};
+use proxy::error::NameError;
 
 /// Largest record fragment (RFC 8446 5.1).
 const MAX_RECORD_LEN: usize = 16_384;
@@ -209,8 +211,15 @@ fuzz_target!(|input: Input| {
     }
     let whole = parse(&buf, max_len);
     assert_eq!(parse_more(&mut progress, &buf, max_len), whole);
+    let ip_literal = name.as_ref().is_some_and(|(_, expected)| {
+        expected
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    });
     match whole {
-        Parsed::Hello(hello) => {
+        Parsed::Refused(Refusal::BadServerName(NameError::IpLiteral)) if ip_literal => {}
+        Parsed::Hello(hello) if !ip_literal => {
             assert_eq!(hello.len, wire.len());
             assert_eq!(
                 hello.server_name.as_ref().map(|n| n.as_str()),

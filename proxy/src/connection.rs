@@ -20,7 +20,7 @@ use crate::ja4::Ja4;
 use crate::metrics::ActiveGuard;
 use crate::outcome::{Outcome, Reason};
 use crate::proxy_protocol;
-use crate::route::{ListenerKind, Origin, Refused, Routed, INITIAL_HELLO_BUFFER};
+use crate::route::{ListenerKind, Origin, Refused, Routed};
 use crate::socket;
 use crate::table::{Route, RouteKey};
 use crate::Proxy;
@@ -86,13 +86,16 @@ async fn establish(
     }
     let settings = &proxy.settings;
     let started = Instant::now();
-    let mut buf = Vec::with_capacity(INITIAL_HELLO_BUFFER.min(settings.max_client_hello));
+    // Allocated as bytes arrive, within the client_hello_memory budget, released once routed.
+    let mut buf = Vec::new();
+    let mut pending = proxy.hello_budget.open();
     // One deadline for everything before routing: a PROXY header does not buy more time.
-    let routing = proxy.route(&mut client, peer, kind, &mut buf);
+    let routing = proxy.route(&mut client, peer, kind, &mut buf, &mut pending);
     let routed = match timeout(settings.client_hello_timeout, routing).await {
         Ok(routed) => routed,
         Err(_) => Err(Origin::peer(peer).refuse(Reason::Timeout)),
     };
+    drop(pending);
     let Routed {
         route,
         key,
@@ -120,6 +123,7 @@ async fn establish(
     let (backend, backend_addr, load) = match connected {
         Ok(connected) => connected,
         Err(error) => {
+            proxy.metrics.count_unreachable(route.name());
             let refused = origin.refuse(Reason::Backend(error)).with_ja4(ja4);
             return refuse(&proxy, client, refused).await;
         }
@@ -321,6 +325,7 @@ mod size_tests {
             trusted_proxies: Vec::new(),
             revoke_grace: Some(Duration::from_secs(1)),
             client_limits: None,
+            client_hello_memory: 1 << 20,
         };
         let proxy = Arc::new(Proxy::new(settings, Default::default(), metrics.clone()));
         let slot = ConnectionSlot::new(metrics.open(), None);

@@ -2,7 +2,8 @@
 //!
 //! This crate never learns where routes come from: sources publish a [`table::Table`] into a
 //! [`table::SharedTable`] and connections read it.
-#![forbid(unsafe_code)]
+// Denied, not forbidden: `socket::defer_accept` is the one syscall no safe wrapper offers.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod explain;
 pub mod forward;
 pub mod health;
+pub mod hello_budget;
 pub mod ja4;
 pub mod listener;
 mod log_limit;
@@ -73,6 +75,8 @@ pub struct Settings {
     pub revoke_grace: Option<Duration>,
     /// Per-client limits on the SNI listeners; `None` limits no client.
     pub client_limits: Option<client_limit::Policy>,
+    /// Bytes the buffers of all connections still reading their ClientHello may hold.
+    pub client_hello_memory: usize,
 }
 
 /// Everything a connection task needs: the knobs, the current routing table, and the state
@@ -85,6 +89,7 @@ pub struct Proxy {
     health: EndpointHealth,
     connection_limit: Option<Arc<Semaphore>>,
     client_limits: Option<client_limit::ClientLimits>,
+    hello_budget: hello_budget::HelloBudget,
     refusal_log: LogLimiter,
     connections: Arc<revoke::Connections>,
 }
@@ -101,6 +106,7 @@ impl Proxy {
                 .client_limits
                 .clone()
                 .map(client_limit::ClientLimits::new),
+            hello_budget: hello_budget::HelloBudget::new(settings.client_hello_memory),
             settings,
             table,
             metrics,

@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, ConnectionSlot};
 use crate::route::ListenerKind;
+use crate::socket;
 use crate::Proxy;
 
 /// First and last pause after an accept error; doubling in between.
@@ -23,6 +24,14 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
+    // The SNI listeners face the internet's scanners; the ClusterID listener's peers are the
+    // platform's own load balancers.
+    if kind == ListenerKind::Sni {
+        let limit = proxy.settings.client_hello_timeout;
+        if let Err(error) = socket::defer_accept(&listener, limit) {
+            tracing::warn!(%error, "cannot set TCP_DEFER_ACCEPT; every connection is accepted at once");
+        }
+    }
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut in_burst = false;
     loop {

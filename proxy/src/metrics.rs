@@ -55,6 +55,7 @@ pub struct Metrics {
     pub(crate) client_hello_seconds: Histogram,
     pub(crate) backend_connect_seconds: Histogram,
     endpoint_ejected: Family<EndpointLabels, Gauge>,
+    route_unreachable: Family<RouteLabels, Counter>,
     pub(crate) revoked: Counter,
 }
 
@@ -86,6 +87,7 @@ impl Metrics {
             client_hello_seconds: latency(),
             backend_connect_seconds: latency(),
             endpoint_ejected: Family::default(),
+            route_unreachable: Family::default(),
             revoked: Counter::default(),
         };
         registry.register(
@@ -118,6 +120,11 @@ impl Metrics {
             "sniroute_endpoint_ejected",
             "1 while a backend endpoint is skipped after consecutive connect failures",
             metrics.endpoint_ejected.clone(),
+        );
+        registry.register(
+            "sniroute_route_backend_unreachable",
+            "Connections refused as backend_unreachable, by route: every backend address failed",
+            metrics.route_unreachable.clone(),
         );
         registry.register(
             "sniroute_revoked_connections",
@@ -167,6 +174,15 @@ impl Metrics {
             .map_or(0, |gauge| gauge.get())
     }
 
+    /// Counts a connection through `route` that no backend address of it accepted.
+    pub(crate) fn count_unreachable(&self, route: &str) {
+        self.route_unreachable
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .inc();
+    }
+
     /// Sets whether `endpoint` of `route` is ejected; a healthy endpoint has no series, so
     /// endpoints that come and go leave none behind.
     pub(crate) fn set_ejected(&self, route: &str, endpoint: &str, ejected: bool) {
@@ -192,10 +208,11 @@ impl Metrics {
             let active = self.route_active.get(&labels).map(|gauge| gauge.get());
             match active {
                 Some(n) if n > 0 => busy.push(labels.route),
-                Some(_) => {
+                // A connect holds its route's gauge, so an idle route counts no more failures.
+                _ => {
                     self.route_active.remove(&labels);
+                    self.route_unreachable.remove(&labels);
                 }
-                None => {}
             }
         }
         busy
@@ -232,20 +249,24 @@ mod tests {
     fn pruning_drops_idle_series_of_gone_routes_and_keeps_busy_ones() {
         let metrics = Metrics::register(&mut Registry::default());
         let _idle = metrics.route_gauge("idle");
+        metrics.count_unreachable("idle");
         let busy = ActiveGuard::try_take(metrics.route_gauge("busy"), None);
+        metrics.count_unreachable("busy");
         let still_busy = metrics.prune_routes(vec!["idle".into(), "busy".into(), "never".into()]);
         assert_eq!(still_busy, ["busy"]);
         let series = |route: &str| {
             let labels = RouteLabels {
                 route: route.into(),
             };
-            metrics.route_active.get(&labels).map(|gauge| gauge.get())
+            let active = metrics.route_active.get(&labels).map(|gauge| gauge.get());
+            let unreachable = metrics.route_unreachable.get(&labels).map(|c| c.get());
+            (active, unreachable)
         };
-        assert_eq!(series("idle"), None);
-        assert_eq!(series("busy"), Some(1));
+        assert_eq!(series("idle"), (None, None));
+        assert_eq!(series("busy"), (Some(1), Some(1)));
         drop(busy);
         assert!(metrics.prune_routes(still_busy).is_empty());
-        assert_eq!(series("busy"), None);
+        assert_eq!(series("busy"), (None, None));
     }
 
     #[test]

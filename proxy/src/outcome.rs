@@ -8,6 +8,7 @@ use std::str::Utf8Error;
 use crate::client_hello;
 use crate::client_limit::Limited;
 use crate::error::ConnectError;
+use crate::hello_budget::Evicted;
 use crate::table::Denial;
 
 /// How a connection ended up; each is one value of the `outcome` label operators count by.
@@ -33,11 +34,13 @@ pub enum Outcome {
     HealthCheck,
     /// Over the client's `client_limits` (connections open, or rate).
     ClientLimited,
+    /// Closed unfinished to keep unfinished ClientHellos within `client_hello_memory`.
+    Overloaded,
 }
 
 impl Outcome {
     /// Every outcome, for metrics that should show zeros.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Self::Routed,
         Self::UnknownSni,
         Self::NoSni,
@@ -48,6 +51,7 @@ impl Outcome {
         Self::Limited,
         Self::HealthCheck,
         Self::ClientLimited,
+        Self::Overloaded,
     ];
 
     /// The label value.
@@ -63,6 +67,7 @@ impl Outcome {
             Self::Limited => "limited",
             Self::HealthCheck => "health_check",
             Self::ClientLimited => "client_limited",
+            Self::Overloaded => "overloaded",
         }
     }
 }
@@ -129,6 +134,9 @@ pub enum Reason {
     ClientLimited(Limited),
     /// No backend of the route accepted.
     Backend(ConnectError),
+    /// Closed while its ClientHello was among the oldest pending, to keep unfinished hellos
+    /// within `client_hello_memory`.
+    Overloaded(Evicted),
 }
 
 impl Reason {
@@ -153,6 +161,7 @@ impl Reason {
             Self::RouteLimit { .. } | Self::GlobalLimit => Outcome::Limited,
             Self::ClientLimited(_) => Outcome::ClientLimited,
             Self::Backend(_) => Outcome::BackendUnreachable,
+            Self::Overloaded(_) => Outcome::Overloaded,
         }
     }
 
@@ -186,6 +195,7 @@ impl fmt::Display for Reason {
             Self::GlobalLimit => f.write_str("at the global max_connections"),
             Self::ClientLimited(limit) => write!(f, "client_limits: {limit}"),
             Self::Backend(error) => error.fmt(f),
+            Self::Overloaded(evicted) => evicted.fmt(f),
         }
     }
 }

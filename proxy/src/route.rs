@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::client_hello::{self, ClientHello, Parsed};
 use crate::client_limit::ClientGuard;
+use crate::hello_budget::{Evicted, Pending};
 use crate::ja4::Ja4;
 use crate::outcome::{Reason, Stage};
 use crate::proxy_protocol::{self, Expect, Parsed as ProxyParsed, Version as ProxyVersion};
@@ -18,7 +19,7 @@ use crate::table::{canonical, Route, RouteKey};
 use crate::Proxy;
 
 /// First read buffer: most ClientHellos (300-600 bytes) fit; post-quantum ones grow it once.
-pub(crate) const INITIAL_HELLO_BUFFER: usize = 1024;
+const INITIAL_HELLO_BUFFER: usize = 1024;
 
 /// Which kind of listener accepted the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,16 +125,18 @@ struct Header {
 
 impl Proxy {
     /// Reads what routing needs from the start of `stream` into `buf` (the bytes read past the
-    /// PROXY header stay there, to be forwarded) and picks the route.
+    /// PROXY header stay there, to be forwarded), growing it within `pending`'s share of
+    /// `client_hello_memory`, and picks the route.
     pub(crate) async fn route(
         &self,
         stream: &mut TcpStream,
         peer: SocketAddr,
         kind: ListenerKind,
         buf: &mut Vec<u8>,
+        pending: &mut Pending<'_>,
     ) -> Result<Routed, Refused> {
         let started = Instant::now();
-        let header = self.proxy_header(stream, peer, kind, buf).await?;
+        let header = self.proxy_header(stream, peer, kind, buf, pending).await?;
         let origin = header.origin;
         // Judged on the real client, before any of its ClientHello is read. Not on the
         // ClusterID listener: one hosted cluster's nodes often share one egress address.
@@ -150,7 +153,7 @@ impl Proxy {
         let key = match kind {
             ListenerKind::ClusterId => cluster_id_key(header),
             ListenerKind::Sni => self
-                .hello(stream, buf, header.local)
+                .hello(stream, buf, pending, header.local)
                 .await
                 .and_then(|hello| {
                     ja4 = Some(hello.ja4);
@@ -188,6 +191,7 @@ impl Proxy {
         peer: SocketAddr,
         kind: ListenerKind,
         buf: &mut Vec<u8>,
+        pending: &mut Pending<'_>,
     ) -> Result<Header, Refused> {
         let mut header = Header {
             origin: Origin::peer(peer),
@@ -202,21 +206,16 @@ impl Proxy {
             return Ok(header);
         };
         let max = self.settings.max_client_hello;
-        let parsed =
-            read_until(
-                stream,
-                buf,
-                max,
-                Stage::ProxyHeader,
-                |b| match proxy_protocol::parse(b, expect) {
-                    ProxyParsed::Header(header) => Step::Done(Some(header)),
-                    ProxyParsed::Absent => Step::Done(None),
-                    ProxyParsed::NeedMore => Step::More,
-                    ProxyParsed::Invalid(why) => Step::Refuse(Reason::ProxyHeader(why)),
-                },
-            )
-            .await
-            .map_err(|reason| header.origin.refuse(reason))?;
+        let parsed = read_until(stream, buf, pending, max, Stage::ProxyHeader, |b| {
+            match proxy_protocol::parse(b, expect) {
+                ProxyParsed::Header(header) => Step::Done(Some(header)),
+                ProxyParsed::Absent => Step::Done(None),
+                ProxyParsed::NeedMore => Step::More,
+                ProxyParsed::Invalid(why) => Step::Refuse(Reason::ProxyHeader(why)),
+            }
+        })
+        .await
+        .map_err(|reason| header.origin.refuse(reason))?;
         let Some(parsed) = parsed else {
             return Ok(header);
         };
@@ -245,24 +244,20 @@ impl Proxy {
         &self,
         stream: &mut TcpStream,
         buf: &mut Vec<u8>,
+        pending: &mut Pending<'_>,
         local: bool,
     ) -> Result<ClientHello, Reason> {
         let max = self.settings.max_client_hello;
         // Records already framed are not walked again after each read.
         let mut progress = client_hello::Progress::default();
-        let hello =
-            read_until(
-                stream,
-                buf,
-                max,
-                Stage::ClientHello,
-                |b| match client_hello::parse_more(&mut progress, b, max) {
-                    Parsed::Hello(hello) => Step::Done(hello),
-                    Parsed::NeedMore => Step::More,
-                    Parsed::Refused(refusal) => Step::Refuse(Reason::Hello(refusal)),
-                },
-            )
-            .await;
+        let hello = read_until(stream, buf, pending, max, Stage::ClientHello, |b| {
+            match client_hello::parse_more(&mut progress, b, max) {
+                Parsed::Hello(hello) => Step::Done(hello),
+                Parsed::NeedMore => Step::More,
+                Parsed::Refused(refusal) => Step::Refuse(Reason::Hello(refusal)),
+            }
+        })
+        .await;
         match hello {
             Ok(hello) => Ok(hello),
             // A LOCAL header and a close, nothing in between: the load balancer's probe.
@@ -289,11 +284,13 @@ enum Step<T> {
     Refuse(Reason),
 }
 
-/// Reads until `parse` decides, growing `buf` up to `max`. Bytes already in `buf` are parsed
-/// first, so a step can start on what the previous one read past its end.
+/// Reads until `parse` decides, growing `buf` up to `max` within `pending`'s reservation.
+/// Bytes already in `buf` are parsed first, so a step can start on what the previous one read
+/// past its end. A connection that has sent nothing holds no buffer yet.
 async fn read_until<T>(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
+    pending: &mut Pending<'_>,
     max: usize,
     stage: Stage,
     mut parse: impl FnMut(&[u8]) -> Step<T>,
@@ -308,13 +305,31 @@ async fn read_until<T>(
             if buf.len() >= max {
                 return Err(Reason::TooLarge(stage));
             }
-            let target = (buf.capacity() * 2).clamp(INITIAL_HELLO_BUFFER, max);
+            if buf.capacity() == 0 {
+                tokio::select! {
+                    readable = stream.readable() => readable
+                        .map_err(|error| Reason::ReadFailed(stage, error))?,
+                    () = pending.evicted() => return Err(evicted(buf.capacity())),
+                }
+            }
+            let target = (buf.capacity() * 2).max(INITIAL_HELLO_BUFFER).min(max);
+            // Charged before it is allocated, for what is allocated.
+            pending.reserve(target).map_err(Reason::Overloaded)?;
             buf.reserve_exact(target - buf.len());
         }
-        match stream.read_buf(buf).await {
+        let read = tokio::select! {
+            read = stream.read_buf(buf) => read,
+            () = pending.evicted() => return Err(evicted(buf.capacity())),
+        };
+        match read {
             Ok(0) => return Err(Reason::Closed(stage)),
             Ok(_) => {}
             Err(error) => return Err(Reason::ReadFailed(stage, error)),
         }
     }
+}
+
+/// Why a connection evicted by another's reservation is closed.
+fn evicted(reserved: usize) -> Reason {
+    Reason::Overloaded(Evicted { reserved })
 }

@@ -59,3 +59,41 @@ fn set_options(socket: &SockRef<'_>) -> io::Result<()> {
         .with_interval(KEEPALIVE_INTERVAL);
     socket.set_tcp_keepalive(&keepalive)
 }
+
+/// Sets TCP_DEFER_ACCEPT on an SNI listener: the kernel hands a connection over only once its
+/// first bytes have arrived, so one that never sends costs no accept, no task and no wakeup
+/// (measured in the compare harness: no loss in connection rate, CPU per connection a few per
+/// cent lower). `limit` (client_hello_timeout) bounds how long the kernel holds a silent one
+/// back, rounded up to its SYN-ACK retransmission schedule (1, 3, 7, 15 s, ...); then it is
+/// handed over and the proxy's own timeout runs.
+#[cfg(target_os = "linux")]
+// The one syscall neither socket2 nor rustix wraps.
+#[allow(unsafe_code)]
+pub(crate) fn defer_accept(listener: &TcpListener, limit: Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let secs = libc::c_int::try_from(limit.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: setsockopt reads `len` bytes (one c_int) from the pointer, which points at
+    // `secs`, alive for the call; the fd is the listener's, open while it is borrowed.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&secs).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere there is no TCP_DEFER_ACCEPT: every connection is accepted at once.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn defer_accept(_listener: &TcpListener, _limit: Duration) -> io::Result<()> {
+    Ok(())
+}

@@ -8,6 +8,7 @@
 //! connect_timeout: 10s            # optional
 //! idle_timeout: 1h                # optional
 //! max_client_hello: 16384         # optional, bytes, 512 to 1 MiB
+//! client_hello_memory: 64MiB      # optional: all unfinished hellos' buffers (B, KiB, MiB, GiB)
 //! kubernetes: {debounce: 100ms}   # optional: route HostedClusters too; also
 //!                                 # backends: endpoints|service, zone: <zone>
 //! cluster_id_listen: 0.0.0.0:6443 # optional: PROXY-v2 listener routing by ClusterID
@@ -62,6 +63,9 @@ pub const DEFAULT_MAX_CLIENT_HELLO: usize = 16 * 1024;
 pub const MIN_MAX_CLIENT_HELLO: usize = 512;
 /// The largest `max_client_hello` accepted: more is memory per pending connection for nothing.
 pub const MAX_MAX_CLIENT_HELLO: usize = 1024 * 1024;
+/// `client_hello_memory` when the file does not say: 4,096 maximum-size pending hellos, or
+/// 32,768 typical ones, and a small share of a proxy pod's memory.
+pub const DEFAULT_CLIENT_HELLO_MEMORY: usize = 64 * 1024 * 1024;
 /// The `source` of every route read from the file.
 pub const ROUTE_SOURCE: &str = "file";
 /// `kubernetes.debounce` when the file does not say: long enough to batch the burst of
@@ -344,6 +348,10 @@ impl Config {
             mine.outlier_detection != theirs.outlier_detection,
         );
         check("client_limits", mine.client_limits != theirs.client_limits);
+        check(
+            "client_hello_memory",
+            mine.client_hello_memory != theirs.client_hello_memory,
+        );
         check(
             "accept_proxy_protocol",
             mine.accept_proxy_protocol != theirs.accept_proxy_protocol,

@@ -33,6 +33,7 @@ pub(super) struct RawConfig {
     pub(super) accept_proxy_protocol: Option<Spanned<String>>,
     pub(super) trusted_proxies: Option<Vec<Spanned<String>>>,
     pub(super) client_limits: Option<Spanned<RawClientLimits>>,
+    pub(super) client_hello_memory: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

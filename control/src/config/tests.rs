@@ -250,7 +250,7 @@ fn unknown_keys_and_bad_yaml_give_file_line_and_column() {
          connect_timeout, idle_timeout, max_client_hello, routes, kubernetes, \
          cluster_id_listen, revoke_grace, max_connections, listen_backlog, shutdown_delay, \
          drain_timeout, log_format, log_level, log_connections, outlier_detection, \
-         accept_proxy_protocol, trusted_proxies, client_limits"
+         accept_proxy_protocol, trusted_proxies, client_limits, client_hello_memory"
     );
     assert_eq!(
         one_problem(&format!(
@@ -595,4 +595,57 @@ fn client_limits_report_bad_values() {
     ] {
         assert!(text.contains(needle), "{needle} not in {text}");
     }
+}
+
+#[test]
+fn client_hello_memory_is_a_size_with_room_for_one_hello() {
+    let memory = |text: &str| {
+        Config::parse(text, "t")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .proxy
+            .client_hello_memory
+    };
+    assert_eq!(memory(MINIMAL), DEFAULT_CLIENT_HELLO_MEMORY);
+    assert_eq!(DEFAULT_CLIENT_HELLO_MEMORY, 64 << 20);
+    for (written, bytes) in [
+        ("512KiB", 512 << 10),
+        ("64MiB", 64 << 20),
+        ("1GiB", 1 << 30),
+        ("20000", 20_000),
+        ("16384B", 16384),
+        ("\"2 MiB\"", 2 << 20),
+    ] {
+        assert_eq!(
+            memory(&format!("{MINIMAL}client_hello_memory: {written}\n")),
+            bytes,
+            "{written}"
+        );
+    }
+    for bad in [
+        "64MB",
+        "lots",
+        "-1KiB",
+        "0",
+        "0MiB",
+        "1.5MiB",
+        "99999999999999999999GiB",
+    ] {
+        assert_eq!(
+            one_problem(&format!("{MINIMAL}client_hello_memory: {bad}\n")),
+            format!(
+                "2:22: client_hello_memory: {bad:?} is not a size above zero \
+                 (e.g. 65536, 512KiB, 64MiB, 1GiB)"
+            ),
+        );
+    }
+    assert_eq!(
+        one_problem(&format!(
+            "{MINIMAL}max_client_hello: 16384\nclient_hello_memory: 8KiB\n"
+        )),
+        "3:22: client_hello_memory: 8192 bytes is below max_client_hello (16384): \
+         no ClientHello of that size could be read"
+    );
+    let a = Config::parse(MINIMAL, "t").unwrap();
+    let b = Config::parse(&format!("{MINIMAL}client_hello_memory: 1MiB\n"), "t").unwrap();
+    assert_eq!(a.restart_settings_changed(&b), ["client_hello_memory"]);
 }

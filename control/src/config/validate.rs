@@ -17,11 +17,11 @@ use serde_saphyr::{Location, Spanned};
 use super::raw::{OneOrMany, RawClientLimits, RawConfig, RawKubernetes, RawOutlier, RawRoute};
 use super::{
     position, BackendsMode, Config, KubernetesConfig, LogFormat, RouteConfig, DEFAULT_ADMIN,
-    DEFAULT_CLIENT_BURST, DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_CLIENT_IPV6_PREFIX,
-    DEFAULT_CLIENT_MAX_CONNECTIONS, DEFAULT_CLIENT_RATE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEBOUNCE,
-    DEFAULT_DEBUG, DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG,
-    DEFAULT_MAX_CLIENT_HELLO, DEFAULT_REVOKE_GRACE, DEFAULT_SHUTDOWN_DELAY, MAX_DEBOUNCE,
-    MAX_MAX_CLIENT_HELLO, MIN_MAX_CLIENT_HELLO,
+    DEFAULT_CLIENT_BURST, DEFAULT_CLIENT_HELLO_MEMORY, DEFAULT_CLIENT_HELLO_TIMEOUT,
+    DEFAULT_CLIENT_IPV6_PREFIX, DEFAULT_CLIENT_MAX_CONNECTIONS, DEFAULT_CLIENT_RATE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_DEBUG, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_CLIENT_HELLO, DEFAULT_REVOKE_GRACE,
+    DEFAULT_SHUTDOWN_DELAY, MAX_DEBOUNCE, MAX_MAX_CLIENT_HELLO, MIN_MAX_CLIENT_HELLO,
 };
 use crate::error::{Problem, RouteRef};
 
@@ -132,7 +132,13 @@ impl RawConfig {
             client_limits: self
                 .client_limits
                 .and_then(|limits| client_limits(limits.value, &mut p)),
+            client_hello_memory: DEFAULT_CLIENT_HELLO_MEMORY,
         };
+        if let Some(memory) = self.client_hello_memory {
+            settings.client_hello_memory =
+                client_hello_memory(&memory, settings.max_client_hello, &mut p)
+                    .unwrap_or(DEFAULT_CLIENT_HELLO_MEMORY);
+        }
         (settings.accept_proxy_protocol, settings.trusted_proxies) =
             proxy_protocol(self.accept_proxy_protocol, self.trusted_proxies, &mut p);
         let routes = routes(self.routes.unwrap_or_default(), &mut p);
@@ -835,6 +841,58 @@ fn max_client_hello(value: &Spanned<String>, p: &mut Problems<'_>) -> Option<usi
     };
     p.at(value.referenced, None, format!("max_client_hello: {why}"));
     None
+}
+
+/// `client_hello_memory`: a size, room for at least one hello of `max_client_hello`.
+fn client_hello_memory(
+    value: &Spanned<String>,
+    max_client_hello: usize,
+    p: &mut Problems<'_>,
+) -> Option<usize> {
+    let bytes = size("client_hello_memory", value, p)?;
+    if bytes < max_client_hello {
+        let why = format!(
+            "client_hello_memory: {bytes} bytes is below max_client_hello ({max_client_hello}): \
+             no ClientHello of that size could be read"
+        );
+        p.at(value.referenced, None, why);
+        return None;
+    }
+    Some(bytes)
+}
+
+/// A size in bytes: a whole number, optionally with a binary unit (`512KiB`, `64MiB`, `1GiB`;
+/// `B` for bytes).
+fn size(key: &str, value: &Spanned<String>, p: &mut Problems<'_>) -> Option<usize> {
+    let text = value.value.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let scale: Option<usize> = match unit.trim() {
+        "" | "B" => Some(1),
+        "KiB" => Some(1 << 10),
+        "MiB" => Some(1 << 20),
+        "GiB" => Some(1 << 30),
+        _ => None,
+    };
+    let bytes = number
+        .parse::<usize>()
+        .ok()
+        .zip(scale)
+        .and_then(|(n, scale)| n.checked_mul(scale))
+        .filter(|&bytes| bytes > 0);
+    if bytes.is_none() {
+        p.at(
+            value.referenced,
+            None,
+            format!(
+                "{key}: {:?} is not a size above zero (e.g. 65536, 512KiB, 64MiB, 1GiB)",
+                value.value
+            ),
+        );
+    }
+    bytes
 }
 
 /// A network, or a lone address as the network of just that address.

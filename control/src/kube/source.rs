@@ -160,16 +160,21 @@ impl KubeSource {
                         }
                         Err(error) => {
                             self.publisher.source_failed(SourceKind::Kubernetes, 1);
-                            if let Some(reason) = forbidden(kind, &error) {
-                                if kind == Kind::EndpointSlice {
-                                    // Endpoints are an improvement, not a need: without them
-                                    // every Service goes to its ClusterIP, as before.
-                                    if !listed[kind as usize] || !store.slices_unlisted() {
-                                        tracing::warn!("{reason}; routing every Service to its ClusterIP until EndpointSlices can be listed");
-                                    }
-                                    store.slices_unlistable();
-                                    listed[kind as usize] = true;
+                            let refused = forbidden(kind, &error);
+                            let unlistable = match kind {
+                                Kind::EndpointSlice => refused.clone().or_else(|| not_served(&error)),
+                                _ => None,
+                            };
+                            if let Some(reason) = unlistable {
+                                // Endpoints are an improvement, not a need: without them
+                                // every Service goes to its ClusterIP, as before.
+                                if !listed[kind as usize] || !store.slices_unlisted() {
+                                    tracing::warn!("{reason}; routing every Service to its ClusterIP until EndpointSlices can be listed");
                                 }
+                                store.slices_unlistable();
+                                listed[kind as usize] = true;
+                            }
+                            if let Some(reason) = refused {
                                 // Readiness follows the RBAC check, not this answer: a
                                 // kube-apiserver that has just started refuses requests for a
                                 // moment before its authorizer has synced.
@@ -357,6 +362,22 @@ fn forbidden(kind: Kind, error: &watcher::Error) -> Option<String> {
             status.message
         )
     })
+}
+
+/// For a 404 on the list of a collection: the API server does not serve the kind at all
+/// (an EndpointSlice API older than `discovery.k8s.io/v1`, or a server that is not a full
+/// kube-apiserver). Waiting for it would keep the source unready for good.
+fn not_served(error: &watcher::Error) -> Option<String> {
+    match error {
+        watcher::Error::InitialListFailed(::kube::Error::Api(status)) if status.code == 404 => {
+            Some(format!(
+                "the API server does not serve {} ({})",
+                resource(Kind::EndpointSlice),
+                status.message
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// Feeds one watch event to the store; true if it completed a (re)list.
@@ -652,9 +673,8 @@ mod tests {
         )
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_verb_rbac_does_not_grant_keeps_it_unready_and_names_it() {
-        let src = Running::start();
+    /// Lists cluster c0's HostedCluster, Routes and Services; EndpointSlices are the test's.
+    fn list_one_cluster(src: &Running) {
         let cluster = fixtures::cluster("clusters", "c0", 0);
         src.list(Kind::HostedCluster, vec![hc_object(cluster.0.clone())]);
         src.list(
@@ -665,6 +685,12 @@ mod tests {
             Kind::Service,
             cluster.2.iter().cloned().map(service_object).collect(),
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_verb_rbac_does_not_grant_keeps_it_unready_and_names_it() {
+        let src = Running::start();
+        list_one_cluster(&src);
         // EndpointSlices forbidden: every Service to its ClusterIP, and nothing waits for them.
         src.tx
             .send((
@@ -712,6 +738,33 @@ mod tests {
         settle().await;
         assert_eq!(*src.ready.borrow(), Readiness::Ready);
         assert_eq!(src.source_errors(), 2);
+        src.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoint_slices_not_served_leave_cluster_ips_and_readiness_alone() {
+        let src = Running::start();
+        list_one_cluster(&src);
+        let not_found = ::kube::Error::Api(
+            ::kube::core::Status::failure(
+                "the server could not find the requested resource",
+                "NotFound",
+            )
+            .with_code(404)
+            .boxed(),
+        );
+        src.tx
+            .send((
+                Kind::EndpointSlice,
+                Err(watcher::Error::InitialListFailed(not_found)),
+            ))
+            .unwrap();
+        src.access.send(Ok(())).unwrap();
+        settle().await;
+        assert_eq!(*src.ready.borrow(), Readiness::Ready);
+        let snapshot = src.publisher.shared().load();
+        let kas = snapshot.table.route("clusters/c0/kube-apiserver").unwrap();
+        assert_eq!(kas.backends()[0].to_string(), "172.16.0.1:6443");
         src.shutdown.cancel();
     }
 
