@@ -139,6 +139,8 @@ struct RouteView<'a> {
     name: &'a str,
     hostnames: Vec<String>,
     backends: Vec<String>,
+    /// Each backend as it stands here (zone, condition, ejection, open connections).
+    endpoints: Vec<serde_json::Value>,
     source: &'a str,
 }
 
@@ -249,6 +251,12 @@ fn routes(state: &State) -> Response<Full<Bytes>> {
                 name: route.name(),
                 hostnames: route.hostnames().iter().map(|h| h.to_string()).collect(),
                 backends: route.backends().iter().map(|b| b.to_string()).collect(),
+                endpoints: state
+                    .proxy
+                    .backends_now(route)
+                    .iter()
+                    .map(crate::explain::backend_json)
+                    .collect(),
                 source: route.source(),
             })
             .collect(),

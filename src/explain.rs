@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::Context;
-use proxy::explain::{Admitted, Explanation};
+use proxy::explain::{Admitted, BackendNow, Explanation};
 use proxy::{Proxy, ServerName};
 use serde_json::{json, Value};
 
@@ -47,10 +47,7 @@ fn to_json(name: &ServerName, client: Option<IpAddr>, e: &Explanation) -> Value 
             "allowed_cidrs": route.allowed_cidrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "max_connections": route.max_connections(),
             "open_connections": facts.open,
-            "backends": facts.backends.iter().map(|(backend, ejected)| json!({
-                "backend": backend.to_string(),
-                "ejected": ejected,
-            })).collect::<Vec<_>>(),
+            "backends": facts.backends.iter().map(backend_json).collect::<Vec<_>>(),
         })
     });
     let verdict = match &e.verdict {
@@ -74,6 +71,19 @@ fn to_json(name: &ServerName, client: Option<IpAddr>, e: &Explanation) -> Value 
         "generation": e.generation,
         "route": route,
         "verdict": verdict,
+    })
+}
+
+/// One backend as `/explain` and `/routes` show it: where, its zone and condition, how that
+/// ranks it here, whether it is ejected, and the connections open to it through this replica.
+pub fn backend_json(now: &BackendNow) -> Value {
+    json!({
+        "backend": now.at.backend.to_string(),
+        "zone": now.at.facts.zone.as_deref(),
+        "condition": now.at.facts.condition.as_str(),
+        "standing": now.standing.as_str(),
+        "ejected": now.ejected,
+        "open_connections": now.open,
     })
 }
 

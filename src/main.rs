@@ -189,12 +189,11 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
                 "`kubernetes:` is set but no Kubernetes client configuration was found \
                  (KUBECONFIG, ~/.kube/config, or the in-cluster service account)",
             )?;
-            Some(KubeSource::new(
-                client,
-                kube.clone(),
-                publisher.clone(),
-                sources_ready,
-            ))
+            let node = std::env::var(control::kube::zone::NODE_NAME_ENV).ok();
+            Some(
+                KubeSource::new(client, kube.clone(), publisher.clone(), sources_ready)
+                    .on_node(node),
+            )
         }
         None => None,
     };

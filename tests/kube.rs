@@ -80,14 +80,15 @@ async fn hosted_clusters_appear_change_move_and_disappear() {
         ]),
         "{requests:#?}"
     );
-    eventually(STEP, "three watches with bookmarks", || async {
+    eventually(STEP, "four watches with bookmarks", || async {
         let watches: std::collections::HashSet<String> = server
             .audit(SNIROUTE_USER)
             .into_iter()
             .filter(|r| r.verb == "watch" && r.uri.contains("allowWatchBookmarks=true"))
             .map(|r| r.resource)
             .collect();
-        (watches.len() == 3).then_some(())
+        // HostedClusters, Routes, Services, EndpointSlices.
+        (watches.len() == 4).then_some(())
     })
     .await;
 

@@ -75,11 +75,15 @@ fn add_cluster(fake: &FakeKube, name: &str, index: usize, kas: u16, oauth: u16) 
     hc
 }
 
-/// The binary against `fake`, with `kubernetes: {}` and any file routes in `cfg`.
+/// The binary against `fake`, with `kubernetes: {backends: service}` and any file routes in
+/// `cfg`: the fake serves no EndpointSlices (endpoint routing runs against the real server).
 fn start(fake: &FakeKube, cfg: Cfg) -> (Sniroute, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = fake.kubeconfig(dir.path());
-    let proxy = Sniroute::start_kube(cfg.set("kubernetes", "{}").yaml(), &kubeconfig);
+    let proxy = Sniroute::start_kube(
+        cfg.set("kubernetes", "{backends: service}").yaml(),
+        &kubeconfig,
+    );
     (proxy, dir)
 }
 

@@ -1177,10 +1177,12 @@ async fn a_black_holed_backend_times_out_and_the_next_is_tried() {
     let base = baseline_fds(pid).await;
     let hello = fixture(HELLO);
 
-    // Round robin: the first connection starts at the hole, the second at the good one, ...
+    // With nothing open, least connections is a tie every time, broken in turn: the first
+    // connection starts at the hole, the second at the good one, ... Each waits for the one
+    // before to close, or the good one's open connection would send the next to the hole.
     for i in 0..6 {
         let started = Instant::now();
-        let (_tcp, id) = raw_route(addr, &hello, STEP)
+        let (tcp, id) = raw_route(addr, &hello, STEP)
             .await
             .unwrap_or_else(|e| panic!("connection {i}: {e}"));
         let took = started.elapsed();
@@ -1196,6 +1198,10 @@ async fn a_black_holed_backend_times_out_and_the_next_is_tried() {
                 "connection {i} took {took:?}"
             );
         }
+        drop(tcp);
+        scrape_until(&proxy, STEP, "the connection closed", |s| {
+            s.get("sniroute_route_active_connections", &[("route", "api")]) == Some(0.0)
+        });
     }
     // Concurrently too: every one gets through, none waits more than one connect_timeout.
     let mut tasks = Vec::new();

@@ -7,24 +7,27 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::balance::{Candidate, Standing};
 use crate::error::ConnectError;
-use crate::health::EndpointHealth;
+use crate::health::{EndpointHealth, LoadGuard};
 use crate::table::{Backend, Route};
 
-/// Connects to the first backend that accepts, starting at the route's round-robin cursor.
+/// Connects to the best backend that accepts, counting the connection against it.
 ///
-/// Each address gets its own `connect_timeout`, so one black-holed endpoint cannot use up the
-/// time of the ones after it. Names are resolved now, so DNS changes are followed. Ejected
-/// endpoints are skipped, and tried last rather than not at all: a route whose endpoints are
-/// all ejected still gets its chance.
+/// Each attempt takes the first untried candidate of [`order`](crate::balance::order) (least
+/// connections, same zone first, terminating pods and then ejected endpoints last), with the
+/// open counts of that moment. Each address gets its own `connect_timeout`, so one
+/// black-holed endpoint cannot use up the time of the ones after it. Names are resolved now,
+/// so DNS changes are followed.
 pub async fn connect(
     route: &Route,
     connect_timeout: Duration,
     health: &EndpointHealth,
-) -> Result<(TcpStream, SocketAddr), ConnectError> {
+) -> Result<(TcpStream, SocketAddr, LoadGuard), ConnectError> {
     let mut last = None;
-    let mut ejected = Vec::new();
-    for backend in route.backends_in_turn() {
+    let spec = route.spec();
+    let mut candidates = Vec::with_capacity(spec.backends.len());
+    for (i, backend) in spec.backends.iter().enumerate() {
         let addrs = match resolve(backend).await {
             Ok(addrs) => addrs,
             Err(error) => {
@@ -33,20 +36,21 @@ pub async fn connect(
                 continue;
             }
         };
-        for addr in addrs {
-            if health.is_ejected(addr) {
-                ejected.push(addr);
-                continue;
-            }
-            match attempt(route, addr, connect_timeout, health).await {
-                Ok(stream) => return Ok((stream, addr)),
-                Err(error) => last = Some((addr.to_string(), error)),
-            }
-        }
+        let standing = Standing::of(spec, i);
+        candidates.extend(addrs.into_iter().map(|addr| Candidate {
+            at: addr,
+            standing,
+            ejected: health.is_ejected(addr),
+            open: 0,
+        }));
     }
-    for addr in ejected {
+    let turn = route.next_turn();
+    let mut tried = vec![false; candidates.len()];
+    while let Some((index, guard)) = health.pick(&mut candidates, turn, |i| !tried[i]) {
+        tried[index] = true;
+        let addr = candidates[index].at;
         match attempt(route, addr, connect_timeout, health).await {
-            Ok(stream) => return Ok((stream, addr)),
+            Ok(stream) => return Ok((stream, addr, guard)),
             Err(error) => last = Some((addr.to_string(), error)),
         }
     }

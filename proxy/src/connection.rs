@@ -15,6 +15,7 @@ use tokio::time::{timeout, Instant};
 use crate::client_limit::ClientGuard;
 use crate::connect;
 use crate::forward::{self, Forward, Totals};
+use crate::health::LoadGuard;
 use crate::ja4::Ja4;
 use crate::metrics::ActiveGuard;
 use crate::outcome::{Outcome, Reason};
@@ -119,7 +120,7 @@ async fn establish(
         .metrics
         .backend_connect_seconds
         .observe(connecting.elapsed().as_secs_f64());
-    let (backend, backend_addr) = match connected {
+    let (backend, backend_addr, load) = match connected {
         Ok(connected) => connected,
         Err(error) => {
             proxy.metrics.count_unreachable(route.name());
@@ -165,6 +166,7 @@ async fn establish(
             started,
             ja4,
             _client_slot: client_slot,
+            _load: load,
         }),
         _slot: slot,
         _route_active: route_active,
@@ -193,7 +195,7 @@ pin_project_lite::pin_project! {
 }
 
 /// What a forwarded connection's closing lines report, and what it holds that its task
-/// never reads: its client's `client_limits` slot.
+/// never reads: its client's `client_limits` slot and its endpoint's open-connection count.
 struct Closing {
     key: RouteKey,
     origin: Origin,
@@ -201,6 +203,7 @@ struct Closing {
     started: Instant,
     ja4: Option<Ja4>,
     _client_slot: Option<ClientGuard>,
+    _load: LoadGuard,
 }
 
 impl Future for Established {

@@ -62,6 +62,16 @@ pub enum TableError {
         /// The route.
         route: String,
     },
+    /// Backend facts that do not pair up with the backends.
+    #[error("route {route} has {backends} backends but facts for {facts}")]
+    FactsMismatch {
+        /// The route.
+        route: String,
+        /// How many backends it has.
+        backends: usize,
+        /// How many facts it has.
+        facts: usize,
+    },
     /// Two routes with the same name.
     #[error("route name {route} is used twice")]
     DuplicateRoute {

@@ -1,13 +1,15 @@
 //! What the data plane would do with a connection for a name, from a client: the table's own
 //! lookup and admission (the calls a connection makes), the backends in the order the next
-//! connection tries them, and the limits as they stand. For `sniroute explain`.
+//! connection tries them (the connect step's own [`order`]), and the limits as they stand.
+//! For `sniroute explain`, and `/routes` for the backends.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::balance::{order, Candidate, Standing};
 use crate::name::ServerName;
 use crate::outcome::Reason;
-use crate::table::{Allowed, Backend, Denial, Route, RouteKey};
+use crate::table::{Allowed, Backend, BackendFacts, Denial, Route, RouteKey};
 use crate::Proxy;
 
 /// The answer for one name and (optionally) one client.
@@ -28,12 +30,24 @@ pub struct RouteFacts {
     pub route: Arc<Route>,
     /// `exact`, or the wildcard pattern that matched.
     pub matched: String,
-    /// The backends in the order the next connection tries them: as the round robin stands,
-    /// endpoints that are ejected last (as the connect step orders them).
-    pub backends: Vec<(Backend, bool)>,
+    /// The backends in the order the next connection tries them, as [`order`] gives it.
+    pub backends: Vec<BackendNow>,
     /// Forwarded connections open through the route now.
     pub open: i64,
 }
+
+/// A backend as its source describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    /// Where it is.
+    pub backend: Backend,
+    /// Its zone and condition.
+    pub facts: BackendFacts,
+}
+
+/// A backend of a route as it stands now: described, ranked, ejected or not, its load.
+/// A name (resolved only at connect time) is never ejected and has nothing open here.
+pub type BackendNow = Candidate<Described>;
 
 /// Why a client would be admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,14 +66,15 @@ impl Proxy {
         let snapshot = self.table.load();
         let table = &snapshot.table;
         let route = table.matching(name).map(|(route, matched)| {
-            let (healthy, ejected): (Vec<_>, Vec<_>) = route
-                .backends_next()
-                .map(|backend| (backend.clone(), self.ejected(backend)))
-                .partition(|(_, ejected)| !ejected);
+            let now = self.backends_now(route);
+            let backends = order(&now, route.peek_turn())
+                .into_iter()
+                .map(|i| now[i].clone())
+                .collect();
             RouteFacts {
                 route: route.clone(),
                 matched: matched.to_string(),
-                backends: healthy.into_iter().chain(ejected).collect(),
+                backends,
                 open: self.metrics.route_open(route.name()),
             }
         });
@@ -105,12 +120,27 @@ impl Proxy {
         }
     }
 
-    /// Whether `backend` is an address that is ejected now (names are resolved, and judged,
-    /// at connect time).
-    fn ejected(&self, backend: &Backend) -> bool {
-        match backend {
-            Backend::Addr(addr) => self.health.is_ejected(*addr),
-            Backend::Name { .. } => false,
-        }
+    /// Each backend of `route` as it stands now, in the route's order.
+    pub fn backends_now(&self, route: &Route) -> Vec<BackendNow> {
+        let spec = route.spec();
+        spec.backends
+            .iter()
+            .enumerate()
+            .map(|(i, backend)| {
+                let (ejected, open) = match backend {
+                    Backend::Addr(addr) => (self.health.is_ejected(*addr), self.health.open(*addr)),
+                    Backend::Name { .. } => (false, 0),
+                };
+                Candidate {
+                    at: Described {
+                        backend: backend.clone(),
+                        facts: spec.facts.get(i).cloned().unwrap_or_default(),
+                    },
+                    standing: Standing::of(spec, i),
+                    ejected,
+                    open,
+                }
+            })
+            .collect()
     }
 }

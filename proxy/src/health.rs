@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::balance::{order, Candidate};
 use crate::metrics::Metrics;
 
 /// When an endpoint is ejected, and for how long.
@@ -63,6 +64,38 @@ pub struct EndpointHealth {
     policy: OutlierPolicy,
     endpoints: Mutex<HashMap<SocketAddr, State>>,
     metrics: Arc<Metrics>,
+    load: Arc<Load>,
+}
+
+/// Forwarded connections open through this replica, per endpoint address; only endpoints
+/// with one are kept.
+#[derive(Debug, Default)]
+struct Load(Mutex<HashMap<SocketAddr, usize>>);
+
+impl Load {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
+        // Plain counters: a panic elsewhere cannot leave them inconsistent.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One connection counted against its endpoint; dropping it releases the count.
+#[derive(Debug)]
+pub struct LoadGuard {
+    load: Arc<Load>,
+    endpoint: SocketAddr,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        let mut open = self.load.lock();
+        if let Some(count) = open.get_mut(&self.endpoint) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.endpoint);
+            }
+        }
+    }
 }
 
 impl EndpointHealth {
@@ -72,7 +105,36 @@ impl EndpointHealth {
             policy,
             endpoints: Mutex::new(HashMap::new()),
             metrics,
+            load: Arc::default(),
         }
+    }
+
+    /// Takes the first candidate of [`order`] that `untried` lets through, with open counts
+    /// as they stand, and counts a connection against it. Choosing and counting under one
+    /// lock keeps a burst of connections from all choosing the same endpoint.
+    pub fn pick(
+        &self,
+        candidates: &mut [Candidate<SocketAddr>],
+        turn: usize,
+        untried: impl Fn(usize) -> bool,
+    ) -> Option<(usize, LoadGuard)> {
+        let mut open = self.load.lock();
+        for candidate in candidates.iter_mut() {
+            candidate.open = open.get(&candidate.at).copied().unwrap_or(0);
+        }
+        let index = order(candidates, turn).into_iter().find(|&i| untried(i))?;
+        let endpoint = candidates[index].at;
+        *open.entry(endpoint).or_insert(0) += 1;
+        let guard = LoadGuard {
+            load: self.load.clone(),
+            endpoint,
+        };
+        Some((index, guard))
+    }
+
+    /// Forwarded connections open to `endpoint` through this replica.
+    pub fn open(&self, endpoint: SocketAddr) -> usize {
+        self.load.lock().get(&endpoint).copied().unwrap_or(0)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, State>> {
@@ -84,11 +146,12 @@ impl EndpointHealth {
 
     /// Whether `endpoint` should be skipped now.
     pub fn is_ejected(&self, endpoint: SocketAddr) -> bool {
-        let now = Instant::now();
+        // The clock is read only for an endpoint that was ejected: healthy ones, the usual
+        // case on every connection, cost one lookup.
         self.lock()
             .get(&endpoint)
             .and_then(|s| s.ejected_until)
-            .is_some_and(|until| until > now)
+            .is_some_and(|until| until > Instant::now())
     }
 
     /// Records a successful connect: the endpoint is healthy again.
@@ -204,6 +267,42 @@ mod tests {
         h.failed("r", ep);
         assert!(h.is_ejected(ep));
         assert!(h.ejected()[0].remaining > Duration::from_secs(3600 * 24 * 365));
+    }
+
+    #[test]
+    fn picks_in_order_skipping_the_tried_and_counts_until_dropped() {
+        use crate::balance::Standing;
+        let h = health(3);
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let cand = |port, standing| Candidate {
+            at: addr(port),
+            standing,
+            ejected: false,
+            open: 0,
+        };
+        let mut all = [
+            cand(1, Standing::Near),
+            cand(2, Standing::Near),
+            cand(3, Standing::Terminating),
+        ];
+        let (i, first) = h.pick(&mut all, 1, |_| true).unwrap();
+        assert_eq!(i, 1, "equals in turn");
+        let (i, second) = h.pick(&mut all, 1, |_| true).unwrap();
+        assert_eq!(i, 0, "the least loaded");
+        let (i, third) = h.pick(&mut all, 0, |_| true).unwrap();
+        assert_eq!(i, 0, "a tie again, broken by the turn");
+        assert_eq!(
+            (h.open(addr(1)), h.open(addr(2)), h.open(addr(3))),
+            (2, 1, 0)
+        );
+        let (i, _fourth) = h.pick(&mut all, 0, |i| i != 1 && i != 0).unwrap();
+        assert_eq!(i, 2, "the terminating one once the others are tried");
+        drop((first, second, third));
+        assert_eq!(
+            (h.open(addr(1)), h.open(addr(2)), h.open(addr(3))),
+            (0, 0, 1)
+        );
+        assert!(h.pick(&mut [], 0, |_| true).is_none());
     }
 
     #[tokio::test(start_paused = true)]

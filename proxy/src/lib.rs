@@ -17,6 +17,7 @@ use crate::log_limit::LogLimiter;
 /// Refusal log lines allowed per second; past that they are counted and summarised.
 const REFUSAL_LOG_LINES_PER_SECOND: u32 = 50;
 
+pub mod balance;
 pub mod client_hello;
 pub mod client_limit;
 pub mod connect;
@@ -44,7 +45,10 @@ pub use metrics::Metrics;
 pub use name::{HostPattern, ServerName};
 pub use outcome::{Outcome, Reason};
 pub use route::ListenerKind;
-pub use table::{Backend, Match, Route, RouteKey, RouteSpec, SharedTable, Snapshot, Table};
+pub use table::{
+    Backend, BackendFacts, Condition, Match, Route, RouteKey, RouteSpec, SharedTable, Snapshot,
+    Table,
+};
 
 /// The data plane's knobs, fixed for the life of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]

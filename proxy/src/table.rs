@@ -79,6 +79,37 @@ impl fmt::Debug for Backend {
     }
 }
 
+/// Whether an endpoint takes new connections, as its EndpointSlice conditions say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Condition {
+    /// Ready: takes new connections.
+    #[default]
+    Ready,
+    /// Serving but terminating (a pod being rolled): new connections only when no ready
+    /// endpoint is left; established ones keep flowing.
+    Terminating,
+}
+
+impl Condition {
+    /// `ready` or `terminating`, as `/routes` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Terminating => "terminating",
+        }
+    }
+}
+
+/// What a source knows of one backend beyond its address: where it runs and whether it takes
+/// new connections. A backend without facts is ready and in no zone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct BackendFacts {
+    /// Its zone (`topology.kubernetes.io/zone`), if known.
+    pub zone: Option<Box<str>>,
+    /// Whether it takes new connections.
+    pub condition: Condition,
+}
+
 /// One route as a source states it: what it answers, where it forwards, whom it admits.
 ///
 /// A plain value: sources keep and compare these (the Kubernetes source caches one list per
@@ -91,6 +122,11 @@ pub struct RouteSpec {
     pub hostnames: Vec<HostPattern>,
     /// Where it forwards to, in order (at least one).
     pub backends: Vec<Backend>,
+    /// What is known of each backend, index for index; empty when nothing is (every backend
+    /// ready, in no zone).
+    pub facts: Vec<BackendFacts>,
+    /// The zone whose backends take new connections first; `None` prefers none.
+    pub zone: Option<Box<str>>,
     /// Where it came from, as `/routes` shows it: `file`, `hostedcluster <ns>/<name>`.
     pub source: Arc<str>,
     /// Client networks allowed; empty allows everyone.
@@ -115,6 +151,8 @@ impl RouteSpec {
             name: name.into(),
             hostnames,
             backends,
+            facts: Vec::new(),
+            zone: None,
             source: source.into(),
             allowed_cidrs: Vec::new(),
             cluster_id: None,
@@ -130,13 +168,15 @@ impl RouteSpec {
             name,
             hostnames,
             backends,
+            facts,
+            zone,
             source: _,
             allowed_cidrs,
             cluster_id,
             max_connections,
             proxy_protocol,
         } = self;
-        (name, hostnames, backends, allowed_cidrs).hash(state);
+        (name, hostnames, backends, facts, zone, allowed_cidrs).hash(state);
         (cluster_id, max_connections, proxy_protocol).hash(state);
     }
 }
@@ -168,6 +208,13 @@ impl Route {
         if spec.backends.is_empty() {
             return Err(TableError::NoBackends {
                 route: spec.name.into(),
+            });
+        }
+        if !spec.facts.is_empty() && spec.facts.len() != spec.backends.len() {
+            return Err(TableError::FactsMismatch {
+                route: spec.name.into(),
+                backends: spec.backends.len(),
+                facts: spec.facts.len(),
             });
         }
         Ok(Self {
@@ -235,22 +282,15 @@ impl Route {
         &self.spec.source
     }
 
-    /// The backends in the order this connection should try them: each call starts one
-    /// further along, so load spreads round robin and a failed one is followed by the next.
-    pub fn backends_in_turn(&self) -> impl Iterator<Item = &Backend> {
-        self.backends_from(self.next.fetch_add(1, Ordering::Relaxed))
+    /// This connection's turn in the round robin among equally good backends.
+    pub fn next_turn(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The order [`backends_in_turn`](Self::backends_in_turn) gives the next connection,
-    /// without moving the cursor (for `explain`).
-    pub fn backends_next(&self) -> impl Iterator<Item = &Backend> {
-        self.backends_from(self.next.load(Ordering::Relaxed))
-    }
-
-    fn backends_from(&self, cursor: usize) -> impl Iterator<Item = &Backend> {
-        let backends = &self.spec.backends;
-        let start = cursor % backends.len();
-        backends[start..].iter().chain(&backends[..start])
+    /// The turn [`next_turn`](Self::next_turn) gives the next connection, without taking it
+    /// (for `explain`).
+    pub fn peek_turn(&self) -> usize {
+        self.next.load(Ordering::Relaxed)
     }
 }
 
@@ -610,21 +650,10 @@ mod tests {
     }
 
     #[test]
-    fn backends_rotate_and_wrap() {
-        let r = route(
-            "r",
-            &["x.test"],
-            &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"],
-        );
-        let order = |r: &Route| {
-            r.backends_in_turn()
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(order(&r), ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
-        assert_eq!(order(&r), ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:1"]);
-        assert_eq!(order(&r), ["127.0.0.1:3", "127.0.0.1:1", "127.0.0.1:2"]);
-        assert_eq!(order(&r), ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+    fn turns_advance_per_connection_and_peeking_takes_none() {
+        let r = route("r", &["x.test"], &["127.0.0.1:1"]);
+        assert_eq!((r.peek_turn(), r.next_turn(), r.next_turn()), (0, 0, 1));
+        assert_eq!(r.peek_turn(), 2);
     }
 
     #[test]
@@ -749,12 +778,49 @@ mod tests {
                 cluster_id: Some("id".into()),
                 ..a.clone()
             },
+            RouteSpec {
+                zone: Some("z1".into()),
+                ..a.clone()
+            },
         ];
         for changed in changes {
             let what = format!("{changed:?}");
             assert_ne!(base, table(vec![changed, b.clone()]), "{what}");
         }
         assert_ne!(base, table(vec![a]));
+    }
+
+    #[test]
+    fn fingerprints_follow_endpoint_conditions_and_zones() {
+        let fingerprint = |facts: Vec<BackendFacts>| {
+            let specs = RouteSpec {
+                facts,
+                ..spec("a", &["a.test"], &["127.0.0.1:1", "127.0.0.1:2"])
+            };
+            Table::new(vec![Route::new(specs).unwrap()])
+                .unwrap()
+                .fingerprint()
+        };
+        let ready = BackendFacts::default();
+        let terminating = BackendFacts {
+            condition: Condition::Terminating,
+            ..BackendFacts::default()
+        };
+        let zoned = BackendFacts {
+            zone: Some("z1".into()),
+            ..BackendFacts::default()
+        };
+        let base = fingerprint(vec![ready.clone(), ready.clone()]);
+        assert_ne!(base, fingerprint(vec![ready.clone(), terminating]));
+        assert_ne!(base, fingerprint(vec![zoned, ready.clone()]));
+        let one = RouteSpec {
+            facts: vec![ready],
+            ..spec("a", &["a.test"], &["127.0.0.1:1", "127.0.0.1:2"])
+        };
+        assert!(matches!(
+            Route::new(one),
+            Err(TableError::FactsMismatch { .. })
+        ));
     }
 
     #[test]

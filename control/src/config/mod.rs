@@ -9,7 +9,8 @@
 //! idle_timeout: 1h                # optional
 //! max_client_hello: 16384         # optional, bytes, 512 to 1 MiB
 //! client_hello_memory: 64MiB      # optional: all unfinished hellos' buffers (B, KiB, MiB, GiB)
-//! kubernetes: {debounce: 100ms}   # optional: route HostedClusters too
+//! kubernetes: {debounce: 100ms}   # optional: route HostedClusters too; also
+//!                                 # backends: endpoints|service, zone: <zone>
 //! cluster_id_listen: 0.0.0.0:6443 # optional: PROXY-v2 listener routing by ClusterID
 //! revoke_grace: 30s               # optional: duration, or `off`
 //! routes:
@@ -150,14 +151,30 @@ pub enum LogFormat {
 pub struct KubernetesConfig {
     /// How long changes are batched after the first one before the table is rebuilt.
     pub debounce: Duration,
+    /// `backends`: where a Service's traffic goes.
+    pub backends: BackendsMode,
+    /// `zone`: this replica's zone; endpoints there take new connections first.
+    pub zone: Option<String>,
 }
 
 impl Default for KubernetesConfig {
     fn default() -> Self {
         Self {
             debounce: DEFAULT_DEBOUNCE,
+            backends: BackendsMode::default(),
+            zone: None,
         }
     }
+}
+
+/// `kubernetes.backends`: where a routed Service's connections go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackendsMode {
+    /// `endpoints`: to its pods, from its EndpointSlices (ClusterIP while it has none).
+    #[default]
+    Endpoints,
+    /// `service`: to its ClusterIP, as kube-proxy balances it.
+    Service,
 }
 
 /// One validated route.

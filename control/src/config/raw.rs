@@ -58,6 +58,8 @@ pub(super) struct RawOutlier {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawKubernetes {
     pub(super) debounce: Option<Spanned<String>>,
+    pub(super) backends: Option<Spanned<String>>,
+    pub(super) zone: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -393,6 +393,27 @@ fn kubernetes_cluster_id_listen_and_revoke_grace() {
         Duration::from_millis(20)
     );
     assert_eq!(config.proxy.revoke_grace, Some(Duration::from_secs(120)));
+
+    let kubernetes = |text: &str| {
+        Config::parse(&format!("{MINIMAL}{text}"), "t")
+            .unwrap()
+            .kubernetes
+            .unwrap()
+    };
+    assert_eq!(
+        kubernetes(
+            "kubernetes: {}
+"
+        )
+        .backends,
+        BackendsMode::Endpoints
+    );
+    let k = kubernetes(
+        "kubernetes: {backends: service, zone: eastus-1}
+",
+    );
+    assert_eq!(k.backends, BackendsMode::Service);
+    assert_eq!(k.zone.as_deref(), Some("eastus-1"));
 }
 
 #[test]
@@ -417,7 +438,14 @@ fn kubernetes_cluster_id_listen_and_revoke_grace_problems() {
     );
     assert_eq!(
         one_problem(&format!("{MINIMAL}kubernetes: {{kubeconfig: x}}\n")),
-        "2:14: unknown field `kubeconfig`, expected one of debounce"
+        "2:14: unknown field `kubeconfig`, expected one of debounce, backends, zone"
+    );
+    assert_eq!(
+        one_problem(&format!(
+            "{MINIMAL}kubernetes: {{backends: pods}}
+"
+        )),
+        "2:24: kubernetes.backends: \"pods\" is neither `endpoints` nor `service`"
     );
     assert_eq!(
         one_problem(&format!("{MINIMAL}cluster_id_listen: 6443\n")),

@@ -16,7 +16,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::raw::{OneOrMany, RawClientLimits, RawConfig, RawKubernetes, RawOutlier, RawRoute};
 use super::{
-    position, Config, KubernetesConfig, LogFormat, RouteConfig, DEFAULT_ADMIN,
+    position, BackendsMode, Config, KubernetesConfig, LogFormat, RouteConfig, DEFAULT_ADMIN,
     DEFAULT_CLIENT_BURST, DEFAULT_CLIENT_HELLO_MEMORY, DEFAULT_CLIENT_HELLO_TIMEOUT,
     DEFAULT_CLIENT_IPV6_PREFIX, DEFAULT_CLIENT_MAX_CONNECTIONS, DEFAULT_CLIENT_RATE,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_DEBUG, DEFAULT_DRAIN_TIMEOUT,
@@ -274,8 +274,30 @@ fn kubernetes(raw: RawKubernetes, p: &mut Problems<'_>) -> KubernetesConfig {
         }
         Some(d)
     });
+    let backends = raw.backends.and_then(|v| match v.value.as_str() {
+        "endpoints" => Some(BackendsMode::Endpoints),
+        "service" => Some(BackendsMode::Service),
+        other => {
+            p.at(
+                v.referenced,
+                None,
+                format!("kubernetes.backends: {other:?} is neither `endpoints` nor `service`"),
+            );
+            None
+        }
+    });
+    let zone = raw.zone.and_then(|v| {
+        let zone = v.value.trim();
+        if zone.is_empty() {
+            p.at(v.referenced, None, "kubernetes.zone: is empty".to_owned());
+            return None;
+        }
+        Some(zone.to_owned())
+    });
     KubernetesConfig {
         debounce: debounce.unwrap_or(DEFAULT_DEBOUNCE),
+        backends: backends.unwrap_or_default(),
+        zone,
     }
 }
 

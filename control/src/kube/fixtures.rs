@@ -6,7 +6,7 @@
 use super::objects::Guarded;
 use serde_json::{json, Value};
 
-use super::objects::{HostedCluster, OcpRoute, Service, HCP_ROUTE_LABEL};
+use super::objects::{EndpointSlice, HostedCluster, OcpRoute, Service, HCP_ROUTE_LABEL};
 use super::store::Object;
 
 /// The DNS zone fixture hostnames live in.
@@ -237,6 +237,62 @@ pub fn service_object(value: Value) -> Object {
     Object::Service(guard::<Service>(value))
 }
 
+/// An EndpointSlice object, as a watch delivers it.
+pub fn slice_object(value: Value) -> Object {
+    Object::EndpointSlice(guard::<EndpointSlice>(value))
+}
+
+/// An EndpointSlice of Service `service` in `hcp`, as the EndpointSlice controller writes it:
+/// one port named `port_name` (`None`: unnamed) at `port`, and `endpoints` of
+/// `(address, zone, ready, serving, terminating)`.
+pub fn endpoint_slice(
+    hcp: &str,
+    name: &str,
+    service: &str,
+    port_name: Option<&str>,
+    port: u16,
+    endpoints: &[(&str, &str, bool, bool, bool)],
+) -> Value {
+    let address_type = if endpoints.iter().any(|e| e.0.contains(':')) {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|&(address, zone, ready, serving, terminating)| {
+            json!({
+                "addresses": [address],
+                "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+                "nodeName": "node-1",
+                "zone": zone,
+                "targetRef": {"kind": "Pod", "namespace": hcp, "name": format!("{service}-{address}")}
+            })
+        })
+        .collect();
+    let mut port_json = json!({"port": port, "protocol": "TCP"});
+    if let Some(port_name) = port_name {
+        port_json["name"] = json!(port_name);
+    }
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": hcp,
+            "resourceVersion": "1",
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"
+            },
+            "generateName": format!("{service}-"),
+        },
+        "addressType": address_type,
+        "endpoints": endpoints,
+        "ports": [port_json]
+    })
+}
+
 fn guard<K: ::kube::Resource + serde::de::DeserializeOwned>(value: Value) -> Guarded<K> {
     // Through text, as the watcher receives objects: the guard keeps the raw JSON.
     serde_json::from_str(&value.to_string()).expect("fixture objects have metadata")
@@ -288,6 +344,10 @@ pub fn decode_list(kind: super::store::Kind, body: &[u8]) -> Vec<Object> {
         Kind::Service => items::<Service>(body)
             .into_iter()
             .map(Object::Service)
+            .collect(),
+        Kind::EndpointSlice => items::<EndpointSlice>(body)
+            .into_iter()
+            .map(Object::EndpointSlice)
             .collect(),
     }
 }

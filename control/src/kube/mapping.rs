@@ -26,17 +26,24 @@
 //!    (Azure `topology` `Private` or `PublicAndPrivate`, or Swift networking), where
 //!    HyperShift serves no such backend either.
 //!
+//! 7. With EndpointSlices known ([`Endpoints`]), a Service's backends are its pods: the
+//!    chosen Service port gives the port *name*, the EndpointSlice port of that name (or the
+//!    unnamed one) the number; IPv4 and IPv6 slices both count. Ready endpoints take
+//!    connections, serving-but-terminating ones only as a last resort, others none. A Service
+//!    with no slice or no serving endpoint goes to its ClusterIP, reported as a [`Fallback`].
+//!
 //! A Route that cannot be routed (missing or malformed Service, no ClusterIP, no port, a bad
 //! host) is left out and reported as a [`Rejection`]; the cluster's other routes still are.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use proxy::{Backend, HostPattern};
+use proxy::{Backend, BackendFacts, Condition, HostPattern};
 
-use super::objects::{HostedCluster, OcpRoute, Service};
+use super::objects::{EndpointSlice, HostedCluster, OcpRoute, Service};
 use proxy::RouteSpec;
 
 /// The Service HyperShift's kube-apiserver listens behind, in every control plane namespace.
@@ -76,6 +83,51 @@ pub struct Mapped {
     pub routes: Vec<RouteSpec>,
     /// Its Routes (or names) that could not be routed.
     pub rejections: Vec<Rejection>,
+    /// Services routed to their ClusterIP although EndpointSlices are known.
+    pub fallbacks: Vec<Fallback>,
+}
+
+/// The EndpointSlices naming a Service, by the Service's name.
+pub type SlicesOf<'a> = dyn Fn(&str) -> Vec<&'a EndpointSlice> + 'a;
+
+/// What a cluster's Services resolve to beyond their ClusterIP.
+#[derive(Clone, Copy)]
+pub struct Endpoints<'a> {
+    /// The EndpointSlices of the control plane namespace that name a Service, or `None`
+    /// when they are not known (`kubernetes.backends: service`, or not listable): then
+    /// every Service goes to its ClusterIP.
+    pub slices: Option<&'a SlicesOf<'a>>,
+    /// This replica's zone: endpoints there are preferred.
+    pub zone: Option<&'a str>,
+}
+
+impl Endpoints<'_> {
+    /// Every Service to its ClusterIP.
+    pub fn cluster_ip() -> Self {
+        Self {
+            slices: None,
+            zone: None,
+        }
+    }
+}
+
+/// A Service routed to its ClusterIP while EndpointSlices are known, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// `<namespace>/<name>` of the Service.
+    pub service: String,
+    /// Why: `no EndpointSlice` or `no serving endpoint`.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for Fallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Service {} has {}; routing to its ClusterIP",
+            self.service, self.reason
+        )
+    }
 }
 
 /// Why a whole hosted cluster is not routed.
@@ -208,7 +260,7 @@ pub fn source_of(namespace: &str, name: &str) -> String {
     format!("hostedcluster {namespace}/{name}")
 }
 
-/// Maps one HostedCluster to its routes.
+/// Maps one HostedCluster to its routes, every Service to its ClusterIP.
 ///
 /// `routes` are the labelled Routes of its control plane namespace (any order; names not
 /// served are ignored) and `service` finds a Service of that namespace by name.
@@ -216,6 +268,16 @@ pub fn map_cluster<'a>(
     hc: &HostedCluster,
     routes: impl IntoIterator<Item = &'a Parsed<OcpRoute>>,
     service: impl Fn(&str) -> Option<&'a Parsed<Service>>,
+) -> Mapped {
+    map_cluster_to(hc, routes, service, Endpoints::cluster_ip())
+}
+
+/// [`map_cluster`], each Service to its endpoints where `endpoints` knows them.
+pub fn map_cluster_to<'a, 'e>(
+    hc: &HostedCluster,
+    routes: impl IntoIterator<Item = &'a Parsed<OcpRoute>>,
+    service: impl Fn(&str) -> Option<&'a Parsed<Service>>,
+    endpoints: Endpoints<'e>,
 ) -> Mapped {
     let mut mapped = Mapped::default();
     let (Some(namespace), Some(name)) = (
@@ -260,6 +322,8 @@ pub fn map_cluster<'a>(
         hc_namespace: namespace,
         source: &source,
         allowed: &allowed,
+        endpoints,
+        fallbacks: RefCell::new(Vec::new()),
     };
 
     // Served Routes, in name order (the watch delivers them in any order).
@@ -346,19 +410,29 @@ pub fn map_cluster<'a>(
             }),
         }
     }
+    mapped.fallbacks = ctx.fallbacks.into_inner();
+    mapped.fallbacks.dedup();
     mapped
 }
 
 /// What every route of one cluster shares.
-struct Ctx<'c> {
+struct Ctx<'c, 'e> {
     hcp: &'c str,
     cluster: &'c str,
     hc_namespace: &'c str,
     source: &'c Arc<str>,
     allowed: &'c [IpNet],
+    endpoints: Endpoints<'e>,
+    fallbacks: RefCell<Vec<Fallback>>,
 }
 
-impl Ctx<'_> {
+/// A route's backends and what is known of each.
+struct Backends {
+    backends: Vec<Backend>,
+    facts: Vec<BackendFacts>,
+}
+
+impl Ctx<'_, '_> {
     /// The route for one served Route, and whether it goes to the kube-apiserver Service.
     fn route<'a>(
         &self,
@@ -399,14 +473,15 @@ impl Ctx<'_> {
         Ok((spec, target == KUBE_APISERVER_SERVICE))
     }
 
-    /// The ClusterIP:port of Service `name`, preferring `port` among its ports.
+    /// The endpoints of Service `name` for the port preferred (`port`, else its first), or
+    /// its ClusterIP:port when it has none.
     fn backend<'a>(
         &self,
         object: &str,
         name: &str,
         port: u16,
         service: &impl Fn(&str) -> Option<&'a Parsed<Service>>,
-    ) -> Result<Backend, Rejection> {
+    ) -> Result<Backends, Rejection> {
         let hcp = self.hcp;
         let reject = |reason, detail: String| Rejection {
             object: object.to_owned(),
@@ -436,36 +511,132 @@ impl Ctx<'_> {
                 format!("Service {hcp}/{name} has no usable spec.clusterIP ({raw_ip:?})"),
             )
         })?;
-        let ports: Vec<u16> = spec
+        let ports: Vec<(Option<&str>, u16)> = spec
             .ports
+            .as_deref()
             .unwrap_or_default()
             .iter()
-            .filter_map(|p| p.port.and_then(|n| u16::try_from(n).ok()))
-            .filter(|&n| n != 0)
+            .filter_map(|p| {
+                let number = p.port.and_then(|n| u16::try_from(n).ok())?;
+                Some((p.name.as_deref().filter(|n| !n.is_empty()), number))
+            })
+            .filter(|&(_, n)| n != 0)
             .collect();
-        let chosen = if ports.contains(&port) {
-            port
-        } else {
-            *ports.first().ok_or_else(|| {
+        let (port_name, chosen) = match ports.iter().find(|(_, n)| *n == port) {
+            Some(&found) => found,
+            None => *ports.first().ok_or_else(|| {
                 reject(
                     RejectReason::NoPort,
                     format!("Service {hcp}/{name} has no port from 1 to 65535"),
                 )
-            })?
+            })?,
         };
-        Ok(Backend::Addr(SocketAddr::new(ip, chosen)))
+        if let Some(slices) = self.endpoints.slices {
+            match endpoints_of(&slices(name), port_name) {
+                Ok(backends) => return Ok(backends),
+                Err(reason) => self.fallbacks.borrow_mut().push(Fallback {
+                    service: format!("{hcp}/{name}"),
+                    reason,
+                }),
+            }
+        }
+        Ok(Backends {
+            backends: vec![Backend::Addr(SocketAddr::new(ip, chosen))],
+            facts: Vec::new(),
+        })
     }
 
-    fn spec(&self, what: &str, hostnames: Vec<HostPattern>, backend: Backend) -> RouteSpec {
+    fn spec(&self, what: &str, hostnames: Vec<HostPattern>, backends: Backends) -> RouteSpec {
         let mut spec = RouteSpec::new(
             format!("{}/{}/{what}", self.hc_namespace, self.cluster),
             hostnames,
-            vec![backend],
+            backends.backends,
             self.source.clone(),
         );
+        if !backends.facts.is_empty() {
+            spec.facts = backends.facts;
+            spec.zone = self.endpoints.zone.map(Into::into);
+        }
         spec.allowed_cidrs = self.allowed.to_vec();
         spec
     }
+}
+
+/// The serving endpoints of a Service's `slices` on the port named `port_name` (`None`: the
+/// unnamed port), in address order; or why there are none.
+///
+/// Unset conditions mean what the EndpointSlice API documents: `ready` true, `serving` as
+/// `ready`, `terminating` false.
+fn endpoints_of(
+    slices: &[&EndpointSlice],
+    port_name: Option<&str>,
+) -> Result<Backends, &'static str> {
+    if slices.is_empty() {
+        return Err("no EndpointSlice");
+    }
+    let mut found: Vec<(SocketAddr, BackendFacts)> = Vec::new();
+    for slice in slices {
+        if !matches!(slice.address_type.as_deref(), Some("IPv4" | "IPv6")) {
+            continue;
+        }
+        let number = slice
+            .ports
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find_map(|p| {
+                let name = p.name.as_deref().filter(|n| !n.is_empty());
+                (name == port_name)
+                    .then(|| p.port.and_then(|n| u16::try_from(n).ok()))
+                    .flatten()
+                    .filter(|&n| n != 0)
+            });
+        let Some(number) = number else {
+            continue;
+        };
+        for endpoint in slice.endpoints.as_deref().unwrap_or_default() {
+            let Some(ip) = endpoint
+                .addresses
+                .as_deref()
+                .and_then(<[String]>::first)
+                .and_then(|a| a.parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            let conditions = endpoint.conditions.clone().unwrap_or_default();
+            let ready = conditions.ready.unwrap_or(true);
+            let serving = conditions.serving.unwrap_or(ready);
+            let terminating = conditions.terminating.unwrap_or(false);
+            let condition = if ready && !terminating {
+                Condition::Ready
+            } else if serving && terminating {
+                Condition::Terminating
+            } else {
+                continue;
+            };
+            let facts = BackendFacts {
+                zone: endpoint
+                    .zone
+                    .as_deref()
+                    .filter(|z| !z.is_empty())
+                    .map(Into::into),
+                condition,
+            };
+            found.push((SocketAddr::new(ip, number), facts));
+        }
+    }
+    // Slices arrive in any order, and a pod moving between slices can briefly be in two:
+    // one entry per address, its best condition, in a stable order.
+    found.sort_by_key(|(addr, facts)| (*addr, facts.condition));
+    found.dedup_by_key(|(addr, _)| *addr);
+    if found.is_empty() {
+        return Err("no serving endpoint");
+    }
+    let (backends, facts) = found
+        .into_iter()
+        .map(|(addr, facts)| (Backend::Addr(addr), facts))
+        .unzip();
+    Ok(Backends { backends, facts })
 }
 
 /// An exact hostname (a Route's host is never a pattern).

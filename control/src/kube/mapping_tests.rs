@@ -475,3 +475,177 @@ fn a_minimal_spec_still_maps() {
         )]
     );
 }
+
+/// Maps `world` with `slices` (EndpointSlices of its control plane namespace) and `zone`.
+fn map_to(world: &World, slices: &[Value], zone: Option<&str>) -> Mapped {
+    let hc: HostedCluster = serde_json::from_value(world.hc.clone()).unwrap();
+    let routes: Vec<Parsed<OcpRoute>> = world.routes.iter().cloned().map(parse).collect();
+    let services: HashMap<String, Parsed<Service>> = world
+        .services
+        .iter()
+        .cloned()
+        .map(|s| (s["metadata"]["name"].as_str().unwrap().to_owned(), parse(s)))
+        .collect();
+    let slices: Vec<EndpointSlice> = slices
+        .iter()
+        .map(|s| serde_json::from_value(s.clone()).unwrap())
+        .collect();
+    let of = |service: &str| -> Vec<&EndpointSlice> {
+        slices
+            .iter()
+            .filter(|s| s.service_name() == Some(service))
+            .collect()
+    };
+    let endpoints = Endpoints {
+        slices: Some(&of),
+        zone,
+    };
+    map_cluster_to(&hc, &routes, |name| services.get(name), endpoints)
+}
+
+fn kas(mapped: &Mapped) -> &RouteSpec {
+    mapped
+        .routes
+        .iter()
+        .find(|r| r.name.ends_with("/kube-apiserver"))
+        .unwrap()
+}
+
+#[test]
+fn a_service_routes_to_its_serving_endpoints_on_the_named_port() {
+    use crate::kube::fixtures::endpoint_slice;
+    let mut world = World::alpha();
+    world.service("kube-apiserver")["spec"]["ports"] = json!([
+        {"name": "metrics", "port": 2040, "targetPort": 2040},
+        {"name": "client", "port": 6443, "targetPort": "client"},
+    ]);
+    let v4 = endpoint_slice(
+        HCP,
+        "kube-apiserver-v4",
+        "kube-apiserver",
+        Some("client"),
+        6444,
+        &[
+            ("10.128.0.3", "z2", true, true, false),
+            ("10.128.0.1", "z1", true, true, false),
+            ("10.128.0.2", "z1", false, true, true),
+            ("10.128.0.4", "z1", false, false, false),
+            ("10.128.0.5", "z1", false, false, true),
+        ],
+    );
+    let mut metrics = endpoint_slice(
+        HCP,
+        "kube-apiserver-metrics",
+        "kube-apiserver",
+        Some("metrics"),
+        2041,
+        &[("10.128.0.9", "z1", true, true, false)],
+    );
+    metrics["metadata"]["resourceVersion"] = json!("2");
+    let v6 = endpoint_slice(
+        HCP,
+        "kube-apiserver-v6",
+        "kube-apiserver",
+        Some("client"),
+        6444,
+        &[("fd00::1", "", true, true, false)],
+    );
+    let mapped = map_to(&world, &[v4, metrics, v6], Some("z1"));
+    let route = kas(&mapped);
+    let backends: Vec<String> = route.backends.iter().map(ToString::to_string).collect();
+    // Not-ready and not-serving pods are left out; the metrics slice names another port.
+    assert_eq!(
+        backends,
+        [
+            "10.128.0.1:6444",
+            "10.128.0.2:6444",
+            "10.128.0.3:6444",
+            "[fd00::1]:6444"
+        ]
+    );
+    let facts: Vec<(Option<&str>, Condition)> = route
+        .facts
+        .iter()
+        .map(|f| (f.zone.as_deref(), f.condition))
+        .collect();
+    assert_eq!(
+        facts,
+        [
+            (Some("z1"), Condition::Ready),
+            (Some("z1"), Condition::Terminating),
+            (Some("z2"), Condition::Ready),
+            (None, Condition::Ready),
+        ]
+    );
+    assert_eq!(route.zone.as_deref(), Some("z1"));
+    // The other Services have no slice: their ClusterIP, each reported once.
+    assert_eq!(mapped.fallbacks.len(), 4, "{:?}", mapped.fallbacks);
+    assert!(mapped
+        .fallbacks
+        .iter()
+        .all(|f| f.reason == "no EndpointSlice" && f.service.starts_with(HCP)));
+    let oauth = mapped
+        .routes
+        .iter()
+        .find(|r| r.name.ends_with("/oauth"))
+        .unwrap();
+    assert!(oauth.facts.is_empty());
+    assert_eq!(oauth.zone, None);
+}
+
+#[test]
+fn an_unnamed_service_port_takes_the_unnamed_slice_port() {
+    use crate::kube::fixtures::endpoint_slice;
+    let mut world = World::alpha();
+    world.service("kube-apiserver")["spec"]["ports"] = json!([{"port": 6443}]);
+    let named = endpoint_slice(
+        HCP,
+        "a",
+        "kube-apiserver",
+        Some("client"),
+        1111,
+        &[("10.128.0.1", "z1", true, true, false)],
+    );
+    let unnamed = endpoint_slice(
+        HCP,
+        "b",
+        "kube-apiserver",
+        None,
+        2222,
+        &[("10.128.0.2", "z1", true, true, false)],
+    );
+    let mapped = map_to(&world, &[named, unnamed], None);
+    let backends: Vec<String> = kas(&mapped)
+        .backends
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(backends, ["10.128.0.2:2222"]);
+}
+
+#[test]
+fn a_service_without_serving_endpoints_falls_back_to_its_cluster_ip() {
+    use crate::kube::fixtures::endpoint_slice;
+    let world = World::alpha();
+    let clusterip = map_cluster_to_clusterip(&world);
+    let none_serving = endpoint_slice(
+        HCP,
+        "a",
+        "kube-apiserver",
+        Some("https"),
+        6444,
+        &[("10.128.0.1", "z1", false, false, false)],
+    );
+    let mapped = map_to(&world, &[none_serving], None);
+    assert_eq!(kas(&mapped), &clusterip);
+    assert!(mapped.fallbacks.contains(&Fallback {
+        service: format!("{HCP}/kube-apiserver"),
+        reason: "no serving endpoint",
+    }));
+    let mapped = map_to(&world, &[], None);
+    assert_eq!(kas(&mapped), &clusterip);
+}
+
+fn map_cluster_to_clusterip(world: &World) -> RouteSpec {
+    kas(&world.map()).clone()
+}

@@ -1,7 +1,7 @@
 //! The Kubernetes source: routes every hosted control plane of a HyperShift management
 //! cluster, live.
 //!
-//! Three watches (kube-runtime watchers, each retrying with backoff and relisting after a
+//! Four watches (kube-runtime watchers, each retrying with backoff and relisting after a
 //! 410 Gone) feed one loop:
 //!
 //! - HostedClusters (`hypershift.openshift.io/v1beta1`), all namespaces;
@@ -9,7 +9,10 @@
 //!   all namespaces;
 //! - Services (`v1`), all namespaces. One cluster-wide watch instead of one per control plane
 //!   namespace: 5,000 hosted clusters would otherwise hold 5,000 watch connections open on the
-//!   API server. Only name, ClusterIP and ports of each Service are kept.
+//!   API server. Only name, ClusterIP and ports of each Service are kept;
+//! - EndpointSlices (`discovery.k8s.io/v1`), all namespaces, with `kubernetes.backends:
+//!   endpoints`: a Service's pods, their ports, conditions and zones ([`zone`] is this
+//!   replica's).
 //!
 //! Each event marks the hosted clusters it concerns dirty ([`store`]); after a short debounce
 //! the dirty clusters, and only those, are mapped again ([`mapping`], a pure function) and the
@@ -20,7 +23,8 @@
 //! skipped, everything else keeps its last good routes.
 //!
 //! Read-only RBAC suffices: `get`, `list`, `watch` on `hostedclusters`
-//! (hypershift.openshift.io), `routes` (route.openshift.io) and `services` (core).
+//! (hypershift.openshift.io), `routes` (route.openshift.io), `services` (core) and
+//! `endpointslices` (discovery.k8s.io), and `get` on `nodes` (core) for the zone.
 
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
@@ -28,6 +32,7 @@ pub mod mapping;
 pub mod objects;
 pub mod source;
 pub mod store;
+pub mod zone;
 
 pub use mapping::{map_cluster, Mapped, RejectReason, Rejection, Skip};
 pub use source::{default_client, KubeSource, Readiness};

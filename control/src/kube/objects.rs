@@ -103,8 +103,9 @@ impl<K: ::kube::Resource<DynamicType = ()>> ::kube::Resource for Guarded<K> {
     }
 }
 
-/// Reads `metadata`'s name, namespace, resourceVersion and deletionTimestamp, skipping the
-/// rest without allocating for it.
+/// Reads `metadata`'s name, namespace, resourceVersion, deletionTimestamp and the
+/// `kubernetes.io/service-name` label (which only EndpointSlices carry), skipping the rest
+/// without allocating for it.
 fn slim_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -113,6 +114,12 @@ fn slim_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMet
         namespace: Option<String>,
         resource_version: Option<String>,
         deletion_timestamp: Option<Time>,
+        labels: Option<Labels>,
+    }
+    #[derive(Deserialize)]
+    struct Labels {
+        #[serde(rename = "kubernetes.io/service-name")]
+        service_name: Option<String>,
     }
     let slim = Option::<Slim>::deserialize(deserializer)?;
     Ok(slim.map_or_else(ObjectMeta::default, |slim| ObjectMeta {
@@ -120,6 +127,10 @@ fn slim_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMet
         namespace: slim.namespace,
         resource_version: slim.resource_version,
         deletion_timestamp: slim.deletion_timestamp,
+        labels: slim
+            .labels
+            .and_then(|l| l.service_name)
+            .map(|name| [(SERVICE_NAME_LABEL.to_owned(), name)].into()),
         ..ObjectMeta::default()
     }))
 }
@@ -329,6 +340,81 @@ pub struct ServicePort {
     pub port: Option<i32>,
 }
 
+// === EndpointSlice (discovery.k8s.io/v1) ===
+
+/// The label naming the Service an EndpointSlice belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// An EndpointSlice: some of a Service's pods, with their ports and conditions.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EndpointSlice {
+    /// Name, namespace, and the `kubernetes.io/service-name` label.
+    #[serde(default, deserialize_with = "slim_metadata")]
+    pub metadata: ObjectMeta,
+    /// `addressType`: `IPv4`, `IPv6` or `FQDN` (not routed).
+    #[serde(default, rename = "addressType")]
+    pub address_type: Option<String>,
+    /// `endpoints`.
+    #[serde(default)]
+    pub endpoints: Option<Vec<Endpoint>>,
+    /// `ports`: the same for every endpoint of the slice.
+    #[serde(default)]
+    pub ports: Option<Vec<EndpointPort>>,
+}
+
+resource!(
+    EndpointSlice,
+    "EndpointSlice",
+    "discovery.k8s.io",
+    "v1",
+    "endpointslices"
+);
+
+impl EndpointSlice {
+    /// The Service it belongs to, by its `kubernetes.io/service-name` label.
+    pub fn service_name(&self) -> Option<&str> {
+        self.metadata
+            .labels
+            .as_ref()?
+            .get(SERVICE_NAME_LABEL)
+            .map(String::as_str)
+    }
+}
+
+/// One of `endpoints` of an EndpointSlice: one pod.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Endpoint {
+    /// `addresses`: the pod's IPs (consumers use the first).
+    #[serde(default)]
+    pub addresses: Option<Vec<String>>,
+    /// `conditions`.
+    #[serde(default)]
+    pub conditions: Option<EndpointConditions>,
+    /// `zone`.
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+/// `conditions` of an endpoint; unset ones mean what the API documents (see the mapping).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EndpointConditions {
+    /// `ready`.
+    pub ready: Option<bool>,
+    /// `serving`.
+    pub serving: Option<bool>,
+    /// `terminating`.
+    pub terminating: Option<bool>,
+}
+
+/// One of `ports` of an EndpointSlice.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EndpointPort {
+    /// The Service port's name it serves (empty or unset for an unnamed port).
+    pub name: Option<String>,
+    /// The pod's port.
+    pub port: Option<i32>,
+}
+
 #[cfg(test)]
 mod tests {
     use ::kube::{Resource, ResourceExt};
@@ -347,6 +433,35 @@ mod tests {
             "/apis/route.openshift.io/v1/namespaces/ns/routes"
         );
         assert_eq!(Service::url_path(&(), None), "/api/v1/services");
+        assert_eq!(
+            EndpointSlice::url_path(&(), None),
+            "/apis/discovery.k8s.io/v1/endpointslices"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_slice_keeps_only_what_routing_reads() {
+        let slice: Guarded<EndpointSlice> = serde_json::from_str(
+            &json!({
+                "metadata": {"name": "kube-apiserver-x1", "namespace": "clusters-a",
+                             "labels": {"kubernetes.io/service-name": "kube-apiserver",
+                                        "endpointslice.kubernetes.io/managed-by": "c"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.0.0.1"], "zone": "z1",
+                               "conditions": {"ready": true, "serving": true, "terminating": false},
+                               "nodeName": "n1"}],
+                "ports": [{"name": "client", "port": 6443, "protocol": "TCP"}],
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let slice = slice.0.unwrap();
+        assert_eq!(slice.service_name(), Some("kube-apiserver"));
+        assert_eq!(slice.metadata.labels.as_ref().unwrap().len(), 1);
+        let endpoint = &slice.endpoints.unwrap()[0];
+        assert_eq!(endpoint.zone.as_deref(), Some("z1"));
+        assert_eq!(endpoint.conditions.as_ref().unwrap().ready, Some(true));
+        assert_eq!(slice.ports.unwrap()[0].port, Some(6443));
     }
 
     #[test]

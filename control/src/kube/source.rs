@@ -18,9 +18,10 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::objects::{HostedCluster, OcpRoute, Service, HCP_ROUTE_LABEL};
+use super::objects::{EndpointSlice, HostedCluster, OcpRoute, Service, HCP_ROUTE_LABEL};
 use super::store::{Kind, Object, Store};
-use crate::config::KubernetesConfig;
+use super::zone;
+use crate::config::{BackendsMode, KubernetesConfig};
 use crate::publish::Publisher;
 use crate::source::SourceKind;
 
@@ -37,7 +38,9 @@ impl Readiness {
     /// Before every kind has been listed once.
     pub fn waiting() -> Self {
         Self::NotReady(
-            "the kubernetes source has not listed HostedClusters, Routes and Services yet".into(),
+            "the kubernetes source has not listed HostedClusters, Routes, Services and \
+             EndpointSlices yet"
+                .into(),
         )
     }
 }
@@ -51,6 +54,8 @@ pub struct KubeSource {
     /// Malformed objects, left-out routes and broken clusters at the last rebuild: each new
     /// one is a source error that kept the rest.
     problems: AtomicU64,
+    /// The node this replica runs on, whose zone is preferred when `kubernetes.zone` is not set.
+    node: Option<String>,
 }
 
 type Events = Pin<Box<dyn Stream<Item = (Kind, Result<Event<Object>, watcher::Error>)> + Send>>;
@@ -73,13 +78,24 @@ impl KubeSource {
             publisher,
             ready,
             problems: AtomicU64::new(0),
+            node: None,
         }
+    }
+
+    /// The same source on node `node` (the downward API's `spec.nodeName`), whose
+    /// `topology.kubernetes.io/zone` label is the zone when `kubernetes.zone` is not set.
+    pub fn on_node(self, node: Option<String>) -> Self {
+        Self { node, ..self }
     }
 
     /// Watches until `shutdown`. Never fails: an unreachable API server, an expired watch or
     /// a bad object is logged and retried, and the last published routes stay in use.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let events = watch_all(&self.client);
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        if self.config.backends == BackendsMode::Endpoints {
+            let configured = self.config.zone.take();
+            self.config.zone = zone::zone(&self.client, configured, self.node.as_deref()).await;
+        }
+        let events = watch_all(&self.client, self.config.backends);
         let access = access_checks(self.client.clone());
         self.run_with(events, access, shutdown).await;
     }
@@ -87,15 +103,23 @@ impl KubeSource {
     async fn run_with(self, mut events: Events, access: Access, shutdown: CancellationToken) {
         // The checks end once everything is granted; fused, the ended stream stays quiet.
         let mut access = access.fuse();
-        let mut store = Store::new();
-        let mut listed = [false; 3];
+        let mut store = match self.config.backends {
+            BackendsMode::Endpoints => Store::to_endpoints(self.config.zone.clone()),
+            BackendsMode::Service => Store::new(),
+        };
+        let mut listed = [false; Kind::ALL.len()];
+        // Not watched: nothing to wait for.
+        listed[Kind::EndpointSlice as usize] = self.config.backends == BackendsMode::Service;
         // What the RBAC check found: None until it answers, then Ok or what is missing.
         let mut permitted: Option<Result<(), String>> = None;
         let mut published_once = false;
         let mut due: Option<Instant> = None;
         tracing::info!(
             debounce = ?self.config.debounce,
-            "kubernetes source watching HostedClusters, Routes labelled {HCP_ROUTE_LABEL} and Services"
+            backends = ?self.config.backends,
+            zone = self.config.zone.as_deref().unwrap_or("none"),
+            "kubernetes source watching HostedClusters, Routes labelled {HCP_ROUTE_LABEL}, \
+             Services and (with backends: endpoints) EndpointSlices"
         );
         loop {
             let all_listed = listed.iter().all(|&l| l);
@@ -136,7 +160,21 @@ impl KubeSource {
                         }
                         Err(error) => {
                             self.publisher.source_failed(SourceKind::Kubernetes, 1);
-                            if let Some(reason) = forbidden(kind, &error) {
+                            let refused = forbidden(kind, &error);
+                            let unlistable = match kind {
+                                Kind::EndpointSlice => refused.clone().or_else(|| not_served(&error)),
+                                _ => None,
+                            };
+                            if let Some(reason) = unlistable {
+                                // Endpoints are an improvement, not a need: without them
+                                // every Service goes to its ClusterIP, as before.
+                                if !listed[kind as usize] || !store.slices_unlisted() {
+                                    tracing::warn!("{reason}; routing every Service to its ClusterIP until EndpointSlices can be listed");
+                                }
+                                store.slices_unlistable();
+                                listed[kind as usize] = true;
+                            }
+                            if let Some(reason) = refused {
                                 // Readiness follows the RBAC check, not this answer: a
                                 // kube-apiserver that has just started refuses requests for a
                                 // moment before its authorizer has synced.
@@ -235,6 +273,7 @@ fn resource_of(kind: Kind) -> (&'static str, &'static str) {
         Kind::HostedCluster => ("hypershift.openshift.io", "hostedclusters"),
         Kind::Route => ("route.openshift.io", "routes"),
         Kind::Service => ("", "services"),
+        Kind::EndpointSlice => ("discovery.k8s.io", "endpointslices"),
     }
 }
 
@@ -325,6 +364,22 @@ fn forbidden(kind: Kind, error: &watcher::Error) -> Option<String> {
     })
 }
 
+/// For a 404 on the list of a collection: the API server does not serve the kind at all
+/// (an EndpointSlice API older than `discovery.k8s.io/v1`, or a server that is not a full
+/// kube-apiserver). Waiting for it would keep the source unready for good.
+fn not_served(error: &watcher::Error) -> Option<String> {
+    match error {
+        watcher::Error::InitialListFailed(::kube::Error::Api(status)) if status.code == 404 => {
+            Some(format!(
+                "the API server does not serve {} ({})",
+                resource(Kind::EndpointSlice),
+                status.message
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Feeds one watch event to the store; true if it completed a (re)list.
 fn apply(store: &mut Store, kind: Kind, event: Event<Object>) -> bool {
     match event {
@@ -341,7 +396,7 @@ fn apply(store: &mut Store, kind: Kind, event: Event<Object>) -> bool {
 }
 
 /// The three watches, merged into one stream of events tagged with their kind.
-fn watch_all(client: &Client) -> Events {
+fn watch_all(client: &Client, backends: BackendsMode) -> Events {
     let hosted_clusters = kind_stream(
         Api::<Guarded<HostedCluster>>::all(client.clone()),
         watcher::Config::default(),
@@ -360,7 +415,16 @@ fn watch_all(client: &Client) -> Events {
         Kind::Service,
         Object::Service,
     );
-    Box::pin(stream::select_all([hosted_clusters, routes, services]))
+    let mut all = vec![hosted_clusters, routes, services];
+    if backends == BackendsMode::Endpoints {
+        all.push(kind_stream(
+            Api::<Guarded<EndpointSlice>>::all(client.clone()),
+            watcher::Config::default(),
+            Kind::EndpointSlice,
+            Object::EndpointSlice,
+        ));
+    }
+    Box::pin(stream::select_all(all))
 }
 
 fn kind_stream<K>(api: Api<K>, config: watcher::Config, kind: Kind, wrap: fn(K) -> Object) -> Events
@@ -529,6 +593,9 @@ mod tests {
                 .collect(),
         );
         settle().await;
+        assert_eq!(src.generation(), 0, "EndpointSlices not listed yet");
+        src.list(Kind::EndpointSlice, Vec::new());
+        settle().await;
         assert_eq!(*src.ready.borrow(), Readiness::Ready);
         assert_eq!((src.generation(), src.routes()), (1, 10));
 
@@ -573,6 +640,24 @@ mod tests {
         src.list(Kind::HostedCluster, vec![hc_object(clusters[1].0.clone())]);
         settle().await;
         assert_eq!((src.generation(), src.routes()), (3, 5));
+
+        // A slice for c1's kube-apiserver moves its route to the pod.
+        let slice = fixtures::endpoint_slice(
+            "clusters-c1",
+            "kube-apiserver-a",
+            "kube-apiserver",
+            Some("https"),
+            6444,
+            &[("10.128.0.5", "z1", true, true, false)],
+        );
+        src.send(
+            Kind::EndpointSlice,
+            Event::Apply(fixtures::slice_object(slice)),
+        );
+        settle().await;
+        let snapshot = src.publisher.shared().load();
+        let kas = snapshot.table.route("clusters/c1/kube-apiserver").unwrap();
+        assert_eq!(kas.backends()[0].to_string(), "10.128.0.5:6444");
         src.shutdown.cancel();
     }
 
@@ -588,9 +673,8 @@ mod tests {
         )
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_verb_rbac_does_not_grant_keeps_it_unready_and_names_it() {
-        let src = Running::start();
+    /// Lists cluster c0's HostedCluster, Routes and Services; EndpointSlices are the test's.
+    fn list_one_cluster(src: &Running) {
         let cluster = fixtures::cluster("clusters", "c0", 0);
         src.list(Kind::HostedCluster, vec![hc_object(cluster.0.clone())]);
         src.list(
@@ -601,7 +685,26 @@ mod tests {
             Kind::Service,
             cluster.2.iter().cloned().map(service_object).collect(),
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_verb_rbac_does_not_grant_keeps_it_unready_and_names_it() {
+        let src = Running::start();
+        list_one_cluster(&src);
+        // EndpointSlices forbidden: every Service to its ClusterIP, and nothing waits for them.
+        src.tx
+            .send((
+                Kind::EndpointSlice,
+                Err(watcher::Error::InitialListFailed(forbidden_error(
+                    "list",
+                    "endpointslices",
+                ))),
+            ))
+            .unwrap();
         settle().await;
+        let snapshot = src.publisher.shared().load();
+        let kas = snapshot.table.route("clusters/c0/kube-apiserver").unwrap();
+        assert_eq!(kas.backends()[0].to_string(), "172.16.0.1:6443");
         // Published, but the RBAC check has not answered yet.
         assert_eq!(src.routes(), 5);
         assert!(matches!(&*src.ready.borrow(), Readiness::NotReady(why) if why.contains("RBAC")));
@@ -634,7 +737,34 @@ mod tests {
             .unwrap();
         settle().await;
         assert_eq!(*src.ready.borrow(), Readiness::Ready);
-        assert_eq!(src.source_errors(), 1);
+        assert_eq!(src.source_errors(), 2);
+        src.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoint_slices_not_served_leave_cluster_ips_and_readiness_alone() {
+        let src = Running::start();
+        list_one_cluster(&src);
+        let not_found = ::kube::Error::Api(
+            ::kube::core::Status::failure(
+                "the server could not find the requested resource",
+                "NotFound",
+            )
+            .with_code(404)
+            .boxed(),
+        );
+        src.tx
+            .send((
+                Kind::EndpointSlice,
+                Err(watcher::Error::InitialListFailed(not_found)),
+            ))
+            .unwrap();
+        src.access.send(Ok(())).unwrap();
+        settle().await;
+        assert_eq!(*src.ready.borrow(), Readiness::Ready);
+        let snapshot = src.publisher.shared().load();
+        let kas = snapshot.table.route("clusters/c0/kube-apiserver").unwrap();
+        assert_eq!(kas.backends()[0].to_string(), "172.16.0.1:6443");
         src.shutdown.cancel();
     }
 

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use super::objects::Guarded;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::mapping::{self, Invalid, Mapped, Parsed, Rejection, Skip};
-use super::objects::{HostedCluster, OcpRoute, Service};
+use super::mapping::{self, Endpoints, Fallback, Invalid, Mapped, Parsed, Rejection, Skip};
+use super::objects::{EndpointSlice, HostedCluster, OcpRoute, Service};
 use proxy::RouteSpec;
 
 /// The kinds watched.
@@ -30,11 +30,18 @@ pub enum Kind {
     Route,
     /// v1 Service.
     Service,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
 }
 
 impl Kind {
     /// Every kind, in the order they are watched.
-    pub const ALL: [Kind; 3] = [Kind::HostedCluster, Kind::Route, Kind::Service];
+    pub const ALL: [Kind; 4] = [
+        Kind::HostedCluster,
+        Kind::Route,
+        Kind::Service,
+        Kind::EndpointSlice,
+    ];
 
     /// The kind's name, as in its manifests.
     pub fn as_str(self) -> &'static str {
@@ -42,6 +49,7 @@ impl Kind {
             Self::HostedCluster => "HostedCluster",
             Self::Route => "Route",
             Self::Service => "Service",
+            Self::EndpointSlice => "EndpointSlice",
         }
     }
 
@@ -65,6 +73,8 @@ pub enum Object {
     Route(Guarded<OcpRoute>),
     /// A Service.
     Service(Guarded<Service>),
+    /// An EndpointSlice.
+    EndpointSlice(Guarded<EndpointSlice>),
 }
 
 /// A HostedCluster's namespace and name.
@@ -104,6 +114,7 @@ enum Entry {
     Cluster(Key, ClusterEntry),
     Route(String, String, Stored<OcpRoute>),
     Service(String, String, Stored<Service>),
+    Slice(String, String, Stored<EndpointSlice>),
 }
 
 /// What the last build of one cluster gave, so only changes are logged.
@@ -112,7 +123,22 @@ struct Built {
     routes: Arc<[RouteSpec]>,
     skipped: Option<Skip>,
     rejections: Vec<Rejection>,
+    fallbacks: Vec<Fallback>,
     invalid: Option<String>,
+}
+
+/// Whether Services resolve to their EndpointSlices' endpoints.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+enum SliceMode {
+    /// Every Service to its ClusterIP (`kubernetes.backends: service`).
+    #[default]
+    ClusterIp,
+    /// To endpoints, preferring `zone`; `listable` false while EndpointSlices cannot be
+    /// listed (RBAC), when every Service goes to its ClusterIP.
+    Endpoints {
+        zone: Option<String>,
+        listable: bool,
+    },
 }
 
 /// Counts of what a store found wrong, for logs and metrics.
@@ -141,12 +167,14 @@ pub struct Store {
     clusters: HashMap<Key, ClusterEntry>,
     routes: ByNamespace<OcpRoute>,
     services: ByNamespace<Service>,
+    slices: ByNamespace<EndpointSlice>,
+    mode: SliceMode,
     /// Control plane namespace -> the HostedClusters using it (normally one).
     by_hcp: HashMap<String, Vec<Key>>,
     built: BTreeMap<Key, Built>,
     dirty: HashSet<Key>,
     /// Objects of a relist under way, per kind.
-    relisting: [Option<Vec<Entry>>; 3],
+    relisting: [Option<Vec<Entry>>; 4],
     problems: Problems,
 }
 
@@ -156,6 +184,7 @@ impl fmt::Debug for Entry {
             Self::Cluster(key, _) => write!(f, "HostedCluster {key}"),
             Self::Route(ns, name, _) => write!(f, "Route {ns}/{name}"),
             Self::Service(ns, name, _) => write!(f, "Service {ns}/{name}"),
+            Self::Slice(ns, name, _) => write!(f, "EndpointSlice {ns}/{name}"),
         }
     }
 }
@@ -166,6 +195,39 @@ impl Store {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store routing Services to their endpoints, preferring those in `zone`.
+    pub fn to_endpoints(zone: Option<String>) -> Self {
+        Self {
+            mode: SliceMode::Endpoints {
+                zone,
+                listable: true,
+            },
+            ..Self::default()
+        }
+    }
+
+    /// Whether Services go to their ClusterIP because EndpointSlices cannot be listed.
+    pub fn slices_unlisted(&self) -> bool {
+        matches!(
+            self.mode,
+            SliceMode::Endpoints {
+                listable: false,
+                ..
+            }
+        )
+    }
+
+    /// EndpointSlices cannot be listed (RBAC): route every Service to its ClusterIP until
+    /// their next list completes.
+    pub fn slices_unlistable(&mut self) {
+        if let SliceMode::Endpoints { listable, .. } = &mut self.mode {
+            if *listable {
+                *listable = false;
+                self.dirty.extend(self.clusters.keys().cloned());
+            }
+        }
     }
 
     /// An object was added or changed.
@@ -195,6 +257,10 @@ impl Store {
                 remove_from(&mut self.services, &ns, &name);
                 self.touch_namespace(&ns);
             }
+            Entry::Slice(ns, name, _) => {
+                remove_from(&mut self.slices, &ns, &name);
+                self.touch_namespace(&ns);
+            }
         }
     }
 
@@ -209,6 +275,7 @@ impl Store {
             Object::HostedCluster(_) => Kind::HostedCluster,
             Object::Route(_) => Kind::Route,
             Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
         };
         let Some(entry) = self.entry(object) else {
             return;
@@ -272,6 +339,22 @@ impl Store {
                     self.touch_namespace(&ns);
                 }
             }
+            Kind::EndpointSlice => {
+                let fresh = collect(buffer, |e| match e {
+                    Entry::Slice(ns, name, stored) => Some((ns, name, stored)),
+                    _ => None,
+                });
+                let old = std::mem::replace(&mut self.slices, fresh);
+                if let SliceMode::Endpoints { listable, .. } = &mut self.mode {
+                    if !*listable {
+                        *listable = true;
+                        self.dirty.extend(self.clusters.keys().cloned());
+                    }
+                }
+                for ns in changed_namespaces(&old, &self.slices) {
+                    self.touch_namespace(&ns);
+                }
+            }
         }
     }
 
@@ -312,6 +395,7 @@ impl Store {
                 routes: Arc::new([]),
                 skipped: None,
                 rejections: Vec::new(),
+                fallbacks: Vec::new(),
                 invalid: None,
             });
             self.report(&key, &before, &built);
@@ -350,27 +434,50 @@ impl Store {
                 routes: Arc::new([]),
                 skipped: None,
                 rejections: Vec::new(),
+                fallbacks: Vec::new(),
                 invalid: entry.invalid.clone(),
             });
         };
         let hcp = mapping::hcp_namespace(&key.namespace, &key.name);
         let routes = self.routes.get(&hcp);
         let services = self.services.get(&hcp);
+        let slices = self.slices.get(&hcp);
+        let of_service = |service: &str| -> Vec<&EndpointSlice> {
+            slices
+                .into_iter()
+                .flat_map(|m| m.values())
+                .filter_map(|s| s.value.as_ref().ok())
+                .filter(|slice| slice.service_name() == Some(service))
+                .collect()
+        };
+        let endpoints = match &self.mode {
+            SliceMode::Endpoints {
+                zone,
+                listable: true,
+            } => Endpoints {
+                slices: Some(&of_service),
+                zone: zone.as_deref(),
+            },
+            _ => Endpoints::cluster_ip(),
+        };
         let Mapped {
             skipped,
             routes,
             rejections,
-        } = mapping::map_cluster(
+            fallbacks,
+        } = mapping::map_cluster_to(
             hc,
             routes
                 .into_iter()
                 .flat_map(|m| m.values().map(|s| &s.value)),
             |name| services.and_then(|m| m.get(name)).map(|s| &s.value),
+            endpoints,
         );
         Some(Built {
             routes: routes.into(),
             skipped,
             rejections,
+            fallbacks,
             invalid: entry.invalid.clone(),
         })
     }
@@ -402,6 +509,11 @@ impl Store {
                 );
             }
         }
+        for fallback in &now.fallbacks {
+            if !before.fallbacks.contains(fallback) {
+                tracing::info!(hostedcluster = %key, service = fallback.service, "{fallback}");
+            }
+        }
     }
 
     /// Reduces a watched object to what is stored; `None` (logged) if it has no name.
@@ -410,6 +522,7 @@ impl Store {
             Object::HostedCluster(g) => (Kind::HostedCluster, meta_of(g), error_of(&g.0)),
             Object::Route(g) => (Kind::Route, meta_of(g), error_of(&g.0)),
             Object::Service(g) => (Kind::Service, meta_of(g), error_of(&g.0)),
+            Object::EndpointSlice(g) => (Kind::EndpointSlice, meta_of(g), error_of(&g.0)),
         };
         let namespace = meta.namespace.clone().unwrap_or_default();
         let name = meta.name.clone().unwrap_or_default();
@@ -459,6 +572,10 @@ impl Store {
                 let value = g.0.map_err(|e| invalid(e.error));
                 Entry::Service(namespace, name.clone(), Stored { rv, value })
             }
+            Object::EndpointSlice(g) => {
+                let value = g.0.map_err(|e| invalid(e.error));
+                Entry::Slice(namespace, name.clone(), Stored { rv, value })
+            }
         })
     }
 
@@ -482,6 +599,13 @@ impl Store {
             }
             Entry::Service(ns, name, stored) => {
                 self.services
+                    .entry(ns.clone())
+                    .or_default()
+                    .insert(name, stored);
+                self.touch_namespace(&ns);
+            }
+            Entry::Slice(ns, name, stored) => {
+                self.slices
                     .entry(ns.clone())
                     .or_default()
                     .insert(name, stored);

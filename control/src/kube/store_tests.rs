@@ -209,3 +209,64 @@ fn objects_without_a_name_are_ignored() {
     assert_eq!(store.problems().malformed, 1);
     assert_eq!(store.dirty(), 0);
 }
+
+#[test]
+fn endpoint_slices_rebuild_only_their_cluster_and_unlistable_slices_fall_back() {
+    let clusters: Vec<_> = (0..2)
+        .map(|i| fixtures::cluster("clusters", &format!("c{i}"), i))
+        .collect();
+    let mut store = Store::to_endpoints(Some("z1".into()));
+    relist(&mut store, &clusters);
+    store.relist_begin(Kind::EndpointSlice);
+    store.relist_done(Kind::EndpointSlice);
+    store.rebuild();
+    let kas = "clusters/c0/kube-apiserver";
+    assert_eq!(backend_of(&store, kas).as_deref(), Some("172.16.0.1:6443"));
+
+    let slice = |rv: u64, ready: bool| {
+        fixtures::slice_object(with_rv(
+            fixtures::endpoint_slice(
+                "clusters-c0",
+                "kube-apiserver-x",
+                "kube-apiserver",
+                Some("https"),
+                6444,
+                &[("10.128.0.1", "z1", ready, true, !ready)],
+            ),
+            rv,
+        ))
+    };
+    store.apply(slice(2, true));
+    assert_eq!(store.dirty(), 1, "only the slice's cluster");
+    assert!(store.rebuild().changed);
+    assert_eq!(backend_of(&store, kas).as_deref(), Some("10.128.0.1:6444"));
+    let facts = |store: &Store| {
+        store
+            .routes()
+            .into_iter()
+            .find(|r| &*r.name == kas)
+            .unwrap()
+            .facts
+    };
+    assert_eq!(facts(&store)[0].condition, proxy::Condition::Ready);
+
+    // A pod turning terminating changes the route (and so the table).
+    store.apply(slice(3, false));
+    assert!(store.rebuild().changed);
+    assert_eq!(facts(&store)[0].condition, proxy::Condition::Terminating);
+
+    // Slices no longer listable: every cluster back to its ClusterIP until they are.
+    store.slices_unlistable();
+    assert_eq!(store.dirty(), 2);
+    store.rebuild();
+    assert_eq!(backend_of(&store, kas).as_deref(), Some("172.16.0.1:6443"));
+    store.relist_begin(Kind::EndpointSlice);
+    store.relist_apply(slice(3, true));
+    store.relist_done(Kind::EndpointSlice);
+    store.rebuild();
+    assert_eq!(backend_of(&store, kas).as_deref(), Some("10.128.0.1:6444"));
+
+    store.delete(slice(4, true));
+    store.rebuild();
+    assert_eq!(backend_of(&store, kas).as_deref(), Some("172.16.0.1:6443"));
+}

@@ -1,0 +1,121 @@
+//! Which backend a new connection goes to: the one ordering that the connect step follows
+//! and `explain` shows, pure so it is tested and benchmarked without sockets.
+
+use crate::table::{Condition, RouteSpec};
+
+/// How a backend stands for new connections, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Standing {
+    /// Ready, in the route's zone (or the route prefers no zone).
+    Near,
+    /// Ready, in another zone: taken when no near one is left.
+    Far,
+    /// Serving but terminating (a pod being rolled): a last resort.
+    Terminating,
+}
+
+impl Standing {
+    /// `near`, `far` or `terminating`, as `/routes` and `explain` show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Near => "near",
+            Self::Far => "far",
+            Self::Terminating => "terminating",
+        }
+    }
+
+    /// How backend `index` of `spec` stands, from what the source knows of it.
+    pub fn of(spec: &RouteSpec, index: usize) -> Self {
+        match spec.facts.get(index) {
+            None => Self::Near,
+            Some(facts) => match facts.condition {
+                Condition::Terminating => Self::Terminating,
+                Condition::Ready if spec.zone.is_some() && facts.zone != spec.zone => Self::Far,
+                Condition::Ready => Self::Near,
+            },
+        }
+    }
+}
+
+/// One place a new connection could go, as it stands now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate<A> {
+    /// The address (or, unresolved, the backend).
+    pub at: A,
+    /// Its zone and condition.
+    pub standing: Standing,
+    /// Whether passive health ejected it.
+    pub ejected: bool,
+    /// Forwarded connections open to it through this replica.
+    pub open: usize,
+}
+
+/// The order a new connection tries `candidates` in, as indices: those not ejected first
+/// (a route whose endpoints are all ejected still tries them, last), then by standing, then
+/// the fewest open (least connections), then round robin from `turn` among equals.
+///
+/// The one ordering: the connect step takes its first untried entry, `explain` shows it.
+pub fn order<A>(candidates: &[Candidate<A>], turn: usize) -> Vec<usize> {
+    let n = candidates.len();
+    // Rotated to start at the turn, then sorted stably: equals keep the rotation.
+    let mut order: Vec<usize> = (0..n).map(|k| (turn % n.max(1) + k) % n).collect();
+    order.sort_by_key(|&i| {
+        let c = &candidates[i];
+        (c.ejected, c.standing, c.open)
+    });
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Backend;
+
+    fn c(standing: Standing, ejected: bool, open: usize) -> Candidate<()> {
+        Candidate {
+            at: (),
+            standing,
+            ejected,
+            open,
+        }
+    }
+
+    #[test]
+    fn orders_by_health_then_standing_then_load_then_turn() {
+        use Standing::{Far, Near, Terminating};
+        let all = [
+            c(Near, true, 0),
+            c(Terminating, false, 0),
+            c(Far, false, 0),
+            c(Near, false, 2),
+            c(Near, false, 1),
+            c(Near, false, 1),
+        ];
+        assert_eq!(order(&all, 0), [4, 5, 3, 2, 1, 0]);
+        assert_eq!(order(&all, 5), [5, 4, 3, 2, 1, 0], "equals in turn");
+        let equal = [c(Near, false, 0), c(Near, false, 0), c(Near, false, 0)];
+        assert_eq!(order(&equal, 4), [1, 2, 0]);
+        assert!(order::<()>(&[], 3).is_empty());
+    }
+
+    #[test]
+    fn standing_follows_the_facts_and_the_zone() {
+        use crate::table::BackendFacts;
+        let a = Backend::parse("10.0.0.1:1").unwrap();
+        let mut spec = RouteSpec::new("r", Vec::new(), vec![a.clone(), a.clone(), a], "t");
+        assert_eq!(Standing::of(&spec, 0), Standing::Near, "no facts: near");
+        let fact = |zone: &str, condition| BackendFacts {
+            zone: Some(zone.into()),
+            condition,
+        };
+        spec.facts = vec![
+            fact("a", Condition::Ready),
+            fact("b", Condition::Ready),
+            fact("a", Condition::Terminating),
+        ];
+        assert_eq!(Standing::of(&spec, 1), Standing::Near, "no zone preferred");
+        spec.zone = Some("a".into());
+        let got: Vec<_> = (0..3).map(|i| Standing::of(&spec, i)).collect();
+        assert_eq!(got, [Standing::Near, Standing::Far, Standing::Terminating]);
+    }
+}
