@@ -34,6 +34,10 @@ EXPECTED_RULES = {
     ("hypershift.openshift.io", "hostedclusters"): {"get", "list", "watch"},
     ("route.openshift.io", "routes"): {"get", "list", "watch"},
     ("", "services"): {"get", "list", "watch"},
+    # The pods behind each Service (kubernetes.backends: endpoints).
+    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
+    # The zone of the node this replica runs on (topology.kubernetes.io/zone), one get.
+    ("", "nodes"): {"get"},
 }
 BASE_KINDS = {
     "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
