@@ -393,6 +393,14 @@ pub(crate) mod tests {
     impl Logs {
         /// Sends this thread's events here until the guard drops.
         pub(crate) fn capture(&self) -> tracing::subscriber::DefaultGuard {
+            // tracing caches each callsite's interest process-wide, computed on whichever
+            // thread reaches it first: a test thread without a subscriber would cache "never"
+            // and blind every capture of that line (seen once in a loaded full run). A global
+            // do-nothing registry, interested in everything, keeps the cache open.
+            static ANCHOR: std::sync::Once = std::sync::Once::new();
+            ANCHOR.call_once(|| {
+                let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+            });
             let logs = self.clone();
             let subscriber = tracing_subscriber::fmt()
                 .with_ansi(false)
