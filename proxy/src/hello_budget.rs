@@ -139,8 +139,9 @@ impl<S> Ledger<S> {
     }
 }
 
-/// The shared budget: the [`Ledger`] behind one lock, taken only when a buffer grows (a few
-/// times per connection), never per read into room already reserved.
+/// The shared budget: the [`Ledger`] behind one lock, taken when a connection opens (its
+/// ticket) and when its buffer grows (a few times per connection), never per read into room
+/// already reserved.
 #[derive(Debug)]
 pub struct HelloBudget {
     ledger: Mutex<Ledger<Arc<Notify>>>,
