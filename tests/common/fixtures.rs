@@ -33,19 +33,9 @@ pub fn with_sni(hello: &[u8], name: &[u8]) -> Vec<u8> {
     assert_eq!(record_len + 5, hello.len(), "single-record hellos only");
     assert_eq!(hello[5], 0x01, "not a ClientHello");
     let body = &hello[9..];
-    // version (2) + random (32), then session id, cipher suites, compression methods.
-    let mut at = 34;
-    at += 1 + body[at] as usize;
-    at += 2 + u16::from_be_bytes([body[at], body[at + 1]]) as usize;
-    at += 1 + body[at] as usize;
-    let ext_total = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
+    let (at, ext_total) = super::hellos::extensions_of(body);
     let prefix = &body[..at];
     let exts = &body[at + 2..at + 2 + ext_total];
-    assert_eq!(
-        at + 2 + ext_total,
-        body.len(),
-        "trailing bytes after extensions"
-    );
 
     let mut new_exts = Vec::new();
     let mut i = 0;

@@ -8,17 +8,7 @@ pub fn padded_handshake(hello: &[u8], len: usize) -> Vec<u8> {
     assert_eq!(record_len + 5, hello.len(), "single-record hellos only");
     let message = &hello[5..];
     let body = &message[4..];
-    // version (2) + random (32), then session id, cipher suites, compression methods.
-    let mut at = 34;
-    at += 1 + body[at] as usize;
-    at += 2 + u16::from_be_bytes([body[at], body[at + 1]]) as usize;
-    at += 1 + body[at] as usize;
-    let extensions = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
-    assert_eq!(
-        at + 2 + extensions,
-        body.len(),
-        "bytes after the extensions"
-    );
+    let (at, extensions) = extensions_of(body);
     let padding = len
         .checked_sub(message.len() + 4)
         .expect("the hello is already longer");
@@ -31,6 +21,19 @@ pub fn padded_handshake(hello: &[u8], len: usize) -> Vec<u8> {
     out.extend_from_slice(&(padding as u16).to_be_bytes());
     out.resize(len, 0);
     out
+}
+
+/// Where the extensions block of the ClientHello `body` (the message after its 4-byte header)
+/// starts, at its two-byte length, and that length. Panics on bytes after the block.
+pub fn extensions_of(body: &[u8]) -> (usize, usize) {
+    // version (2) + random (32), then session id, cipher suites, compression methods.
+    let mut at = 34;
+    at += 1 + body[at] as usize;
+    at += 2 + u16::from_be_bytes([body[at], body[at + 1]]) as usize;
+    at += 1 + body[at] as usize;
+    let len = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
+    assert_eq!(at + 2 + len, body.len(), "bytes after the extensions");
+    (at, len)
 }
 
 /// `handshake` framed as handshake records of `size` bytes each (the last one less).
