@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -35,7 +36,8 @@ impl fmt::Display for Evicted {
     }
 }
 
-/// A pending connection's place in the [`Ledger`]: also its age, as tickets only grow.
+/// A pending connection's place in the [`Ledger`]: also its age, as the caller hands tickets
+/// out in the order connections open.
 pub type Ticket = u64;
 
 #[derive(Debug)]
@@ -51,7 +53,6 @@ struct Entry<S> {
 pub struct Ledger<S> {
     limit: usize,
     held: usize,
-    next: Ticket,
     // Ordered by age: the first entry is the oldest hello holding memory. O(log n) a change.
     pending: BTreeMap<Ticket, Entry<S>>,
 }
@@ -62,16 +63,8 @@ impl<S> Ledger<S> {
         Self {
             limit,
             held: 0,
-            next: 0,
             pending: BTreeMap::new(),
         }
-    }
-
-    /// A new pending connection's ticket; it holds nothing until it reserves.
-    pub fn open(&mut self) -> Ticket {
-        let ticket = self.next;
-        self.next += 1;
-        ticket
     }
 
     /// Grows `ticket`'s reservation from `from` bytes (what it holds, as its caller counts)
@@ -139,12 +132,14 @@ impl<S> Ledger<S> {
     }
 }
 
-/// The shared budget: the [`Ledger`] behind one lock, taken when a connection opens (its
-/// ticket) and when its buffer grows (a few times per connection), never per read into room
-/// already reserved.
+/// The shared budget: the [`Ledger`] behind one lock, taken only when a buffer grows (a few
+/// times per connection), never when a connection opens or per read into room already
+/// reserved.
 #[derive(Debug)]
 pub struct HelloBudget {
     ledger: Mutex<Ledger<Arc<Notify>>>,
+    /// The next connection's ticket: an atomic, so opening takes no lock.
+    next: AtomicU64,
     /// `sniroute_client_hello_memory_bytes`, set under the lock so it follows every change.
     held: Gauge,
 }
@@ -154,6 +149,7 @@ impl HelloBudget {
     pub fn new(limit: usize, held: Gauge) -> Self {
         Self {
             ledger: Mutex::new(Ledger::new(limit)),
+            next: AtomicU64::new(0),
             held,
         }
     }
@@ -163,13 +159,14 @@ impl HelloBudget {
         self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a connection that starts reading its first bytes.
+    /// Registers a connection that starts reading its first bytes: no lock and no allocation
+    /// until it reserves.
     pub fn open(&self) -> Pending<'_> {
         Pending {
             budget: self,
-            ticket: self.lock().open(),
+            ticket: self.next.fetch_add(1, Ordering::Relaxed),
             reserved: 0,
-            evicted: Arc::new(Notify::new()),
+            evicted: None,
         }
     }
 
@@ -185,13 +182,14 @@ pub struct Pending<'a> {
     budget: &'a HelloBudget,
     ticket: Ticket,
     reserved: usize,
-    evicted: Arc<Notify>,
+    /// Made at the first reservation: only a connection holding bytes can be evicted.
+    evicted: Option<Arc<Notify>>,
 }
 
 impl Pending<'_> {
     /// Reserves `capacity` bytes in all for this connection's buffer, before it grows to that.
     pub fn reserve(&mut self, capacity: usize) -> Result<(), Evicted> {
-        let evicted = &self.evicted;
+        let evicted = self.evicted.get_or_insert_with(|| Arc::new(Notify::new()));
         let mut ledger = self.budget.lock();
         let reserved = ledger.reserve(
             self.ticket,
@@ -209,7 +207,11 @@ impl Pending<'_> {
     /// Completes once another connection's reservation has evicted this one. (`notify_one`
     /// keeps a permit: an eviction while the task was not waiting is not lost.)
     pub async fn evicted(&self) {
-        self.evicted.notified().await;
+        match &self.evicted {
+            Some(evicted) => evicted.notified().await,
+            // Nothing reserved yet, so nothing to evict; the caller asks again after reserving.
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -235,9 +237,12 @@ mod tests {
         name: char,
     }
 
-    fn open(ledger: &mut Ledger<char>, name: char) -> Conn {
+    /// Tickets in opening order, as [`HelloBudget::open`] hands them out.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+
+    fn open(name: char) -> Conn {
         Conn {
-            ticket: ledger.open(),
+            ticket: NEXT.fetch_add(1, Ordering::Relaxed),
             held: 0,
             name,
         }
@@ -257,8 +262,8 @@ mod tests {
     #[test]
     fn growth_within_the_limit_evicts_nobody() {
         let mut ledger = Ledger::new(10_000);
-        let mut a = open(&mut ledger, 'a');
-        let mut b = open(&mut ledger, 'b');
+        let mut a = open('a');
+        let mut b = open('b');
         assert_eq!(grow(&mut ledger, &mut a, 1024), (true, vec![]));
         assert_eq!(grow(&mut ledger, &mut b, 2048), (true, vec![]));
         assert_eq!(grow(&mut ledger, &mut a, 4096), (true, vec![]));
@@ -269,14 +274,11 @@ mod tests {
     #[test]
     fn the_oldest_are_evicted_first_and_only_as_many_as_needed() {
         let mut ledger = Ledger::new(4096);
-        let mut conns: Vec<Conn> = ['a', 'b', 'c', 'd']
-            .into_iter()
-            .map(|name| open(&mut ledger, name))
-            .collect();
+        let mut conns: Vec<Conn> = ['a', 'b', 'c', 'd'].into_iter().map(open).collect();
         for conn in &mut conns {
             assert!(grow(&mut ledger, conn, 1024).0);
         }
-        let mut young = open(&mut ledger, 'e');
+        let mut young = open('e');
         // 1024 over the limit: the single oldest goes.
         assert_eq!(grow(&mut ledger, &mut young, 1024), (true, vec!['a']));
         // 2048 more: the next two oldest.
@@ -292,8 +294,8 @@ mod tests {
     #[test]
     fn the_oldest_asking_for_more_is_itself_evicted_not_the_younger() {
         let mut ledger = Ledger::new(4096);
-        let mut old = open(&mut ledger, 'o');
-        let mut young = open(&mut ledger, 'y');
+        let mut old = open('o');
+        let mut young = open('y');
         assert!(grow(&mut ledger, &mut old, 2048).0);
         assert!(grow(&mut ledger, &mut young, 2048).0);
         let refused = ledger.reserve(old.ticket, 2048, 4096, || 'o', |_| unreachable!());
@@ -305,8 +307,8 @@ mod tests {
     #[test]
     fn an_old_connection_reserving_its_first_bytes_does_not_evict_younger_ones() {
         let mut ledger = Ledger::new(2048);
-        let mut old = open(&mut ledger, 'o');
-        let mut young = open(&mut ledger, 'y');
+        let mut old = open('o');
+        let mut young = open('y');
         assert!(grow(&mut ledger, &mut young, 2048).0);
         assert_eq!(grow(&mut ledger, &mut old, 1024), (false, vec![]));
         assert_eq!(ledger.held(), 2048);
@@ -315,10 +317,7 @@ mod tests {
     #[test]
     fn a_middle_aged_asker_evicts_the_older_then_itself() {
         let mut ledger = Ledger::new(3072);
-        let mut conns: Vec<Conn> = ['o', 'm', 'y']
-            .into_iter()
-            .map(|name| open(&mut ledger, name))
-            .collect();
+        let mut conns: Vec<Conn> = ['o', 'm', 'y'].into_iter().map(open).collect();
         for conn in &mut conns {
             assert!(grow(&mut ledger, conn, 1024).0);
         }
@@ -332,7 +331,7 @@ mod tests {
     #[test]
     fn more_than_the_whole_budget_is_refused() {
         let mut ledger = Ledger::new(1024);
-        let mut a = open(&mut ledger, 'a');
+        let mut a = open('a');
         assert_eq!(grow(&mut ledger, &mut a, 2048), (false, vec![]));
         assert_eq!((ledger.held(), ledger.pending()), (0, 0));
     }
@@ -340,8 +339,8 @@ mod tests {
     #[test]
     fn nothing_reserved_is_never_an_entry() {
         let mut ledger = Ledger::<char>::new(1024);
-        let idle = open(&mut ledger, 'i');
-        let mut busy = open(&mut ledger, 'b');
+        let idle = open('i');
+        let mut busy = open('b');
         // The idle one is older but holds nothing: it is not evicted (nor counted).
         assert_eq!(grow(&mut ledger, &mut busy, 1024), (true, vec![]));
         assert_eq!(ledger.pending(), 1);
@@ -352,8 +351,8 @@ mod tests {
     #[test]
     fn closing_releases() {
         let mut ledger = Ledger::new(8192);
-        let mut a = open(&mut ledger, 'a');
-        let mut b = open(&mut ledger, 'b');
+        let mut a = open('a');
+        let mut b = open('b');
         assert!(grow(&mut ledger, &mut a, 4096).0);
         assert!(grow(&mut ledger, &mut b, 4096).0);
         ledger.close(a.ticket);
@@ -376,7 +375,7 @@ mod tests {
             seed ^= seed << 17;
             let pick = (seed >> 8) as usize % live.len().max(1);
             match seed % 4 {
-                0 => live.push(open(&mut ledger, 'x')),
+                0 => live.push(open('x')),
                 1 | 2 if !live.is_empty() => {
                     let to = (live[pick].held * 2).clamp(1024, 16384);
                     let (ok, evicted) = grow(&mut ledger, &mut live[pick], to);
