@@ -1,6 +1,6 @@
 //! A real etcd and kube-apiserver on loopback for the Kubernetes end-to-end tests (what
 //! controller-runtime calls envtest): no kubelet, no controller-manager, the real CRDs from
-//! `../shared/crds/` installed, an admin client for the test, and a ServiceAccount identity
+//! `tests/crds/` installed, an admin client for the test, and a ServiceAccount identity
 //! with a TokenRequest token and a kubeconfig for sniroute.
 //!
 //! - [`ApiServer::shared`]: one server per test binary, for tests that only read and write
@@ -577,12 +577,7 @@ impl ApiServer {
             "hostedclusters.hypershift.openshift.io.yaml",
             "routes.route.openshift.io.yaml",
         ] {
-            let path = repo().join("../shared/crds").join(file);
-            let path = if path.exists() {
-                path
-            } else {
-                PathBuf::from("/work/shared/crds").join(file)
-            };
+            let path = repo().join("tests/crds").join(file);
             let text = std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("read CRD {}: {e}", path.display()));
             let crd: Value = serde_saphyr::from_str(&text)
