@@ -33,12 +33,9 @@ mod validate;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
-use proxy::proxy_protocol::Version as ProxyVersion;
-use proxy::{Backend, HostPattern, Route, RouteSpec, Settings, Table};
+use proxy::{Route, RouteSpec, Settings, Table};
 use serde_saphyr::{Location, MessageFormatter};
 
 use crate::error::{ConfigError, Problem};
@@ -110,8 +107,9 @@ pub struct Config {
     pub admin: SocketAddr,
     /// Address of the debug HTTP server (the routing table); `None` (`off`) runs none.
     pub debug: Option<SocketAddr>,
-    /// The routes, in file order (may be empty: then every connection is refused).
-    pub routes: Vec<RouteConfig>,
+    /// The routes, in file order (may be empty: then every connection is refused), each with
+    /// source [`ROUTE_SOURCE`].
+    pub routes: Vec<RouteSpec>,
     /// The Kubernetes source, when the file has a `kubernetes:` key.
     pub kubernetes: Option<KubernetesConfig>,
     /// Where to accept PROXY-v2 connections routed by the ClusterID TLV, if anywhere.
@@ -175,23 +173,6 @@ pub enum BackendsMode {
     Endpoints,
     /// `service`: to its ClusterIP, as kube-proxy balances it.
     Service,
-}
-
-/// One validated route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteConfig {
-    /// Unique name: as given, or the first hostname as written.
-    pub name: String,
-    /// The hostnames it answers, normalised (at least one).
-    pub hostnames: Vec<HostPattern>,
-    /// Where it forwards to, in order (at least one).
-    pub backends: Vec<Backend>,
-    /// Forwarded connections allowed at once; `None` is unlimited.
-    pub max_connections: Option<u32>,
-    /// Client networks allowed; empty allows everyone.
-    pub allowed_cidrs: Vec<IpNet>,
-    /// The PROXY header sent to the backends, if any.
-    pub proxy_protocol: Option<ProxyVersion>,
 }
 
 // === impl Config ===
@@ -270,21 +251,7 @@ impl Config {
 
     /// The routes as the publish step takes them, each with source [`ROUTE_SOURCE`].
     pub fn route_specs(&self) -> Vec<RouteSpec> {
-        let source: Arc<str> = ROUTE_SOURCE.into();
-        self.routes
-            .iter()
-            .map(|r| RouteSpec {
-                max_connections: r.max_connections,
-                allowed_cidrs: r.allowed_cidrs.clone(),
-                proxy_protocol: r.proxy_protocol,
-                ..RouteSpec::new(
-                    r.name.as_str(),
-                    r.hostnames.clone(),
-                    r.backends.clone(),
-                    source.clone(),
-                )
-            })
-            .collect()
+        self.routes.clone()
     }
 
     /// The name this config was read under (the file path), as used in messages.
@@ -294,73 +261,97 @@ impl Config {
 
     /// The keys, other than `routes`, whose values differ from `other`'s: these only take
     /// effect when the process restarts.
+    ///
+    /// Both structs are destructured field by field, so a new setting does not compile until
+    /// it is named here: none is silently neither reloaded nor warned about.
     pub(crate) fn restart_settings_changed(&self, other: &Self) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        let mut check = |key, differs| {
-            if differs {
-                changed.push(key);
-            }
-        };
-        let (mine, theirs) = (&self.proxy, &other.proxy);
-        check("listen", self.listen != other.listen);
-        check("admin", self.admin != other.admin);
-        check("debug", self.debug != other.debug);
-        check(
-            "client_hello_timeout",
-            mine.client_hello_timeout != theirs.client_hello_timeout,
-        );
-        check(
-            "connect_timeout",
-            mine.connect_timeout != theirs.connect_timeout,
-        );
-        check("idle_timeout", mine.idle_timeout != theirs.idle_timeout);
-        check(
-            "max_client_hello",
-            mine.max_client_hello != theirs.max_client_hello,
-        );
-        check("kubernetes", self.kubernetes != other.kubernetes);
-        check(
-            "cluster_id_listen",
-            self.cluster_id_listen != other.cluster_id_listen,
-        );
-        check("revoke_grace", mine.revoke_grace != theirs.revoke_grace);
-        check(
-            "max_connections",
-            mine.max_connections != theirs.max_connections,
-        );
-        check(
-            "listen_backlog",
-            self.listen_backlog != other.listen_backlog,
-        );
-        check(
-            "shutdown_delay",
-            self.shutdown_delay != other.shutdown_delay,
-        );
-        check("drain_timeout", self.drain_timeout != other.drain_timeout);
-        check("log_format", self.log_format != other.log_format);
-        check("log_level", self.log_level != other.log_level);
-        check(
-            "log_connections",
-            mine.log_connections != theirs.log_connections,
-        );
-        check(
-            "outlier_detection",
-            mine.outlier_detection != theirs.outlier_detection,
-        );
-        check("client_limits", mine.client_limits != theirs.client_limits);
-        check(
-            "client_hello_memory",
-            mine.client_hello_memory != theirs.client_hello_memory,
-        );
-        check(
-            "accept_proxy_protocol",
-            mine.accept_proxy_protocol != theirs.accept_proxy_protocol,
-        );
-        check(
-            "trusted_proxies",
-            mine.trusted_proxies != theirs.trusted_proxies,
-        );
-        changed
+        let Self {
+            listen,
+            admin,
+            debug,
+            routes: _,
+            kubernetes,
+            cluster_id_listen,
+            listen_backlog,
+            shutdown_delay,
+            drain_timeout,
+            log_format,
+            log_level,
+            proxy,
+            origin: _,
+        } = self;
+        let Settings {
+            client_hello_timeout,
+            connect_timeout,
+            idle_timeout,
+            max_client_hello,
+            max_connections,
+            log_connections,
+            outlier_detection,
+            accept_proxy_protocol,
+            trusted_proxies,
+            revoke_grace,
+            client_limits,
+            client_hello_memory,
+        } = proxy;
+        let theirs = &other.proxy;
+        [
+            ("listen", *listen != other.listen),
+            ("admin", *admin != other.admin),
+            ("debug", *debug != other.debug),
+            ("kubernetes", *kubernetes != other.kubernetes),
+            (
+                "cluster_id_listen",
+                *cluster_id_listen != other.cluster_id_listen,
+            ),
+            ("listen_backlog", *listen_backlog != other.listen_backlog),
+            ("shutdown_delay", *shutdown_delay != other.shutdown_delay),
+            ("drain_timeout", *drain_timeout != other.drain_timeout),
+            ("log_format", *log_format != other.log_format),
+            ("log_level", *log_level != other.log_level),
+            (
+                "client_hello_timeout",
+                *client_hello_timeout != theirs.client_hello_timeout,
+            ),
+            (
+                "connect_timeout",
+                *connect_timeout != theirs.connect_timeout,
+            ),
+            ("idle_timeout", *idle_timeout != theirs.idle_timeout),
+            (
+                "max_client_hello",
+                *max_client_hello != theirs.max_client_hello,
+            ),
+            (
+                "max_connections",
+                *max_connections != theirs.max_connections,
+            ),
+            (
+                "log_connections",
+                *log_connections != theirs.log_connections,
+            ),
+            (
+                "outlier_detection",
+                *outlier_detection != theirs.outlier_detection,
+            ),
+            (
+                "accept_proxy_protocol",
+                *accept_proxy_protocol != theirs.accept_proxy_protocol,
+            ),
+            (
+                "trusted_proxies",
+                *trusted_proxies != theirs.trusted_proxies,
+            ),
+            ("revoke_grace", *revoke_grace != theirs.revoke_grace),
+            ("client_limits", *client_limits != theirs.client_limits),
+            (
+                "client_hello_memory",
+                *client_hello_memory != theirs.client_hello_memory,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect()
     }
 }
 

@@ -61,11 +61,11 @@ fn every_key_set() {
     assert_eq!(config.proxy.connect_timeout, Duration::from_secs(60));
     assert_eq!(config.proxy.idle_timeout, Duration::from_secs(5400));
     assert_eq!(config.proxy.max_client_hello, 512);
-    assert_eq!(config.routes[0].name, "a");
+    assert_eq!(&*config.routes[0].name, "a");
     assert_eq!(config.routes[0].hostnames[0].to_string(), "api.a.test");
     assert_eq!(config.routes[0].backends[1].to_string(), "kas.ns.svc:6443");
     assert_eq!(
-        config.routes[1].name, "b.test",
+        &*config.routes[1].name, "b.test",
         "defaults to the first hostname"
     );
 

@@ -6,22 +6,23 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use proxy::client_limit::{Policy as ClientPolicy, Rate};
 use proxy::proxy_protocol::{Expect, Version as ProxyVersion};
-use proxy::{Backend, HostPattern, OutlierPolicy, Settings};
+use proxy::{Backend, HostPattern, OutlierPolicy, RouteSpec, Settings};
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::{OneOrMany, RawClientLimits, RawConfig, RawKubernetes, RawOutlier, RawRoute};
 use super::{
-    position, BackendsMode, Config, KubernetesConfig, LogFormat, RouteConfig, DEFAULT_ADMIN,
+    position, BackendsMode, Config, KubernetesConfig, LogFormat, DEFAULT_ADMIN,
     DEFAULT_CLIENT_BURST, DEFAULT_CLIENT_HELLO_MEMORY, DEFAULT_CLIENT_HELLO_TIMEOUT,
     DEFAULT_CLIENT_IPV6_PREFIX, DEFAULT_CLIENT_MAX_CONNECTIONS, DEFAULT_CLIENT_RATE,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_DEBUG, DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_CLIENT_HELLO, DEFAULT_REVOKE_GRACE,
-    DEFAULT_SHUTDOWN_DELAY, MAX_DEBOUNCE, MAX_MAX_CLIENT_HELLO, MIN_MAX_CLIENT_HELLO,
+    DEFAULT_SHUTDOWN_DELAY, MAX_DEBOUNCE, MAX_MAX_CLIENT_HELLO, MIN_MAX_CLIENT_HELLO, ROUTE_SOURCE,
 };
 use crate::error::{Problem, RouteRef};
 
@@ -485,11 +486,12 @@ struct Claims {
     hosts: HashMap<HostPattern, RouteRef>,
 }
 
-fn routes(raw: Vec<Spanned<RawRoute>>, p: &mut Problems<'_>) -> Vec<RouteConfig> {
+fn routes(raw: Vec<Spanned<RawRoute>>, p: &mut Problems<'_>) -> Vec<RouteSpec> {
     let mut claims = Claims::default();
+    let source: Arc<str> = ROUTE_SOURCE.into();
     raw.into_iter()
         .enumerate()
-        .filter_map(|(index, route)| validate_route(index, route, &mut claims, p))
+        .filter_map(|(index, route)| validate_route(index, route, &source, &mut claims, p))
         .collect()
 }
 
@@ -497,9 +499,10 @@ fn routes(raw: Vec<Spanned<RawRoute>>, p: &mut Problems<'_>) -> Vec<RouteConfig>
 fn validate_route(
     index: usize,
     route: Spanned<RawRoute>,
+    source: &Arc<str>,
     claims: &mut Claims,
     p: &mut Problems<'_>,
-) -> Option<RouteConfig> {
+) -> Option<RouteSpec> {
     let here = route.referenced;
     let RawRoute {
         name,
@@ -545,13 +548,16 @@ fn validate_route(
     else {
         return None;
     };
-    Some(RouteConfig {
-        name: name_value.unwrap_or_default(),
-        hostnames,
-        backends,
+    Some(RouteSpec {
         max_connections,
         allowed_cidrs,
         proxy_protocol,
+        ..RouteSpec::new(
+            name_value.unwrap_or_default(),
+            hostnames,
+            backends,
+            source.clone(),
+        )
     })
 }
 
