@@ -162,3 +162,169 @@ async fn a_fifo_or_device_renamed_over_the_config_is_refused_and_reloads_go_on()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// One fenced ```yaml block of the README or docs/: where it starts and what it holds.
+struct DocYaml {
+    at: String,
+    text: String,
+}
+
+/// Every ```yaml block of README.md and docs/*.md, so none of them can drift from what the
+/// binary and deploy/ accept.
+fn doc_yaml_blocks() -> Vec<DocYaml> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![repo.join("README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(repo.join("docs"))
+        .expect("docs/")
+        .map(|entry| entry.expect("docs/ entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    let mut blocks = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read doc");
+        let rel = file.strip_prefix(repo).unwrap().display().to_string();
+        let mut open: Option<(usize, String)> = None;
+        for (n, line) in text.lines().enumerate() {
+            match &mut open {
+                None if line.trim_start().starts_with("```yaml") => {
+                    open = Some((n + 1, String::new()))
+                }
+                Some((start, body)) if line.trim_start().starts_with("```") => {
+                    blocks.push(DocYaml {
+                        at: format!("{rel}:{start}"),
+                        text: dedent(&std::mem::take(body)),
+                    });
+                    open = None;
+                }
+                Some((_, body)) => {
+                    body.push_str(line);
+                    body.push('\n');
+                }
+                None => {}
+            }
+        }
+        assert!(open.is_none(), "{rel}: a ```yaml block is never closed");
+    }
+    blocks
+}
+
+/// `text` without the indentation all its lines share (a block inside a list item).
+fn dedent(text: &str) -> String {
+    let indent = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| line.len() - line.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    text.lines()
+        .map(|line| line.get(indent..).unwrap_or(""))
+        .fold(String::new(), |out, line| out + line + "\n")
+}
+
+/// The top-level keys of a YAML block.
+fn top_keys(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|line| !line.starts_with([' ', '#', '-']) && !line.is_empty())
+        .filter_map(|line| line.split_once(':').map(|(key, _)| key.trim()))
+        .collect()
+}
+
+/// The objects of every manifest under deploy/base, by (kind, name).
+fn deploy_base_objects() -> Vec<serde_json::Value> {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base");
+    let mut objects = Vec::new();
+    for entry in std::fs::read_dir(base).expect("deploy/base") {
+        let path = entry.expect("deploy/base entry").path();
+        let text = std::fs::read_to_string(&path).expect("read manifest");
+        for doc in text.split("\n---\n") {
+            if let Ok(value) = serde_saphyr::from_str::<serde_json::Value>(doc) {
+                if value.get("kind").is_some() {
+                    objects.push(value);
+                }
+            }
+        }
+    }
+    objects
+}
+
+#[test]
+fn every_yaml_example_in_the_readme_and_docs_is_what_the_binary_and_deploy_accept() {
+    let blocks = doc_yaml_blocks();
+    assert!(
+        blocks.len() >= 5,
+        "found only {} YAML examples",
+        blocks.len()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let deployed = deploy_base_objects();
+    let mut checked = (0, 0, 0);
+    for (i, block) in blocks.iter().enumerate() {
+        let keys = top_keys(&block.text);
+        if keys.contains(&"apiVersion") && keys.contains(&"kind") {
+            // A Kubernetes object shown in the docs is the one deploy/base ships.
+            let shown: serde_json::Value = serde_saphyr::from_str(&block.text)
+                .unwrap_or_else(|e| panic!("{}: not YAML: {e}", block.at));
+            let same = deployed.iter().find(|o| {
+                o["kind"] == shown["kind"] && o["metadata"]["name"] == shown["metadata"]["name"]
+            });
+            let same = same.unwrap_or_else(|| {
+                panic!(
+                    "{}: {} {} is not in deploy/base",
+                    block.at, shown["kind"], shown["metadata"]["name"]
+                )
+            });
+            for key in ["rules", "spec", "data"] {
+                if shown.get(key).is_some() {
+                    assert_eq!(
+                        shown[key], same[key],
+                        "{}: `{key}` differs from deploy/base's",
+                        block.at
+                    );
+                }
+            }
+            checked.1 += 1;
+        } else if keys
+            .iter()
+            .any(|k| ["resources", "components", "patches"].contains(k))
+        {
+            // A kustomization: every path it names (below a placeholder prefix) exists.
+            let shown: serde_json::Value = serde_saphyr::from_str(&block.text)
+                .unwrap_or_else(|e| panic!("{}: not YAML: {e}", block.at));
+            for key in ["resources", "components"] {
+                for path in shown[key].as_array().into_iter().flatten() {
+                    let path = path.as_str().expect("a path");
+                    let path = path.strip_prefix("path/to/").unwrap_or(path);
+                    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+                    assert!(
+                        repo.join(path).exists(),
+                        "{}: {key} {path} does not exist",
+                        block.at
+                    );
+                }
+            }
+            checked.2 += 1;
+        } else {
+            // A sniroute config or a part of one: what `sniroute check` accepts.
+            let mut yaml = block.text.clone();
+            if !keys.contains(&"listen") {
+                yaml.insert_str(0, "listen: 127.0.0.1:0\n");
+            }
+            let path = dir.path().join(format!("example-{i}.yaml"));
+            std::fs::write(&path, &yaml).unwrap();
+            let (code, _, stderr, _) = check(&path, Duration::from_secs(30));
+            assert_eq!(
+                code,
+                Some(0),
+                "{}: sniroute check refused it:\n{stderr}\n{yaml}",
+                block.at
+            );
+            checked.0 += 1;
+        }
+    }
+    eprintln!(
+        "{} config examples passed sniroute check, {} manifests match deploy/base, {} kustomizations name real paths",
+        checked.0, checked.1, checked.2
+    );
+}

@@ -44,7 +44,7 @@ BASE_KINDS = {
     "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
-README = os.path.join(HERE, "..", "..", "README.md")
+RUNBOOKS = os.path.join(HERE, "..", "..", "docs", "runbooks.md")
 # The scrape job the rules select: the ServiceMonitor's job is its Service's name.
 METRICS_JOB = "sniroute-metrics"
 SEVERITIES = {"critical", "warning"}
@@ -318,8 +318,8 @@ def github_anchor(heading):
     return text.replace(" ", "-")
 
 
-def readme_anchors():
-    with open(README) as f:
+def runbook_anchors():
+    with open(RUNBOOKS) as f:
         return {github_anchor(line.lstrip("#")) for line in f if line.startswith("#")}
 
 
@@ -328,7 +328,7 @@ def check_monitoring(by_kind, role, where):
     rules_objs = by_kind.get("PrometheusRule", [])
     if role == "monitored":
         check(len(rules_objs) == 1, where, "expected one PrometheusRule")
-    anchors = readme_anchors()
+    anchors = runbook_anchors()
     for obj in rules_objs:
         p = f"{where}: {name_of(obj)}"
         rules = [r for g in obj["spec"].get("groups", []) for r in g.get("rules", [])]
@@ -350,10 +350,10 @@ def check_monitoring(by_kind, role, where):
             for key in ("summary", "description", "runbook_url"):
                 check(notes.get(key), a, f"needs annotations.{key}")
             url = notes.get("runbook_url", "")
-            check(url == f"README.md#{rule['alert'].lower()}", a,
-                  f"runbook_url {url!r} must be README.md#{rule['alert'].lower()}")
+            check(url == f"docs/runbooks.md#{rule['alert'].lower()}", a,
+                  f"runbook_url {url!r} must be docs/runbooks.md#{rule['alert'].lower()}")
             check(url.split("#")[-1] in anchors, a,
-                  f"README.md has no heading {rule['alert']} (the runbook {url!r} points to)")
+                  f"docs/runbooks.md has no heading {rule['alert']} (the runbook {url!r} points to)")
 
     dashboards = [o for o in by_kind.get("ConfigMap", [])
                   if o["metadata"].get("labels", {}).get(DASHBOARD_LABEL[0]) == DASHBOARD_LABEL[1]]

@@ -17,7 +17,7 @@ use super::burst::{pass_eof, Activity, Buffered, Burst, Direction};
 
 /// Capacity asked for a new pipe: the default `pipe-max-size`. A splice moves up to the pipe's
 /// capacity at once; on loopback, 1 MiB pipes instead of the default 64 KiB carried one
-/// stream 25% faster at 45% less proxy CPU per GB (see the README's Performance section).
+/// stream 25% faster at 45% less proxy CPU per GB (see docs/performance.md).
 const LARGE_PIPE: usize = 1024 * 1024;
 
 /// Pipes enlarged to [`LARGE_PIPE`] at once, process-wide (16 MiB). Every pipe's capacity counts
