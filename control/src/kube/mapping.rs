@@ -35,7 +35,6 @@
 //! A Route that cannot be routed (missing or malformed Service, no ClusterIP, no port, a bad
 //! host) is left out and reported as a [`Rejection`]; the cluster's other routes still are.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -279,41 +278,21 @@ pub fn map_cluster_to<'a, 'e>(
     service: impl Fn(&str) -> Option<&'a Parsed<Service>>,
     endpoints: Endpoints<'e>,
 ) -> Mapped {
-    let mut mapped = Mapped::default();
-    let (Some(namespace), Some(name)) = (
-        hc.metadata.namespace.as_deref().filter(|s| !s.is_empty()),
-        hc.metadata.name.as_deref().filter(|s| !s.is_empty()),
-    ) else {
-        mapped.skipped = Some(Skip::Unnamed);
-        return mapped;
-    };
-    if hc.metadata.deletion_timestamp.is_some() {
-        mapped.skipped = Some(Skip::BeingDeleted);
-        return mapped;
-    }
-    let spec = hc.spec.clone().unwrap_or_default();
-    let platform = spec.platform.clone().unwrap_or_default();
-    if let Some(skip) = shared_ingress_skip(&platform) {
-        mapped.skipped = Some(skip);
-        return mapped;
-    }
-    let mut allowed = Vec::new();
-    let blocks = spec
-        .networking
-        .as_ref()
-        .and_then(|n| n.api_server.as_ref())
-        .and_then(|a| a.allowed_cidr_blocks.as_deref())
-        .unwrap_or_default();
-    for cidr in blocks.iter().filter(|c| !c.trim().is_empty()) {
-        match cidr.trim().parse::<IpNet>() {
-            Ok(net) => allowed.push(net),
-            Err(_) => {
-                mapped.skipped = Some(Skip::BadAllowedCidr { cidr: cidr.clone() });
-                return mapped;
+    let gated = match gate(hc) {
+        Ok(gated) => gated,
+        Err(skip) => {
+            return Mapped {
+                skipped: Some(skip),
+                ..Mapped::default()
             }
         }
-    }
-
+    };
+    let Gated {
+        namespace,
+        name,
+        spec,
+        allowed,
+    } = gated;
     let hcp = hcp_namespace(namespace, name);
     let source: Arc<str> = source_of(namespace, name).into();
     let ctx = Ctx {
@@ -323,11 +302,104 @@ pub fn map_cluster_to<'a, 'e>(
         source: &source,
         allowed: &allowed,
         endpoints,
-        fallbacks: RefCell::new(Vec::new()),
     };
+    let mut mapped = Mapped::default();
 
-    // Served Routes, in name order (the watch delivers them in any order).
-    let mut served: Vec<(&str, u16, &Parsed<OcpRoute>)> = routes
+    // The index in `mapped.routes` of the route to the kube-apiserver Service.
+    let mut kas: Option<usize> = None;
+    for (route_name, port, route) in served(routes) {
+        let object = format!("route {hcp}/{route_name}");
+        match ctx.route(
+            &object,
+            route_name,
+            port,
+            route,
+            &service,
+            &mut mapped.fallbacks,
+        ) {
+            Ok((spec, to_kas)) => {
+                if to_kas && kas.is_none() {
+                    kas = Some(mapped.routes.len());
+                }
+                mapped.routes.push(spec);
+            }
+            Err(rejection) => mapped.rejections.push(rejection),
+        }
+    }
+    if let Some(dns_name) = spec
+        .and_then(|s| s.kube_api_server_dns_name.as_deref())
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        add_dns_name(&ctx, dns_name, &service, &mut kas, &mut mapped);
+    }
+    let cluster_id = spec
+        .and_then(|s| s.cluster_id.as_deref())
+        .map(str::trim)
+        .unwrap_or_default();
+    let private = spec
+        .and_then(|s| s.platform.as_ref())
+        .is_some_and(is_private);
+    if !cluster_id.is_empty() && !private {
+        attach_cluster_id(&ctx, cluster_id, kas, &mut mapped);
+    }
+    mapped.fallbacks.dedup();
+    mapped
+}
+
+/// What a cluster that passes [`gate`] routes from.
+struct Gated<'h> {
+    namespace: &'h str,
+    name: &'h str,
+    spec: Option<&'h super::objects::HostedClusterSpec>,
+    allowed: Vec<IpNet>,
+}
+
+/// Rules 1 to 3: whether the cluster is routed at all, and the networks its routes admit.
+fn gate(hc: &HostedCluster) -> Result<Gated<'_>, Skip> {
+    let (Some(namespace), Some(name)) = (
+        hc.metadata.namespace.as_deref().filter(|s| !s.is_empty()),
+        hc.metadata.name.as_deref().filter(|s| !s.is_empty()),
+    ) else {
+        return Err(Skip::Unnamed);
+    };
+    if hc.metadata.deletion_timestamp.is_some() {
+        return Err(Skip::BeingDeleted);
+    }
+    let spec = hc.spec.as_ref();
+    let unset = super::objects::PlatformSpec::default();
+    let platform = spec.and_then(|s| s.platform.as_ref()).unwrap_or(&unset);
+    if let Some(skip) = shared_ingress_skip(platform) {
+        return Err(skip);
+    }
+    let blocks = spec
+        .and_then(|s| s.networking.as_ref())
+        .and_then(|n| n.api_server.as_ref())
+        .and_then(|a| a.allowed_cidr_blocks.as_deref())
+        .unwrap_or_default();
+    let allowed = blocks
+        .iter()
+        .filter(|c| !c.trim().is_empty())
+        .map(|cidr| {
+            cidr.trim()
+                .parse::<IpNet>()
+                .map_err(|_| Skip::BadAllowedCidr { cidr: cidr.clone() })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Gated {
+        namespace,
+        name,
+        spec,
+        allowed,
+    })
+}
+
+/// Rule 4's Routes: the served names among `routes`, with their HAProxy port, in name order
+/// (the watch delivers them in any order).
+fn served<'a>(
+    routes: impl IntoIterator<Item = &'a Parsed<OcpRoute>>,
+) -> Vec<(&'static str, u16, &'a Parsed<OcpRoute>)> {
+    let mut served: Vec<_> = routes
         .into_iter()
         .filter_map(|route| {
             let route_name = match route {
@@ -341,78 +413,65 @@ pub fn map_cluster_to<'a, 'e>(
         })
         .collect();
     served.sort_by_key(|(name, _, _)| *name);
+    served
+}
 
-    // The index in `mapped.routes` of the route to the kube-apiserver Service.
-    let mut kas: Option<usize> = None;
-    for (route_name, port, route) in served {
-        let object = format!("route {hcp}/{route_name}");
-        match ctx.route(&object, route_name, port, route, &service) {
-            Ok((spec, to_kas)) => {
-                if to_kas && kas.is_none() {
-                    kas = Some(mapped.routes.len());
-                }
-                mapped.routes.push(spec);
-            }
-            Err(rejection) => mapped.rejections.push(rejection),
+/// Rule 5: `kubeAPIServerDNSName` joins the kube-apiserver route, or makes its own.
+fn add_dns_name<'a>(
+    ctx: &Ctx<'_, '_>,
+    dns_name: &str,
+    service: &impl Fn(&str) -> Option<&'a Parsed<Service>>,
+    kas: &mut Option<usize>,
+    mapped: &mut Mapped,
+) {
+    let object = format!(
+        "hostedcluster {}/{} spec.kubeAPIServerDNSName",
+        ctx.hc_namespace, ctx.cluster
+    );
+    let pattern = match host(&object, dns_name) {
+        Ok(pattern) => pattern,
+        Err(rejection) => return mapped.rejections.push(rejection),
+    };
+    if let Some(i) = *kas {
+        if !mapped.routes[i].hostnames.contains(&pattern) {
+            mapped.routes[i].hostnames.push(pattern);
         }
+        return;
     }
+    let backend = ctx.backend(
+        &object,
+        KUBE_APISERVER_SERVICE,
+        KUBE_APISERVER_PORT,
+        service,
+        &mut mapped.fallbacks,
+    );
+    match backend {
+        Ok(backend) => {
+            *kas = Some(mapped.routes.len());
+            let spec = ctx.spec("kube-apiserver-custom", vec![pattern], backend);
+            mapped.routes.push(spec);
+        }
+        Err(rejection) => mapped.rejections.push(rejection),
+    }
+}
 
-    if let Some(dns_name) = spec
-        .kube_api_server_dns_name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-    {
-        let object = format!("hostedcluster {namespace}/{name} spec.kubeAPIServerDNSName");
-        match host(&object, dns_name) {
-            Err(rejection) => mapped.rejections.push(rejection),
-            Ok(pattern) => match kas {
-                Some(i) => {
-                    if !mapped.routes[i].hostnames.contains(&pattern) {
-                        mapped.routes[i].hostnames.push(pattern);
-                    }
-                }
-                None => match ctx.backend(
-                    &object,
-                    KUBE_APISERVER_SERVICE,
-                    KUBE_APISERVER_PORT,
-                    &service,
-                ) {
-                    Ok(backend) => {
-                        kas = Some(mapped.routes.len());
-                        mapped.routes.push(ctx.spec(
-                            "kube-apiserver-custom",
-                            vec![pattern],
-                            backend,
-                        ));
-                    }
-                    Err(rejection) => mapped.rejections.push(rejection),
-                },
-            },
-        }
+/// Rule 6: the ClusterID goes on the kube-apiserver route, or is reported as unroutable.
+fn attach_cluster_id(ctx: &Ctx<'_, '_>, cluster_id: &str, kas: Option<usize>, mapped: &mut Mapped) {
+    match kas {
+        Some(i) => mapped.routes[i].cluster_id = Some(cluster_id.into()),
+        None => mapped.rejections.push(Rejection {
+            object: format!(
+                "hostedcluster {}/{} spec.clusterID",
+                ctx.hc_namespace, ctx.cluster
+            ),
+            reason: RejectReason::NoClusterIdRoute,
+            detail: format!(
+                "no Route or kubeAPIServerDNSName reaches Service {}/{KUBE_APISERVER_SERVICE}, \
+                 so connections naming cluster ID {cluster_id} are refused",
+                ctx.hcp
+            ),
+        }),
     }
-
-    let cluster_id = spec
-        .cluster_id
-        .as_deref()
-        .map(str::trim)
-        .unwrap_or_default();
-    if !cluster_id.is_empty() && !is_private(&platform) {
-        match kas {
-            Some(i) => mapped.routes[i].cluster_id = Some(cluster_id.into()),
-            None => mapped.rejections.push(Rejection {
-                object: format!("hostedcluster {namespace}/{name} spec.clusterID"),
-                reason: RejectReason::NoClusterIdRoute,
-                detail: format!(
-                    "no Route or kubeAPIServerDNSName reaches Service {hcp}/{KUBE_APISERVER_SERVICE}, \
-                     so connections naming cluster ID {cluster_id} are refused"
-                ),
-            }),
-        }
-    }
-    mapped.fallbacks = ctx.fallbacks.into_inner();
-    mapped.fallbacks.dedup();
-    mapped
 }
 
 /// What every route of one cluster shares.
@@ -423,7 +482,6 @@ struct Ctx<'c, 'e> {
     source: &'c Arc<str>,
     allowed: &'c [IpNet],
     endpoints: Endpoints<'e>,
-    fallbacks: RefCell<Vec<Fallback>>,
 }
 
 /// A route's backends and what is known of each.
@@ -441,6 +499,7 @@ impl Ctx<'_, '_> {
         port: u16,
         route: &Parsed<OcpRoute>,
         service: &impl Fn(&str) -> Option<&'a Parsed<Service>>,
+        fallbacks: &mut Vec<Fallback>,
     ) -> Result<(RouteSpec, bool), Rejection> {
         let reject = |reason, detail: String| Rejection {
             object: object.to_owned(),
@@ -453,22 +512,25 @@ impl Ctx<'_, '_> {
                 format!("does not parse: {}", invalid.error),
             )
         })?;
-        let spec = route.spec.clone().unwrap_or_default();
-        let raw_host = spec.host.as_deref().map(str::trim).unwrap_or_default();
+        let spec = route.spec.as_ref();
+        let raw_host = spec
+            .and_then(|s| s.host.as_deref())
+            .map(str::trim)
+            .unwrap_or_default();
         if raw_host.is_empty() {
             return Err(reject(RejectReason::NoHost, "no spec.host".into()));
         }
         let pattern = host(object, raw_host)?;
-        let to = spec.to.unwrap_or_default();
-        let kind = to.kind.as_deref().unwrap_or("Service");
-        let target = to.name.as_deref().unwrap_or_default();
+        let to = spec.and_then(|s| s.to.as_ref());
+        let kind = to.and_then(|t| t.kind.as_deref()).unwrap_or("Service");
+        let target = to.and_then(|t| t.name.as_deref()).unwrap_or_default();
         if kind != "Service" || target.is_empty() {
             return Err(reject(
                 RejectReason::NoService,
                 format!("spec.to is {kind} {target:?}, not a Service"),
             ));
         }
-        let backend = self.backend(object, target, port, service)?;
+        let backend = self.backend(object, target, port, service, fallbacks)?;
         let spec = self.spec(route_name, vec![pattern], backend);
         Ok((spec, target == KUBE_APISERVER_SERVICE))
     }
@@ -481,6 +543,7 @@ impl Ctx<'_, '_> {
         name: &str,
         port: u16,
         service: &impl Fn(&str) -> Option<&'a Parsed<Service>>,
+        fallbacks: &mut Vec<Fallback>,
     ) -> Result<Backends, Rejection> {
         let hcp = self.hcp;
         let reject = |reason, detail: String| Rejection {
@@ -503,8 +566,10 @@ impl Ctx<'_, '_> {
             }
             Some(Ok(svc)) => svc,
         };
-        let spec = svc.spec.clone().unwrap_or_default();
-        let raw_ip = spec.cluster_ip.as_deref().unwrap_or_default();
+        let spec = svc.spec.as_ref();
+        let raw_ip = spec
+            .and_then(|s| s.cluster_ip.as_deref())
+            .unwrap_or_default();
         let ip: IpAddr = raw_ip.parse().map_err(|_| {
             reject(
                 RejectReason::NoClusterIp,
@@ -512,8 +577,7 @@ impl Ctx<'_, '_> {
             )
         })?;
         let ports: Vec<(Option<&str>, u16)> = spec
-            .ports
-            .as_deref()
+            .and_then(|s| s.ports.as_deref())
             .unwrap_or_default()
             .iter()
             .filter_map(|p| {
@@ -534,7 +598,7 @@ impl Ctx<'_, '_> {
         if let Some(slices) = self.endpoints.slices {
             match endpoints_of(&slices(name), port_name) {
                 Ok(backends) => return Ok(backends),
-                Err(reason) => self.fallbacks.borrow_mut().push(Fallback {
+                Err(reason) => fallbacks.push(Fallback {
                     service: format!("{hcp}/{name}"),
                     reason,
                 }),
@@ -603,10 +667,10 @@ fn endpoints_of(
             else {
                 continue;
             };
-            let conditions = endpoint.conditions.clone().unwrap_or_default();
-            let ready = conditions.ready.unwrap_or(true);
-            let serving = conditions.serving.unwrap_or(ready);
-            let terminating = conditions.terminating.unwrap_or(false);
+            let conditions = endpoint.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
             let condition = if ready && !terminating {
                 Condition::Ready
             } else if serving && terminating {
