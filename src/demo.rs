@@ -9,14 +9,19 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The biggest request head a demo backend reads before answering.
 const MAX_REQUEST_HEAD: usize = 8192;
 
 /// Starts the backends, writes the config, prints how to try it, and runs the proxy.
 pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
-    let a = start_backend("backend-a").await?;
-    let b = start_backend("backend-b").await?;
+    // The backends' tasks end with the proxy: nothing is left running outside the tracker.
+    let backends = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let a = start_backend("backend-a", &backends, &stop).await?;
+    let b = start_backend("backend-b", &backends, &stop).await?;
     let dir = std::env::temp_dir().join(format!("sniroute-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("sniroute.yaml");
@@ -47,12 +52,20 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
         debug = control::config::DEFAULT_DEBUG,
     );
     let config = control::Config::load(&path)?;
-    crate::run(path, config).await
+    let outcome = crate::run(path, config).await;
+    stop.cancel();
+    backends.close();
+    backends.wait().await;
+    outcome
 }
 
 /// A TLS server on an ephemeral loopback port answering every HTTP request with its name
 /// and the SNI it was reached by.
-async fn start_backend(name: &'static str) -> anyhow::Result<SocketAddr> {
+async fn start_backend(
+    name: &'static str,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
     let cert =
         rcgen::generate_simple_self_signed(vec!["*.a.demo.test".into(), "*.b.demo.test".into()])
             .context("cannot make a demo certificate")?;
@@ -67,10 +80,19 @@ async fn start_backend(name: &'static str) -> anyhow::Result<SocketAddr> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+    let (connections, stop) = (tasks.clone(), stop.clone());
+    tasks.spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => return,
+                },
+            };
             let acceptor = acceptor.clone();
-            tokio::spawn(async move {
+            let stop = stop.clone();
+            connections.spawn(stop.run_until_cancelled_owned(async move {
                 let Ok(mut tls) = acceptor.accept(stream).await else {
                     return;
                 };
@@ -90,7 +112,7 @@ async fn start_backend(name: &'static str) -> anyhow::Result<SocketAddr> {
                 );
                 let _ = tls.write_all(response.as_bytes()).await;
                 let _ = tls.shutdown().await;
-            });
+            }));
         }
     });
     Ok(addr)

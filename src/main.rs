@@ -19,6 +19,7 @@ use control::kube::{KubeSource, Readiness};
 use control::{Config, FileSource, Publisher, SourceKind};
 use prometheus_client::registry::Registry;
 use proxy::{listener, socket, ListenerKind, Proxy, SharedTable};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -181,49 +182,9 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         None => Readiness::Ready,
         Some(_) => Readiness::waiting(),
     });
-    let kube_source = match &config.kubernetes {
-        Some(kube) => {
-            // The Kubernetes client's TLS uses the process default: ring, as everywhere else.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let client = control::kube::default_client().await.context(
-                "`kubernetes:` is set but no Kubernetes client configuration was found \
-                 (KUBECONFIG, ~/.kube/config, or the in-cluster service account)",
-            )?;
-            let node = std::env::var(control::kube::zone::NODE_NAME_ENV).ok();
-            Some(
-                KubeSource::new(client, kube.clone(), publisher.clone(), sources_ready)
-                    .on_node(node),
-            )
-        }
-        None => None,
-    };
+    let kube_source = kube_source(&config, &publisher, sources_ready).await?;
+    let bound = Bound::bind(&config)?;
 
-    let admin_listener = socket::bind(config.admin, socket::DEFAULT_BACKLOG)?;
-    log_listening("admin", &admin_listener);
-    let debug_listener = match config.debug {
-        Some(addr) => {
-            let bound = socket::bind(addr, socket::DEFAULT_BACKLOG)?;
-            log_listening("debug", &bound);
-            Some(bound)
-        }
-        None => None,
-    };
-    let mut listeners = Vec::with_capacity(config.listen.len() + 1);
-    for addr in &config.listen {
-        let bound = socket::bind(*addr, config.listen_backlog)?;
-        log_listening("proxy", &bound);
-        listeners.push((bound, ListenerKind::Sni));
-    }
-    if let Some(addr) = config.cluster_id_listen {
-        let bound = socket::bind(addr, config.listen_backlog)?;
-        log_listening("cluster_id", &bound);
-        listeners.push((bound, ListenerKind::ClusterId));
-    }
-
-    // Two tokens: listeners stop at the end of shutdown_delay, everything else at exit.
-    let stop_accepting = CancellationToken::new();
-    let shutdown = CancellationToken::new();
-    let connections = TaskTracker::new();
     let proxy = Arc::new(Proxy::new(config.proxy.clone(), table.clone(), metrics));
     let ready = admin::ReadyState::new(table.clone(), sources_ready_rx);
     ready.register(&mut registry);
@@ -233,43 +194,22 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         registry,
         proxy: proxy.clone(),
     });
-    // Every task but the connections' runs on `services` and ends with `shutdown`.
-    let services = TaskTracker::new();
-    services.spawn(admin::serve(
-        admin_listener,
-        admin::Surface::Admin,
-        state.clone(),
-        shutdown.clone(),
-    ));
-    if let Some(debug_listener) = debug_listener {
-        tokio::spawn(admin::serve(
-            debug_listener,
-            admin::Surface::Debug,
-            state.clone(),
-            shutdown.clone(),
-        ));
-    }
-    let file_source =
-        FileSource::new(path, config.clone(), publisher.clone()).run(shutdown.clone());
+    let tasks = Tasks::default();
+    bound.spawn(&tasks, &state, &proxy);
     if let Some(kube_source) = kube_source {
-        services.spawn(kube_source.run(shutdown.clone()));
+        tasks
+            .services
+            .spawn(kube_source.run(tasks.shutdown.clone()));
     }
-    services.spawn(
+    tasks.services.spawn(
         proxy
             .clone()
-            .follow_swaps(publisher.subscribe(), shutdown.clone()),
+            .follow_swaps(publisher.subscribe(), tasks.shutdown.clone()),
     );
-    for (bound, kind) in listeners {
-        services.spawn(listener::serve(
-            bound,
-            kind,
-            proxy.clone(),
-            stop_accepting.clone(),
-            connections.clone(),
-        ));
-    }
     ready.listening.store(true, Ordering::Release);
 
+    let file_source =
+        FileSource::new(path, config.clone(), publisher.clone()).run(tasks.shutdown.clone());
     let mut signals = Signals::new()?;
     tokio::select! {
         signal = signals.next() => tracing::info!(signal, "draining: readiness off, still accepting for shutdown_delay"),
@@ -278,19 +218,133 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         watched = file_source => watched.context("cannot watch the config file")?,
     }
     ready.draining.store(true, Ordering::Release);
-    let outcome = drain(&config, &mut signals, &stop_accepting, &connections).await;
-    shutdown.cancel();
-    services.close();
-    // Each service returns once it sees the token; a stuck one must not hold the exit, and
-    // after a second signal nothing does.
-    if outcome.is_ok()
-        && tokio::time::timeout(SERVICES_STOP, services.wait())
-            .await
-            .is_err()
-    {
-        tracing::warn!(left = services.len(), "services still running at exit");
-    }
+    let outcome = drain(
+        &config,
+        &mut signals,
+        &tasks.stop_accepting,
+        &tasks.connections,
+    )
+    .await;
+    tasks.stop(outcome.is_ok()).await;
     outcome
+}
+
+/// The Kubernetes source, when the config asks for one, on the client configuration found
+/// the standard way.
+async fn kube_source(
+    config: &Config,
+    publisher: &Arc<Publisher>,
+    sources_ready: tokio::sync::watch::Sender<Readiness>,
+) -> anyhow::Result<Option<KubeSource>> {
+    let Some(kube) = &config.kubernetes else {
+        return Ok(None);
+    };
+    // The Kubernetes client's TLS uses the process default: ring, as everywhere else.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = control::kube::default_client().await.context(
+        "`kubernetes:` is set but no Kubernetes client configuration was found \
+         (KUBECONFIG, ~/.kube/config, or the in-cluster service account)",
+    )?;
+    let node = std::env::var(control::kube::zone::NODE_NAME_ENV).ok();
+    Ok(Some(
+        KubeSource::new(client, kube.clone(), publisher.clone(), sources_ready).on_node(node),
+    ))
+}
+
+/// Every listener the config names, bound before any task starts: a bad address fails the
+/// start, not a task.
+struct Bound {
+    admin: TcpListener,
+    debug: Option<TcpListener>,
+    proxy: Vec<(TcpListener, ListenerKind)>,
+}
+
+impl Bound {
+    fn bind(config: &Config) -> anyhow::Result<Self> {
+        let bind = |kind: &str, addr, backlog| -> anyhow::Result<TcpListener> {
+            let bound = socket::bind(addr, backlog)?;
+            log_listening(kind, &bound);
+            Ok(bound)
+        };
+        let admin = bind("admin", config.admin, socket::DEFAULT_BACKLOG)?;
+        let debug = config
+            .debug
+            .map(|addr| bind("debug", addr, socket::DEFAULT_BACKLOG))
+            .transpose()?;
+        let mut proxy = Vec::with_capacity(config.listen.len() + 1);
+        for addr in &config.listen {
+            proxy.push((
+                bind("proxy", *addr, config.listen_backlog)?,
+                ListenerKind::Sni,
+            ));
+        }
+        if let Some(addr) = config.cluster_id_listen {
+            let bound = bind("cluster_id", addr, config.listen_backlog)?;
+            proxy.push((bound, ListenerKind::ClusterId));
+        }
+        Ok(Self {
+            admin,
+            debug,
+            proxy,
+        })
+    }
+
+    /// Serves every listener: the admin and debug servers as services, the proxy listeners
+    /// until `stop_accepting`, their connections on `connections`.
+    fn spawn(self, tasks: &Tasks, state: &Arc<admin::State>, proxy: &Arc<Proxy>) {
+        let servers = [
+            (Some(self.admin), admin::Surface::Admin),
+            (self.debug, admin::Surface::Debug),
+        ];
+        for (listener, surface) in servers {
+            if let Some(listener) = listener {
+                tasks.services.spawn(admin::serve(
+                    listener,
+                    surface,
+                    state.clone(),
+                    tasks.shutdown.clone(),
+                ));
+            }
+        }
+        for (bound, kind) in self.proxy {
+            tasks.services.spawn(listener::serve(
+                bound,
+                kind,
+                proxy.clone(),
+                tasks.stop_accepting.clone(),
+                tasks.connections.clone(),
+            ));
+        }
+    }
+}
+
+/// The process's tasks and the two tokens that end them: listeners stop at the end of
+/// `shutdown_delay`, everything else at exit.
+#[derive(Default)]
+struct Tasks {
+    stop_accepting: CancellationToken,
+    shutdown: CancellationToken,
+    /// Forwarded connections: what the drain waits for.
+    connections: TaskTracker,
+    /// Every other task: the admin and debug servers, listeners, sources, swap following.
+    services: TaskTracker,
+}
+
+impl Tasks {
+    /// Ends every service; waits for them (briefly) unless the drain was cut short.
+    async fn stop(self, wait: bool) {
+        self.shutdown.cancel();
+        self.services.close();
+        // Each service returns once it sees the token; a stuck one must not hold the exit,
+        // and after a second signal nothing does.
+        if wait
+            && tokio::time::timeout(SERVICES_STOP, self.services.wait())
+                .await
+                .is_err()
+        {
+            tracing::warn!(left = self.services.len(), "services still running at exit");
+        }
+    }
 }
 
 /// The drain after the first signal: keep accepting for `shutdown_delay` (the load balancer
@@ -326,7 +380,7 @@ async fn drain(
     }
 }
 
-fn log_listening(kind: &str, listener: &tokio::net::TcpListener) {
+fn log_listening(kind: &str, listener: &TcpListener) {
     match listener.local_addr() {
         Ok(addr) => tracing::info!(%kind, %addr, "listening"),
         Err(error) => tracing::warn!(%kind, %error, "listening on an unknown address"),
