@@ -756,3 +756,67 @@ async fn the_cluster_id_listener_believes_addresses_from_trusted_proxies_only() 
         "only the routed connection reached the backend"
     );
 }
+
+// === What a client sends, in the logs ===
+
+/// The refusal lines after `mark`, whatever the log format.
+fn refusal_lines(proxy: &Sniroute, mark: usize) -> Vec<String> {
+    proxy.logs_since(mark, &["connection refused"])
+}
+
+#[tokio::test]
+async fn a_cluster_id_tlv_cannot_forge_a_log_line_or_make_a_long_one() {
+    let forged = "x\nFAKE level=ERROR connection routed evil=1\r\n";
+    let hidden = "\u{1b}[2J\u{7}\0admin\u{202e}txt.exe";
+    let long = "a".repeat(15_000);
+    for format in ["text", "json"] {
+        let raw = RawBackend::start();
+        let proxy = Sniroute::start(
+            one_route(raw.addr())
+                .set("cluster_id_listen", &quote("127.0.0.1:0"))
+                .set("log_format", format)
+                .yaml(),
+        );
+        let listen = proxy.listener_addr("cluster_id");
+        let peer = addr(CLAIMED);
+        for (id, what) in [(forged, "forged"), (hidden, "hidden"), (&long, "long")] {
+            let mark = proxy.log_mark();
+            let mut tcp = raw_connect(listen).await;
+            let header = v2_header(peer, listen, Some(id));
+            tcp.write_all(&[header, hello("api.example.test")].concat())
+                .await
+                .unwrap();
+            assert!(read_until_closed(&mut tcp, STEP).await.end.closed());
+            let line = eventually(STEP, "the refusal logged", || async {
+                refusal_lines(&proxy, mark).pop()
+            })
+            .await;
+            let since = proxy.logs_since(mark, &[]);
+            // One line for the refusal, and the client's text inside it, never a line of its own.
+            assert_eq!(
+                refusal_lines(&proxy, mark).len(),
+                1,
+                "{format} {what}: {since:#?}"
+            );
+            for other in since.iter().filter(|l| !l.contains("connection refused")) {
+                assert!(
+                    !other.contains("FAKE")
+                        && !other.contains("txt.exe")
+                        && !other.contains("aaaa"),
+                    "{format} {what}: a line of the client's own: {other:?}"
+                );
+            }
+            for c in ['\u{1b}', '\u{7}', '\0', '\u{202e}', '\r'] {
+                assert!(!line.contains(c), "{format} {what}: {c:?} raw in {line:?}");
+            }
+            match what {
+                "forged" => assert!(line.contains("FAKE level=ERROR"), "{format}: {line}"),
+                "hidden" => assert!(line.contains("202e"), "{format}: {line}"),
+                _ => {
+                    assert!(line.contains("…(15000 bytes)"), "{format}: {line}");
+                    assert!(line.len() < 1024, "{format}: a {}-byte line", line.len());
+                }
+            }
+        }
+    }
+}

@@ -20,6 +20,7 @@ const REFUSAL_LOG_LINES_PER_SECOND: u32 = 50;
 pub mod balance;
 pub mod client_hello;
 pub mod client_limit;
+pub mod client_text;
 pub mod connect;
 mod connection;
 pub mod error;
@@ -39,6 +40,7 @@ mod route;
 pub mod socket;
 pub mod table;
 
+pub use client_text::ClientText;
 pub use error::{ConnectError, ListenError, NameError, TableError};
 pub use health::{EndpointHealth, OutlierPolicy};
 pub use metrics::Metrics;

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use foldhash::HashMap;
 use ipnet::IpNet;
 
+use crate::client_text::ClientText;
 use crate::error::TableError;
 use crate::name::{HostPattern, ServerName};
 use crate::proxy_protocol::Version as ProxyVersion;
@@ -322,7 +323,8 @@ impl fmt::Display for RouteKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Name(name) => name.fmt(f),
-            Self::ClusterId(id) => f.write_str(id),
+            // The client's own bytes: never raw in a log line.
+            Self::ClusterId(id) => ClientText::of(id).fmt(f),
         }
     }
 }
@@ -375,7 +377,9 @@ impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnknownName(name) => write!(f, "no route for {name}"),
-            Self::UnknownClusterId(id) => write!(f, "no route for cluster ID {id}"),
+            Self::UnknownClusterId(id) => {
+                write!(f, "no route for cluster ID {}", ClientText::of(id))
+            }
             Self::NotAllowed { name, route } => {
                 write!(f, "{name}: client not in route {route}'s allowed_cidrs")
             }
