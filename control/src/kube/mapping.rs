@@ -41,6 +41,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use proxy::table::canonical_net;
 use proxy::{Backend, BackendFacts, Condition, HostPattern};
 
 use super::objects::{EndpointSlice, HostedCluster, OcpRoute, Service};
@@ -306,7 +307,7 @@ pub fn map_cluster_to<'a, 'e>(
         .unwrap_or_default();
     for cidr in blocks.iter().filter(|c| !c.trim().is_empty()) {
         match cidr.trim().parse::<IpNet>() {
-            Ok(net) => allowed.push(net),
+            Ok(net) => allowed.push(canonical_net(net)),
             Err(_) => {
                 mapped.skipped = Some(Skip::BadAllowedCidr { cidr: cidr.clone() });
                 return mapped;
