@@ -276,7 +276,7 @@ impl Proxy {
         } = refused;
         let outcome = reason.outcome();
         self.metrics.count(outcome);
-        if reason.logged() && self.refusal_log.allow() {
+        if reason.logged() && self.refusal_log.allow(origin.client().ip()) {
             let claimed = origin.claimed().map(tracing::field::display);
             let ja4 = ja4.map(tracing::field::display);
             tracing::info!(peer = %origin.client(), claimed, reason = %outcome, detail = %reason, ja4, "connection refused");
