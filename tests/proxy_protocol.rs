@@ -820,3 +820,73 @@ async fn a_cluster_id_tlv_cannot_forge_a_log_line_or_make_a_long_one() {
         }
     }
 }
+
+// === Load-balancer health checks and client_limits ===
+
+#[tokio::test]
+async fn health_checks_are_neither_limited_nor_logged() {
+    let lo = RawBackend::start();
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set("accept_proxy_protocol", "optional")
+            .set("trusted_proxies", "[\"127.0.0.1/32\"]")
+            .set(
+                "client_limits",
+                "{max_connections: 100, connection_rate: 1/m, burst: 5}",
+            )
+            .route("lo", &["lo.example.test"], &[lo.addr()])
+            .yaml(),
+    );
+    let listen = proxy.proxy_addr();
+    let local = v2_raw(
+        v2::Command::Local,
+        v2::Protocol::Unspecified,
+        addr(CLAIMED),
+        listen,
+    );
+    let unspec = v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Proxy,
+        v2::Protocol::Unspecified,
+        v2::Addresses::Unspecified,
+    )
+    .build()
+    .unwrap();
+    let unknown = b"PROXY UNKNOWN\r\n".to_vec();
+
+    // Eight probes of each kind, well past the load balancer's burst of 5.
+    let mark = proxy.log_mark();
+    for probe in [&local, &unspec, &unknown] {
+        for _ in 0..8 {
+            let mut tcp = send(listen, probe).await;
+            assert!(read_until_closed(&mut tcp, STEP).await.end.closed());
+        }
+    }
+    eventually(STEP, "24 health checks counted", || async {
+        (Scrape::of(&proxy).outcome("health_check") == 24.0).then_some(())
+    })
+    .await;
+    let scrape = Scrape::of(&proxy);
+    assert_eq!(scrape.outcome("client_limited"), 0.0, "a probe was limited");
+    assert_eq!(scrape.outcome("not_tls"), 0.0, "a probe was an error");
+    assert!(
+        proxy.logs_since(mark, &["connection refused"]).is_empty(),
+        "a health check was logged: {:#?}",
+        proxy.logs_since(mark, &["connection refused"])
+    );
+
+    // The load balancer's own traffic (a header naming no client, then a ClientHello) still
+    // has its limit: its burst is whole after the probes, and then spent.
+    let lo_hello = hello("lo.example.test");
+    for i in 0..5 {
+        send(listen, &[local.clone(), lo_hello.clone()].concat()).await;
+        received_all(&lo, i);
+    }
+    let mark = proxy.log_mark();
+    let tcp = send(listen, &[local, lo_hello].concat()).await;
+    let line = assert_refused(&proxy, mark, tcp, "client_limited").await;
+    assert!(
+        line.contains("ja4="),
+        "limited after its hello was read: {line}"
+    );
+    assert_eq!(lo.accepted(), 5);
+}
