@@ -890,3 +890,50 @@ async fn health_checks_are_neither_limited_nor_logged() {
     );
     assert_eq!(lo.accepted(), 5);
 }
+
+// === CRC32C ===
+
+/// `header` with a CRC32C TLV (type 0x03) holding its checksum, xor-ed with `flip`.
+fn with_crc32c(builder: v2::Builder, flip: u32) -> Vec<u8> {
+    const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+    let mut bytes = builder.write_tlv(0x03, &[0; 4]).unwrap().build().unwrap();
+    let at = bytes.len() - 4;
+    let sum = CRC32C.checksum(&bytes) ^ flip;
+    bytes[at..].copy_from_slice(&sum.to_be_bytes());
+    bytes
+}
+
+#[tokio::test]
+async fn a_v2_header_with_a_wrong_crc32c_is_refused_and_a_right_one_routes() {
+    let (open, doc, lo) = (
+        RawBackend::start(),
+        RawBackend::start(),
+        RawBackend::start(),
+    );
+    let proxy = accepting("v2", "127.0.0.1/32", &open, &doc, &lo);
+    let listen = proxy.proxy_addr();
+    let claimed = addr(CLAIMED);
+    let builder = || {
+        v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            (claimed, listen),
+        )
+    };
+    let doc_hello = hello("doc.example.test");
+
+    let mark = proxy.log_mark();
+    let wrong = with_crc32c(builder(), 1);
+    let tcp = send(listen, &[wrong, doc_hello.clone()].concat()).await;
+    let line = assert_refused(&proxy, mark, tcp, "not_tls").await;
+    assert!(line.contains("CRC32C checksum does not match"), "{line}");
+    assert_eq!(
+        doc.accepted(),
+        0,
+        "a header with a wrong checksum was believed"
+    );
+
+    let right = with_crc32c(builder(), 0);
+    send(listen, &[right, doc_hello.clone()].concat()).await;
+    assert_v2_then(&doc, 0, claimed, listen, &doc_hello);
+}

@@ -19,6 +19,12 @@ const V1_SIGNATURE: &[u8] = b"PROXY ";
 const V1_MAX_LEN: usize = 107;
 /// The TLV type HyperShift's node-side proxies put the HostedCluster's `spec.clusterID` in.
 pub const CLUSTER_ID_TLV: u8 = 0x20;
+/// PP2_TYPE_CRC32C: the header's checksum, which a receiver must verify (spec 2.2.5).
+pub const CRC32C_TLV: u8 = 0x03;
+/// A TLV's type byte and two length bytes.
+const TLV_HEADER_LEN: usize = 3;
+/// CRC-32C (Castagnoli, the iSCSI polynomial), the checksum the spec names.
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// A PROXY protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,12 +140,29 @@ fn parse_v2(buf: &[u8]) -> Parsed {
         (_, v2::Addresses::Unspecified | v2::Addresses::Unix(_)) => None,
     };
     let mut cluster_id = None;
+    let mut checksum_at = None;
+    // Where the TLV being read starts in the header.
+    let mut at = header.len() - header.tlv_bytes().len();
     for tlv in header.tlvs() {
         let Ok(tlv) = tlv else {
             return Parsed::Invalid("malformed v2 TLV");
         };
-        if tlv.kind == CLUSTER_ID_TLV {
-            cluster_id = Some(std::str::from_utf8(&tlv.value).map(Box::from));
+        match tlv.kind {
+            CLUSTER_ID_TLV => cluster_id = Some(std::str::from_utf8(&tlv.value).map(Box::from)),
+            CRC32C_TLV if tlv.value.len() != 4 => {
+                return Parsed::Invalid("v2 CRC32C TLV is not 4 bytes");
+            }
+            CRC32C_TLV if checksum_at.is_some() => {
+                return Parsed::Invalid("v2 header with two CRC32C TLVs");
+            }
+            CRC32C_TLV => checksum_at = Some(at + TLV_HEADER_LEN),
+            _ => {}
+        }
+        at += TLV_HEADER_LEN + tlv.value.len();
+    }
+    if let Some(value_at) = checksum_at {
+        if !checksum_holds(header.as_bytes(), value_at) {
+            return Parsed::Invalid("v2 CRC32C checksum does not match the header");
         }
     }
     Parsed::Header(Header {
@@ -148,6 +171,21 @@ fn parse_v2(buf: &[u8]) -> Parsed {
         local,
         cluster_id,
     })
+}
+
+/// Whether the CRC32C TLV whose 4-byte value starts at `value_at` in `header` holds the
+/// header's checksum: CRC32C (Castagnoli) over the whole header, that value taken as zero
+/// (spec section 2.2.5, which says a receiver must verify it).
+fn checksum_holds(header: &[u8], value_at: usize) -> bool {
+    let (before, rest) = header.split_at(value_at);
+    let Some((value, after)) = rest.split_first_chunk::<4>() else {
+        return false;
+    };
+    let mut digest = CRC32C.digest();
+    digest.update(before);
+    digest.update(&[0; 4]);
+    digest.update(after);
+    digest.finalize() == u32::from_be_bytes(*value)
 }
 
 fn parse_v1(buf: &[u8]) -> Parsed {
@@ -372,6 +410,62 @@ mod tests {
             panic!("not a header");
         };
         assert!(matches!(header.cluster_id, Some(Err(_))));
+    }
+
+    /// `header` with a CRC32C TLV holding its checksum (`fix` applied to the value first).
+    fn with_checksum(builder: v2::Builder, fix: impl Fn(&mut [u8; 4])) -> Vec<u8> {
+        let mut bytes = builder
+            .write_tlv(CRC32C_TLV, &[0; 4])
+            .unwrap()
+            .build()
+            .unwrap();
+        let value_at = bytes.len() - 4;
+        let mut value = CRC32C.checksum(&bytes).to_be_bytes();
+        fix(&mut value);
+        bytes[value_at..].copy_from_slice(&value);
+        bytes
+    }
+
+    #[test]
+    fn a_crc32c_tlv_is_verified() {
+        let v2_id = || {
+            v2(v2::Command::Proxy, v2::Protocol::Stream)
+                .write_tlv(CLUSTER_ID_TLV, b"id")
+                .unwrap()
+        };
+        let good = with_checksum(v2_id(), |_| {});
+        let Parsed::Header(header) = parse(&good, Expect::Required(Version::V2)) else {
+            panic!(
+                "a correct checksum refused: {:?}",
+                parse(&good, Expect::Optional)
+            );
+        };
+        assert_eq!(header.len, good.len());
+        assert_eq!(header.cluster_id, Some(Ok("id".into())));
+        // The spec's own check value for CRC-32C ("123456789" -> 0xe3069283).
+        assert_eq!(CRC32C.checksum(b"123456789"), 0xe306_9283);
+
+        let bad = with_checksum(v2_id(), |value| value[3] ^= 1);
+        assert_eq!(
+            parse(&bad, Expect::Required(Version::V2)),
+            Parsed::Invalid("v2 CRC32C checksum does not match the header")
+        );
+        // Any byte of the header changed after the checksum was made is caught too.
+        let mut changed = good.clone();
+        changed[20] ^= 0x40;
+        assert!(matches!(
+            parse(&changed, Expect::Optional),
+            Parsed::Invalid(_)
+        ));
+        let short = v2_id()
+            .write_tlv(CRC32C_TLV, &[0; 2])
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(
+            parse(&short, Expect::Optional),
+            Parsed::Invalid("v2 CRC32C TLV is not 4 bytes")
+        );
     }
 
     #[test]
