@@ -937,3 +937,42 @@ async fn a_v2_header_with_a_wrong_crc32c_is_refused_and_a_right_one_routes() {
     send(listen, &[right, doc_hello.clone()].concat()).await;
     assert_v2_then(&doc, 0, claimed, listen, &doc_hello);
 }
+
+// === The destination sent on ===
+
+#[tokio::test]
+async fn the_header_sent_on_carries_the_trusted_headers_destination() {
+    // HAProxy 2.6 with `accept-proxy` on the bind and `send-proxy` / `send-proxy-v2` on the
+    // server sends on the incoming header's source and destination alike.
+    let (b2, b1) = (RawBackend::start(), RawBackend::start());
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set("accept_proxy_protocol", "optional")
+            .set("trusted_proxies", "[\"127.0.0.1/32\"]")
+            .route("two", &["api.example.test"], &[b2.addr()])
+            .route_key("proxy_protocol", "v2")
+            .route("one", &["v1.example.test"], &[b1.addr()])
+            .route_key("proxy_protocol", "v1")
+            .yaml(),
+    );
+    let listen = proxy.proxy_addr();
+    let (client, frontend) = (addr(CLAIMED), addr("198.51.100.20:18443"));
+
+    // IPv4, and IPv6 whatever the listener's own family.
+    let api = hello("api.example.test");
+    let ipv6 = (addr("[2001:db8::7]:4000"), addr("[2001:db8::1]:443"));
+    for (i, (src, dst)) in [(client, frontend), ipv6].into_iter().enumerate() {
+        send(listen, &[v2_header(src, dst, None), api.clone()].concat()).await;
+        assert_v2_then(&b2, i, src, dst, &api);
+    }
+    let one = [v1_header(client, frontend), hello("v1.example.test")].concat();
+    send(listen, &one).await;
+    assert_eq!(
+        String::from_utf8_lossy(&received_all(&b1, 0)),
+        String::from_utf8_lossy(&one)
+    );
+
+    // No header: the client connected to our listener, as before.
+    let direct = send(listen, &api).await.local_addr().unwrap();
+    assert_v2_then(&b2, 2, direct, listen, &api);
+}

@@ -137,7 +137,8 @@ async fn establish(
     if let Some(version) = route.proxy_protocol() {
         match client.local_addr() {
             Ok(local) => {
-                let mut first = proxy_protocol::encode(version, client_addr, local);
+                let destination = origin.destination(local);
+                let mut first = proxy_protocol::encode(version, client_addr, destination);
                 first.extend_from_slice(&buf);
                 buf = first;
             }

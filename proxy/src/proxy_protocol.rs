@@ -71,12 +71,13 @@ pub enum Parsed {
 pub struct Header {
     /// Bytes the header takes at the start of the stream; the payload follows.
     pub len: usize,
-    /// The original client, for PROXY commands over TCP; `None` for LOCAL (health checks)
-    /// or UNKNOWN, where the peer address stands.
+    /// The original client, for PROXY commands over TCP; `None` for v2 LOCAL or UNSPEC and
+    /// v1 UNKNOWN, where the load balancer speaks for itself (a health check, unless a
+    /// payload follows) and the peer address stands.
     pub source: Option<SocketAddr>,
-    /// A v2 LOCAL command: the load balancer speaking for itself (a health check, unless a
-    /// payload follows), not for a client.
-    pub local: bool,
+    /// The address the original client connected to (the load balancer's frontend), where
+    /// `source` is given.
+    pub destination: Option<SocketAddr>,
     /// The ClusterID TLV (type 0x20), when present, or why its value is not a ClusterID.
     pub cluster_id: Option<Result<Box<str>, Utf8Error>>,
 }
@@ -129,14 +130,16 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     if !local && header.protocol == v2::Protocol::Datagram {
         return Parsed::Invalid("a DGRAM (UDP) header on a TCP listener");
     }
-    let source = match (header.command, header.addresses) {
+    let addresses = match (header.command, header.addresses) {
         (v2::Command::Local, _) => None,
-        (_, v2::Addresses::IPv4(a)) => {
-            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-        }
-        (_, v2::Addresses::IPv6(a)) => {
-            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-        }
+        (_, v2::Addresses::IPv4(a)) => Some((
+            SocketAddr::new(IpAddr::V4(a.source_address), a.source_port),
+            SocketAddr::new(IpAddr::V4(a.destination_address), a.destination_port),
+        )),
+        (_, v2::Addresses::IPv6(a)) => Some((
+            SocketAddr::new(IpAddr::V6(a.source_address), a.source_port),
+            SocketAddr::new(IpAddr::V6(a.destination_address), a.destination_port),
+        )),
         (_, v2::Addresses::Unspecified | v2::Addresses::Unix(_)) => None,
     };
     let mut cluster_id = None;
@@ -167,8 +170,8 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     }
     Parsed::Header(Header {
         len: header.len(),
-        source,
-        local,
+        source: addresses.map(|(source, _)| source),
+        destination: addresses.map(|(_, destination)| destination),
         cluster_id,
     })
 }
@@ -205,13 +208,15 @@ fn parse_v1(buf: &[u8]) -> Parsed {
     let Ok(header) = ppp::v1::Header::try_from(&buf[..end + 2]) else {
         return Parsed::Invalid("malformed v1 header");
     };
-    let source = match header.addresses {
-        ppp::v1::Addresses::Tcp4(a) => {
-            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-        }
-        ppp::v1::Addresses::Tcp6(a) => {
-            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-        }
+    let addresses = match header.addresses {
+        ppp::v1::Addresses::Tcp4(a) => Some((
+            SocketAddr::new(IpAddr::V4(a.source_address), a.source_port),
+            SocketAddr::new(IpAddr::V4(a.destination_address), a.destination_port),
+        )),
+        ppp::v1::Addresses::Tcp6(a) => Some((
+            SocketAddr::new(IpAddr::V6(a.source_address), a.source_port),
+            SocketAddr::new(IpAddr::V6(a.destination_address), a.destination_port),
+        )),
         ppp::v1::Addresses::Unknown => None,
     };
     Parsed::Header(Header {
@@ -219,25 +224,26 @@ fn parse_v1(buf: &[u8]) -> Parsed {
         // the first CR (`PROXY UNKNOWN x \n\r\r\n`: 19 bytes to it, the line is 20), and the
         // payload starts after the line.
         len: end + 2,
-        source,
-        local: false,
+        source: addresses.map(|(source, _)| source),
+        destination: addresses.map(|(_, destination)| destination),
         cluster_id: None,
     })
 }
 
-/// The header a route sends its backend: `client` connected to `local`. Mixed families are
-/// sent as IPv6, with the IPv4 side mapped.
-pub fn encode(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
-    let (client, local) = same_family(client, local);
+/// The header a route sends its backend: `client` connected to `destination` (what HAProxy's
+/// `send-proxy` sends: the addresses a trusted incoming header named, else the connection's
+/// own). Mixed families are sent as IPv6, with the IPv4 side mapped.
+pub fn encode(version: Version, client: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let (client, destination) = same_family(client, destination);
     match version {
         Version::V1 => {
             let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
             format!(
                 "PROXY {family} {} {} {} {}\r\n",
                 client.ip(),
-                local.ip(),
+                destination.ip(),
                 client.port(),
-                local.port()
+                destination.port()
             )
             .into_bytes()
         }
@@ -245,7 +251,7 @@ pub fn encode(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8
             let header = v2::Builder::with_addresses(
                 v2::Version::Two | v2::Command::Proxy,
                 v2::Protocol::Stream,
-                (client, local),
+                (client, destination),
             );
             // Building into a Vec cannot fail: the only errors are from io::Write on it.
             header.build().unwrap_or_default()
@@ -303,7 +309,7 @@ mod tests {
         let want = Parsed::Header(Header {
             len,
             source: Some("10.1.2.3:5555".parse().unwrap()),
-            local: false,
+            destination: Some("10.9.9.9:6443".parse().unwrap()),
             cluster_id: Some(Ok("0b1c2d3e-0000-4000-8000-000000000001".into())),
         });
         assert_eq!(parse(&bytes, Expect::Required(Version::V2)), want);
@@ -327,7 +333,7 @@ mod tests {
             Parsed::Header(Header {
                 len,
                 source: Some("[2001:db8::1]:40000".parse().unwrap()),
-                local: false,
+                destination: Some("[2001:db8::2]:443".parse().unwrap()),
                 cluster_id: None
             })
         );
@@ -377,8 +383,11 @@ mod tests {
         let Parsed::Header(header) = parse(&bytes, Expect::Optional) else {
             panic!("{:?}", parse(&bytes, Expect::Optional));
         };
-        assert!(header.local);
-        assert_eq!(header.source, None, "LOCAL names no client");
+        assert_eq!(
+            (header.source, header.destination),
+            (None, None),
+            "LOCAL names no client"
+        );
     }
 
     #[test]

@@ -44,8 +44,11 @@ pub(crate) struct Origin {
 enum Via {
     /// No header, or one without addresses: the peer is the client.
     Direct,
-    /// A trusted header named the client.
-    Proxy(SocketAddr),
+    /// A trusted header named the client, and the address it connected to.
+    Proxy {
+        client: SocketAddr,
+        destination: SocketAddr,
+    },
     /// An untrusted header (on the ClusterID listener) claimed this source: logged only.
     Claimed(SocketAddr),
 }
@@ -91,8 +94,18 @@ impl Origin {
     /// source a trusted PROXY header named.
     pub(crate) fn client(&self) -> SocketAddr {
         match self.via {
-            Via::Proxy(client) => client,
+            Via::Proxy { client, .. } => client,
             Via::Direct | Via::Claimed(_) => self.peer,
+        }
+    }
+
+    /// The address the client connected to, for the outgoing PROXY header: the destination
+    /// a trusted header named (the load balancer's frontend), else `local`, the connection's
+    /// own.
+    pub(crate) fn destination(&self, local: SocketAddr) -> SocketAddr {
+        match self.via {
+            Via::Proxy { destination, .. } => destination,
+            Via::Direct | Via::Claimed(_) => local,
         }
     }
 
@@ -100,7 +113,7 @@ impl Origin {
     pub(crate) fn claimed(&self) -> Option<SocketAddr> {
         match self.via {
             Via::Claimed(claimed) => Some(claimed),
-            Via::Direct | Via::Proxy(_) => None,
+            Via::Direct | Via::Proxy { .. } => None,
         }
     }
 
@@ -244,15 +257,19 @@ impl Proxy {
             .trusted_proxies
             .iter()
             .any(|net| net.contains(&canonical(peer.ip())));
-        header.origin.via = match (trusted, kind, parsed.source) {
+        let addresses = parsed.source.zip(parsed.destination);
+        header.origin.via = match (trusted, kind, addresses) {
             (false, ListenerKind::Sni, _) => {
                 return Err(header.origin.refuse(Reason::UntrustedProxy));
             }
             (_, _, None) => Via::Direct,
-            (true, _, Some(source)) => Via::Proxy(source),
-            (false, ListenerKind::ClusterId, Some(claimed)) => Via::Claimed(claimed),
+            (true, _, Some((client, destination))) => Via::Proxy {
+                client,
+                destination,
+            },
+            (false, ListenerKind::ClusterId, Some((claimed, _))) => Via::Claimed(claimed),
         };
-        header.probe = parsed.source.is_none();
+        header.probe = addresses.is_none();
         header.cluster_id = parsed.cluster_id;
         // The header is for us, not the backend.
         buf.drain(..parsed.len);
