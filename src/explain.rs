@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use proxy::explain::{Admitted, BackendNow, Explanation};
-use proxy::{Proxy, ServerName};
+use proxy::{ClientText, Proxy, ServerName};
 use serde_json::{json, Value};
 
 /// How long the command waits for the server.
@@ -18,19 +18,26 @@ pub fn answer(proxy: &Proxy, query: &str) -> Result<Value, String> {
     let (mut sni, mut client) = (None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value).ok_or_else(|| format!("bad escape in {key}"))?;
+        let value = percent_decode(value)
+            .ok_or_else(|| format!("bad escape in {}", ClientText::of(key)))?;
         match key {
             "sni" => sni = Some(value),
             "client" => client = Some(value),
-            _ => return Err(format!("unknown parameter {key:?} (sni, client)")),
+            _ => {
+                return Err(format!(
+                    "unknown parameter {} (sni, client)",
+                    ClientText::of(key)
+                ))
+            }
         }
     }
     let sni = sni.ok_or("missing sni=NAME")?;
-    let name = ServerName::parse(sni.as_bytes()).map_err(|e| format!("sni {sni:?}: {e}"))?;
+    let name = ServerName::parse(sni.as_bytes())
+        .map_err(|e| format!("sni {}: {e}", ClientText::of(&sni)))?;
     let client = client
         .map(|c| {
             c.parse::<IpAddr>()
-                .map_err(|e| format!("client {c:?}: {e}"))
+                .map_err(|e| format!("client {}: {e}", ClientText::of(&c)))
         })
         .transpose()?;
     Ok(to_json(&name, client, &proxy.explain(&name, client)))

@@ -129,3 +129,92 @@ async fn a_client_over_its_rate_is_limited_after_its_burst() {
     .await
     .is_ok());
 }
+
+/// A v2 PROXY header `src -> dst` (a trusted load balancer naming the client).
+fn v2_header(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
+    use ppp::v2;
+    v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Proxy,
+        v2::Protocol::Stream,
+        (src, dst),
+    )
+    .build()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_mapped_networks_hold_ipv4_clients_in_every_key() {
+    let m = TlsBackend::start("m");
+    let doc = RawBackend::start();
+    let yaml = Cfg::new()
+        .set("accept_proxy_protocol", "optional")
+        .set("trusted_proxies", "[\"::ffff:127.0.0.1/128\"]")
+        .set(
+            "client_limits",
+            "{max_connections: 100, connection_rate: 1/m, burst: 10, \
+             exempt: [\"::ffff:127.0.0.6/128\"]}",
+        )
+        .route("m", &["m.example.test"], &[m.addr()])
+        .route_key("allowed_cidrs", "[\"::ffff:127.0.0.0/104\"]")
+        .route("doc", &["doc.example.test"], &[doc.addr()])
+        .route_key("allowed_cidrs", "[\"::ffff:192.0.2.0/120\"]")
+        .yaml();
+    let (_dir, path) = config_file(&yaml);
+    let run = run_binary(&["check".as_ref(), "--config".as_ref(), path.as_os_str()]);
+    assert_eq!(run.exited.and_then(|s| s.code()), Some(0), "{run:?}");
+
+    let proxy = Sniroute::start(&yaml);
+    let addr = proxy.proxy_addr();
+
+    // allowed_cidrs: an IPv4 client of 127.0.0.0/8 is admitted.
+    let conn = tls_connect_with(
+        addr,
+        &ClientOpts::sni("m.example.test").bound_to(ip("127.0.0.1")),
+    )
+    .await;
+    assert_eq!(conn.map(|c| c.backend).ok(), Some("m".to_owned()));
+
+    // client_limits.exempt: 127.0.0.6 goes past the burst of 10.
+    for i in 0..12 {
+        let conn = tls_connect_with(
+            addr,
+            &ClientOpts::sni("m.example.test").bound_to(ip("127.0.0.6")),
+        )
+        .await;
+        assert!(conn.is_ok(), "exempt connection {i}: {:?}", conn.err());
+    }
+    assert_eq!(client_limited(&proxy), 0);
+
+    // trusted_proxies: 127.0.0.1's header is believed, its client judged by allowed_cidrs;
+    // a client named as an IPv4-mapped IPv6 address is the IPv4 client it is.
+    let doc_hello = with_sni(&fixture("openssl-3.0.bin"), b"doc.example.test");
+    let mapped_listen = std::net::SocketAddr::new(
+        match addr.ip() {
+            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+            v6 => v6,
+        },
+        addr.port(),
+    );
+    for (i, header) in [
+        v2_header("192.0.2.10:4000".parse().unwrap(), addr),
+        v2_header("[::ffff:192.0.2.11]:4000".parse().unwrap(), mapped_listen),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut tcp = raw_connect_from(ip("127.0.0.1"), addr).await;
+        tcp.write_all(&[header, doc_hello.clone()].concat())
+            .await
+            .unwrap();
+        tcp.shutdown().await.unwrap();
+        let got = doc.wait_received(i, usize::MAX, STEP);
+        assert!(got.ends_with(&doc_hello), "header {i}: not routed to doc");
+    }
+    assert_eq!(doc.accepted(), 2);
+
+    // Read as the IPv4 networks they map, and shown so.
+    let debug = proxy.listener_addr("debug");
+    let (status, body) = http_get(debug, "/explain?sni=m.example.test&client=127.0.0.1").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("allowed_cidrs entry 127.0.0.0/8"), "{body}");
+}

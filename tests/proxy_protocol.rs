@@ -756,3 +756,223 @@ async fn the_cluster_id_listener_believes_addresses_from_trusted_proxies_only() 
         "only the routed connection reached the backend"
     );
 }
+
+// === What a client sends, in the logs ===
+
+/// The refusal lines after `mark`, whatever the log format.
+fn refusal_lines(proxy: &Sniroute, mark: usize) -> Vec<String> {
+    proxy.logs_since(mark, &["connection refused"])
+}
+
+#[tokio::test]
+async fn a_cluster_id_tlv_cannot_forge_a_log_line_or_make_a_long_one() {
+    let forged = "x\nFAKE level=ERROR connection routed evil=1\r\n";
+    let hidden = "\u{1b}[2J\u{7}\0admin\u{202e}txt.exe";
+    let long = "a".repeat(15_000);
+    for format in ["text", "json"] {
+        let raw = RawBackend::start();
+        let proxy = Sniroute::start(
+            one_route(raw.addr())
+                .set("cluster_id_listen", &quote("127.0.0.1:0"))
+                .set("log_format", format)
+                .yaml(),
+        );
+        let listen = proxy.listener_addr("cluster_id");
+        let peer = addr(CLAIMED);
+        for (id, what) in [(forged, "forged"), (hidden, "hidden"), (&long, "long")] {
+            let mark = proxy.log_mark();
+            let mut tcp = raw_connect(listen).await;
+            let header = v2_header(peer, listen, Some(id));
+            tcp.write_all(&[header, hello("api.example.test")].concat())
+                .await
+                .unwrap();
+            assert!(read_until_closed(&mut tcp, STEP).await.end.closed());
+            let line = eventually(STEP, "the refusal logged", || async {
+                refusal_lines(&proxy, mark).pop()
+            })
+            .await;
+            let since = proxy.logs_since(mark, &[]);
+            // One line for the refusal, and the client's text inside it, never a line of its own.
+            assert_eq!(
+                refusal_lines(&proxy, mark).len(),
+                1,
+                "{format} {what}: {since:#?}"
+            );
+            for other in since.iter().filter(|l| !l.contains("connection refused")) {
+                assert!(
+                    !other.contains("FAKE")
+                        && !other.contains("txt.exe")
+                        && !other.contains("aaaa"),
+                    "{format} {what}: a line of the client's own: {other:?}"
+                );
+            }
+            for c in ['\u{1b}', '\u{7}', '\0', '\u{202e}', '\r'] {
+                assert!(!line.contains(c), "{format} {what}: {c:?} raw in {line:?}");
+            }
+            match what {
+                "forged" => assert!(line.contains("FAKE level=ERROR"), "{format}: {line}"),
+                "hidden" => assert!(line.contains("202e"), "{format}: {line}"),
+                _ => {
+                    assert!(line.contains("…(15000 bytes)"), "{format}: {line}");
+                    assert!(line.len() < 1024, "{format}: a {}-byte line", line.len());
+                }
+            }
+        }
+    }
+}
+
+// === Load-balancer health checks and client_limits ===
+
+#[tokio::test]
+async fn health_checks_are_neither_limited_nor_logged() {
+    let lo = RawBackend::start();
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set("accept_proxy_protocol", "optional")
+            .set("trusted_proxies", "[\"127.0.0.1/32\"]")
+            .set(
+                "client_limits",
+                "{max_connections: 100, connection_rate: 1/m, burst: 5}",
+            )
+            .route("lo", &["lo.example.test"], &[lo.addr()])
+            .yaml(),
+    );
+    let listen = proxy.proxy_addr();
+    let local = v2_raw(
+        v2::Command::Local,
+        v2::Protocol::Unspecified,
+        addr(CLAIMED),
+        listen,
+    );
+    let unspec = v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Proxy,
+        v2::Protocol::Unspecified,
+        v2::Addresses::Unspecified,
+    )
+    .build()
+    .unwrap();
+    let unknown = b"PROXY UNKNOWN\r\n".to_vec();
+
+    // Eight probes of each kind, well past the load balancer's burst of 5.
+    let mark = proxy.log_mark();
+    for probe in [&local, &unspec, &unknown] {
+        for _ in 0..8 {
+            let mut tcp = send(listen, probe).await;
+            assert!(read_until_closed(&mut tcp, STEP).await.end.closed());
+        }
+    }
+    eventually(STEP, "24 health checks counted", || async {
+        (Scrape::of(&proxy).outcome("health_check") == 24.0).then_some(())
+    })
+    .await;
+    let scrape = Scrape::of(&proxy);
+    assert_eq!(scrape.outcome("client_limited"), 0.0, "a probe was limited");
+    assert_eq!(scrape.outcome("not_tls"), 0.0, "a probe was an error");
+    assert!(
+        proxy.logs_since(mark, &["connection refused"]).is_empty(),
+        "a health check was logged: {:#?}",
+        proxy.logs_since(mark, &["connection refused"])
+    );
+
+    // The load balancer's own traffic (a header naming no client, then a ClientHello) still
+    // has its limit: its burst is whole after the probes, and then spent.
+    let lo_hello = hello("lo.example.test");
+    for i in 0..5 {
+        send(listen, &[local.clone(), lo_hello.clone()].concat()).await;
+        received_all(&lo, i);
+    }
+    let mark = proxy.log_mark();
+    let tcp = send(listen, &[local, lo_hello].concat()).await;
+    let line = assert_refused(&proxy, mark, tcp, "client_limited").await;
+    assert!(
+        line.contains("ja4="),
+        "limited after its hello was read: {line}"
+    );
+    assert_eq!(lo.accepted(), 5);
+}
+
+// === CRC32C ===
+
+/// `header` with a CRC32C TLV (type 0x03) holding its checksum, xor-ed with `flip`.
+fn with_crc32c(builder: v2::Builder, flip: u32) -> Vec<u8> {
+    const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+    let mut bytes = builder.write_tlv(0x03, &[0; 4]).unwrap().build().unwrap();
+    let at = bytes.len() - 4;
+    let sum = CRC32C.checksum(&bytes) ^ flip;
+    bytes[at..].copy_from_slice(&sum.to_be_bytes());
+    bytes
+}
+
+#[tokio::test]
+async fn a_v2_header_with_a_wrong_crc32c_is_refused_and_a_right_one_routes() {
+    let (open, doc, lo) = (
+        RawBackend::start(),
+        RawBackend::start(),
+        RawBackend::start(),
+    );
+    let proxy = accepting("v2", "127.0.0.1/32", &open, &doc, &lo);
+    let listen = proxy.proxy_addr();
+    let claimed = addr(CLAIMED);
+    let builder = || {
+        v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Proxy,
+            v2::Protocol::Stream,
+            (claimed, listen),
+        )
+    };
+    let doc_hello = hello("doc.example.test");
+
+    let mark = proxy.log_mark();
+    let wrong = with_crc32c(builder(), 1);
+    let tcp = send(listen, &[wrong, doc_hello.clone()].concat()).await;
+    let line = assert_refused(&proxy, mark, tcp, "not_tls").await;
+    assert!(line.contains("CRC32C checksum does not match"), "{line}");
+    assert_eq!(
+        doc.accepted(),
+        0,
+        "a header with a wrong checksum was believed"
+    );
+
+    let right = with_crc32c(builder(), 0);
+    send(listen, &[right, doc_hello.clone()].concat()).await;
+    assert_v2_then(&doc, 0, claimed, listen, &doc_hello);
+}
+
+// === The destination sent on ===
+
+#[tokio::test]
+async fn the_header_sent_on_carries_the_trusted_headers_destination() {
+    // HAProxy 2.6 with `accept-proxy` on the bind and `send-proxy` / `send-proxy-v2` on the
+    // server sends on the incoming header's source and destination alike.
+    let (b2, b1) = (RawBackend::start(), RawBackend::start());
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .set("accept_proxy_protocol", "optional")
+            .set("trusted_proxies", "[\"127.0.0.1/32\"]")
+            .route("two", &["api.example.test"], &[b2.addr()])
+            .route_key("proxy_protocol", "v2")
+            .route("one", &["v1.example.test"], &[b1.addr()])
+            .route_key("proxy_protocol", "v1")
+            .yaml(),
+    );
+    let listen = proxy.proxy_addr();
+    let (client, frontend) = (addr(CLAIMED), addr("198.51.100.20:18443"));
+
+    // IPv4, and IPv6 whatever the listener's own family.
+    let api = hello("api.example.test");
+    let ipv6 = (addr("[2001:db8::7]:4000"), addr("[2001:db8::1]:443"));
+    for (i, (src, dst)) in [(client, frontend), ipv6].into_iter().enumerate() {
+        send(listen, &[v2_header(src, dst, None), api.clone()].concat()).await;
+        assert_v2_then(&b2, i, src, dst, &api);
+    }
+    let one = [v1_header(client, frontend), hello("v1.example.test")].concat();
+    send(listen, &one).await;
+    assert_eq!(
+        String::from_utf8_lossy(&received_all(&b1, 0)),
+        String::from_utf8_lossy(&one)
+    );
+
+    // No header: the client connected to our listener, as before.
+    let direct = send(listen, &api).await.local_addr().unwrap();
+    assert_v2_then(&b2, 2, direct, listen, &api);
+}

@@ -289,3 +289,115 @@ async fn refusals_after_a_hello_and_closing_summaries_carry_its_ja4() {
     let line = proxy.wait_log_since(mark, &["connection closed"], STEP);
     assert!(line.contains("ja4=t13d"), "{line}");
 }
+
+/// The `suppressed=N` of every summary line of the refusal log budget after `mark`.
+fn suppressed_since(proxy: &Sniroute, mark: usize) -> u64 {
+    proxy
+        .logs_since(mark, &["log lines suppressed"])
+        .iter()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix("suppressed="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_flood_of_refusals_leaves_anothers_log_lines_and_is_summarised() {
+    let raw = RawBackend::start();
+    let proxy = Sniroute::start(
+        one_route(raw.addr())
+            .set(
+                "client_limits",
+                "{max_connections: 1000, connection_rate: 1/m, burst: 20}",
+            )
+            .yaml(),
+    );
+    let addr = proxy.proxy_addr();
+    let (flooder, victim): (std::net::IpAddr, std::net::IpAddr) =
+        ("127.0.0.7".parse().unwrap(), "127.0.0.8".parse().unwrap());
+    let mark = proxy.log_mark();
+    let started = Instant::now();
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Connections from 127.0.0.7, 50 at a time, refused as client_limited past its burst,
+    // for as long as the victim is at it (bounded: 20,000 at most).
+    let flood = tokio::spawn({
+        let (flooding, opened) = (flooding.clone(), opened.clone());
+        async move {
+            while flooding.load(std::sync::atomic::Ordering::SeqCst)
+                && opened.load(std::sync::atomic::Ordering::SeqCst) < 20_000
+            {
+                let wave: Vec<_> = (0..50)
+                    .map(|_| {
+                        tokio::spawn(async move {
+                            let mut tcp = raw_connect_from(flooder, addr).await;
+                            let _ = tcp.write_all(b"x").await;
+                            read_until_closed(&mut tcp, STEP).await;
+                        })
+                    })
+                    .collect();
+                for task in wave {
+                    task.await.unwrap();
+                }
+                opened.fetch_add(50, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    eventually(STEP, "the flood under way", || async {
+        (opened.load(std::sync::atomic::Ordering::SeqCst) >= 500).then_some(())
+    })
+    .await;
+    // Ten unknown names from another client while the flood goes on.
+    let hello = with_sni(&fixture("openssl-3.0.bin"), b"nope.other.test");
+    for _ in 0..10 {
+        let mut tcp = raw_connect_from(victim, addr).await;
+        tcp.write_all(&hello).await.unwrap();
+        assert!(read_until_closed(&mut tcp, STEP).await.end.closed());
+    }
+    let during = opened.load(std::sync::atomic::Ordering::SeqCst);
+    flooding.store(false, std::sync::atomic::Ordering::SeqCst);
+    flood.await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        opened.load(std::sync::atomic::Ordering::SeqCst) > during,
+        "the flood ended before the victim did"
+    );
+
+    let victims = eventually(STEP, "the victim's ten lines", || async {
+        let lines = proxy.logs_since(mark, &["connection refused", "peer=127.0.0.8:"]);
+        (lines.len() >= 10).then_some(lines)
+    })
+    .await;
+    assert!(
+        victims.iter().all(|l| l.contains("reason=unknown_sni")),
+        "{victims:#?}"
+    );
+    // Every refusal is either a line or counted in a summary, and the summary comes on its
+    // own, a second or so after the flood, with no later refusal to carry it.
+    let opened = opened.load(std::sync::atomic::Ordering::SeqCst) as u64;
+    let refused = (opened + 10) as f64;
+    eventually(STEP, "every refusal counted", || async {
+        let s = Scrape::of(&proxy);
+        let counted = s.outcome("client_limited") + s.outcome("not_tls") + s.outcome("unknown_sni");
+        (counted == refused).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "every held-back line summarised",
+        || async {
+            let logged = proxy.logs_since(mark, &["connection refused"]).len() as u64;
+            (logged + suppressed_since(&proxy, mark) == opened + 10).then_some(())
+        },
+    )
+    .await;
+    // Ten lines a second at most for one client.
+    let flooders = proxy.logs_since(mark, &["connection refused", "peer=127.0.0.7:"]);
+    assert!(
+        flooders.len() as u64 <= 10 * (took.as_secs() + 2),
+        "{} lines for one client's flood of {opened} in {took:?}",
+        flooders.len()
+    );
+}

@@ -137,7 +137,8 @@ async fn establish(
     if let Some(version) = route.proxy_protocol() {
         match client.local_addr() {
             Ok(local) => {
-                let mut first = proxy_protocol::encode(version, client_addr, local);
+                let destination = origin.destination(local);
+                let mut first = proxy_protocol::encode(version, client_addr, destination);
                 first.extend_from_slice(&buf);
                 buf = first;
             }
@@ -276,7 +277,7 @@ impl Proxy {
         } = refused;
         let outcome = reason.outcome();
         self.metrics.count(outcome);
-        if reason.logged() && self.refusal_log.allow() {
+        if reason.logged() && self.refusal_log.allow(origin.client().ip()) {
             let claimed = origin.claimed().map(tracing::field::display);
             let ja4 = ja4.map(tracing::field::display);
             tracing::info!(peer = %origin.client(), claimed, reason = %outcome, detail = %reason, ja4, "connection refused");

@@ -14,12 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::log_limit::LogLimiter;
 
-/// Refusal log lines allowed per second; past that they are counted and summarised.
-const REFUSAL_LOG_LINES_PER_SECOND: u32 = 50;
+/// How often the lines the refusal log budget held back are summarised.
+const LOG_SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
 pub mod balance;
 pub mod client_hello;
 pub mod client_limit;
+pub mod client_text;
 pub mod connect;
 mod connection;
 pub mod error;
@@ -39,6 +40,7 @@ mod route;
 pub mod socket;
 pub mod table;
 
+pub use client_text::ClientText;
 pub use error::{ConnectError, ListenError, NameError, TableError};
 pub use health::{EndpointHealth, OutlierPolicy};
 pub use metrics::Metrics;
@@ -114,14 +116,15 @@ impl Proxy {
             table,
             metrics,
             connection_limit,
-            refusal_log: LogLimiter::new(REFUSAL_LOG_LINES_PER_SECOND),
+            refusal_log: LogLimiter::new(),
             connections: Arc::default(),
         }
     }
 
     /// Follows every published table until `snapshots` closes or `shutdown` fires: revokes
     /// connections the new table refuses (if revocation is on) and drops the metrics of
-    /// routes that are gone. One task, so a drain waits for nothing it does not know of.
+    /// routes that are gone; and summarises the refusal log lines held back, once a second.
+    /// One task, so a drain waits for nothing it does not know of.
     pub async fn follow_swaps(
         self: Arc<Self>,
         mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
@@ -133,6 +136,8 @@ impl Proxy {
             .map(|grace| revoke::Revoker::new(self.connections.clone(), grace));
         let mut previous = snapshots.borrow_and_update().clone();
         let mut busy = Vec::new();
+        let mut summary = tokio::time::interval(LOG_SUMMARY_INTERVAL);
+        summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let due = async {
                 match &revoker {
@@ -141,7 +146,11 @@ impl Proxy {
                 }
             };
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => {
+                    self.refusal_log.flush();
+                    return;
+                }
+                _ = summary.tick() => self.refusal_log.flush(),
                 () = due => {
                     let current = snapshots.borrow().clone();
                     if let Some(revoker) = &mut revoker {

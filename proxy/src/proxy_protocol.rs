@@ -19,6 +19,12 @@ const V1_SIGNATURE: &[u8] = b"PROXY ";
 const V1_MAX_LEN: usize = 107;
 /// The TLV type HyperShift's node-side proxies put the HostedCluster's `spec.clusterID` in.
 pub const CLUSTER_ID_TLV: u8 = 0x20;
+/// PP2_TYPE_CRC32C: the header's checksum, which a receiver must verify (spec 2.2.5).
+pub const CRC32C_TLV: u8 = 0x03;
+/// A TLV's type byte and two length bytes.
+const TLV_HEADER_LEN: usize = 3;
+/// CRC-32C (Castagnoli, the iSCSI polynomial), the checksum the spec names.
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// A PROXY protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,12 +71,13 @@ pub enum Parsed {
 pub struct Header {
     /// Bytes the header takes at the start of the stream; the payload follows.
     pub len: usize,
-    /// The original client, for PROXY commands over TCP; `None` for LOCAL (health checks)
-    /// or UNKNOWN, where the peer address stands.
+    /// The original client, for PROXY commands over TCP; `None` for v2 LOCAL or UNSPEC and
+    /// v1 UNKNOWN, where the load balancer speaks for itself (a health check, unless a
+    /// payload follows) and the peer address stands.
     pub source: Option<SocketAddr>,
-    /// A v2 LOCAL command: the load balancer speaking for itself (a health check, unless a
-    /// payload follows), not for a client.
-    pub local: bool,
+    /// The address the original client connected to (the load balancer's frontend), where
+    /// `source` is given.
+    pub destination: Option<SocketAddr>,
     /// The ClusterID TLV (type 0x20), when present, or why its value is not a ClusterID.
     pub cluster_id: Option<Result<Box<str>, Utf8Error>>,
 }
@@ -123,31 +130,65 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     if !local && header.protocol == v2::Protocol::Datagram {
         return Parsed::Invalid("a DGRAM (UDP) header on a TCP listener");
     }
-    let source = match (header.command, header.addresses) {
+    let addresses = match (header.command, header.addresses) {
         (v2::Command::Local, _) => None,
-        (_, v2::Addresses::IPv4(a)) => {
-            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-        }
-        (_, v2::Addresses::IPv6(a)) => {
-            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-        }
+        (_, v2::Addresses::IPv4(a)) => Some((
+            SocketAddr::new(IpAddr::V4(a.source_address), a.source_port),
+            SocketAddr::new(IpAddr::V4(a.destination_address), a.destination_port),
+        )),
+        (_, v2::Addresses::IPv6(a)) => Some((
+            SocketAddr::new(IpAddr::V6(a.source_address), a.source_port),
+            SocketAddr::new(IpAddr::V6(a.destination_address), a.destination_port),
+        )),
         (_, v2::Addresses::Unspecified | v2::Addresses::Unix(_)) => None,
     };
     let mut cluster_id = None;
+    let mut checksum_at = None;
+    // Where the TLV being read starts in the header.
+    let mut at = header.len() - header.tlv_bytes().len();
     for tlv in header.tlvs() {
         let Ok(tlv) = tlv else {
             return Parsed::Invalid("malformed v2 TLV");
         };
-        if tlv.kind == CLUSTER_ID_TLV {
-            cluster_id = Some(std::str::from_utf8(&tlv.value).map(Box::from));
+        match tlv.kind {
+            CLUSTER_ID_TLV => cluster_id = Some(std::str::from_utf8(&tlv.value).map(Box::from)),
+            CRC32C_TLV if tlv.value.len() != 4 => {
+                return Parsed::Invalid("v2 CRC32C TLV is not 4 bytes");
+            }
+            CRC32C_TLV if checksum_at.is_some() => {
+                return Parsed::Invalid("v2 header with two CRC32C TLVs");
+            }
+            CRC32C_TLV => checksum_at = Some(at + TLV_HEADER_LEN),
+            _ => {}
+        }
+        at += TLV_HEADER_LEN + tlv.value.len();
+    }
+    if let Some(value_at) = checksum_at {
+        if !checksum_holds(header.as_bytes(), value_at) {
+            return Parsed::Invalid("v2 CRC32C checksum does not match the header");
         }
     }
     Parsed::Header(Header {
         len: header.len(),
-        source,
-        local,
+        source: addresses.map(|(source, _)| source),
+        destination: addresses.map(|(_, destination)| destination),
         cluster_id,
     })
+}
+
+/// Whether the CRC32C TLV whose 4-byte value starts at `value_at` in `header` holds the
+/// header's checksum: CRC32C (Castagnoli) over the whole header, that value taken as zero
+/// (spec section 2.2.5, which says a receiver must verify it).
+fn checksum_holds(header: &[u8], value_at: usize) -> bool {
+    let (before, rest) = header.split_at(value_at);
+    let Some((value, after)) = rest.split_first_chunk::<4>() else {
+        return false;
+    };
+    let mut digest = CRC32C.digest();
+    digest.update(before);
+    digest.update(&[0; 4]);
+    digest.update(after);
+    digest.finalize() == u32::from_be_bytes(*value)
 }
 
 fn parse_v1(buf: &[u8]) -> Parsed {
@@ -167,13 +208,15 @@ fn parse_v1(buf: &[u8]) -> Parsed {
     let Ok(header) = ppp::v1::Header::try_from(&buf[..end + 2]) else {
         return Parsed::Invalid("malformed v1 header");
     };
-    let source = match header.addresses {
-        ppp::v1::Addresses::Tcp4(a) => {
-            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-        }
-        ppp::v1::Addresses::Tcp6(a) => {
-            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-        }
+    let addresses = match header.addresses {
+        ppp::v1::Addresses::Tcp4(a) => Some((
+            SocketAddr::new(IpAddr::V4(a.source_address), a.source_port),
+            SocketAddr::new(IpAddr::V4(a.destination_address), a.destination_port),
+        )),
+        ppp::v1::Addresses::Tcp6(a) => Some((
+            SocketAddr::new(IpAddr::V6(a.source_address), a.source_port),
+            SocketAddr::new(IpAddr::V6(a.destination_address), a.destination_port),
+        )),
         ppp::v1::Addresses::Unknown => None,
     };
     Parsed::Header(Header {
@@ -181,25 +224,26 @@ fn parse_v1(buf: &[u8]) -> Parsed {
         // the first CR (`PROXY UNKNOWN x \n\r\r\n`: 19 bytes to it, the line is 20), and the
         // payload starts after the line.
         len: end + 2,
-        source,
-        local: false,
+        source: addresses.map(|(source, _)| source),
+        destination: addresses.map(|(_, destination)| destination),
         cluster_id: None,
     })
 }
 
-/// The header a route sends its backend: `client` connected to `local`. Mixed families are
-/// sent as IPv6, with the IPv4 side mapped.
-pub fn encode(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
-    let (client, local) = same_family(client, local);
+/// The header a route sends its backend: `client` connected to `destination` (what HAProxy's
+/// `send-proxy` sends: the addresses a trusted incoming header named, else the connection's
+/// own). Mixed families are sent as IPv6, with the IPv4 side mapped.
+pub fn encode(version: Version, client: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let (client, destination) = same_family(client, destination);
     match version {
         Version::V1 => {
             let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
             format!(
                 "PROXY {family} {} {} {} {}\r\n",
                 client.ip(),
-                local.ip(),
+                destination.ip(),
                 client.port(),
-                local.port()
+                destination.port()
             )
             .into_bytes()
         }
@@ -207,7 +251,7 @@ pub fn encode(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8
             let header = v2::Builder::with_addresses(
                 v2::Version::Two | v2::Command::Proxy,
                 v2::Protocol::Stream,
-                (client, local),
+                (client, destination),
             );
             // Building into a Vec cannot fail: the only errors are from io::Write on it.
             header.build().unwrap_or_default()
@@ -265,7 +309,7 @@ mod tests {
         let want = Parsed::Header(Header {
             len,
             source: Some("10.1.2.3:5555".parse().unwrap()),
-            local: false,
+            destination: Some("10.9.9.9:6443".parse().unwrap()),
             cluster_id: Some(Ok("0b1c2d3e-0000-4000-8000-000000000001".into())),
         });
         assert_eq!(parse(&bytes, Expect::Required(Version::V2)), want);
@@ -289,7 +333,7 @@ mod tests {
             Parsed::Header(Header {
                 len,
                 source: Some("[2001:db8::1]:40000".parse().unwrap()),
-                local: false,
+                destination: Some("[2001:db8::2]:443".parse().unwrap()),
                 cluster_id: None
             })
         );
@@ -339,8 +383,11 @@ mod tests {
         let Parsed::Header(header) = parse(&bytes, Expect::Optional) else {
             panic!("{:?}", parse(&bytes, Expect::Optional));
         };
-        assert!(header.local);
-        assert_eq!(header.source, None, "LOCAL names no client");
+        assert_eq!(
+            (header.source, header.destination),
+            (None, None),
+            "LOCAL names no client"
+        );
     }
 
     #[test]
@@ -372,6 +419,62 @@ mod tests {
             panic!("not a header");
         };
         assert!(matches!(header.cluster_id, Some(Err(_))));
+    }
+
+    /// `header` with a CRC32C TLV holding its checksum (`fix` applied to the value first).
+    fn with_checksum(builder: v2::Builder, fix: impl Fn(&mut [u8; 4])) -> Vec<u8> {
+        let mut bytes = builder
+            .write_tlv(CRC32C_TLV, &[0; 4])
+            .unwrap()
+            .build()
+            .unwrap();
+        let value_at = bytes.len() - 4;
+        let mut value = CRC32C.checksum(&bytes).to_be_bytes();
+        fix(&mut value);
+        bytes[value_at..].copy_from_slice(&value);
+        bytes
+    }
+
+    #[test]
+    fn a_crc32c_tlv_is_verified() {
+        let v2_id = || {
+            v2(v2::Command::Proxy, v2::Protocol::Stream)
+                .write_tlv(CLUSTER_ID_TLV, b"id")
+                .unwrap()
+        };
+        let good = with_checksum(v2_id(), |_| {});
+        let Parsed::Header(header) = parse(&good, Expect::Required(Version::V2)) else {
+            panic!(
+                "a correct checksum refused: {:?}",
+                parse(&good, Expect::Optional)
+            );
+        };
+        assert_eq!(header.len, good.len());
+        assert_eq!(header.cluster_id, Some(Ok("id".into())));
+        // The spec's own check value for CRC-32C ("123456789" -> 0xe3069283).
+        assert_eq!(CRC32C.checksum(b"123456789"), 0xe306_9283);
+
+        let bad = with_checksum(v2_id(), |value| value[3] ^= 1);
+        assert_eq!(
+            parse(&bad, Expect::Required(Version::V2)),
+            Parsed::Invalid("v2 CRC32C checksum does not match the header")
+        );
+        // Any byte of the header changed after the checksum was made is caught too.
+        let mut changed = good.clone();
+        changed[20] ^= 0x40;
+        assert!(matches!(
+            parse(&changed, Expect::Optional),
+            Parsed::Invalid(_)
+        ));
+        let short = v2_id()
+            .write_tlv(CRC32C_TLV, &[0; 2])
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(
+            parse(&short, Expect::Optional),
+            Parsed::Invalid("v2 CRC32C TLV is not 4 bytes")
+        );
     }
 
     #[test]

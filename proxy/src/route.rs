@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::client_hello::{self, ClientHello, Parsed};
-use crate::client_limit::ClientGuard;
+use crate::client_limit::{ClientGuard, Limited};
 use crate::hello_budget::{Evicted, Pending};
 use crate::ja4::Ja4;
 use crate::outcome::{Reason, Stage};
@@ -44,8 +44,11 @@ pub(crate) struct Origin {
 enum Via {
     /// No header, or one without addresses: the peer is the client.
     Direct,
-    /// A trusted header named the client.
-    Proxy(SocketAddr),
+    /// A trusted header named the client, and the address it connected to.
+    Proxy {
+        client: SocketAddr,
+        destination: SocketAddr,
+    },
     /// An untrusted header (on the ClusterID listener) claimed this source: logged only.
     Claimed(SocketAddr),
 }
@@ -91,8 +94,18 @@ impl Origin {
     /// source a trusted PROXY header named.
     pub(crate) fn client(&self) -> SocketAddr {
         match self.via {
-            Via::Proxy(client) => client,
+            Via::Proxy { client, .. } => client,
             Via::Direct | Via::Claimed(_) => self.peer,
+        }
+    }
+
+    /// The address the client connected to, for the outgoing PROXY header: the destination
+    /// a trusted header named (the load balancer's frontend), else `local`, the connection's
+    /// own.
+    pub(crate) fn destination(&self, local: SocketAddr) -> SocketAddr {
+        match self.via {
+            Via::Proxy { destination, .. } => destination,
+            Via::Direct | Via::Claimed(_) => local,
         }
     }
 
@@ -100,7 +113,7 @@ impl Origin {
     pub(crate) fn claimed(&self) -> Option<SocketAddr> {
         match self.via {
             Via::Claimed(claimed) => Some(claimed),
-            Via::Direct | Via::Proxy(_) => None,
+            Via::Direct | Via::Proxy { .. } => None,
         }
     }
 
@@ -116,8 +129,9 @@ impl Origin {
 /// What the PROXY header step leaves for the next one.
 struct Header {
     origin: Origin,
-    /// The header was LOCAL: a health check if nothing follows.
-    local: bool,
+    /// The header names no client (v2 LOCAL or UNSPEC, v1 UNKNOWN): the load balancer speaks
+    /// for itself, a health check if nothing follows.
+    probe: bool,
     cluster_id: Option<Result<Box<str>, std::str::Utf8Error>>,
 }
 
@@ -138,22 +152,21 @@ impl Proxy {
         let started = Instant::now();
         let header = self.proxy_header(stream, peer, kind, buf, pending).await?;
         let origin = header.origin;
-        // Judged on the real client, before any of its ClientHello is read. Not on the
-        // ClusterID listener: one hosted cluster's nodes often share one egress address.
-        let client_slot = match (&self.client_limits, kind) {
-            (Some(limits), ListenerKind::Sni) => {
-                match limits.admit(origin.client().ip(), Instant::now()) {
-                    Ok(slot) => Some(slot),
-                    Err(limited) => return Err(origin.refuse(Reason::ClientLimited(limited))),
-                }
-            }
-            _ => None,
+        let probe = header.probe;
+        // Judged on the real client, before any of its ClientHello is read; but a load
+        // balancer's health check is not client traffic, so a header naming no client is
+        // judged only once a ClientHello shows it is more than a probe.
+        let mut client_slot = if probe {
+            None
+        } else {
+            self.admit_client(kind, origin)
+                .map_err(|limited| origin.refuse(Reason::ClientLimited(limited)))?
         };
         let mut ja4 = None;
         let key = match kind {
             ListenerKind::ClusterId => cluster_id_key(header),
             ListenerKind::Sni => self
-                .hello(stream, buf, pending, header.local)
+                .hello(stream, buf, pending, probe)
                 .await
                 .and_then(|hello| {
                     ja4 = Some(hello.ja4);
@@ -167,6 +180,11 @@ impl Proxy {
                 .observe(started.elapsed().as_secs_f64());
         }
         let key = key.map_err(|reason| origin.refuse(reason).with_ja4(ja4))?;
+        if probe {
+            client_slot = self
+                .admit_client(kind, origin)
+                .map_err(|limited| origin.refuse(Reason::ClientLimited(limited)).with_ja4(ja4))?;
+        }
         let snapshot = self.table.load();
         let route = match snapshot.table.admit(&key, origin.client().ip()) {
             // Connections keep the route, never the whole table: a swap frees the old one.
@@ -182,6 +200,21 @@ impl Proxy {
         })
     }
 
+    /// The client's place in its `client_limits`, if they apply. Not on the ClusterID
+    /// listener: one hosted cluster's nodes often share one egress address.
+    fn admit_client(
+        &self,
+        kind: ListenerKind,
+        origin: Origin,
+    ) -> Result<Option<ClientGuard>, Limited> {
+        match (&self.client_limits, kind) {
+            (Some(limits), ListenerKind::Sni) => {
+                limits.admit(origin.client().ip(), Instant::now()).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Step 1: the PROXY header, where the listener takes one. Its addresses are believed
     /// only from `trusted_proxies`: on the SNI listeners a header from anyone else is refused;
     /// on the ClusterID listener its TLV still routes, but the client is the TCP peer.
@@ -195,7 +228,7 @@ impl Proxy {
     ) -> Result<Header, Refused> {
         let mut header = Header {
             origin: Origin::peer(peer),
-            local: false,
+            probe: false,
             cluster_id: None,
         };
         let expect = match kind {
@@ -224,15 +257,19 @@ impl Proxy {
             .trusted_proxies
             .iter()
             .any(|net| net.contains(&canonical(peer.ip())));
-        header.origin.via = match (trusted, kind, parsed.source) {
+        let addresses = parsed.source.zip(parsed.destination);
+        header.origin.via = match (trusted, kind, addresses) {
             (false, ListenerKind::Sni, _) => {
                 return Err(header.origin.refuse(Reason::UntrustedProxy));
             }
             (_, _, None) => Via::Direct,
-            (true, _, Some(source)) => Via::Proxy(source),
-            (false, ListenerKind::ClusterId, Some(claimed)) => Via::Claimed(claimed),
+            (true, _, Some((client, destination))) => Via::Proxy {
+                client,
+                destination,
+            },
+            (false, ListenerKind::ClusterId, Some((claimed, _))) => Via::Claimed(claimed),
         };
-        header.local = parsed.local;
+        header.probe = addresses.is_none();
         header.cluster_id = parsed.cluster_id;
         // The header is for us, not the backend.
         buf.drain(..parsed.len);
@@ -245,7 +282,7 @@ impl Proxy {
         stream: &mut TcpStream,
         buf: &mut Vec<u8>,
         pending: &mut Pending<'_>,
-        local: bool,
+        probe: bool,
     ) -> Result<ClientHello, Reason> {
         let max = self.settings.max_client_hello;
         // Records already framed are not walked again after each read.
@@ -260,19 +297,21 @@ impl Proxy {
         .await;
         match hello {
             Ok(hello) => Ok(hello),
-            // A LOCAL header and a close, nothing in between: the load balancer's probe.
-            Err(Reason::Closed(_)) if local && buf.is_empty() => Err(Reason::HealthCheck),
+            // A header naming no client and a close, nothing in between: the load
+            // balancer's probe.
+            Err(Reason::Closed(_)) if probe && buf.is_empty() => Err(Reason::HealthCheck),
             Err(reason) => Err(reason),
         }
     }
 }
 
-/// Step 2 on the ClusterID listener: the TLV. A LOCAL header without one is a health check.
+/// Step 2 on the ClusterID listener: the TLV. A header naming no client and carrying no TLV
+/// is a health check.
 fn cluster_id_key(header: Header) -> Result<RouteKey, Reason> {
     match header.cluster_id {
         Some(Ok(id)) => Ok(RouteKey::ClusterId(id)),
         Some(Err(error)) => Err(Reason::ClusterIdNotUtf8(error)),
-        None if header.local => Err(Reason::HealthCheck),
+        None if header.probe => Err(Reason::HealthCheck),
         None => Err(Reason::NoClusterId),
     }
 }

@@ -15,8 +15,9 @@ use arc_swap::ArcSwap;
 // Seeded per process like std's, and several times faster than SipHash on hostnames: the
 // table is hashed on every connection and rebuilt on every change.
 use foldhash::HashMap;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
+use crate::client_text::ClientText;
 use crate::error::TableError;
 use crate::name::{HostPattern, ServerName};
 use crate::proxy_protocol::Version as ProxyVersion;
@@ -309,6 +310,21 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A network as client addresses are checked against it: an IPv4-mapped IPv6 network
+/// (`::ffff:127.0.0.0/104`) is the IPv4 network it maps (`127.0.0.0/8`), as HAProxy reads it,
+/// since [`canonical`] makes every IPv4-mapped client the IPv4 address it carries; without
+/// this it would hold no client at all. Other networks stay as written (`::/0` holds IPv6
+/// clients only).
+pub fn canonical_net(net: IpNet) -> IpNet {
+    let IpNet::V6(v6) = net else {
+        return net;
+    };
+    match (v6.addr().to_ipv4_mapped(), v6.prefix_len().checked_sub(96)) {
+        (Some(v4), Some(len)) => Ipv4Net::new(v4, len).map_or(net, IpNet::V4),
+        _ => net,
+    }
+}
+
 /// What a connection is routed by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteKey {
@@ -322,7 +338,8 @@ impl fmt::Display for RouteKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Name(name) => name.fmt(f),
-            Self::ClusterId(id) => f.write_str(id),
+            // The client's own bytes: never raw in a log line.
+            Self::ClusterId(id) => ClientText::of(id).fmt(f),
         }
     }
 }
@@ -375,7 +392,9 @@ impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnknownName(name) => write!(f, "no route for {name}"),
-            Self::UnknownClusterId(id) => write!(f, "no route for cluster ID {id}"),
+            Self::UnknownClusterId(id) => {
+                write!(f, "no route for cluster ID {}", ClientText::of(id))
+            }
             Self::NotAllowed { name, route } => {
                 write!(f, "{name}: client not in route {route}'s allowed_cidrs")
             }
@@ -612,6 +631,27 @@ mod tests {
         table
             .lookup(&ServerName::parse(name.as_bytes()).unwrap())
             .map(|r| r.name())
+    }
+
+    #[test]
+    fn ipv4_mapped_networks_are_the_ipv4_networks_they_map() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        for (written, read) in [
+            ("::ffff:127.0.0.0/104", "127.0.0.0/8"),
+            ("::ffff:127.0.0.6/128", "127.0.0.6/32"),
+            ("::ffff:0:0/96", "0.0.0.0/0"),
+            ("::ffff:0:0/95", "::ffff:0:0/95"),
+            ("::/0", "::/0"),
+            ("2001:db8::/32", "2001:db8::/32"),
+            ("10.0.0.0/8", "10.0.0.0/8"),
+        ] {
+            assert_eq!(canonical_net(net(written)), net(read), "{written}");
+        }
+        let mapped = canonical_net(net("::ffff:127.0.0.0/104"));
+        for client in ["127.0.0.1", "::ffff:127.0.0.1"] {
+            let client = canonical(client.parse().unwrap());
+            assert!(mapped.contains(&client), "{client}");
+        }
     }
 
     #[test]

@@ -575,6 +575,27 @@ fn client_limits_are_off_until_set_then_default_key_by_key() {
 }
 
 #[test]
+fn ipv4_mapped_networks_are_read_as_ipv4_in_every_key() {
+    let text = format!(
+        "{MINIMAL}accept_proxy_protocol: v2\ntrusted_proxies: [\"::ffff:127.0.0.1/128\"]\n\
+         client_limits:\n  exempt: [\"::ffff:127.0.0.6\"]\n\
+         routes:\n  - hostnames: [a.test]\n    backends: [\"127.0.0.1:1\"]\n\
+         \x20   allowed_cidrs: [\"::ffff:127.0.0.0/104\", \"::/0\"]\n"
+    );
+    let config = Config::parse(&text, "t").unwrap();
+    let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+    assert_eq!(config.proxy.trusted_proxies, [net("127.0.0.1/32")]);
+    assert_eq!(
+        config.proxy.client_limits.unwrap().exempt,
+        [net("127.0.0.6/32")]
+    );
+    assert_eq!(
+        config.routes[0].allowed_cidrs,
+        [net("127.0.0.0/8"), net("::/0")]
+    );
+}
+
+#[test]
 fn client_limits_report_bad_values() {
     let all = problems(&format!(
         "{MINIMAL}client_limits:\n  connection_rate: fast\n  burst: 0\n  ipv6_prefix: 129\n  \

@@ -12,6 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use proxy::client_limit::{Policy as ClientPolicy, Rate};
 use proxy::proxy_protocol::{Expect, Version as ProxyVersion};
+use proxy::table::canonical_net;
 use proxy::{Backend, HostPattern, OutlierPolicy, RouteSpec, Settings};
 use serde_saphyr::{Location, Spanned};
 
@@ -901,10 +902,12 @@ fn size(key: &str, value: &Spanned<String>, p: &mut Problems<'_>) -> Option<usiz
     bytes
 }
 
-/// A network, or a lone address as the network of just that address.
+/// A network, or a lone address as the network of just that address; an IPv4-mapped IPv6
+/// network is read as the IPv4 network it maps, the only way it can hold a client.
 fn parse_cidr(text: &str) -> Option<IpNet> {
     let text = text.trim();
     text.parse::<IpNet>()
         .ok()
         .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .map(canonical_net)
 }

@@ -40,6 +40,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use proxy::table::canonical_net;
 use proxy::{Backend, BackendFacts, Condition, HostPattern};
 
 use super::objects::{EndpointSlice, HostedCluster, OcpRoute, Service};
@@ -383,6 +384,7 @@ fn gate(hc: &HostedCluster) -> Result<Gated<'_>, Skip> {
         .map(|cidr| {
             cidr.trim()
                 .parse::<IpNet>()
+                .map(canonical_net)
                 .map_err(|_| Skip::BadAllowedCidr { cidr: cidr.clone() })
         })
         .collect::<Result<_, _>>()?;
