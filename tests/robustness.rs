@@ -10,9 +10,12 @@
 //!   (a full accept queue drops SYNs: `connect_timeout`, then the next backend);
 //! - durations that validate but overflow a clock reading;
 //! - 10,000 connections that each send 16,000 bytes of a ClientHello record that never ends:
-//!   `client_hello_memory` closes the oldest (`overloaded`), RSS stays within the budget plus
-//!   a stated overhead per connection, good clients with a full 2 KB hello are routed within a
-//!   second, and RSS and fds return to the baseline;
+//!   `client_hello_memory` closes the largest buffers (`overloaded`), RSS stays within the
+//!   budget plus a stated overhead per connection, good clients with a full 2 KB hello are
+//!   routed within a second, and RSS and fds return to the baseline;
+//! - a client between the records of its post-quantum hello while 200 fresh connections each
+//!   hold 9 KB of a 16 KB record (three times the budget): routed in every repetition, however
+//!   much younger the attackers are;
 //! - connections that send nothing stay in the kernel (TCP_DEFER_ACCEPT) until they do;
 //! - the open-files limit (lowered on the running proxy with `prlimit`, as `ulimit -n` would):
 //!   new connections are closed, established ones keep flowing, the proxy never exits, never
@@ -1002,6 +1005,111 @@ async fn unfinished_hellos_stay_within_client_hello_memory_while_good_clients_ge
     good_client(addr)
         .await
         .expect("a good client after the attack");
+}
+
+/// Attackers of the eviction order: 200 connections each holding 9 KB of a 16 KB record,
+/// opened while a real client is between two records of its hello: at 1 MiB, 64 such
+/// buffers fill `client_hello_memory` and the rest must evict someone.
+const EVICTION_ATTACKERS: usize = 200;
+
+/// Sends `records` one per write, `gap` apart, except that the last waits for `before_last`.
+async fn paced_records(
+    tcp: &mut TcpStream,
+    records: &[Vec<u8>],
+    gap: Duration,
+    before_last: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
+    let (last, first) = records.split_last().expect("records");
+    for (i, record) in first.iter().enumerate() {
+        if i > 0 {
+            sleep(gap).await;
+        }
+        tcp.write_all(record).await?;
+    }
+    before_last.await;
+    tcp.write_all(last).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_fresh_unfinished_hellos_cannot_evict_a_client_between_its_records() {
+    let _serial = serial().await;
+    let raw = RawServer::start(Mode::Echo(b'G'));
+    const RAW_HOST: &str = "raw.example.test";
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .route("raw", &[RAW_HOST], &[raw.addr])
+            .set("client_hello_timeout", "30s")
+            .set("client_hello_memory", "1MiB")
+            .yaml(),
+    );
+    let addr = proxy.proxy_addr();
+    // A post-quantum hello (Chromium's, about 2 KB) in three records.
+    let pq = with_sni(&fixture("chromium-156-pq.bin"), RAW_HOST.as_bytes());
+    let handshake = &pq[5..];
+    let records = hellos::records(handshake, handshake.len().div_ceil(3));
+    assert_eq!(records.len(), 3);
+    let sent: Vec<u8> = records.concat();
+    let attack = endless_hello(7)[..9000].to_vec();
+    let repetitions = 5;
+    let mut routed = 0;
+    for round in 1..=repetitions {
+        let overloaded = outcomes(&proxy, "overloaded");
+        let mut good = TcpStream::connect(addr).await.unwrap();
+        good.set_nodelay(true).unwrap();
+        // The attackers start 20 ms after the client's first record.
+        let flood = async {
+            sleep(Duration::from_millis(20)).await;
+            let mut held = Vec::with_capacity(EVICTION_ATTACKERS);
+            for _ in 0..EVICTION_ATTACKERS {
+                let mut tcp = TcpStream::connect(addr).await.expect("attacker connect");
+                // Evicted before all of it was read, the write may fail.
+                let _ = tcp.write_all(&attack).await;
+                held.push(tcp);
+            }
+            held
+        };
+        let (held, wrote) = tokio::join!(flood, async {
+            // The last record waits until the flood has filled the budget and evicted: the
+            // client is then between records while every eviction happens.
+            let evictions = async {
+                let want = overloaded + (EVICTION_ATTACKERS - 64) as u64;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while outcomes(&proxy, "overloaded") < want && Instant::now() < deadline {
+                    sleep(Duration::from_millis(20)).await;
+                }
+            };
+            paced_records(&mut good, &records, Duration::from_millis(50), evictions).await
+        });
+        let evicted = outcomes(&proxy, "overloaded") - overloaded;
+        let answer = async {
+            wrote?;
+            let id = good.read_u8().await?;
+            let mut echo = vec![0u8; sent.len()];
+            good.read_exact(&mut echo).await?;
+            io::Result::Ok((id, echo))
+        };
+        match timeout(STEP, answer).await {
+            Ok(Ok((b'G', echo))) if echo == sent => routed += 1,
+            other => eprintln!("round {round}: the client was not routed: {other:?}"),
+        }
+        eprintln!(
+            "eviction order, round {round}: {EVICTION_ATTACKERS} attackers, {evicted} evicted; \
+             client routed {routed}/{round}"
+        );
+        assert!(
+            evicted >= (EVICTION_ATTACKERS - 64) as u64,
+            "round {round}: only {evicted} evictions: the flood never filled the budget"
+        );
+        drop(held);
+        drop(good);
+        scrape_until(&proxy, STEP, "the attackers' buffers released", |s| {
+            s.get("sniroute_client_hello_memory_bytes", &[]) == Some(0.0)
+        });
+    }
+    assert_eq!(
+        routed, repetitions,
+        "a client between its records was evicted by younger, larger buffers"
+    );
 }
 
 // === connections that send nothing ===
