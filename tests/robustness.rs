@@ -16,6 +16,9 @@
 //! - a client between the records of its post-quantum hello while 200 fresh connections each
 //!   hold 9 KB of a 16 KB record (three times the budget): routed in every repetition, however
 //!   much younger the attackers are;
+//! - 5,000 complete 16 KB hellos to a backend that black-holes its connects: their buffers
+//!   stay charged to `client_hello_memory` while the connect waits, so the excess is closed
+//!   (`overloaded`) and RSS stays within the budget plus the per-connection overhead;
 //! - connections that send nothing stay in the kernel (TCP_DEFER_ACCEPT) until they do;
 //! - the open-files limit (lowered on the running proxy with `prlimit`, as `ulimit -n` would):
 //!   new connections are closed, established ones keep flowing, the proxy never exits, never
@@ -1328,6 +1331,134 @@ async fn a_black_holed_backend_times_out_and_the_next_is_tried() {
         assert!(took < Duration::from_millis(1500), "took {took:?}");
     }
     assert_fds_back(pid, base, "black-holed backend").await;
+}
+
+/// Complete 16 KB hellos sent to a route whose backend black-holes its connects.
+const CONNECT_PENDING_HELLOS: usize = 5000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hellos_waiting_for_a_black_holed_backend_stay_within_client_hello_memory() {
+    let _serial = serial().await;
+    let nofile = raise_open_files_limit();
+    let hellos = knob("ROBUSTNESS_CONNECT_PENDING", CONNECT_PENDING_HELLOS);
+    assert!(
+        nofile as usize > 2 * hellos + 1000,
+        "open-files limit {nofile}"
+    );
+    let (hole, _listener, _queued) = black_hole().await;
+    let budget_kib: u64 = 1024;
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .route("api", &[HOST], &[hole])
+            // Longer than the test: every connect is still pending when it looks.
+            .set("connect_timeout", "60s")
+            .set("outlier_detection", "{consecutive_failures: 0}")
+            .set("client_hello_memory", "1MiB")
+            .yaml(),
+    );
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    let rss_before = rss_kib(pid);
+    // A complete hello of 16,005 bytes in one record: a 16 KiB buffer each.
+    let hello = Arc::new(
+        hellos::records(&hellos::padded_handshake(&fixture(HELLO), 16_000), 16_000).concat(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::SeqCst) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let closed = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let done = tokio_util::sync::CancellationToken::new();
+    // Connects in flight at once: unpaced, they overflow the proxy's accept queue (a SYN
+    // flood, not this test). Connections stay open however many there are.
+    let connecting = Arc::new(Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(hellos);
+    for i in 0..hellos {
+        let (hello, closed, sent, done) =
+            (hello.clone(), closed.clone(), sent.clone(), done.clone());
+        let permit = connecting.clone().acquire_owned().await.unwrap();
+        let source = std::net::IpAddr::from([127, 0, 0, 2 + (i % 8) as u8]);
+        tasks.push(tokio::spawn(async move {
+            let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(|e| format!("bind {source}: {e}"))?;
+            let mut tcp = timeout(STEP, socket.connect(addr))
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map_err(|e| format!("connect: {e}"))?;
+            let wrote = tcp.write_all(&hello).await;
+            drop(permit);
+            sent.fetch_add(1, Ordering::SeqCst);
+            if wrote.is_err() {
+                closed.fetch_add(1, Ordering::SeqCst);
+                return Ok(());
+            }
+            let mut byte = [0u8; 1];
+            tokio::select! {
+                read = tcp.read(&mut byte) => match read {
+                    Ok(0) | Err(_) => {
+                        closed.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                    Ok(n) => Err(format!("the proxy sent {n} bytes before any backend accepted")),
+                },
+                () = done.cancelled() => Ok(()),
+            }
+        }));
+    }
+    // All sent; everyone past what the budget holds (64 buffers of 16 KiB) is closed.
+    let fit = (budget_kib / 16) as usize;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (sent.load(Ordering::SeqCst) < hellos || closed.load(Ordering::SeqCst) + fit < hellos)
+        && Instant::now() < deadline
+    {
+        sleep(POLL).await;
+    }
+    // A moment for the last reads to show in RSS.
+    sleep(Duration::from_millis(300)).await;
+    let scrape = Scrape::of(&proxy);
+    let held = scrape.value("sniroute_client_hello_memory_bytes", &[]);
+    let overloaded = scrape.outcome("overloaded") as u64;
+    stop.store(true, Ordering::SeqCst);
+    let peak = sampler.join().expect("sampler");
+    let growth = peak.saturating_sub(rss_before);
+    let overhead_kib = hellos as u64 * ATTACK_OVERHEAD_KIB_PER_CONNECTION;
+    let closed = closed.load(Ordering::SeqCst);
+    eprintln!(
+        "connect pending: {hellos} complete 16 KB hellos to a black hole, {closed} closed by \
+         the proxy ({overloaded} overloaded); client_hello_memory 1 MiB, gauge {held} bytes; \
+         RSS {rss_before} KiB before, peak {peak} KiB (+{growth} KiB; bound: budget + \
+         {overhead_kib} KiB)"
+    );
+    done.cancel();
+    for task in tasks {
+        if let Err(e) = task.await.expect("client task") {
+            panic!("client: {e}");
+        }
+    }
+    assert!(
+        held > 0.0 && held <= (budget_kib << 10) as f64,
+        "sniroute_client_hello_memory_bytes {held} while {} hellos wait for their backend",
+        hellos - closed
+    );
+    assert!(
+        closed + fit >= hellos && overloaded + fit as u64 >= hellos as u64,
+        "{closed} closed, {overloaded} overloaded: more than {fit} hellos held past the budget"
+    );
+    assert!(
+        growth <= budget_kib + overhead_kib,
+        "RSS grew by {growth} KiB while hellos waited for their backend: more than the \
+         budget plus {ATTACK_OVERHEAD_KIB_PER_CONNECTION} KiB per connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
