@@ -23,6 +23,11 @@
 //! - the open-files limit (lowered on the running proxy with `prlimit`, as `ulimit -n` would):
 //!   new connections are closed, established ones keep flowing, the proxy never exits, never
 //!   spins, does not blame (eject) the backend, and recovers by itself;
+//! - started under `prlimit --nofile=256`: `max_connections` is derived from the limit, so
+//!   of 1,000 clients (half with a whole hello, half holding a partial one) those past it are
+//!   closed unread (`limited`) and none accepted fails at its backend (`backend_unreachable`);
+//!   the admin and debug servers answer; accept failures (the limit then lowered below what
+//!   the proxy holds, while connections close and arrive) are one line per interval;
 //! - a reload storm: 1,000 table swaps (SIGHUP: the file watcher's debounce would take
 //!   minutes) while 500 long streams run byte-exact; after each swap a new connection reaches
 //!   the backend the new table names, and a backend in no table never sees a connection.
@@ -34,7 +39,7 @@
 //! they assert must not depend on a neighbour. Sizes have full defaults; these variables
 //! shrink or grow them: `ROBUSTNESS_SLOWLORIS` (2000 connections), `ROBUSTNESS_FLOOD` (per
 //! kind and round, 600), `ROBUSTNESS_HOLD` (1000), `ROBUSTNESS_SWAPS` (1000),
-//! `ROBUSTNESS_STREAMS` (500), `ROBUSTNESS_HELLO_ATTACK` (10000), `ROBUSTNESS_HELLO_MEMORY_MIB` (16); `ROBUSTNESS_RSS_MIB` (64) bounds the flood's RSS growth
+//! `ROBUSTNESS_STREAMS` (500), `ROBUSTNESS_HELLO_ATTACK` (10000), `ROBUSTNESS_HELLO_MEMORY_MIB` (16), `ROBUSTNESS_CONNECT_PENDING` (5000); `ROBUSTNESS_RSS_MIB` (64) bounds the flood's RSS growth
 //! (raise it under AddressSanitizer, whose quarantine holds freed memory). Linux only
 //! (`/proc`, `prlimit`).
 #![cfg(target_os = "linux")]
@@ -50,7 +55,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::hellos;
-use common::procfs::{cpu_ticks, limit_open_files, PeerSocket};
+use common::procfs::{cpu_ticks, limit_open_files, set_open_files, PeerSocket};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -1625,6 +1630,189 @@ async fn at_the_open_files_limit_the_proxy_refuses_and_recovers_by_itself() {
         "a healthy backend was ejected because the proxy ran out of fds"
     );
     assert_fds_back(pid, base, "open-files limit").await;
+}
+
+/// The open-files limit the proxy is started under, and the clients sent at it.
+const STARTED_OPEN_FILES: usize = 256;
+const CLIENTS_AT_THE_LIMIT: usize = 1000;
+
+/// What became of one client sent at the open-files limit.
+enum AtTheLimit {
+    /// Routed and echoed: held open.
+    Routed(TcpStream),
+    /// Closed by the proxy before any backend byte.
+    Closed,
+    /// Neither within the wait: still queued (held open too).
+    Waiting(TcpStream),
+}
+
+/// Connects, sends `hello` (or part of one) and reads the backend's id and the echo, within
+/// `within`.
+async fn at_the_limit(addr: SocketAddr, hello: &[u8], within: Duration) -> AtTheLimit {
+    let Ok(Ok(mut tcp)) = timeout(within, TcpStream::connect(addr)).await else {
+        return AtTheLimit::Closed;
+    };
+    if tcp.write_all(hello).await.is_err() {
+        return AtTheLimit::Closed;
+    }
+    let mut echo = vec![0u8; 1 + hello.len()];
+    match timeout(within, tcp.read_exact(&mut echo)).await {
+        Ok(Ok(_)) if echo[1..] == *hello => AtTheLimit::Routed(tcp),
+        Ok(_) => AtTheLimit::Closed,
+        Err(_) => AtTheLimit::Waiting(tcp),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_at_a_low_open_files_limit_the_proxy_sizes_itself_and_fails_no_accepted_client() {
+    let _serial = serial().await;
+    raise_open_files_limit();
+    let backend = RawServer::start(Mode::Echo(b'E'));
+    let opts = StartOpts {
+        wrapper: vec![
+            "prlimit".into(),
+            format!("--nofile={STARTED_OPEN_FILES}:{STARTED_OPEN_FILES}"),
+        ],
+        ..StartOpts::default()
+    };
+    let proxy = Sniroute::start_opts(
+        one_route(backend.addr)
+            .set("client_hello_timeout", "10s")
+            .yaml(),
+        &opts,
+    );
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    let limit_line = proxy.wait_log(&["connection limit", "open_files=256"], STEP);
+    assert!(limit_line.contains("derived=true"), "{limit_line}");
+    let derived = Scrape::of(&proxy).value("sniroute_max_connections", &[]) as usize;
+    assert!(
+        (20..STARTED_OPEN_FILES / 2).contains(&derived),
+        "max_connections {derived} derived from {STARTED_OPEN_FILES} open files"
+    );
+    let hello = Arc::new(fixture(HELLO));
+
+    // The admin and debug servers are probed while the clients come: they must answer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (stop, admin, debug) = (
+            stop.clone(),
+            proxy.admin_addr(),
+            proxy.listener_addr("debug"),
+        );
+        std::thread::spawn(move || {
+            let (mut asked, mut answered) = (0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                for (at, path) in [(admin, "/healthz"), (admin, "/readyz"), (debug, "/routes")] {
+                    asked += 1;
+                    if matches!(http_get(at, path), Ok((200, _))) {
+                        answered += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (asked, answered)
+        })
+    };
+
+    // 1,000 clients at once (100 connects in flight), half with a whole hello, then half
+    // with its first 100 bytes only, held: those past max_connections are closed unread
+    // (`limited`); none that is accepted is failed for want of a descriptor.
+    let partial = Arc::new(hello[..100].to_vec());
+    let connecting = Arc::new(Semaphore::new(100));
+    let mut tasks = Vec::with_capacity(CLIENTS_AT_THE_LIMIT);
+    for i in 0..CLIENTS_AT_THE_LIMIT {
+        let permit = connecting.clone().acquire_owned().await.unwrap();
+        let sent = if i < CLIENTS_AT_THE_LIMIT / 2 {
+            &hello
+        } else {
+            &partial
+        }
+        .clone();
+        tasks.push(tokio::spawn(async move {
+            let seen = at_the_limit(addr, &sent, Duration::from_secs(3)).await;
+            drop(permit);
+            seen
+        }));
+    }
+    let (mut held, mut closed, mut waiting) = (Vec::new(), 0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            AtTheLimit::Routed(tcp) => held.push(tcp),
+            AtTheLimit::Closed => closed += 1,
+            AtTheLimit::Waiting(tcp) => {
+                waiting += 1;
+                held.push(tcp);
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (asked, answered) = prober.join().expect("prober");
+    let routed = held.len() - waiting;
+    let scrape = Scrape::of(&proxy);
+    let unreachable = scrape.outcome("backend_unreachable") as usize;
+    let limited = scrape.outcome("limited") as usize;
+
+    // Then the limit is lowered below what the proxy holds, and connections close one by one
+    // while new ones arrive: accepts fail, and succeed in turn once enough have closed, which
+    // logged a line each time.
+    let open = fds(pid);
+    let held_fds = open.sockets + open.pipes + open.other;
+    set_open_files(pid, held_fds - 16, STARTED_OPEN_FILES);
+    let churn = {
+        let hello = hello.clone();
+        tokio::spawn(async move {
+            let mut tries = Vec::new();
+            for _ in 0..200 {
+                let hello = hello.clone();
+                tries.push(tokio::spawn(async move {
+                    at_the_limit(addr, &hello, Duration::from_secs(1)).await
+                }));
+                sleep(Duration::from_millis(15)).await;
+            }
+            for try_ in tries {
+                drop(try_.await.unwrap());
+            }
+        })
+    };
+    for tcp in held.drain(..) {
+        drop(tcp);
+        sleep(Duration::from_millis(50)).await;
+    }
+    churn.await.unwrap();
+    // The proxy listeners' lines (the admin server's own accept loop is not under test here).
+    let warnings = proxy
+        .logs_since(0, &["proxy::listener", "accept failed"])
+        .len();
+    eprintln!(
+        "started at {STARTED_OPEN_FILES} open files: max_connections {derived}; \
+         {CLIENTS_AT_THE_LIMIT} clients: {routed} routed, {closed} closed ({limited} limited, \
+         {unreachable} backend_unreachable), {waiting} waiting; admin and debug answered \
+         {answered} of {asked} probes; {warnings} `accept failed` lines"
+    );
+    assert!(routed >= 20, "only {routed} clients routed");
+    assert!(
+        unreachable <= 5,
+        "{unreachable} accepted clients failed as backend_unreachable at the open-files limit"
+    );
+    assert!(
+        asked >= 3 && answered * 10 >= asked * 9,
+        "the admin and debug servers answered {answered} of {asked} probes"
+    );
+    assert!(
+        (1..=10).contains(&warnings),
+        "{warnings} `accept failed` lines (the churn must fail some accepts)"
+    );
+
+    // Back at the start's limit, it serves again by itself.
+    set_open_files(pid, STARTED_OPEN_FILES, STARTED_OPEN_FILES);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(
+        at_the_limit(addr, &hello, STEP).await,
+        AtTheLimit::Routed(_)
+    ) {
+        assert!(Instant::now() < deadline, "not routing again within 10s");
+        sleep(Duration::from_millis(100)).await;
+    }
 }
 
 // === hello reassembly cost ===
