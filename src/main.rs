@@ -167,11 +167,11 @@ fn check(path: Option<&Path>) -> ExitCode {
 /// Runs the proxy on `config` (loaded from `path`, which is then watched) until SIGTERM/SIGINT
 /// and the drain that follows.
 pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
+    // Into the proxy's settings only: `config` is what a reload of the file is compared with.
+    let max_connections = connection_limit(&config);
     let mut registry = Registry::default();
     let metrics = proxy::Metrics::register(&mut registry);
-    if let Some(limit) = config.proxy.max_connections {
-        proxy::Metrics::register_connection_limit(&mut registry, limit);
-    }
+    proxy::Metrics::register_connection_limit(&mut registry, max_connections);
     let table = Arc::new(SharedTable::default());
     let control_metrics = control::metrics::ControlMetrics::register(&mut registry);
     let publisher = Arc::new(Publisher::new(table.clone()).with_metrics(control_metrics));
@@ -185,7 +185,11 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let kube_source = kube_source(&config, &publisher, sources_ready).await?;
     let bound = Bound::bind(&config)?;
 
-    let proxy = Arc::new(Proxy::new(config.proxy.clone(), table.clone(), metrics));
+    let settings = proxy::Settings {
+        max_connections: Some(max_connections),
+        ..config.proxy.clone()
+    };
+    let proxy = Arc::new(Proxy::new(settings, table.clone(), metrics));
     let ready = admin::ReadyState::new(table.clone(), sources_ready_rx);
     ready.register(&mut registry);
     let state = Arc::new(admin::State {
@@ -345,6 +349,39 @@ impl Tasks {
             tracing::warn!(left = self.services.len(), "services still running at exit");
         }
     }
+}
+
+/// Raises the open-files limit and settles `max_connections`: the file's, or what the limit
+/// serves without an accepted connection failing for want of a descriptor. Logged either way;
+/// a configured value past what the limit serves is a warning.
+fn connection_limit(config: &Config) -> usize {
+    let limit = match socket::raise_open_files_limit() {
+        Ok(limit) => limit,
+        Err((error, limit)) => {
+            tracing::warn!(%error, soft = limit.soft, hard = limit.hard, "cannot raise the open-files limit to its hard limit");
+            limit
+        }
+    };
+    let fits = config.derived_max_connections(limit.soft, admin::MAX_CONNECTIONS);
+    let max_connections = config.proxy.max_connections.unwrap_or(fits);
+    let derived = config.proxy.max_connections.is_none();
+    tracing::info!(
+        open_files = limit.soft,
+        raised_from = limit.raised_from,
+        max_connections,
+        derived,
+        "connection limit"
+    );
+    if max_connections > fits {
+        tracing::warn!(
+            max_connections,
+            open_files = limit.soft,
+            fits,
+            "max_connections is more than the open-files limit serves: past it, accepted \
+             connections fail for want of a descriptor"
+        );
+    }
+    max_connections
 }
 
 /// The drain after the first signal: keep accepting for `shutdown_delay` (the load balancer

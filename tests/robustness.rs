@@ -10,13 +10,24 @@
 //!   (a full accept queue drops SYNs: `connect_timeout`, then the next backend);
 //! - durations that validate but overflow a clock reading;
 //! - 10,000 connections that each send 16,000 bytes of a ClientHello record that never ends:
-//!   `client_hello_memory` closes the oldest (`overloaded`), RSS stays within the budget plus
-//!   a stated overhead per connection, good clients with a full 2 KB hello are routed within a
-//!   second, and RSS and fds return to the baseline;
+//!   `client_hello_memory` closes the largest buffers (`overloaded`), RSS stays within the
+//!   budget plus a stated overhead per connection, good clients with a full 2 KB hello are
+//!   routed within a second, and RSS and fds return to the baseline;
+//! - a client between the records of its post-quantum hello while 200 fresh connections each
+//!   hold 9 KB of a 16 KB record (three times the budget): routed in every repetition, however
+//!   much younger the attackers are;
+//! - 5,000 complete 16 KB hellos to a backend that black-holes its connects: their buffers
+//!   stay charged to `client_hello_memory` while the connect waits, so the excess is closed
+//!   (`overloaded`) and RSS stays within the budget plus the per-connection overhead;
 //! - connections that send nothing stay in the kernel (TCP_DEFER_ACCEPT) until they do;
 //! - the open-files limit (lowered on the running proxy with `prlimit`, as `ulimit -n` would):
 //!   new connections are closed, established ones keep flowing, the proxy never exits, never
 //!   spins, does not blame (eject) the backend, and recovers by itself;
+//! - started under `prlimit --nofile=256`: `max_connections` is derived from the limit, so
+//!   of 1,000 clients (half with a whole hello, half holding a partial one) those past it are
+//!   closed unread (`limited`) and none accepted fails at its backend (`backend_unreachable`);
+//!   the admin and debug servers answer; accept failures (the limit then lowered below what
+//!   the proxy holds, while connections close and arrive) are one line per interval;
 //! - a reload storm: 1,000 table swaps (SIGHUP: the file watcher's debounce would take
 //!   minutes) while 500 long streams run byte-exact; after each swap a new connection reaches
 //!   the backend the new table names, and a backend in no table never sees a connection.
@@ -28,7 +39,7 @@
 //! they assert must not depend on a neighbour. Sizes have full defaults; these variables
 //! shrink or grow them: `ROBUSTNESS_SLOWLORIS` (2000 connections), `ROBUSTNESS_FLOOD` (per
 //! kind and round, 600), `ROBUSTNESS_HOLD` (1000), `ROBUSTNESS_SWAPS` (1000),
-//! `ROBUSTNESS_STREAMS` (500), `ROBUSTNESS_HELLO_ATTACK` (10000), `ROBUSTNESS_HELLO_MEMORY_MIB` (16); `ROBUSTNESS_RSS_MIB` (64) bounds the flood's RSS growth
+//! `ROBUSTNESS_STREAMS` (500), `ROBUSTNESS_HELLO_ATTACK` (10000), `ROBUSTNESS_HELLO_MEMORY_MIB` (16), `ROBUSTNESS_CONNECT_PENDING` (5000); `ROBUSTNESS_RSS_MIB` (64) bounds the flood's RSS growth
 //! (raise it under AddressSanitizer, whose quarantine holds freed memory). Linux only
 //! (`/proc`, `prlimit`).
 #![cfg(target_os = "linux")]
@@ -44,7 +55,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::hellos;
-use common::procfs::{cpu_ticks, limit_open_files, PeerSocket};
+use common::procfs::{cpu_ticks, limit_open_files, set_open_files, PeerSocket};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -1004,6 +1015,111 @@ async fn unfinished_hellos_stay_within_client_hello_memory_while_good_clients_ge
         .expect("a good client after the attack");
 }
 
+/// Attackers of the eviction order: 200 connections each holding 9 KB of a 16 KB record,
+/// opened while a real client is between two records of its hello: at 1 MiB, 64 such
+/// buffers fill `client_hello_memory` and the rest must evict someone.
+const EVICTION_ATTACKERS: usize = 200;
+
+/// Sends `records` one per write, `gap` apart, except that the last waits for `before_last`.
+async fn paced_records(
+    tcp: &mut TcpStream,
+    records: &[Vec<u8>],
+    gap: Duration,
+    before_last: impl std::future::Future<Output = ()>,
+) -> io::Result<()> {
+    let (last, first) = records.split_last().expect("records");
+    for (i, record) in first.iter().enumerate() {
+        if i > 0 {
+            sleep(gap).await;
+        }
+        tcp.write_all(record).await?;
+    }
+    before_last.await;
+    tcp.write_all(last).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_fresh_unfinished_hellos_cannot_evict_a_client_between_its_records() {
+    let _serial = serial().await;
+    let raw = RawServer::start(Mode::Echo(b'G'));
+    const RAW_HOST: &str = "raw.example.test";
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .route("raw", &[RAW_HOST], &[raw.addr])
+            .set("client_hello_timeout", "30s")
+            .set("client_hello_memory", "1MiB")
+            .yaml(),
+    );
+    let addr = proxy.proxy_addr();
+    // A post-quantum hello (Chromium's, about 2 KB) in three records.
+    let pq = with_sni(&fixture("chromium-156-pq.bin"), RAW_HOST.as_bytes());
+    let handshake = &pq[5..];
+    let records = hellos::records(handshake, handshake.len().div_ceil(3));
+    assert_eq!(records.len(), 3);
+    let sent: Vec<u8> = records.concat();
+    let attack = endless_hello(7)[..9000].to_vec();
+    let repetitions = 5;
+    let mut routed = 0;
+    for round in 1..=repetitions {
+        let overloaded = outcomes(&proxy, "overloaded");
+        let mut good = TcpStream::connect(addr).await.unwrap();
+        good.set_nodelay(true).unwrap();
+        // The attackers start 20 ms after the client's first record.
+        let flood = async {
+            sleep(Duration::from_millis(20)).await;
+            let mut held = Vec::with_capacity(EVICTION_ATTACKERS);
+            for _ in 0..EVICTION_ATTACKERS {
+                let mut tcp = TcpStream::connect(addr).await.expect("attacker connect");
+                // Evicted before all of it was read, the write may fail.
+                let _ = tcp.write_all(&attack).await;
+                held.push(tcp);
+            }
+            held
+        };
+        let (held, wrote) = tokio::join!(flood, async {
+            // The last record waits until the flood has filled the budget and evicted: the
+            // client is then between records while every eviction happens.
+            let evictions = async {
+                let want = overloaded + (EVICTION_ATTACKERS - 64) as u64;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while outcomes(&proxy, "overloaded") < want && Instant::now() < deadline {
+                    sleep(Duration::from_millis(20)).await;
+                }
+            };
+            paced_records(&mut good, &records, Duration::from_millis(50), evictions).await
+        });
+        let evicted = outcomes(&proxy, "overloaded") - overloaded;
+        let answer = async {
+            wrote?;
+            let id = good.read_u8().await?;
+            let mut echo = vec![0u8; sent.len()];
+            good.read_exact(&mut echo).await?;
+            io::Result::Ok((id, echo))
+        };
+        match timeout(STEP, answer).await {
+            Ok(Ok((b'G', echo))) if echo == sent => routed += 1,
+            other => eprintln!("round {round}: the client was not routed: {other:?}"),
+        }
+        eprintln!(
+            "eviction order, round {round}: {EVICTION_ATTACKERS} attackers, {evicted} evicted; \
+             client routed {routed}/{round}"
+        );
+        assert!(
+            evicted >= (EVICTION_ATTACKERS - 64) as u64,
+            "round {round}: only {evicted} evictions: the flood never filled the budget"
+        );
+        drop(held);
+        drop(good);
+        scrape_until(&proxy, STEP, "the attackers' buffers released", |s| {
+            s.get("sniroute_client_hello_memory_bytes", &[]) == Some(0.0)
+        });
+    }
+    assert_eq!(
+        routed, repetitions,
+        "a client between its records was evicted by younger, larger buffers"
+    );
+}
+
 // === connections that send nothing ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1222,6 +1338,134 @@ async fn a_black_holed_backend_times_out_and_the_next_is_tried() {
     assert_fds_back(pid, base, "black-holed backend").await;
 }
 
+/// Complete 16 KB hellos sent to a route whose backend black-holes its connects.
+const CONNECT_PENDING_HELLOS: usize = 5000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hellos_waiting_for_a_black_holed_backend_stay_within_client_hello_memory() {
+    let _serial = serial().await;
+    let nofile = raise_open_files_limit();
+    let hellos = knob("ROBUSTNESS_CONNECT_PENDING", CONNECT_PENDING_HELLOS);
+    assert!(
+        nofile as usize > 2 * hellos + 1000,
+        "open-files limit {nofile}"
+    );
+    let (hole, _listener, _queued) = black_hole().await;
+    let budget_kib: u64 = 1024;
+    let proxy = Sniroute::start(
+        Cfg::new()
+            .route("api", &[HOST], &[hole])
+            // Longer than the test: every connect is still pending when it looks.
+            .set("connect_timeout", "60s")
+            .set("outlier_detection", "{consecutive_failures: 0}")
+            .set("client_hello_memory", "1MiB")
+            .yaml(),
+    );
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    let rss_before = rss_kib(pid);
+    // A complete hello of 16,005 bytes in one record: a 16 KiB buffer each.
+    let hello = Arc::new(
+        hellos::records(&hellos::padded_handshake(&fixture(HELLO), 16_000), 16_000).concat(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(Ordering::SeqCst) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let closed = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let done = tokio_util::sync::CancellationToken::new();
+    // Connects in flight at once: unpaced, they overflow the proxy's accept queue (a SYN
+    // flood, not this test). Connections stay open however many there are.
+    let connecting = Arc::new(Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(hellos);
+    for i in 0..hellos {
+        let (hello, closed, sent, done) =
+            (hello.clone(), closed.clone(), sent.clone(), done.clone());
+        let permit = connecting.clone().acquire_owned().await.unwrap();
+        let source = std::net::IpAddr::from([127, 0, 0, 2 + (i % 8) as u8]);
+        tasks.push(tokio::spawn(async move {
+            let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(|e| format!("bind {source}: {e}"))?;
+            let mut tcp = timeout(STEP, socket.connect(addr))
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map_err(|e| format!("connect: {e}"))?;
+            let wrote = tcp.write_all(&hello).await;
+            drop(permit);
+            sent.fetch_add(1, Ordering::SeqCst);
+            if wrote.is_err() {
+                closed.fetch_add(1, Ordering::SeqCst);
+                return Ok(());
+            }
+            let mut byte = [0u8; 1];
+            tokio::select! {
+                read = tcp.read(&mut byte) => match read {
+                    Ok(0) | Err(_) => {
+                        closed.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                    Ok(n) => Err(format!("the proxy sent {n} bytes before any backend accepted")),
+                },
+                () = done.cancelled() => Ok(()),
+            }
+        }));
+    }
+    // All sent; everyone past what the budget holds (64 buffers of 16 KiB) is closed.
+    let fit = (budget_kib / 16) as usize;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (sent.load(Ordering::SeqCst) < hellos || closed.load(Ordering::SeqCst) + fit < hellos)
+        && Instant::now() < deadline
+    {
+        sleep(POLL).await;
+    }
+    // A moment for the last reads to show in RSS.
+    sleep(Duration::from_millis(300)).await;
+    let scrape = Scrape::of(&proxy);
+    let held = scrape.value("sniroute_client_hello_memory_bytes", &[]);
+    let overloaded = scrape.outcome("overloaded") as u64;
+    stop.store(true, Ordering::SeqCst);
+    let peak = sampler.join().expect("sampler");
+    let growth = peak.saturating_sub(rss_before);
+    let overhead_kib = hellos as u64 * ATTACK_OVERHEAD_KIB_PER_CONNECTION;
+    let closed = closed.load(Ordering::SeqCst);
+    eprintln!(
+        "connect pending: {hellos} complete 16 KB hellos to a black hole, {closed} closed by \
+         the proxy ({overloaded} overloaded); client_hello_memory 1 MiB, gauge {held} bytes; \
+         RSS {rss_before} KiB before, peak {peak} KiB (+{growth} KiB; bound: budget + \
+         {overhead_kib} KiB)"
+    );
+    done.cancel();
+    for task in tasks {
+        if let Err(e) = task.await.expect("client task") {
+            panic!("client: {e}");
+        }
+    }
+    assert!(
+        held > 0.0 && held <= (budget_kib << 10) as f64,
+        "sniroute_client_hello_memory_bytes {held} while {} hellos wait for their backend",
+        hellos - closed
+    );
+    assert!(
+        closed + fit >= hellos && overloaded + fit as u64 >= hellos as u64,
+        "{closed} closed, {overloaded} overloaded: more than {fit} hellos held past the budget"
+    );
+    assert!(
+        growth <= budget_kib + overhead_kib,
+        "RSS grew by {growth} KiB while hellos waited for their backend: more than the \
+         budget plus {ATTACK_OVERHEAD_KIB_PER_CONNECTION} KiB per connection"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durations_past_the_clock_range_do_not_break_forwarding() {
     let _serial = serial().await;
@@ -1386,6 +1630,189 @@ async fn at_the_open_files_limit_the_proxy_refuses_and_recovers_by_itself() {
         "a healthy backend was ejected because the proxy ran out of fds"
     );
     assert_fds_back(pid, base, "open-files limit").await;
+}
+
+/// The open-files limit the proxy is started under, and the clients sent at it.
+const STARTED_OPEN_FILES: usize = 256;
+const CLIENTS_AT_THE_LIMIT: usize = 1000;
+
+/// What became of one client sent at the open-files limit.
+enum AtTheLimit {
+    /// Routed and echoed: held open.
+    Routed(TcpStream),
+    /// Closed by the proxy before any backend byte.
+    Closed,
+    /// Neither within the wait: still queued (held open too).
+    Waiting(TcpStream),
+}
+
+/// Connects, sends `hello` (or part of one) and reads the backend's id and the echo, within
+/// `within`.
+async fn at_the_limit(addr: SocketAddr, hello: &[u8], within: Duration) -> AtTheLimit {
+    let Ok(Ok(mut tcp)) = timeout(within, TcpStream::connect(addr)).await else {
+        return AtTheLimit::Closed;
+    };
+    if tcp.write_all(hello).await.is_err() {
+        return AtTheLimit::Closed;
+    }
+    let mut echo = vec![0u8; 1 + hello.len()];
+    match timeout(within, tcp.read_exact(&mut echo)).await {
+        Ok(Ok(_)) if echo[1..] == *hello => AtTheLimit::Routed(tcp),
+        Ok(_) => AtTheLimit::Closed,
+        Err(_) => AtTheLimit::Waiting(tcp),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_at_a_low_open_files_limit_the_proxy_sizes_itself_and_fails_no_accepted_client() {
+    let _serial = serial().await;
+    raise_open_files_limit();
+    let backend = RawServer::start(Mode::Echo(b'E'));
+    let opts = StartOpts {
+        wrapper: vec![
+            "prlimit".into(),
+            format!("--nofile={STARTED_OPEN_FILES}:{STARTED_OPEN_FILES}"),
+        ],
+        ..StartOpts::default()
+    };
+    let proxy = Sniroute::start_opts(
+        one_route(backend.addr)
+            .set("client_hello_timeout", "10s")
+            .yaml(),
+        &opts,
+    );
+    let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
+    let limit_line = proxy.wait_log(&["connection limit", "open_files=256"], STEP);
+    assert!(limit_line.contains("derived=true"), "{limit_line}");
+    let derived = Scrape::of(&proxy).value("sniroute_max_connections", &[]) as usize;
+    assert!(
+        (20..STARTED_OPEN_FILES / 2).contains(&derived),
+        "max_connections {derived} derived from {STARTED_OPEN_FILES} open files"
+    );
+    let hello = Arc::new(fixture(HELLO));
+
+    // The admin and debug servers are probed while the clients come: they must answer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (stop, admin, debug) = (
+            stop.clone(),
+            proxy.admin_addr(),
+            proxy.listener_addr("debug"),
+        );
+        std::thread::spawn(move || {
+            let (mut asked, mut answered) = (0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                for (at, path) in [(admin, "/healthz"), (admin, "/readyz"), (debug, "/routes")] {
+                    asked += 1;
+                    if matches!(http_get(at, path), Ok((200, _))) {
+                        answered += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (asked, answered)
+        })
+    };
+
+    // 1,000 clients at once (100 connects in flight), half with a whole hello, then half
+    // with its first 100 bytes only, held: those past max_connections are closed unread
+    // (`limited`); none that is accepted is failed for want of a descriptor.
+    let partial = Arc::new(hello[..100].to_vec());
+    let connecting = Arc::new(Semaphore::new(100));
+    let mut tasks = Vec::with_capacity(CLIENTS_AT_THE_LIMIT);
+    for i in 0..CLIENTS_AT_THE_LIMIT {
+        let permit = connecting.clone().acquire_owned().await.unwrap();
+        let sent = if i < CLIENTS_AT_THE_LIMIT / 2 {
+            &hello
+        } else {
+            &partial
+        }
+        .clone();
+        tasks.push(tokio::spawn(async move {
+            let seen = at_the_limit(addr, &sent, Duration::from_secs(3)).await;
+            drop(permit);
+            seen
+        }));
+    }
+    let (mut held, mut closed, mut waiting) = (Vec::new(), 0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            AtTheLimit::Routed(tcp) => held.push(tcp),
+            AtTheLimit::Closed => closed += 1,
+            AtTheLimit::Waiting(tcp) => {
+                waiting += 1;
+                held.push(tcp);
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (asked, answered) = prober.join().expect("prober");
+    let routed = held.len() - waiting;
+    let scrape = Scrape::of(&proxy);
+    let unreachable = scrape.outcome("backend_unreachable") as usize;
+    let limited = scrape.outcome("limited") as usize;
+
+    // Then the limit is lowered below what the proxy holds, and connections close one by one
+    // while new ones arrive: accepts fail, and succeed in turn once enough have closed, which
+    // logged a line each time.
+    let open = fds(pid);
+    let held_fds = open.sockets + open.pipes + open.other;
+    set_open_files(pid, held_fds - 16, STARTED_OPEN_FILES);
+    let churn = {
+        let hello = hello.clone();
+        tokio::spawn(async move {
+            let mut tries = Vec::new();
+            for _ in 0..200 {
+                let hello = hello.clone();
+                tries.push(tokio::spawn(async move {
+                    at_the_limit(addr, &hello, Duration::from_secs(1)).await
+                }));
+                sleep(Duration::from_millis(15)).await;
+            }
+            for try_ in tries {
+                drop(try_.await.unwrap());
+            }
+        })
+    };
+    for tcp in held.drain(..) {
+        drop(tcp);
+        sleep(Duration::from_millis(50)).await;
+    }
+    churn.await.unwrap();
+    // The proxy listeners' lines (the admin server's own accept loop is not under test here).
+    let warnings = proxy
+        .logs_since(0, &["proxy::listener", "accept failed"])
+        .len();
+    eprintln!(
+        "started at {STARTED_OPEN_FILES} open files: max_connections {derived}; \
+         {CLIENTS_AT_THE_LIMIT} clients: {routed} routed, {closed} closed ({limited} limited, \
+         {unreachable} backend_unreachable), {waiting} waiting; admin and debug answered \
+         {answered} of {asked} probes; {warnings} `accept failed` lines"
+    );
+    assert!(routed >= 20, "only {routed} clients routed");
+    assert!(
+        unreachable <= 5,
+        "{unreachable} accepted clients failed as backend_unreachable at the open-files limit"
+    );
+    assert!(
+        asked >= 3 && answered * 10 >= asked * 9,
+        "the admin and debug servers answered {answered} of {asked} probes"
+    );
+    assert!(
+        (1..=10).contains(&warnings),
+        "{warnings} `accept failed` lines (the churn must fail some accepts)"
+    );
+
+    // Back at the start's limit, it serves again by itself.
+    set_open_files(pid, STARTED_OPEN_FILES, STARTED_OPEN_FILES);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(
+        at_the_limit(addr, &hello, STEP).await,
+        AtTheLimit::Routed(_)
+    ) {
+        assert!(Instant::now() < deadline, "not routing again within 10s");
+        sleep(Duration::from_millis(100)).await;
+    }
 }
 
 // === hello reassembly cost ===

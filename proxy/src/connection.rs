@@ -16,6 +16,7 @@ use crate::client_limit::ClientGuard;
 use crate::connect;
 use crate::forward::{self, Forward, Totals};
 use crate::health::LoadGuard;
+use crate::hello_budget::{Evicted, Pending};
 use crate::ja4::Ja4;
 use crate::metrics::ActiveGuard;
 use crate::outcome::{Outcome, Reason};
@@ -86,7 +87,9 @@ async fn establish(
     }
     let settings = &proxy.settings;
     let started = Instant::now();
-    // Allocated as bytes arrive, within the client_hello_memory budget, released once routed.
+    // Allocated as bytes arrive, within the client_hello_memory budget, and charged to it
+    // until the pair starts forwarding, whose first step writes it to the backend: a backend
+    // slow to accept must not let hellos pile up outside the budget.
     let mut buf = Vec::new();
     let mut pending = proxy.hello_budget.open();
     // One deadline for everything before routing: a PROXY header does not buy more time.
@@ -95,7 +98,6 @@ async fn establish(
         Ok(routed) => routed,
         Err(_) => Err(Origin::peer(peer).refuse(Reason::Timeout)),
     };
-    drop(pending);
     let Routed {
         route,
         key,
@@ -104,18 +106,27 @@ async fn establish(
         client_slot,
     } = match routed {
         Ok(routed) => routed,
-        Err(refused) => return refuse(&proxy, client, refused).await,
+        Err(refused) => return refuse(&proxy, client, refused, (buf, pending)).await,
     };
     let gauge = proxy.metrics.route_gauge(route.name());
     let Some(route_active) = ActiveGuard::try_take(gauge, route.max_connections()) else {
         let reason = Reason::RouteLimit {
             route: route.name().into(),
         };
-        return refuse(&proxy, client, origin.refuse(reason).with_ja4(ja4)).await;
+        let refused = origin.refuse(reason).with_ja4(ja4);
+        return refuse(&proxy, client, refused, (buf, pending)).await;
     };
 
     let connecting = Instant::now();
-    let connected = connect::connect(&route, settings.connect_timeout, &proxy.health).await;
+    // Evicted while it waits (its buffer still charged), the connection gives up its attempt.
+    let connected = tokio::select! {
+        connected = connect::connect(&route, settings.connect_timeout, &proxy.health) => connected,
+        () = pending.evicted() => {
+            let evicted = Evicted { reserved: buf.capacity() };
+            let refused = origin.refuse(Reason::Overloaded(evicted)).with_ja4(ja4);
+            return refuse(&proxy, client, refused, (buf, pending)).await;
+        }
+    };
     proxy
         .metrics
         .backend_connect_seconds
@@ -125,7 +136,7 @@ async fn establish(
         Err(error) => {
             proxy.metrics.count_unreachable(route.name());
             let refused = origin.refuse(Reason::Backend(error)).with_ja4(ja4);
-            return refuse(&proxy, client, refused).await;
+            return refuse(&proxy, client, refused, (buf, pending)).await;
         }
     };
     proxy.metrics.count(Outcome::Routed);
@@ -152,6 +163,9 @@ async fn establish(
         settings.idle_timeout,
         &proxy.metrics.bytes,
     );
+    // The task polls `forward` next, and its first write hands the buffer to the kernel's
+    // send buffer (a fresh socket takes 16 KiB at once, tcp_wmem's default).
+    drop(pending);
     if settings.revoke_grace.is_some() {
         let registration = proxy.connections.register(key.clone(), client_addr.ip());
         forward = forward.revocable(registration);
@@ -175,8 +189,15 @@ async fn establish(
 }
 
 /// [`Proxy::refuse`], boxed: its linger buffer would otherwise size every connection's
-/// establishing future.
-async fn refuse<T>(proxy: &Proxy, client: TcpStream, refused: Refused) -> Option<T> {
+/// establishing future. `hello` (the buffer and its charge) is released first, not held
+/// through the alert's linger.
+async fn refuse<T>(
+    proxy: &Proxy,
+    client: TcpStream,
+    refused: Refused,
+    hello: (Vec<u8>, Pending<'_>),
+) -> Option<T> {
+    drop(hello);
     Box::pin(proxy.refuse(client, refused)).await;
     None
 }

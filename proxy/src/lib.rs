@@ -63,7 +63,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// The largest ClientHello (all its records, in bytes) that is read before refusing.
     pub max_client_hello: usize,
-    /// Connections open at once, over all listeners; `None` is unlimited.
+    /// Connections open at once, over all listeners; `None` is unlimited (the binary always
+    /// sets it: from the file, or derived from the open-files limit).
     pub max_connections: Option<usize>,
     /// Whether every forwarded connection logs a summary line when it closes.
     pub log_connections: bool,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -15,6 +16,34 @@ use crate::Proxy;
 /// First and last pause after an accept error; doubling in between.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one accept-failure line per listener per interval, with the failures since the
+/// last: at the open-files limit accepts fail and succeed in turn as connections close, so
+/// "once per burst" was a line per closing connection.
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When an accept failure is logged: the first one, then the first after each interval.
+#[derive(Debug, Default)]
+struct AcceptWarnings {
+    last: Option<Instant>,
+    /// Failures not logged since the last line.
+    unlogged: u64,
+}
+
+impl AcceptWarnings {
+    /// Counts a failure at `now`; returns the failures the line due now reports (this one
+    /// and those since the last line), or `None` within the interval.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < ACCEPT_WARNING_INTERVAL)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
 
 /// Accepts connections until `shutdown` fires, spawning one task per connection on `tasks`.
 pub async fn serve(
@@ -33,7 +62,7 @@ pub async fn serve(
         }
     }
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut in_burst = false;
+    let mut warnings = AcceptWarnings::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -42,7 +71,6 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                in_burst = false;
                 // The permit is taken here, before a task exists: over the limit, a new
                 // connection costs one close and a counter, nothing more.
                 let permit = match &proxy.connection_limit {
@@ -61,9 +89,8 @@ pub async fn serve(
             Err(error) => {
                 // EMFILE/ENFILE/ENOBUFS/ENOMEM clear up as connections close; a per-connection
                 // error (ECONNABORTED) does too. Either way: pause, never spin, never exit.
-                if !in_burst {
-                    tracing::warn!(%error, "accept failed; backing off");
-                    in_burst = true;
+                if let Some(failures) = warnings.failed(Instant::now()) {
+                    tracing::warn!(%error, failures_since_last_line = failures, "accept failed; backing off");
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -72,5 +99,26 @@ pub async fn serve(
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_are_logged_once_per_interval_with_their_count() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut warnings = AcceptWarnings::default();
+        assert_eq!(warnings.failed(at(0)), Some(1));
+        // Failures between successes are one run for the log: nothing within the interval.
+        for ms in (10..10_000).step_by(10) {
+            assert_eq!(warnings.failed(at(ms)), None, "at {ms} ms");
+        }
+        assert_eq!(warnings.failed(at(10_000)), Some(1000));
+        assert_eq!(warnings.failed(at(10_001)), None);
+        // A failure long after is logged at once, with those not yet reported.
+        assert_eq!(warnings.failed(at(60_000)), Some(2));
     }
 }

@@ -134,8 +134,8 @@ pub enum Reason {
     ClientLimited(Limited),
     /// No backend of the route accepted.
     Backend(ConnectError),
-    /// Closed while its ClientHello was among the oldest pending, to keep unfinished hellos
-    /// within `client_hello_memory`.
+    /// Closed to keep unfinished hellos within `client_hello_memory`: its buffer was next in
+    /// eviction order (the largest, then the longest without progress).
     Overloaded(Evicted),
 }
 

@@ -97,3 +97,43 @@ pub(crate) fn defer_accept(listener: &TcpListener, limit: Duration) -> io::Resul
 pub(crate) fn defer_accept(_listener: &TcpListener, _limit: Duration) -> io::Result<()> {
     Ok(())
 }
+
+/// The open-files limit (RLIMIT_NOFILE) in force, and what it was raised from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The soft limit: descriptors this process may hold (`None`: unlimited).
+    pub soft: Option<u64>,
+    /// The hard limit the soft one may be raised to.
+    pub hard: Option<u64>,
+    /// The soft limit found at start, when it was raised.
+    pub raised_from: Option<u64>,
+}
+
+/// Raises the soft open-files limit to the hard one, as a server holding two sockets per
+/// connection should (HAProxy does the same; the soft default of 1024 is for programs that
+/// still use select(2)). Refused (a hard limit above the kernel's nr_open, say), the soft
+/// limit stays and `Err` says why, with the limit in force.
+pub fn raise_open_files_limit() -> Result<OpenFiles, (io::Error, OpenFiles)> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let found = getrlimit(Resource::Nofile);
+    let mut limit = OpenFiles {
+        soft: found.current,
+        hard: found.maximum,
+        raised_from: None,
+    };
+    if found.current == found.maximum {
+        return Ok(limit);
+    }
+    let raised = Rlimit {
+        current: found.maximum,
+        maximum: found.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            limit.raised_from = found.current;
+            limit.soft = found.maximum;
+            Ok(limit)
+        }
+        Err(error) => Err((error.into(), limit)),
+    }
+}

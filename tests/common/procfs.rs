@@ -20,10 +20,16 @@ pub fn open_fds(pid: u32) -> usize {
 
 /// Lowers the running process's open-files limit (as `ulimit -n` before exec would).
 pub fn limit_open_files(pid: u32, limit: usize) {
+    set_open_files(pid, limit, limit);
+}
+
+/// Sets the running process's soft and hard open-files limits (a soft one below the hard can
+/// be raised again; a lowered hard one cannot).
+pub fn set_open_files(pid: u32, soft: usize, hard: usize) {
     let status = Command::new("prlimit")
         .arg("--pid")
         .arg(pid.to_string())
-        .arg(format!("--nofile={limit}:{limit}"))
+        .arg(format!("--nofile={soft}:{hard}"))
         .status()
         .expect("run prlimit (util-linux)");
     assert!(status.success(), "prlimit failed: {status}");

@@ -78,6 +78,16 @@ pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// `revoke_grace` when the file does not say.
 pub const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(30);
+/// Descriptors `max_connections`' default leaves for the process's own: stdio, the runtime's
+/// epoll and wakers, the signal and inotify handles, the resolver, the Kubernetes client's
+/// connections (an idle proxy with three listeners holds 17).
+pub const RESERVED_OPEN_FILES: u64 = 64;
+/// Descriptors one proxied connection is counted for in `max_connections`' default: its
+/// client and backend sockets, and one for the splice pipes. A pipe is two descriptors held by
+/// one direction only while it moves a bulk burst (an idle or request-sized connection holds
+/// none), and a direction that cannot get one copies instead, so one per connection is a
+/// generous mean that never fails a connection when it is short.
+pub const OPEN_FILES_PER_CONNECTION: u64 = 3;
 /// `client_limits.max_connections` once the section is set.
 pub const DEFAULT_CLIENT_MAX_CONNECTIONS: u32 = 200;
 /// `client_limits.connection_rate` once the section is set.
@@ -178,6 +188,27 @@ pub enum BackendsMode {
 // === impl Config ===
 
 impl Config {
+    /// `max_connections` when the file does not say: what `open_files` descriptors (the soft
+    /// RLIMIT_NOFILE; `None`: unlimited) serve without an accepted connection ever failing
+    /// for want of one, after [`RESERVED_OPEN_FILES`], each listener, and the admin and debug
+    /// servers' `admin_connections` each. At least 1.
+    pub fn derived_max_connections(
+        &self,
+        open_files: Option<u64>,
+        admin_connections: usize,
+    ) -> usize {
+        let Some(open_files) = open_files else {
+            return usize::MAX;
+        };
+        let servers = 1 + u64::from(self.debug.is_some());
+        let listeners = self.listen.len() + usize::from(self.cluster_id_listen.is_some());
+        let reserved = RESERVED_OPEN_FILES
+            .saturating_add(servers.saturating_mul(admin_connections as u64 + 1))
+            .saturating_add(listeners as u64);
+        let connections = open_files.saturating_sub(reserved) / OPEN_FILES_PER_CONNECTION;
+        usize::try_from(connections).unwrap_or(usize::MAX).max(1)
+    }
+
     /// Reads and validates the file at `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();

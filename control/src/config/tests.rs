@@ -670,3 +670,27 @@ fn client_hello_memory_is_a_size_with_room_for_one_hello() {
     let b = Config::parse(&format!("{MINIMAL}client_hello_memory: 1MiB\n"), "t").unwrap();
     assert_eq!(a.restart_settings_changed(&b), ["client_hello_memory"]);
 }
+
+#[test]
+fn max_connections_default_leaves_room_for_the_process_admin_debug_and_listeners() {
+    let parse = |text: &str| Config::parse(text, "t").unwrap();
+    let config = parse(MINIMAL);
+    // One listener, admin and debug (the default): 64 + 2 x 33 + 1 reserved, 3 a connection.
+    assert!(config.debug.is_some() && config.listen.len() == 1);
+    assert_eq!(
+        config.derived_max_connections(Some(256), 32),
+        (256 - 131) / 3
+    );
+    assert_eq!(
+        config.derived_max_connections(Some(1 << 20), 32),
+        ((1 << 20) - 131) / 3
+    );
+    let no_debug = parse(&format!("{MINIMAL}debug: off\n"));
+    assert_eq!(
+        no_debug.derived_max_connections(Some(256), 32),
+        (256 - 98) / 3
+    );
+    // Below the reserve there is still one; unlimited is unlimited.
+    assert_eq!(config.derived_max_connections(Some(50), 32), 1);
+    assert_eq!(config.derived_max_connections(None, 32), usize::MAX);
+}
