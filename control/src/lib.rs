@@ -18,6 +18,7 @@
 pub mod config;
 pub mod error;
 pub mod file;
+pub mod gateway;
 pub mod kube;
 pub mod metrics;
 pub mod publish;

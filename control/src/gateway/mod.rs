@@ -1,0 +1,3 @@
+//! The Gateway API source: sniroute as a TLS-passthrough Gateway implementation.
+
+pub mod objects;
