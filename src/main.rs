@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use control::config::LogFormat;
+use control::gateway::GatewaySource;
 use control::kube::{KubeSource, Readiness};
 use control::{Config, FileSource, Publisher, SourceKind};
 use prometheus_client::registry::Registry;
@@ -181,7 +182,7 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         None => Readiness::Ready,
         Some(_) => Readiness::waiting(),
     });
-    let kube_source = match &config.kubernetes {
+    let (kube_source, gateway_source, sources_ready_rx) = match &config.kubernetes {
         Some(kube) => {
             // The Kubernetes client's TLS uses the process default: ring, as everywhere else.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -190,12 +191,40 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
                  (KUBECONFIG, ~/.kube/config, or the in-cluster service account)",
             )?;
             let node = std::env::var(control::kube::zone::NODE_NAME_ENV).ok();
-            Some(
-                KubeSource::new(client, kube.clone(), publisher.clone(), sources_ready)
-                    .on_node(node),
+            // HyperShift's readiness, or none when only the Gateway API is watched.
+            let mut readiness = Vec::new();
+            let kube_source = kube.hypershift.then(|| {
+                readiness.push(sources_ready_rx.clone());
+                KubeSource::new(
+                    client.clone(),
+                    kube.clone(),
+                    publisher.clone(),
+                    sources_ready,
+                )
+                .on_node(node)
+            });
+            let gateway_source = kube.gateway_api.clone().map(|gateway| {
+                let (ready, ready_rx) = tokio::sync::watch::channel(Readiness::waiting());
+                readiness.push(ready_rx);
+                // The pod's name (the downward API's metadata.name) names it in the Lease.
+                let identity = std::env::var(control::gateway::source::POD_NAME_ENV)
+                    .unwrap_or_else(|_| format!("sniroute-{}", std::process::id()));
+                GatewaySource::new(
+                    client,
+                    kube.clone(),
+                    gateway,
+                    publisher.clone(),
+                    ready,
+                    identity,
+                )
+            });
+            (
+                kube_source,
+                gateway_source,
+                control::gateway::source::joined(readiness),
             )
         }
-        None => None,
+        None => (None, None, sources_ready_rx),
     };
 
     let admin_listener = socket::bind(config.admin, socket::DEFAULT_BACKLOG)?;
@@ -253,6 +282,9 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         FileSource::new(path, config.clone(), publisher.clone()).run(shutdown.clone());
     if let Some(kube_source) = kube_source {
         services.spawn(kube_source.run(shutdown.clone()));
+    }
+    if let Some(gateway_source) = gateway_source {
+        services.spawn(gateway_source.run(shutdown.clone()));
     }
     services.spawn(
         proxy

@@ -24,7 +24,7 @@ pub mod metrics;
 pub mod publish;
 pub mod source;
 
-pub use config::{BackendsMode, Config, KubernetesConfig, RouteConfig};
+pub use config::{BackendsMode, Config, GatewayApiConfig, KubernetesConfig, RouteConfig};
 pub use error::{ConfigError, Problem, RouteRef};
 pub use file::FileSource;
 pub use proxy::RouteSpec;

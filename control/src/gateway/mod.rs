@@ -9,6 +9,8 @@
 
 pub mod graph;
 pub mod objects;
+pub mod source;
 pub mod status;
 
 pub use graph::{build, Graph, Key, Objects, Settings};
+pub use source::GatewaySource;
