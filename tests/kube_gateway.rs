@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::apiserver::hypershift::{namespace, service_addr};
-use common::apiserver::{wait_ready, Admin, ApiServer};
+use common::apiserver::{wait_ready, Admin, ApiServer, Opts, NAMESPACE};
 use common::fake_kube::{wait_routed, wait_unrouted};
 use common::*;
 use serde_json::{json, Value};
@@ -116,6 +116,69 @@ async fn wait_route_status(
         .await
 }
 
+/// Kamaji's Gateway and our class; tenant-00's Service (kube-apiserver 6443, konnectivity
+/// 8132) with a TLS backend on each port of its ClusterIP (`kas-00`, `konnectivity-00`); and
+/// its two TLSRoutes as Kamaji writes them: `tenants/tenant-00` for `tenant-00.example.test`
+/// and `tenants/tenant-00-konnectivity` for `konnectivity-00.example.test`.
+async fn one_tenant(admin: &Admin) -> Vec<TlsBackend> {
+    for ns in ["kamaji-system", "tenants"] {
+        namespace(admin, ns).await;
+    }
+    admin
+        .apply(&json!({"apiVersion": GW_API, "kind": "GatewayClass",
+                       "metadata": {"name": "sniroute"},
+                       "spec": {"controllerName": CONTROLLER}}))
+        .await;
+    admin.apply(&kamaji_gateway()).await;
+    let tenant = admin
+        .apply(&json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "tenant-00", "namespace": "tenants"},
+                       "spec": {"ports": [{"name": "kube-apiserver", "port": 6443},
+                                          {"name": "konnectivity-server", "port": 8132}]}}))
+        .await;
+    let ip = service_addr(&tenant).ip();
+    let mut backends = Vec::new();
+    for (name, section, port, hostname, id) in [
+        (
+            "tenant-00",
+            "kube-apiserver",
+            6443,
+            "tenant-00.example.test",
+            "kas-00",
+        ),
+        (
+            "tenant-00-konnectivity",
+            "konnectivity-server",
+            8132,
+            "konnectivity-00.example.test",
+            "konnectivity-00",
+        ),
+    ] {
+        backends.push(TlsBackend::start_at(
+            id,
+            SocketAddr::new(ip, port),
+            TlsBackendOpts::default(),
+        ));
+        admin
+            .apply(&tls_route(
+                "tenants",
+                name,
+                kamaji_parent(section, port),
+                hostname,
+                json!({"name": "tenant-00", "port": port}),
+            ))
+            .await;
+    }
+    backends
+}
+
+/// Merge-patches TLSRoute `tenants/tenant-00`.
+async fn patch_tenant_route(admin: &Admin, patch: Value) {
+    admin
+        .merge_patch(GW_API, "TLSRoute", Some("tenants"), "tenant-00", &patch)
+        .await;
+}
+
 async fn start(server: &ApiServer) -> (Sniroute, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = server.sniroute_kubeconfig(dir.path(), &server.url()).await;
@@ -135,57 +198,13 @@ async fn kamaji_shapes_route_and_every_status_reason_is_reported() {
         return;
     };
     let admin = server.admin().await;
-    for ns in ["kamaji-system", "tenants", "backends"] {
-        namespace(&admin, ns).await;
-    }
-    admin
-        .apply(&json!({"apiVersion": GW_API, "kind": "GatewayClass",
-                       "metadata": {"name": "sniroute"},
-                       "spec": {"controllerName": CONTROLLER}}))
-        .await;
+    let _backends = one_tenant(&admin).await;
+    namespace(&admin, "backends").await;
     admin
         .apply(&json!({"apiVersion": GW_API, "kind": "GatewayClass",
                        "metadata": {"name": "someone-else"},
                        "spec": {"controllerName": "example.com/other-controller"}}))
         .await;
-    admin.apply(&kamaji_gateway()).await;
-    let tenant = admin
-        .apply(&json!({"apiVersion": "v1", "kind": "Service",
-                       "metadata": {"name": "tenant-00", "namespace": "tenants"},
-                       "spec": {"ports": [{"name": "kube-apiserver", "port": 6443},
-                                          {"name": "konnectivity-server", "port": 8132}]}}))
-        .await;
-    let kas_addr = service_addr(&tenant);
-    let _kas = TlsBackend::start_at("kas-00", kas_addr, TlsBackendOpts::default());
-    let _konnectivity = TlsBackend::start_at(
-        "konnectivity-00",
-        SocketAddr::new(kas_addr.ip(), 8132),
-        TlsBackendOpts::default(),
-    );
-    for (name, section, port, hostname) in [
-        (
-            "tenant-00",
-            "kube-apiserver",
-            6443,
-            "tenant-00.example.test",
-        ),
-        (
-            "tenant-00-konnectivity",
-            "konnectivity-server",
-            8132,
-            "konnectivity-00.example.test",
-        ),
-    ] {
-        admin
-            .apply(&tls_route(
-                "tenants",
-                name,
-                kamaji_parent(section, port),
-                hostname,
-                json!({"name": "tenant-00", "port": port}),
-            ))
-            .await;
-    }
 
     let (proxy, _dir) = start(server).await;
     let addr = proxy.proxy_addr();
@@ -209,14 +228,22 @@ async fn kamaji_shapes_route_and_every_status_reason_is_reported() {
         "ResolvedRefs",
     )
     .await;
-    let route = proxy.routes();
-    let listed = route["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "tenants/tenant-00")
-        .unwrap_or_else(|| panic!("no route tenants/tenant-00 in {route}"));
-    assert_eq!(listed["source"], "tlsroute tenants/tenant-00");
+    // explain names the TLSRoute and its Gateway.
+    let (code, body) = http_get(
+        proxy.listener_addr("debug"),
+        "/explain?sni=tenant-00.example.test",
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let explained: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        explained["route"]["name"], "tenants/tenant-00",
+        "{explained}"
+    );
+    assert_eq!(
+        explained["route"]["source"],
+        "tlsroute tenants/tenant-00 on gateway kamaji-system/gateway"
+    );
 
     let gateway = admin
         .wait_for(
@@ -425,15 +452,11 @@ async fn kamaji_shapes_route_and_every_status_reason_is_reported() {
     .await;
 
     // --- a change reaches routed as fast as a HostedCluster change does ---
-    admin
-        .merge_patch(
-            GW_API,
-            "TLSRoute",
-            Some("tenants"),
-            "tenant-00",
-            &json!({"spec": {"hostnames": ["tenant-00-moved.example.test"]}}),
-        )
-        .await;
+    patch_tenant_route(
+        &admin,
+        json!({"spec": {"hostnames": ["tenant-00-moved.example.test"]}}),
+    )
+    .await;
     let moved = wait_routed(addr, "tenant-00-moved.example.test", "kas-00", SWAP).await;
     wait_unrouted(addr, "tenant-00.example.test", SWAP).await;
     let settled =
@@ -470,4 +493,94 @@ async fn kamaji_shapes_route_and_every_status_reason_is_reported() {
     for latency in [granted, moved, appear] {
         assert!(latency < Duration::from_secs(1), "swap took {latency:?}");
     }
+}
+
+/// The status Lease's holder and transitions.
+async fn lease(admin: &Admin) -> (String, i64) {
+    let lease = admin
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            Some(NAMESPACE),
+            "sniroute-gateway-status",
+        )
+        .await
+        .expect("the status Lease");
+    (
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        lease["spec"]["leaseTransitions"].as_i64().unwrap_or(-1),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_lost_without_a_word_is_replaced_and_status_stays_correct() {
+    let Some(server) = ApiServer::start(Opts::default()).await else {
+        return;
+    };
+    let admin = server.admin().await;
+    let _backends = one_tenant(&admin).await;
+    let (first, _d1) = start(&server).await;
+    let (second, _d2) = start(&server).await;
+    wait_ready(&first).await;
+    wait_ready(&second).await;
+    wait_route_status(&admin, "tenants", "tenant-00", "Accepted", "ResolvedRefs").await;
+    // Every replica routes, leader or not.
+    for proxy in [&first, &second] {
+        assert_routes(proxy.proxy_addr(), "tenant-00.example.test", "kas-00").await;
+    }
+    let (holder, transitions) = lease(&admin).await;
+    assert_eq!(transitions, 0);
+    let identity = |p: &Sniroute| format!("sniroute-{}", p.pid());
+    let (leader, follower) = if holder == identity(&first) {
+        (first, second)
+    } else {
+        assert_eq!(holder, identity(&second), "the Lease is held by neither");
+        (second, first)
+    };
+    let follower_id = identity(&follower);
+
+    // The leader dies (SIGKILL: no release). A change made meanwhile is still reported, by
+    // the other replica once the Lease has gone unrenewed for its duration.
+    drop(leader);
+    patch_tenant_route(
+        &admin,
+        json!({"spec": {"parentRefs": [kamaji_parent("nope", 6443)]}}),
+    )
+    .await;
+    wait_unrouted(follower.proxy_addr(), "tenant-00.example.test", SWAP).await;
+    let took_over = tokio::time::Instant::now();
+    admin
+        .wait_for(
+            GW_API,
+            "TLSRoute",
+            Some("tenants"),
+            "tenant-00",
+            Duration::from_secs(60),
+            |route| {
+                our_parent(route).is_some_and(|p| {
+                    condition(&p["conditions"], "Accepted").is_some_and(|(s, reason, g)| {
+                        s == "False" && reason == "NoMatchingParent" && g == 2
+                    })
+                })
+            },
+        )
+        .await;
+    eprintln!(
+        "status rewritten by the new leader {:?} after the change",
+        took_over.elapsed()
+    );
+    assert_eq!(lease(&admin).await, (follower_id, 1));
+    // One entry of ours: the old parent's is gone with it.
+    let route = admin
+        .get(GW_API, "TLSRoute", Some("tenants"), "tenant-00")
+        .await
+        .unwrap();
+    assert_eq!(
+        route["status"]["parents"].as_array().unwrap().len(),
+        1,
+        "{route}"
+    );
 }

@@ -47,7 +47,8 @@
 //! 7. **Conflicts.** Routes are handed to the table oldest first (creationTimestamp, then
 //!    `namespace/name`), the Gateway API's conflict rule, so the publish step's "first claim
 //!    wins" keeps a hostname with the oldest route. Each TLSRoute is one table route named
-//!    `namespace/name`.
+//!    `namespace/name`, its source (in `/routes` and `explain`) `tlsroute <namespace/name> on
+//!    gateway <namespace/name>[, ...]`.
 //!
 //! Every condition carries the object's `metadata.generation` as `observedGeneration`.
 
@@ -622,7 +623,8 @@ fn attach_route(
     graph: &mut Graph,
 ) {
     let generation = route.metadata.generation.unwrap_or_default();
-    let spec = route.spec.clone().unwrap_or_default();
+    let unset = super::objects::TlsRouteSpec::default();
+    let spec = route.spec.as_ref().unwrap_or(&unset);
     let route_names: Vec<HostPattern> = spec
         .hostnames
         .as_deref()
@@ -632,6 +634,8 @@ fn attach_route(
         .collect();
     let mut parents = Vec::new();
     let mut hostnames: Vec<HostPattern> = Vec::new();
+    // The Gateways it is attached to, for `/routes` and `explain`.
+    let mut attached_to: Vec<String> = Vec::new();
     // The API refuses a parentRef given twice; should one be, it counts once.
     let mut seen_parents = BTreeSet::new();
     for parent in spec.parent_refs.as_deref().unwrap_or_default() {
@@ -711,6 +715,10 @@ fn attach_route(
                     }
                 }
                 if matched {
+                    let gateway = gateway_key.to_string();
+                    if !attached_to.contains(&gateway) {
+                        attached_to.push(gateway);
+                    }
                     Ok(())
                 } else {
                     Err((
@@ -735,7 +743,7 @@ fn attach_route(
         return;
     }
 
-    let resolved = resolve_backends(objects, key, &spec);
+    let resolved = resolve_backends(objects, key, spec);
     let refs_cond = match &resolved.problem {
         None => cond(
             RESOLVED_REFS,
@@ -767,7 +775,10 @@ fn attach_route(
         key.to_string(),
         hostnames,
         resolved.backends.backends,
-        Arc::<str>::from(format!("tlsroute {key}")),
+        Arc::<str>::from(format!(
+            "tlsroute {key} on gateway {}",
+            attached_to.join(", ")
+        )),
     );
     if !resolved.backends.facts.is_empty() {
         route_spec.facts = resolved.backends.facts;
@@ -865,7 +876,8 @@ fn resolve_one(
         ));
     };
     let port = backend_ref.port.and_then(|p| u16::try_from(p).ok());
-    let service_spec = service.spec.clone().unwrap_or_default();
+    let unset = crate::kube::objects::ServiceSpec::default();
+    let service_spec = service.spec.as_ref().unwrap_or(&unset);
     let service_port = service_spec
         .ports
         .as_deref()

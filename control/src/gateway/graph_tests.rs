@@ -195,7 +195,10 @@ fn kamaji_tenant_routes_to_its_service_and_is_accepted_with_resolved_refs() {
             ),
         ]
     );
-    assert_eq!(&*graph.routes[0].source, "tlsroute tenants/tenant-00");
+    assert_eq!(
+        &*graph.routes[0].source,
+        "tlsroute tenants/tenant-00 on gateway kamaji-system/gateway"
+    );
     let l = listener(&graph, ("kamaji-system", "gateway"), "kube-apiserver");
     assert_eq!(l.attached_routes, 2);
     assert_eq!(l.supported_kinds.len(), 1);
@@ -821,4 +824,38 @@ fn endpoint_slices_give_the_pods_when_known() {
     assert_eq!(route.backends[0].to_string(), "198.18.1.5:16443");
     assert_eq!(route.facts[0].zone.as_deref(), Some("z1"));
     assert_eq!(route.zone.as_deref(), Some("z1"));
+}
+
+#[test]
+fn five_thousand_kamaji_tenants_build_into_one_table() {
+    let mut objects = world();
+    for i in 0..5_000 {
+        let name = format!("tenant-{i:04}");
+        add_service(
+            &mut objects,
+            "tenants",
+            &name,
+            &format!("198.19.{}.{}", i / 250, i % 250 + 1),
+            &[6443],
+        );
+        let mut route = tenant_route(&name, &format!("{name}.cluster.example"), 6443);
+        route["spec"]["rules"][0]["backendRefs"][0]["name"] = name.clone().into();
+        add_route(&mut objects, route);
+    }
+    let started = tokio::time::Instant::now();
+    let graph = build(&objects, &settings());
+    let took = started.elapsed();
+    assert_eq!(graph.routes.len(), 5_000);
+    assert_eq!(
+        listener(&graph, ("kamaji-system", "gateway"), "kube-apiserver").attached_routes,
+        5_000
+    );
+    let (merged, conflicts) = crate::publish::merge([graph.routes.as_slice()]);
+    assert!(conflicts.is_empty());
+    let table = proxy::Table::new(merged.unwrap()).unwrap();
+    let name = proxy::ServerName::parse(b"tenant-4321.cluster.example").unwrap();
+    let route = table.lookup(&name).unwrap();
+    assert_eq!(route.name(), "tenants/tenant-4321");
+    assert_eq!(route.backends()[0].to_string(), "198.19.17.72:6443");
+    eprintln!("5,000 TLSRoutes mapped in {took:?} (debug build)");
 }
