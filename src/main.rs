@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use control::config::LogFormat;
+use control::gateway::GatewaySource;
 use control::kube::{KubeSource, Readiness};
 use control::{Config, FileSource, Publisher, SourceKind};
 use prometheus_client::registry::Registry;
@@ -182,7 +183,8 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         None => Readiness::Ready,
         Some(_) => Readiness::waiting(),
     });
-    let kube_source = kube_source(&config, &publisher, sources_ready).await?;
+    let (kube_source, gateway_source, sources_ready_rx) =
+        kube_sources(&config, &publisher, sources_ready, sources_ready_rx).await?;
     let bound = Bound::bind(&config)?;
 
     let settings = proxy::Settings {
@@ -204,6 +206,11 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         tasks
             .services
             .spawn(kube_source.run(tasks.shutdown.clone()));
+    }
+    if let Some(gateway_source) = gateway_source {
+        tasks
+            .services
+            .spawn(gateway_source.run(tasks.shutdown.clone()));
     }
     tasks.services.spawn(
         proxy
@@ -233,15 +240,20 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     outcome
 }
 
-/// The Kubernetes source, when the config asks for one, on the client configuration found
-/// the standard way.
-async fn kube_source(
+/// The Kubernetes sources the config asks for (HyperShift's, the Gateway API's), on the
+/// client configuration found the standard way, and the readiness of all of them together.
+async fn kube_sources(
     config: &Config,
     publisher: &Arc<Publisher>,
     sources_ready: tokio::sync::watch::Sender<Readiness>,
-) -> anyhow::Result<Option<KubeSource>> {
+    sources_ready_rx: tokio::sync::watch::Receiver<Readiness>,
+) -> anyhow::Result<(
+    Option<KubeSource>,
+    Option<GatewaySource>,
+    tokio::sync::watch::Receiver<Readiness>,
+)> {
     let Some(kube) = &config.kubernetes else {
-        return Ok(None);
+        return Ok((None, None, sources_ready_rx));
     };
     // The Kubernetes client's TLS uses the process default: ring, as everywhere else.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -250,8 +262,37 @@ async fn kube_source(
          (KUBECONFIG, ~/.kube/config, or the in-cluster service account)",
     )?;
     let node = std::env::var(control::kube::zone::NODE_NAME_ENV).ok();
-    Ok(Some(
-        KubeSource::new(client, kube.clone(), publisher.clone(), sources_ready).on_node(node),
+    // HyperShift's readiness, or none when only the Gateway API is watched.
+    let mut readiness = Vec::new();
+    let kube_source = kube.hypershift.then(|| {
+        readiness.push(sources_ready_rx.clone());
+        KubeSource::new(
+            client.clone(),
+            kube.clone(),
+            publisher.clone(),
+            sources_ready,
+        )
+        .on_node(node)
+    });
+    let gateway_source = kube.gateway_api.clone().map(|gateway| {
+        let (ready, ready_rx) = tokio::sync::watch::channel(Readiness::waiting());
+        readiness.push(ready_rx);
+        // The pod's name (the downward API's metadata.name) names it in the Lease.
+        let identity = std::env::var(control::gateway::source::POD_NAME_ENV)
+            .unwrap_or_else(|_| format!("sniroute-{}", std::process::id()));
+        GatewaySource::new(
+            client,
+            kube.clone(),
+            gateway,
+            publisher.clone(),
+            ready,
+            identity,
+        )
+    });
+    Ok((
+        kube_source,
+        gateway_source,
+        control::gateway::source::joined(readiness),
     ))
 }
 

@@ -18,12 +18,13 @@
 pub mod config;
 pub mod error;
 pub mod file;
+pub mod gateway;
 pub mod kube;
 pub mod metrics;
 pub mod publish;
 pub mod source;
 
-pub use config::{BackendsMode, Config, KubernetesConfig};
+pub use config::{BackendsMode, Config, GatewayApiConfig, KubernetesConfig};
 pub use error::{ConfigError, Problem, RouteRef};
 pub use file::FileSource;
 pub use proxy::RouteSpec;

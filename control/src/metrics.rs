@@ -31,7 +31,11 @@ impl ControlMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self::default();
-        for source in [SourceKind::File, SourceKind::Kubernetes] {
+        for source in [
+            SourceKind::File,
+            SourceKind::Kubernetes,
+            SourceKind::GatewayApi,
+        ] {
             metrics.source_errors.get_or_create_owned(&SourceLabels {
                 source: source.as_str(),
             });

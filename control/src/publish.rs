@@ -523,6 +523,56 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn hypershift_routes_win_a_hostname_over_gateway_api_routes_and_both_are_served() {
+        let logs = Logs::default();
+        let _guard = logs.capture();
+        let publisher = Publisher::new(Arc::default());
+        let hc = "hostedcluster ns/x";
+        let tls = "tlsroute tenants/t on gateway kamaji-system/gateway";
+        publisher
+            .update(
+                SourceKind::GatewayApi,
+                vec![
+                    spec("tenants/t", &["api.x.test", "t.test"], &["10.0.2.1:1"], tls),
+                    spec("tenants/u", &["u.test"], &["10.0.2.2:1"], tls),
+                ],
+            )
+            .unwrap();
+        let p = publisher
+            .update(
+                SourceKind::Kubernetes,
+                vec![spec(
+                    "ns/x/kube-apiserver",
+                    &["api.x.test"],
+                    &["10.0.1.1:1"],
+                    hc,
+                )],
+            )
+            .unwrap();
+        assert_eq!((p.routes, p.conflicts), (3, 1));
+        assert_eq!(
+            route_for(&publisher, "api.x.test"),
+            Some(("ns/x/kube-apiserver".into(), hc.into()))
+        );
+        assert_eq!(
+            route_for(&publisher, "t.test"),
+            Some(("tenants/t".into(), tls.into()))
+        );
+        assert_eq!(
+            route_for(&publisher, "u.test"),
+            Some(("tenants/u".into(), tls.into()))
+        );
+        let text = logs.text();
+        assert!(
+            text.contains(&format!(
+                "hostname api.x.test is claimed by route ns/x/kube-apiserver ({hc}) and route \
+                 tenants/t ({tls}); route tenants/t goes without it"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn sources_are_kept_apart_and_the_file_wins_conflicts() {
         let logs = Logs::default();
         let _guard = logs.capture();

@@ -2,13 +2,16 @@
 
 use std::fmt;
 
-/// Who stated a set of routes; the order is the priority (the file wins over Kubernetes).
+/// Who stated a set of routes; the order is the priority (the file wins over Kubernetes, and
+/// HyperShift's routes over the Gateway API's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SourceKind {
     /// The `routes:` of the config file.
     File,
     /// The Kubernetes source (HostedClusters, Routes, Services).
     Kubernetes,
+    /// The Gateway API source (TLSRoutes attached to sniroute's Gateways).
+    GatewayApi,
 }
 
 impl SourceKind {
@@ -17,6 +20,7 @@ impl SourceKind {
         match self {
             Self::File => "file",
             Self::Kubernetes => "kubernetes",
+            Self::GatewayApi => "gateway_api",
         }
     }
 }

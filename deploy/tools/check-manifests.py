@@ -38,9 +38,27 @@ EXPECTED_RULES = {
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
     # The zone of the node this replica runs on (topology.kubernetes.io/zone), one get.
     ("", "nodes"): {"get"},
+    # The Gateway API source (kubernetes.gateway_api): its objects, and listener selectors'
+    # Namespaces ...
+    ("gateway.networking.k8s.io", "gatewayclasses"): {"list", "watch"},
+    ("gateway.networking.k8s.io", "gateways"): {"list", "watch"},
+    ("gateway.networking.k8s.io", "tlsroutes"): {"list", "watch"},
+    ("gateway.networking.k8s.io", "referencegrants"): {"list", "watch"},
+    ("", "namespaces"): {"list", "watch"},
+    # ... and their status, by server-side apply (a patch), from the Lease holder only.
+    ("gateway.networking.k8s.io", "gatewayclasses/status"): {"patch"},
+    ("gateway.networking.k8s.io", "gateways/status"): {"patch"},
+    ("gateway.networking.k8s.io", "tlsroutes/status"): {"patch"},
 }
+# The Role in sniroute's namespace grants exactly this: the status writer's Lease.
+EXPECTED_ROLE_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+     "resourceNames": ["sniroute-gateway-status"], "verbs": ["get", "update"]},
+]
 BASE_KINDS = {
-    "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
+    "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+    "ConfigMap",
     "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -146,7 +164,7 @@ def check_objects(objs, role, where, config_out):
     if not check(len(by_kind.get("Deployment", [])) == 1, where, "expected one Deployment"):
         return
 
-    # --- RBAC: exactly get/list/watch on the three resources ---
+    # --- RBAC: exactly the grants above ---
     for role_obj in by_kind.get("ClusterRole", []):
         granted = {}
         for rule in role_obj.get("rules", []):
@@ -157,6 +175,9 @@ def check_objects(objs, role, where, config_out):
                     granted.setdefault((group, resource), set()).update(rule.get("verbs", []))
         check(granted == EXPECTED_RULES, f"{where}: {name_of(role_obj)}",
               f"grants {granted}, expected exactly {EXPECTED_RULES}")
+    for role_obj in by_kind.get("Role", []):
+        check(role_obj.get("rules") == EXPECTED_ROLE_RULES, f"{where}: {name_of(role_obj)}",
+              f"grants {role_obj.get('rules')}, expected exactly {EXPECTED_ROLE_RULES}")
 
     # --- the Deployment ---
     dep = by_kind["Deployment"][0]

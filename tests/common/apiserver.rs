@@ -576,6 +576,10 @@ impl ApiServer {
         for file in [
             "hostedclusters.hypershift.openshift.io.yaml",
             "routes.route.openshift.io.yaml",
+            "gateway-api/gateway.networking.k8s.io_gatewayclasses.yaml",
+            "gateway-api/gateway.networking.k8s.io_gateways.yaml",
+            "gateway-api/gateway.networking.k8s.io_tlsroutes.yaml",
+            "gateway-api/gateway.networking.k8s.io_referencegrants.yaml",
         ] {
             let path = repo().join("tests/crds").join(file);
             let text = std::fs::read_to_string(&path)
@@ -601,6 +605,10 @@ impl ApiServer {
         for (api_version, kind) in [
             ("hypershift.openshift.io/v1beta1", "HostedCluster"),
             ("route.openshift.io/v1", "Route"),
+            ("gateway.networking.k8s.io/v1", "GatewayClass"),
+            ("gateway.networking.k8s.io/v1", "Gateway"),
+            ("gateway.networking.k8s.io/v1", "TLSRoute"),
+            ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
         ] {
             let deadline = Instant::now() + READY_WITHIN;
             while admin.resource(api_version, kind).await.is_err() {
@@ -881,13 +889,15 @@ fn etcd_post(port: u16, path: &str, body: &Value) -> Value {
     serde_json::from_str(json).unwrap_or_else(|e| panic!("etcd {path}: {e}: {reply}"))
 }
 
+/// The context's namespace is sniroute's, as a pod's in-cluster config has it: where its
+/// Gateway API status Lease lives.
 fn kubeconfig_yaml(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
     let ca = base64(ca_pem.as_bytes());
     format!(
         "apiVersion: v1\nkind: Config\n\
          clusters:\n- name: envtest\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n\
          users:\n- name: {user}\n  user:\n    token: {token}\n\
-         contexts:\n- name: {user}\n  context:\n    cluster: envtest\n    user: {user}\n\
+         contexts:\n- name: {user}\n  context:\n    cluster: envtest\n    user: {user}\n    namespace: {NAMESPACE}\n\
          current-context: {user}\n"
     )
 }

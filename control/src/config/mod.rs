@@ -163,6 +163,11 @@ pub struct KubernetesConfig {
     pub backends: BackendsMode,
     /// `zone`: this replica's zone; endpoints there take new connections first.
     pub zone: Option<String>,
+    /// `hypershift`: watch HostedClusters and their Routes (default true); false on a
+    /// cluster without HyperShift's CRDs.
+    pub hypershift: bool,
+    /// `gateway_api`: serve the Gateway API's TLSRoutes (off when absent).
+    pub gateway_api: Option<GatewayApiConfig>,
 }
 
 impl Default for KubernetesConfig {
@@ -171,8 +176,20 @@ impl Default for KubernetesConfig {
             debounce: DEFAULT_DEBOUNCE,
             backends: BackendsMode::default(),
             zone: None,
+            hypershift: true,
+            gateway_api: None,
         }
     }
+}
+
+/// `kubernetes.gateway_api`: sniroute as a Gateway API implementation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayApiConfig {
+    /// `controller_name`: the GatewayClasses with this `spec.controllerName` are sniroute's.
+    pub controller_name: String,
+    /// `addresses`: what every Gateway reports in `status.addresses` (the IPs or hostnames
+    /// of the Service in front of sniroute); none leaves Gateways not Programmed.
+    pub addresses: Vec<String>,
 }
 
 /// `kubernetes.backends`: where a routed Service's connections go.

@@ -60,6 +60,15 @@ pub(super) struct RawKubernetes {
     pub(super) debounce: Option<Spanned<String>>,
     pub(super) backends: Option<Spanned<String>>,
     pub(super) zone: Option<Spanned<String>>,
+    pub(super) hypershift: Option<Spanned<String>>,
+    pub(super) gateway_api: Option<Spanned<RawGatewayApi>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGatewayApi {
+    pub(super) controller_name: Option<Spanned<String>>,
+    pub(super) addresses: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]

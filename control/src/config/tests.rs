@@ -438,7 +438,7 @@ fn kubernetes_cluster_id_listen_and_revoke_grace_problems() {
     );
     assert_eq!(
         one_problem(&format!("{MINIMAL}kubernetes: {{kubeconfig: x}}\n")),
-        "2:14: unknown field `kubeconfig`, expected one of debounce, backends, zone"
+        "2:14: unknown field `kubeconfig`, expected one of debounce, backends, zone, hypershift, gateway_api"
     );
     assert_eq!(
         one_problem(&format!(
@@ -693,4 +693,53 @@ fn max_connections_default_leaves_room_for_the_process_admin_debug_and_listeners
     // Below the reserve there is still one; unlimited is unlimited.
     assert_eq!(config.derived_max_connections(Some(50), 32), 1);
     assert_eq!(config.derived_max_connections(None, 32), usize::MAX);
+}
+
+#[test]
+fn kubernetes_hypershift_and_gateway_api() {
+    let kubernetes = |text: &str| {
+        Config::parse(&format!("{MINIMAL}{text}"), "t")
+            .unwrap()
+            .kubernetes
+            .unwrap()
+    };
+    let k = kubernetes("kubernetes: {}\n");
+    assert!(k.hypershift);
+    assert_eq!(k.gateway_api, None);
+    let k = kubernetes(
+        "kubernetes:\n  hypershift: false\n  gateway_api:\n    controller_name: sniroute.dev/gateway-controller\n    addresses: [198.18.0.10, ingress.example.com]\n",
+    );
+    assert!(!k.hypershift);
+    assert_eq!(
+        k.gateway_api,
+        Some(GatewayApiConfig {
+            controller_name: "sniroute.dev/gateway-controller".into(),
+            addresses: vec!["198.18.0.10".into(), "ingress.example.com".into()],
+        })
+    );
+}
+
+#[test]
+fn kubernetes_gateway_api_problems() {
+    assert_eq!(
+        one_problem(&format!("{MINIMAL}kubernetes: {{hypershift: no}}\n")),
+        "2:26: kubernetes.hypershift: \"no\" is neither `true` nor `false`"
+    );
+    assert!(
+        one_problem(&format!("{MINIMAL}kubernetes: {{hypershift: false}}\n")).ends_with(
+            "kubernetes.hypershift: false with no kubernetes.gateway_api leaves nothing to watch"
+        ),
+    );
+    assert!(
+        one_problem(&format!("{MINIMAL}kubernetes: {{gateway_api: {{}}}}\n"))
+            .contains("controller_name is required")
+    );
+    let bad = one_problem(&format!(
+        "{MINIMAL}kubernetes: {{gateway_api: {{controller_name: no-slash}}}}\n"
+    ));
+    assert!(bad.contains("is not a domain followed by a path"), "{bad}");
+    assert!(one_problem(&format!(
+        "{MINIMAL}kubernetes: {{gateway_api: {{controller_name: a.dev/c, addresses: [\"not an address\"]}}}}\n"
+    ))
+    .contains("neither an IP address nor a hostname"));
 }

@@ -16,9 +16,11 @@ use proxy::table::canonical_net;
 use proxy::{Backend, HostPattern, OutlierPolicy, RouteSpec, Settings};
 use serde_saphyr::{Location, Spanned};
 
-use super::raw::{OneOrMany, RawClientLimits, RawConfig, RawKubernetes, RawOutlier, RawRoute};
+use super::raw::{
+    OneOrMany, RawClientLimits, RawConfig, RawGatewayApi, RawKubernetes, RawOutlier, RawRoute,
+};
 use super::{
-    position, BackendsMode, Config, KubernetesConfig, LogFormat, DEFAULT_ADMIN,
+    position, BackendsMode, Config, GatewayApiConfig, KubernetesConfig, LogFormat, DEFAULT_ADMIN,
     DEFAULT_CLIENT_BURST, DEFAULT_CLIENT_HELLO_MEMORY, DEFAULT_CLIENT_HELLO_TIMEOUT,
     DEFAULT_CLIENT_IPV6_PREFIX, DEFAULT_CLIENT_MAX_CONNECTIONS, DEFAULT_CLIENT_RATE,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_DEBUG, DEFAULT_DRAIN_TIMEOUT,
@@ -296,11 +298,96 @@ fn kubernetes(raw: RawKubernetes, p: &mut Problems<'_>) -> KubernetesConfig {
         }
         Some(zone.to_owned())
     });
+    let hypershift = match &raw.hypershift {
+        None => true,
+        Some(v) => match v.value.as_str() {
+            "true" => true,
+            "false" => false,
+            other => {
+                p.at(
+                    v.referenced,
+                    None,
+                    format!("kubernetes.hypershift: {other:?} is neither `true` nor `false`"),
+                );
+                true
+            }
+        },
+    };
+    let nothing_at = raw.hypershift.as_ref().map(|v| v.referenced);
+    let gateway_api = raw
+        .gateway_api
+        .and_then(|g| gateway_api(g.value, g.referenced, p));
+    if let (false, None, Some(at)) = (hypershift, &gateway_api, nothing_at) {
+        p.at(
+            at,
+            None,
+            "kubernetes.hypershift: false with no kubernetes.gateway_api leaves nothing to watch"
+                .to_owned(),
+        );
+    }
     KubernetesConfig {
         debounce: debounce.unwrap_or(DEFAULT_DEBOUNCE),
         backends: backends.unwrap_or_default(),
         zone,
+        hypershift,
+        gateway_api,
     }
+}
+
+/// `kubernetes.gateway_api`: a controller name as the Gateway API wants it
+/// (`GatewayController`: a domain, `/`, a path) and the addresses to report.
+fn gateway_api(raw: RawGatewayApi, at: Location, p: &mut Problems<'_>) -> Option<GatewayApiConfig> {
+    let Some(name) = raw.controller_name else {
+        p.at(
+            at,
+            None,
+            "kubernetes.gateway_api: controller_name is required (e.g. sniroute.dev/gateway-controller)"
+                .to_owned(),
+        );
+        return None;
+    };
+    let valid = name.value.split_once('/').is_some_and(|(domain, path)| {
+        !path.is_empty()
+            && name.value.len() <= 253
+            && proxy::ServerName::parse(domain.as_bytes()).is_ok()
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:/".contains(&b))
+    });
+    if !valid {
+        p.at(
+            name.referenced,
+            None,
+            format!(
+                "kubernetes.gateway_api.controller_name: {:?} is not a domain followed by a \
+                 path (e.g. sniroute.dev/gateway-controller)",
+                name.value
+            ),
+        );
+        return None;
+    }
+    let mut addresses = Vec::new();
+    for address in raw.addresses.unwrap_or_default() {
+        let value = address.value.trim();
+        if value.parse::<std::net::IpAddr>().is_err()
+            && proxy::ServerName::parse(value.as_bytes()).is_err()
+        {
+            p.at(
+                address.referenced,
+                None,
+                format!(
+                    "kubernetes.gateway_api.addresses: {value:?} is neither an IP address \
+                     nor a hostname"
+                ),
+            );
+            continue;
+        }
+        addresses.push(value.to_owned());
+    }
+    Some(GatewayApiConfig {
+        controller_name: name.value,
+        addresses,
+    })
 }
 
 fn logging(

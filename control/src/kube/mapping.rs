@@ -487,9 +487,9 @@ struct Ctx<'c, 'e> {
 }
 
 /// A route's backends and what is known of each.
-struct Backends {
-    backends: Vec<Backend>,
-    facts: Vec<BackendFacts>,
+pub(crate) struct Backends {
+    pub(crate) backends: Vec<Backend>,
+    pub(crate) facts: Vec<BackendFacts>,
 }
 
 impl Ctx<'_, '_> {
@@ -633,7 +633,7 @@ impl Ctx<'_, '_> {
 ///
 /// Unset conditions mean what the EndpointSlice API documents: `ready` true, `serving` as
 /// `ready`, `terminating` false.
-fn endpoints_of(
+pub(crate) fn endpoints_of(
     slices: &[&EndpointSlice],
     port_name: Option<&str>,
 ) -> Result<Backends, &'static str> {

@@ -12,7 +12,6 @@ use std::borrow::Cow;
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::NamespaceResourceScope;
 use serde::de::{DeserializeOwned, Deserializer, Error as _};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -135,39 +134,53 @@ fn slim_metadata<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMet
     }))
 }
 
-/// Implements [`kube::Resource`] for a namespaced type with a `metadata` field.
+/// Implements [`kube::Resource`] for a type with a `metadata` field: namespaced, or of the
+/// scope given last (the Gateway API's cluster-scoped kinds use it too).
 macro_rules! resource {
     ($ty:ty, $kind:literal, $group:literal, $version:literal, $plural:literal) => {
+        resource!(
+            $ty,
+            $kind,
+            $group,
+            $version,
+            $plural,
+            ::k8s_openapi::NamespaceResourceScope
+        );
+    };
+    ($ty:ty, $kind:literal, $group:literal, $version:literal, $plural:literal, $scope:ty) => {
         impl ::kube::Resource for $ty {
             type DynamicType = ();
-            type Scope = NamespaceResourceScope;
+            type Scope = $scope;
 
-            fn kind(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($kind)
+            fn kind(_: &()) -> ::std::borrow::Cow<'_, str> {
+                ::std::borrow::Cow::Borrowed($kind)
             }
 
-            fn group(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($group)
+            fn group(_: &()) -> ::std::borrow::Cow<'_, str> {
+                ::std::borrow::Cow::Borrowed($group)
             }
 
-            fn version(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($version)
+            fn version(_: &()) -> ::std::borrow::Cow<'_, str> {
+                ::std::borrow::Cow::Borrowed($version)
             }
 
-            fn plural(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($plural)
+            fn plural(_: &()) -> ::std::borrow::Cow<'_, str> {
+                ::std::borrow::Cow::Borrowed($plural)
             }
 
-            fn meta(&self) -> &ObjectMeta {
+            fn meta(&self) -> &::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 &self.metadata
             }
 
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
+            fn meta_mut(
+                &mut self,
+            ) -> &mut ::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 &mut self.metadata
             }
         }
     };
 }
+pub(crate) use resource;
 
 // === HostedCluster (hypershift.openshift.io/v1beta1) ===
 
