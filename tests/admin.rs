@@ -242,8 +242,8 @@ async fn an_admin_slowloris_at_a_low_open_files_limit_leaves_tls_routing_alone()
             .unwrap_or_else(|e| panic!("TLS client {i} during the admin slowloris: {e}"));
         conn.echo(b"still routed").await;
     }
-    // Every slow client is closed, the ones over the cap at once and the rest by the header
-    // timeout, however much they keep trickling.
+    // Every slow client is closed, however much it keeps trickling: all but the last ones
+    // at once, each when a newer one takes its slot, and those by the header timeout.
     let mut closed_at_once = 0;
     for task in slow {
         let took = task
