@@ -2,8 +2,10 @@
 //! liveness, readiness, metrics) and `debug` (loopback by default: the routing table, which
 //! names every customer's hostnames and backends). Both are hardened the same way.
 
+use std::cmp::Reverse;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +25,15 @@ use prometheus_client::registry::Registry;
 use proxy::{Proxy, SharedTable};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Admin connections served at once. Probes and scrapes need a handful; the cap keeps a flood
-/// of admin connections from taking the file descriptors the proxy listeners need (the admin
-/// side never holds more than this many sockets, plus its listener). Over it, a new
-/// connection is closed at once.
+/// of admin connections from taking the file descriptors the proxy listeners need: the admin
+/// side never holds more than this many sockets, plus the one just accepted while it takes a
+/// slot (see [`victim`]), plus its listener.
 pub const MAX_CONNECTIONS: usize = 32;
 /// How long a connection has to send a complete request head, counted from when it opens and
 /// again from the end of each response: the same timer bounds slow heads and idle keep-alive.
@@ -153,6 +157,51 @@ pub enum Surface {
     Debug,
 }
 
+/// Who opened an admin connection, for sharing the cap: an IPv4 address, or the /64 of an
+/// IPv6 one (one host commonly holds a whole /64). IPv4-mapped IPv6 is the IPv4 address.
+type Source = u128;
+
+fn source_of(peer: IpAddr) -> Source {
+    match peer.to_canonical() {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6) & !u128::from(u64::MAX),
+    }
+}
+
+/// An admin connection being served, as the accept loop sees it.
+struct Open {
+    source: Source,
+    /// When it last made progress, in microseconds since the server started: when it opened,
+    /// then when each complete request head arrived. Written by the connection, read here.
+    progress: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+/// Which of the `open` connections (source, last progress) a newcomer from `newcomer` takes
+/// the slot of when all are taken: of the source that would hold the most with the newcomer
+/// counted, the one that has gone longest without a complete request head. Refusing the
+/// newcomer instead (as before) let anyone who kept the cap full, with trickled heads or idle
+/// keep-alive, starve the kubelet's probes, which open a new connection each. Here a probe,
+/// which sends its whole request at once, is spared while any other source holds two slots:
+/// an attacker from other addresses (pods), however many connections and however fast it
+/// reconnects, evicts its own. Only one from 31 addresses besides the node's, or from the
+/// node's own, competes with probes, and then a probe loses its slot only to connections
+/// opened after it. `None` when nothing is open.
+fn victim(open: impl Iterator<Item = (Source, u64)> + Clone, newcomer: Source) -> Option<usize> {
+    open.clone()
+        .enumerate()
+        .max_by_key(|&(_, (source, progress))| {
+            let held = open.clone().filter(|&(s, _)| s == source).count();
+            (held + usize::from(source == newcomer), Reverse(progress))
+        })
+        .map(|(i, _)| i)
+}
+
+/// Microseconds from `start` to now.
+fn micros_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Serves `surface`'s requests on `listener` until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
@@ -160,7 +209,8 @@ pub async fn serve(
     state: Arc<State>,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let start = Instant::now();
+    let mut open: Vec<Open> = Vec::with_capacity(MAX_CONNECTIONS);
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut in_burst = false;
     loop {
@@ -168,11 +218,11 @@ pub async fn serve(
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => {
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
                 backoff = ACCEPT_BACKOFF_MIN;
                 in_burst = false;
-                stream
+                accepted
             }
             Err(error) => {
                 // Out of file descriptors (or one aborted connection): pause and say so once
@@ -189,27 +239,58 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("admin connection closed: {MAX_CONNECTIONS} already open");
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(surface, &state, &req)) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(MAX_CONNECTION_TIME, connection).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::debug!(%error, "admin connection failed"),
-                Err(_) => tracing::debug!("admin connection closed at its time limit"),
+        let source = source_of(peer.ip());
+        open.retain(|c| !c.task.is_finished());
+        if open.len() >= MAX_CONNECTIONS {
+            let progress = open
+                .iter()
+                .map(|c| (c.source, c.progress.load(Ordering::Relaxed)));
+            if let Some(i) = victim(progress, source) {
+                let evicted = open.swap_remove(i);
+                evicted.task.abort();
+                // Its socket is closed once its task is dropped: wait for that, so that the
+                // admin side never holds more than the cap and this newcomer.
+                let _ = evicted.task.await;
+                tracing::debug!(%peer, "admin connections at their cap: closed the stalest");
             }
+        }
+        let progress = Arc::new(AtomicU64::new(micros_since(start)));
+        let task = tokio::spawn(connection(
+            stream,
+            surface,
+            state.clone(),
+            progress.clone(),
+            start,
+        ));
+        open.push(Open {
+            source,
+            progress,
+            task,
         });
+    }
+}
+
+/// Serves one admin connection, stamping `progress` with each complete request head.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    surface: Surface,
+    state: Arc<State>,
+    progress: Arc<AtomicU64>,
+    start: Instant,
+) {
+    let service = service_fn(move |req| {
+        progress.store(micros_since(start), Ordering::Relaxed);
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(respond(surface, &state, &req)) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(MAX_CONNECTION_TIME, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "admin connection failed"),
+        Err(_) => tracing::debug!("admin connection closed at its time limit"),
     }
 }
 
@@ -325,6 +406,42 @@ mod tests {
             .find(|line| line.starts_with("sniroute_ready "))
             .unwrap_or_else(|| panic!("no sniroute_ready in {out}"))
             .to_owned()
+    }
+
+    fn source(ip: &str) -> Source {
+        source_of(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn a_newcomer_takes_the_slot_of_the_biggest_sources_stalest_connection() {
+        let (node, pod, other) = (
+            source("127.0.0.1"),
+            source("127.0.0.2"),
+            source("127.0.0.3"),
+        );
+        let pick = |open: &[(Source, u64)], newcomer| victim(open.iter().copied(), newcomer);
+        assert_eq!(pick(&[], node), None);
+        // One source: the one that has gone longest without a complete request head.
+        assert_eq!(pick(&[(node, 30), (node, 10), (node, 20)], node), Some(1));
+        // The node's connection (stale or not) is spared while a pod holds more.
+        let open = [(node, 1), (pod, 50), (pod, 40), (pod, 60), (other, 5)];
+        for newcomer in [node, pod, other] {
+            assert_eq!(pick(&open, newcomer), Some(2));
+        }
+        // The newcomer counts for its source: with it the node holds the most.
+        let open = [(node, 1), (node, 2), (pod, 50), (pod, 40)];
+        assert_eq!(pick(&open, node), Some(0));
+        // Equal shares: the stalest of all.
+        let open = [(pod, 9), (node, 3), (other, 7)];
+        assert_eq!(pick(&open, source("127.0.0.4")), Some(1));
+    }
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_64s() {
+        assert_eq!(source("::ffff:127.0.0.2"), source("127.0.0.2"));
+        assert_ne!(source("127.0.0.2"), source("127.0.0.3"));
+        assert_eq!(source("2001:db8:1:2::1"), source("2001:db8:1:2:ffff::9"));
+        assert_ne!(source("2001:db8:1:2::1"), source("2001:db8:1:3::1"));
     }
 
     #[test]

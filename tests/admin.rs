@@ -2,13 +2,17 @@
 
 mod common;
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::procfs::{limit_open_files, open_fds};
+use common::procfs::{limit_open_files, open_fds, raise_open_files_limit};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// The admin server's timer for a complete request head (src/admin.rs `HEADER_TIMEOUT`).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -238,8 +242,8 @@ async fn an_admin_slowloris_at_a_low_open_files_limit_leaves_tls_routing_alone()
             .unwrap_or_else(|e| panic!("TLS client {i} during the admin slowloris: {e}"));
         conn.echo(b"still routed").await;
     }
-    // Every slow client is closed, the ones over the cap at once and the rest by the header
-    // timeout, however much they keep trickling.
+    // Every slow client is closed, however much it keeps trickling: all but the last ones
+    // at once, each when a newer one takes its slot, and those by the header timeout.
     let mut closed_at_once = 0;
     for task in slow {
         let took = task
@@ -372,4 +376,167 @@ fn debug_off_binds_no_debug_listener() {
         "a debug listener with `debug: off`: {:?}",
         proxy.logs()
     );
+}
+
+/// What an admin-port attacker does with each connection it opens.
+#[derive(Debug, Clone, Copy)]
+enum Attack {
+    /// A request line, then a header line a second, never ending the head.
+    Trickle,
+    /// A complete request every 4 s on one keep-alive connection, reading the answers.
+    KeepAlive,
+    /// Nothing at all.
+    Idle,
+}
+
+impl Attack {
+    /// What it sends when it connects, then what it sends again and again, and how often.
+    fn script(self) -> (&'static [u8], &'static [u8], Duration) {
+        match self {
+            Attack::Trickle => (
+                b"GET /healthz HTTP/1.1\r\n",
+                b"X-Slow: 1\r\n",
+                Duration::from_secs(1),
+            ),
+            Attack::KeepAlive => (
+                b"",
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+                Duration::from_secs(4),
+            ),
+            Attack::Idle => (b"", b"", Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// Keeps one connection from `source` to `addr` busy as `attack` says until `stop`,
+/// reconnecting a second after the server closes it; `connected` counts its first connection.
+async fn attack(
+    attack: Attack,
+    source: IpAddr,
+    addr: SocketAddr,
+    connected: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) {
+    let (first_bytes, again, every) = attack.script();
+    let mut first = true;
+    while !stop.is_cancelled() {
+        let mut tcp = raw_connect_from(source, addr).await;
+        if std::mem::take(&mut first) {
+            connected.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut buf = [0u8; 1024];
+        let mut next = Instant::now();
+        if tcp.write_all(first_bytes).await.is_ok() {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    read = tcp.read(&mut buf) => match read {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    },
+                    () = tokio::time::sleep_until(next) => {
+                        if tcp.write_all(again).await.is_err() {
+                            break;
+                        }
+                        next += every;
+                    }
+                }
+            }
+        }
+        // Back a second later (as the issue's attacker: its 32 tricklers made about 6
+        // connections a second); the 1,000 idle ones still make about 1,000 a second.
+        sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One kubelet-style probe from `source`: a new connection, one `GET path` with
+/// `Connection: close`, answered 200 within `within` or not.
+async fn probe(source: IpAddr, addr: SocketAddr, path: &str, within: Duration) -> bool {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.34\r\n\
+         Accept: */*\r\nConnection: close\r\n\r\n"
+    );
+    let answered = tokio::time::timeout(within, async {
+        let mut tcp = raw_connect_from(source, addr).await;
+        tcp.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        tcp.read_to_end(&mut response).await.ok()?;
+        Some(response)
+    })
+    .await;
+    matches!(answered, Ok(Some(response)) if response.starts_with(b"HTTP/1.1 200"))
+}
+
+/// Issue 24.1: 32 trickling connections, 40 keep-alive ones and 1,000 idle ones, each
+/// reconnecting a second after it is closed, from three pods' addresses, while the kubelet probes from the
+/// node's. Before, the cap of 32 was full and every new connection was closed at once: 0 of
+/// 10 probes were answered (1 of 20 under the tricklers alone, 0 of 20 under each other
+/// attack alone). The admin side must still never hold more than its cap of sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_answered_while_attackers_hold_the_admin_port() {
+    const IDLE: usize = 1000;
+    let nofile = raise_open_files_limit();
+    assert!(
+        nofile as usize > IDLE + 200,
+        "the open-files limit ({nofile}) is too low for {IDLE} idle attackers"
+    );
+    let proxy = Sniroute::start(Cfg::new().yaml());
+    let (pid, admin) = (proxy.pid(), proxy.admin_addr());
+    let before = open_fds(pid);
+    // The kubelet probes from the node's address; the attackers are pods on others.
+    let node: IpAddr = "127.0.0.1".parse().unwrap();
+    let stop = CancellationToken::new();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let mut attackers = Vec::new();
+    for (kind, count, source) in [
+        (Attack::Trickle, 32, "127.0.0.2"),
+        (Attack::KeepAlive, 40, "127.0.0.3"),
+        (Attack::Idle, IDLE, "127.0.0.4"),
+    ] {
+        for _ in 0..count {
+            attackers.push(tokio::spawn(attack(
+                kind,
+                source.parse().unwrap(),
+                admin,
+                connected.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+    let all = attackers.len();
+    eventually(STEP, "every attacker connected", || {
+        let n = connected.load(Ordering::Relaxed);
+        async move { (n == all).then_some(()) }
+    })
+    .await;
+
+    // A probe a second, each with the kubelet's 2 s timeout; 90% must be answered. Ten rather
+    // than the issue's twenty: the code before answered none of ten.
+    const PROBES: usize = 10;
+    let mut probes = Vec::new();
+    let mut held = 0;
+    for _ in 0..PROBES {
+        probes.push(tokio::spawn(probe(
+            node,
+            admin,
+            "/healthz",
+            Duration::from_secs(2),
+        )));
+        sleep(Duration::from_secs(1)).await;
+        held = held.max(open_fds(pid).saturating_sub(before));
+    }
+    let mut answered = 0;
+    for probe in probes {
+        answered += usize::from(probe.await.unwrap());
+    }
+    stop.cancel();
+    for attacker in attackers {
+        attacker.await.unwrap();
+    }
+    assert!(
+        answered * 10 >= PROBES * 9,
+        "{answered} of {PROBES} probes answered under the attack"
+    );
+    // Never more than the cap of connections, plus the one just accepted.
+    assert!(held <= 33, "the admin side held {held} sockets");
 }

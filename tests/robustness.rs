@@ -55,7 +55,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::hellos;
-use common::procfs::{cpu_ticks, limit_open_files, set_open_files, PeerSocket};
+use common::procfs::{
+    cpu_ticks, limit_open_files, raise_open_files_limit, set_open_files, PeerSocket,
+};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -722,22 +724,6 @@ const ATTACK_HELLO_MEMORY_MIB: u64 = 16;
 /// budget for 10,000 attackers, 0.7-2 KiB each; with a 1 GiB budget, which never fills, the
 /// same attack grows RSS by 170-190 MB).
 const ATTACK_OVERHEAD_KIB_PER_CONNECTION: u64 = 3;
-
-/// Raises this process's open-files limit to its hard limit (the proxy, started after,
-/// inherits it): 10,000 attackers need 10,000 descriptors on each side.
-fn raise_open_files_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write one rlimit through the pointer.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
-    limit.rlim_cur
-}
 
 /// The first 16,000 bytes of a ClientHello record that never ends: a record (and handshake
 /// message) announced just under max_client_hello, so the proxy must keep reading.

@@ -151,6 +151,15 @@ def selects(selector, labels):
     return bool(match) and all(labels.get(k) == v for k, v in match.items())
 
 
+def admin_peer_is_named(peer):
+    """A NetworkPolicy peer that names pods: a podSelector with labels, and a
+    namespaceSelector that selects something (an empty one is every namespace)."""
+    pods, namespaces = peer.get("podSelector") or {}, peer.get("namespaceSelector") or {}
+    return (set(peer) == {"podSelector", "namespaceSelector"}
+            and bool(pods.get("matchLabels") or pods.get("matchExpressions"))
+            and bool(namespaces.get("matchLabels") or namespaces.get("matchExpressions")))
+
+
 def check_objects(objs, role, where, config_out):
     by_kind = {}
     for obj in objs:
@@ -304,8 +313,18 @@ def check_objects(objs, role, where, config_out):
         admitted = set()
         for rule in np["spec"].get("ingress", []):
             check(rule.get("ports"), n, "an ingress rule without ports admits every port")
-            for p in rule.get("ports", []):
-                admitted.add(ports.get(p.get("port"), p.get("port")))
+            rule_ports = {ports.get(p.get("port"), p.get("port")) for p in rule.get("ports", [])}
+            admitted |= rule_ports
+            # The admin port is unauthenticated (issue 24.1: any pod could starve the probes):
+            # only named peers, each a pod selector with labels in selected namespaces.
+            if ports.get("admin") in rule_ports:
+                peers = rule.get("from") or []
+                check(peers and all(admin_peer_is_named(peer) for peer in peers), n,
+                      "the admin port must be admitted only from labelled pods of selected "
+                      f"namespaces (Prometheus), not {peers or 'anywhere'}")
+            elif rule_ports & {ports.get("sni"), ports.get("cluster-id")}:
+                check(not rule.get("from"), n,
+                      "the SNI and ClusterID ports are for every client: no `from`")
         expected_ports = {ports.get("sni"), ports.get("cluster-id"), ports.get("admin")}
         check(admitted == expected_ports, n,
               f"admits ports {sorted(admitted)}, expected exactly {sorted(expected_ports)}")

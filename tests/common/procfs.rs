@@ -35,6 +35,22 @@ pub fn set_open_files(pid: u32, soft: usize, hard: usize) {
     assert!(status.success(), "prlimit failed: {status}");
 }
 
+/// Raises this process's open-files limit to its hard limit (the proxy, started after,
+/// inherits it), for tests whose clients need thousands of descriptors; returns the limit.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write one rlimit through the pointer.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    limit.rlim_cur
+}
+
 /// The proxy's end of a loopback connection, duplicated out of its process with
 /// pidfd_getfd(2). A test that must know when the proxy has read what it sent (to send one
 /// record per read, say) asks this socket's receive queue: only the kernel knows.
