@@ -824,6 +824,52 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn listed_endpoint_slices_stay_through_a_restart_s_403s_until_they_persist() {
+        let src = Running::start();
+        src.access.send(Ok(())).unwrap();
+        list_one_cluster(&src);
+        let slice = fixtures::endpoint_slice(
+            "clusters-c0",
+            "kube-apiserver-a",
+            "kube-apiserver",
+            Some("https"),
+            6444,
+            &[("10.128.0.5", "z1", true, true, false)],
+        );
+        src.list(Kind::EndpointSlice, vec![fixtures::slice_object(slice)]);
+        settle().await;
+        let kas = || {
+            let snapshot = src.publisher.shared().load();
+            let route = snapshot.table.route("clusters/c0/kube-apiserver").unwrap();
+            route.backends()[0].to_string()
+        };
+        assert_eq!(kas(), "10.128.0.5:6444");
+        let refused = || {
+            src.tx
+                .send((
+                    Kind::EndpointSlice,
+                    Err(watcher::Error::WatchStartFailed(forbidden_error(
+                        "watch",
+                        "endpointslices",
+                    ))),
+                ))
+                .unwrap();
+        };
+        // A kube-apiserver that has just started, its authorizer not synced yet: the pods
+        // keep their connections.
+        refused();
+        settle().await;
+        assert_eq!(kas(), "10.128.0.5:6444");
+        // Refused for as long as the grace: RBAC, so every Service to its ClusterIP.
+        tokio::time::sleep(FORBIDDEN_GRACE).await;
+        refused();
+        settle().await;
+        assert_eq!(kas(), "172.16.0.1:6443");
+        assert_eq!(*src.ready.borrow(), Readiness::Ready);
+        src.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn endpoint_slices_not_served_leave_cluster_ips_and_readiness_alone() {
         let src = Running::start();
         list_one_cluster(&src);
