@@ -115,11 +115,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// kube-client's request tracing, which logs every failed request at ERROR: a refused
+/// connection, a 5xx. Through an API server outage that is a line per watch retry and per
+/// readiness probe, each of which the Kubernetes source logs itself with what it means; off
+/// unless `RUST_LOG` names it (its directives come after, and win).
+const KUBE_CLIENT_TRACE_OFF: &str = "kube_client::client::builder=off";
+
 /// Logs to stderr: JSON lines for collectors, or text for terminals. `RUST_LOG` overrides
 /// the configured level.
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let with = |directives: &str| {
+        tracing_subscriber::EnvFilter::try_new(format!("{KUBE_CLIENT_TRACE_OFF},{directives}"))
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|env| with(&env).ok())
+        .or_else(|| with(level).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

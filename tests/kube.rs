@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::apiserver::hypershift::{create_cluster, FINALIZER, HC_API};
-use common::apiserver::{wait_ready, ApiServer};
+use common::apiserver::{wait_ready, ApiServer, NAMESPACE};
 use common::fake_kube::{wait_routed, wait_unrouted};
 use common::*;
 use serde_json::{json, Value};
@@ -440,6 +440,65 @@ async fn a_cluster_role_without_a_needed_verb_is_named_and_keeps_readyz_503() {
     let (proxy, _dir) = start(server, Cfg::new()).await;
     wait_ready(&proxy).await;
     assert_routes(proxy.proxy_addr(), &c.api(), "kas").await;
+}
+
+/// When the binary logged `line`.
+fn logged_at(line: &str) -> std::time::SystemTime {
+    line.split_whitespace()
+        .find_map(|word| humantime::parse_rfc3339(word).ok())
+        .unwrap_or_else(|| panic!("no timestamp in {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_is_a_warning_until_it_persists_for_10s_then_an_rbac_error_and_backs_off() {
+    let Some(server) = ApiServer::shared().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let name = "sniroute-403-persists";
+    let kubeconfig = server
+        .kubeconfig_with_rules(dir.path(), name, &rules_without("services", "list"))
+        .await;
+    let proxy = Sniroute::start_kube(Cfg::new().set("kubernetes", "{}").yaml(), &kubeconfig);
+    // A 403 is what a kube-apiserver that has just started answers until its authorizer has
+    // synced: a warning at first...
+    let refused = ["refused `list` on services (core)", "is forbidden"];
+    let first = proxy.wait_log(&refused, STARTUP);
+    assert!(first.contains(" WARN "), "{first}");
+    // ...an RBAC error once it has gone on for 10 s.
+    let error = proxy.wait_log(
+        &[
+            "kubernetes RBAC forbids `list` on services (core): services is forbidden",
+            "retrying with backoff",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(error.contains(" ERROR "), "{error}");
+    let lasted = logged_at(&error)
+        .duration_since(logged_at(&first))
+        .unwrap_or_default();
+    assert!(
+        lasted >= Duration::from_secs(10),
+        "an RBAC error after {lasted:?}: {error}"
+    );
+    let warnings = proxy.logs_since(0, &refused);
+    assert!(
+        warnings
+            .iter()
+            .all(|line| logged_at(line) <= logged_at(&error)),
+        "a warning after the error: {warnings:?}"
+    );
+    // Retried with a backoff growing from 0.8 s, not stormed: 5 or 6 lists in those 10-50 s.
+    let user = format!("system:serviceaccount:{NAMESPACE}:{name}");
+    let lists = server
+        .audit(&user)
+        .into_iter()
+        .filter(|e| e.resource == "services" && e.verb == "list" && e.stage == "ResponseComplete")
+        .count();
+    assert!(
+        (2..=8).contains(&lists),
+        "{lists} lists of services in {lasted:?}; warnings: {warnings:?}"
+    );
 }
 
 #[test]

@@ -1,14 +1,15 @@
 //! End to end: faults a real Kubernetes control plane has, each on an etcd and
 //! kube-apiserver of the test's own (tests/common/apiserver.rs): etcd compacting its history
 //! under watches, the kube-apiserver stopped and started again on the same etcd, and a watch
-//! that stays idle for longer than the server's bookmark period.
+//! that stays idle for longer than the server's bookmark period, and how soon a change is
+//! routed once a restarted kube-apiserver is ready again.
 //!
 //! A [`Relay`] stands for the network between sniroute and the API server where a test must
 //! break connections without stopping the server.
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -23,6 +24,9 @@ use serde_json::json;
 const SWAP: Duration = Duration::from_secs(5);
 /// Long enough for the source to retry through its backoff (up to 30 s) after an outage.
 const RECOVERY: Duration = Duration::from_secs(60);
+/// How soon after a restarted kube-apiserver's `/readyz` turns 200 a change written then is
+/// in the table, whatever the outage's length.
+const CONVERGED: Duration = Duration::from_secs(5);
 /// The audit log's name for sniroute's ServiceAccount.
 const SNIROUTE_USER: &str = "system:serviceaccount:hypershift-sharedingress:sniroute";
 
@@ -39,6 +43,20 @@ fn requests(server: &ApiServer, resource: &str, verb: &str) -> Vec<AuditEvent> {
         .into_iter()
         .filter(|r| r.resource == resource && r.verb == verb && r.stage == stage)
         .collect()
+}
+
+/// Requests of sniroute's that the server answered, per the audit log (watches once, when
+/// they start; those refused before starting when refused).
+fn answered(server: &ApiServer) -> usize {
+    server
+        .audit(SNIROUTE_USER)
+        .iter()
+        .filter(|r| match r.stage.as_str() {
+            "ResponseStarted" => true,
+            "ResponseComplete" => r.verb != "watch" || r.code != 200,
+            _ => false,
+        })
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,4 +237,99 @@ async fn an_idle_filtered_watch_is_kept_current_by_bookmarks() {
     )
     .await;
     wait_routed(addr, "oauth-i1.moved.example.test", "b", SWAP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_3s_outage_changes_are_routed_within_5s_of_readyz_without_a_storm() {
+    outage_then_changes(Duration::from_secs(3)).await;
+}
+
+/// Long enough for each watch's backoff to reach its longest pause (30 s, up to 60 s with
+/// jitter) before the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_30s_outage_changes_are_routed_within_5s_of_readyz_without_a_storm() {
+    outage_then_changes(Duration::from_secs(30)).await;
+}
+
+/// Stops the kube-apiserver for `outage`, starts it again on the same etcd, and as soon as its
+/// `/readyz` is 200 deletes a HostedCluster and narrows another's allowedCIDRBlocks: both are
+/// in the table within [`CONVERGED`], sniroute tried to connect about once a second while the
+/// server was down, and nothing was logged as an error (the restart's 403s are warnings).
+async fn outage_then_changes(outage: Duration) {
+    let Some(server) = ApiServer::start(Opts::default()).await else {
+        return;
+    };
+    let admin = server.admin().await;
+    let gone = create_cluster(&admin, "outage", "gone", 1).await;
+    let narrowed = create_cluster(&admin, "outage", "narrowed", 2).await;
+    narrowed
+        .patch_hosted_cluster(
+            &admin,
+            json!({"spec": {"networking": {"apiServer": {"allowedCIDRBlocks": ["127.0.0.0/8"]}}}}),
+        )
+        .await;
+    let _g = gone.backend("g", "kube-apiserver");
+    let _n = narrowed.backend("n", "kube-apiserver");
+    // Between sniroute and the server, to count its connection attempts while it is down.
+    let relay = Relay::start(server.addr());
+    let (proxy, _dir) = server.start_sniroute(&relay.url(), Cfg::new()).await;
+    let addr = proxy.proxy_addr();
+    wait_ready(&proxy).await;
+    let other: IpAddr = "127.0.0.2".parse().unwrap();
+    let from_other = || async {
+        tls_connect_with(addr, &ClientOpts::sni(&narrowed.api()).bound_to(other)).await
+    };
+    assert_routes(addr, &gone.api(), "g").await;
+    let conn = from_other().await.expect("routed from 127.0.0.2");
+    assert_eq!(conn.backend, "n");
+
+    let mark = proxy.log_mark();
+    let answered_before = answered(&server);
+    server.stop_kube_apiserver();
+    let before = relay.accepted();
+    tokio::time::sleep(outage).await;
+    let restarting = Instant::now();
+    server.start_kube_apiserver().await;
+    // `/readyz` is 200 (asked every 100 ms): from here the clock runs.
+    let ready = Instant::now();
+    let attempts = relay.accepted() - before;
+    let down = outage + (ready - restarting);
+    assert!(
+        admin
+            .delete(HC_API, "HostedCluster", Some("outage"), "gone")
+            .await
+    );
+    narrowed
+        .patch_hosted_cluster(
+            &admin,
+            json!({"spec": {"networking": {"apiServer": {"allowedCIDRBlocks": ["127.0.0.1/32"]}}}}),
+        )
+        .await;
+    wait_unrouted(addr, &gone.api(), RECOVERY).await;
+    let deleted = ready.elapsed();
+    eventually(RECOVERY, "127.0.0.2 refused", || async {
+        from_other().await.is_err().then_some(())
+    })
+    .await;
+    let narrowed_in = ready.elapsed();
+    let answers = answered(&server) - answered_before;
+    let refused = proxy.logs_since(mark, &["refused `"]).len();
+    let line = format!(
+        "outage {outage:?} (down {down:.1?} until /readyz 200): deletion routed {deleted:.2?} \
+         and narrowing {narrowed_in:.2?} after /readyz 200; {attempts} connection attempts \
+         until /readyz 200, {answers} requests answered from the stop until both were routed; \
+         {refused} transient 403s"
+    );
+    eprintln!("{line}");
+    assert!(
+        deleted.max(narrowed_in) <= CONVERGED,
+        "{line}: not within {CONVERGED:?}"
+    );
+    // One probe a second and each watch's own backoff: no storm.
+    let bound = 2 * down.as_secs() + 10;
+    assert!(attempts <= bound, "{line}: more than {bound}");
+    // A routine restart is no error: its 403s are warnings, and each failed request is
+    // logged once, by the source, as a warning.
+    let errors = proxy.logs_since(mark, &[" ERROR "]);
+    assert!(errors.is_empty(), "{line}: errors logged: {errors:#?}");
 }

@@ -32,7 +32,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream as StdTcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -1272,10 +1272,12 @@ impl Admin {
 // === a relay whose connections can be cut ===
 
 /// A TCP relay on 127.0.0.1 in front of `target`: a test cuts every connection through it
-/// at once, and may refuse new ones for a while (a network break).
+/// at once, and may refuse new ones for a while (a network break). It counts the
+/// connections it accepts, so a test sees how often a client tried while `target` was down.
 pub struct Relay {
     addr: SocketAddr,
     cut: watch::Sender<(u64, bool)>,
+    accepted: Arc<AtomicU64>,
     _thread: BackendThread,
 }
 
@@ -1286,12 +1288,15 @@ impl Relay {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, cuts) = watch::channel((0u64, false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
         let thread =
             BackendThread::spawn("relay", listener, move |listener: TcpListener| async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
                         continue;
                     };
+                    counter.fetch_add(1, Ordering::Relaxed);
                     let mut cuts = cuts.clone();
                     let (generation, refusing) = *cuts.borrow_and_update();
                     if refusing {
@@ -1314,8 +1319,14 @@ impl Relay {
         Self {
             addr,
             cut,
+            accepted,
             _thread: thread,
         }
+    }
+
+    /// Connections accepted so far (each closed at once while `target` refuses them).
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// `https://127.0.0.1:PORT` of the relay.

@@ -1,8 +1,9 @@
 //! The Kubernetes source: routes every hosted control plane of a HyperShift management
 //! cluster, live.
 //!
-//! Four watches (kube-runtime watchers, each retrying with backoff and relisting after a
-//! 410 Gone) feed one loop:
+//! Four watches (kube-runtime watchers, each retrying with backoff that a probe of the
+//! server's `/readyz` cuts short once it is ready again after an outage ([`retry`]), and
+//! relisting after a 410 Gone) feed one loop:
 //!
 //! - HostedClusters (`hypershift.openshift.io/v1beta1`), all namespaces;
 //! - Routes (`route.openshift.io/v1`) labelled `hypershift.openshift.io/hosted-control-plane`,
@@ -26,10 +27,12 @@
 //! (hypershift.openshift.io), `routes` (route.openshift.io), `services` (core) and
 //! `endpointslices` (discovery.k8s.io), and `get` on `nodes` (core) for the zone.
 
+mod failure;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod mapping;
 pub mod objects;
+mod retry;
 pub mod source;
 pub mod store;
 pub mod zone;

@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::failure::{Failure, Refusals, FORBIDDEN_GRACE};
 use super::objects::Guarded;
+use super::retry::Recovery;
 use ::kube::api::PostParams;
 use ::kube::runtime::watcher::{self, Event};
-use ::kube::runtime::WatchStreamExt;
 use ::kube::{Api, Client};
 use futures::stream::{self, Stream, StreamExt};
 use k8s_openapi::api::authorization::v1::{
@@ -95,25 +96,20 @@ impl KubeSource {
             let configured = self.config.zone.take();
             self.config.zone = zone::zone(&self.client, configured, self.node.as_deref()).await;
         }
-        let events = watch_all(&self.client, self.config.backends);
+        let recovery = Recovery::new();
+        let events = watch_all(&self.client, self.config.backends, &recovery);
         let access = access_checks(self.client.clone());
-        self.run_with(events, access, shutdown).await;
+        let client = self.client.clone();
+        tokio::select! {
+            () = self.run_with(events, access, shutdown) => {}
+            () = recovery.probe(&client) => {}
+        }
     }
 
     async fn run_with(self, mut events: Events, access: Access, shutdown: CancellationToken) {
         // The checks end once everything is granted; fused, the ended stream stays quiet.
         let mut access = access.fuse();
-        let mut store = match self.config.backends {
-            BackendsMode::Endpoints => Store::to_endpoints(self.config.zone.clone()),
-            BackendsMode::Service => Store::new(),
-        };
-        let mut listed = [false; Kind::ALL.len()];
-        // Not watched: nothing to wait for.
-        listed[Kind::EndpointSlice as usize] = self.config.backends == BackendsMode::Service;
-        // What the RBAC check found: None until it answers, then Ok or what is missing.
-        let mut permitted: Option<Result<(), String>> = None;
-        let mut published_once = false;
-        let mut due: Option<Instant> = None;
+        let mut state = Watching::new(&self.config);
         tracing::info!(
             debounce = ?self.config.debounce,
             backends = ?self.config.backends,
@@ -122,28 +118,17 @@ impl KubeSource {
              Services and (with backends: endpoints) EndpointSlices"
         );
         loop {
-            let all_listed = listed.iter().all(|&l| l);
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() && all_listed => {
-                    due = None;
-                    self.rebuild_and_publish(&mut store, &mut published_once);
-                    self.update_readiness(published_once, permitted.as_ref());
+                () = sleep_until(state.due.unwrap_or_else(Instant::now)), if state.rebuild_due() => {
+                    state.due = None;
+                    self.rebuild_and_publish(&mut state.store, &mut state.published_once);
+                    self.update_readiness(&state);
                 }
                 Some(checked) = access.next() => {
-                    match (&checked, &permitted) {
-                        (Err(missing), Some(Err(before))) if missing == before => {}
-                        (Err(missing), _) => tracing::error!(
-                            "{missing}; grant it in sniroute's ClusterRole (deploy/base/rbac.yaml); \
-                             not ready until then, checking again"
-                        ),
-                        (Ok(()), Some(Err(_))) => {
-                            tracing::info!("kubernetes RBAC now grants every verb the source needs");
-                        }
-                        (Ok(()), _) => {}
-                    }
-                    permitted = Some(checked);
-                    self.update_readiness(published_once, permitted.as_ref());
+                    log_access(&checked, state.permitted.as_ref());
+                    state.permitted = Some(checked);
+                    self.update_readiness(&state);
                 }
                 item = events.next() => {
                     let Some((kind, event)) = item else {
@@ -152,52 +137,13 @@ impl KubeSource {
                         return;
                     };
                     match event {
-                        Ok(event) => {
-                            if apply(&mut store, kind, event) && !listed[kind as usize] {
-                                listed[kind as usize] = true;
-                                tracing::info!(kind = kind.as_str(), "initial list applied");
-                            }
-                        }
+                        Ok(event) => state.apply(kind, event),
                         Err(error) => {
                             self.publisher.source_failed(SourceKind::Kubernetes, 1);
-                            let refused = forbidden(kind, &error);
-                            let unlistable = match kind {
-                                Kind::EndpointSlice => refused.clone().or_else(|| not_served(&error)),
-                                _ => None,
-                            };
-                            if let Some(reason) = unlistable {
-                                // Endpoints are an improvement, not a need: without them
-                                // every Service goes to its ClusterIP, as before.
-                                if !listed[kind as usize] || !store.slices_unlisted() {
-                                    tracing::warn!("{reason}; routing every Service to its ClusterIP until EndpointSlices can be listed");
-                                }
-                                store.slices_unlistable();
-                                listed[kind as usize] = true;
-                            }
-                            if let Some(reason) = refused {
-                                // Readiness follows the RBAC check, not this answer: a
-                                // kube-apiserver that has just started refuses requests for a
-                                // moment before its authorizer has synced.
-                                tracing::error!(
-                                    kind = kind.as_str(),
-                                    "{reason}; retrying with backoff, routes unchanged"
-                                );
-                            } else {
-                                tracing::warn!(
-                                    kind = kind.as_str(),
-                                    error = %error,
-                                    "kubernetes watch failed; retrying with backoff, routes unchanged"
-                                );
-                            }
+                            state.failed(kind, &error);
                         }
                     }
-                    let all_listed = listed.iter().all(|&l| l);
-                    if all_listed && !published_once {
-                        // The first table: no reason to wait.
-                        due = Some(Instant::now());
-                    } else if store.dirty() > 0 && due.is_none() {
-                        due = Some(Instant::now() + self.config.debounce);
-                    }
+                    state.schedule(self.config.debounce);
                 }
             }
         }
@@ -250,11 +196,11 @@ impl KubeSource {
 
 impl KubeSource {
     /// Ready once published and the RBAC check has found every verb granted.
-    fn update_readiness(&self, published_once: bool, permitted: Option<&Result<(), String>>) {
-        let readiness = match permitted {
+    fn update_readiness(&self, state: &Watching) {
+        let readiness = match &state.permitted {
             Some(Err(missing)) => Readiness::NotReady(missing.clone()),
-            Some(Ok(())) if published_once => Readiness::Ready,
-            None if published_once => {
+            Some(Ok(())) if state.published_once => Readiness::Ready,
+            None if state.published_once => {
                 Readiness::NotReady("the kubernetes source is checking its RBAC permissions".into())
             }
             _ => Readiness::waiting(),
@@ -264,6 +210,155 @@ impl KubeSource {
             *current = readiness;
             changed
         });
+    }
+}
+
+/// What the watch loop knows between events.
+struct Watching {
+    store: Store,
+    /// Per kind, whether its first list is applied (or, for EndpointSlices, given up on).
+    listed: [bool; Kind::ALL.len()],
+    /// Per kind, its 403s since it last answered.
+    refusals: [Refusals; Kind::ALL.len()],
+    /// What the RBAC check found: None until it answers, then Ok or what is missing.
+    permitted: Option<Result<(), String>>,
+    published_once: bool,
+    /// When the debounced rebuild is due.
+    due: Option<Instant>,
+}
+
+// === impl Watching ===
+
+impl Watching {
+    fn new(config: &KubernetesConfig) -> Self {
+        let store = match config.backends {
+            BackendsMode::Endpoints => Store::to_endpoints(config.zone.clone()),
+            BackendsMode::Service => Store::new(),
+        };
+        let mut listed = [false; Kind::ALL.len()];
+        // Not watched: nothing to wait for.
+        listed[Kind::EndpointSlice as usize] = config.backends == BackendsMode::Service;
+        Self {
+            store,
+            listed,
+            refusals: Default::default(),
+            permitted: None,
+            published_once: false,
+            due: None,
+        }
+    }
+
+    fn all_listed(&self) -> bool {
+        self.listed.iter().all(|&l| l)
+    }
+
+    /// Whether a rebuild is scheduled and may run (every kind listed once).
+    fn rebuild_due(&self) -> bool {
+        self.due.is_some() && self.all_listed()
+    }
+
+    /// One event of `kind` into the store.
+    fn apply(&mut self, kind: Kind, event: Event<Object>) {
+        // Init is the watcher's mark that it starts to list, before it asks: no answer.
+        if !matches!(event, Event::Init) {
+            self.refusals[kind as usize].answered();
+        }
+        if apply(&mut self.store, kind, event) && !self.listed[kind as usize] {
+            self.listed[kind as usize] = true;
+            tracing::info!(kind = kind.as_str(), "initial list applied");
+        }
+    }
+
+    /// A failed request of `kind`'s watch, logged by what it means; the watch retries it.
+    fn failed(&mut self, kind: Kind, error: &watcher::Error) {
+        let failure = Failure::of(error);
+        let persists = match &failure {
+            Failure::Forbidden { .. } => self.refusals[kind as usize].refused(Instant::now()),
+            _ => false,
+        };
+        // A server that does not serve them (an EndpointSlice API older than
+        // `discovery.k8s.io/v1`, or not a full kube-apiserver), or a 403 while they have never
+        // been listed, is taken at once: waiting would keep the source unready. Once listed,
+        // their last objects stay through a restarted server's refusals until those persist.
+        let unlistable = kind == Kind::EndpointSlice
+            && match &failure {
+                Failure::NotServed(_) => true,
+                Failure::Forbidden { .. } => persists || !self.listed[kind as usize],
+                _ => false,
+            };
+        if unlistable {
+            self.slices_unlistable(&failure);
+        }
+        match failure {
+            Failure::Forbidden { verb, message } if persists => tracing::error!(
+                kind = kind.as_str(),
+                "{}; retrying with backoff, routes unchanged",
+                rbac_forbids(kind, verb, &message)
+            ),
+            // Readiness follows the RBAC check, not this answer.
+            Failure::Forbidden { verb, message } => tracing::warn!(
+                kind = kind.as_str(),
+                "the kubernetes API server refused `{verb}` on {}: {message}; a server that has \
+                 just started does until its authorizer has synced: retrying with backoff, \
+                 routes unchanged (an RBAC error if it persists for {}s)",
+                resource(kind),
+                FORBIDDEN_GRACE.as_secs()
+            ),
+            _ => tracing::warn!(
+                kind = kind.as_str(),
+                error = %error,
+                "kubernetes watch failed; retrying with backoff, routes unchanged"
+            ),
+        }
+    }
+
+    /// EndpointSlices cannot be listed: every Service goes to its ClusterIP.
+    fn slices_unlistable(&mut self, failure: &Failure) {
+        let kind = Kind::EndpointSlice;
+        // Endpoints are an improvement, not a need: without them every Service goes to
+        // its ClusterIP, as before.
+        if !self.listed[kind as usize] || !self.store.slices_unlisted() {
+            let reason = match failure {
+                Failure::Forbidden { verb, message } => rbac_forbids(kind, verb, message),
+                Failure::NotServed(message) => {
+                    format!(
+                        "the API server does not serve {} ({message})",
+                        resource(kind)
+                    )
+                }
+                _ => format!("{} cannot be listed", resource(kind)),
+            };
+            tracing::warn!(
+                "{reason}; routing every Service to its ClusterIP until EndpointSlices can be listed"
+            );
+        }
+        self.store.slices_unlistable();
+        self.listed[kind as usize] = true;
+    }
+
+    /// After an event: the first table at once, later changes after `debounce`.
+    fn schedule(&mut self, debounce: Duration) {
+        if self.all_listed() && !self.published_once {
+            // The first table: no reason to wait.
+            self.due = Some(Instant::now());
+        } else if self.store.dirty() > 0 && self.due.is_none() {
+            self.due = Some(Instant::now() + debounce);
+        }
+    }
+}
+
+/// Logs what the RBAC check found when it differs from `before`.
+fn log_access(checked: &Result<(), String>, before: Option<&Result<(), String>>) {
+    match (checked, before) {
+        (Err(missing), Some(Err(before))) if missing == before => {}
+        (Err(missing), _) => tracing::error!(
+            "{missing}; grant it in sniroute's ClusterRole (deploy/base/rbac.yaml); \
+             not ready until then, checking again"
+        ),
+        (Ok(()), Some(Err(_))) => {
+            tracing::info!("kubernetes RBAC now grants every verb the source needs");
+        }
+        (Ok(()), _) => {}
     }
 }
 
@@ -283,6 +378,15 @@ fn resource(kind: Kind) -> String {
         ("", resource) => format!("{resource} (core)"),
         (group, resource) => format!("{resource} ({group})"),
     }
+}
+
+/// What a 403 to `verb` on `kind` that persists says: `kubernetes RBAC forbids `list` on
+/// services (core): <the server's message>`.
+fn rbac_forbids(kind: Kind, verb: &str, message: &str) -> String {
+    format!(
+        "kubernetes RBAC forbids `{verb}` on {}: {message}",
+        resource(kind)
+    )
 }
 
 /// The verbs the watchers use, cluster-wide, on every kind.
@@ -346,40 +450,6 @@ async fn missing_access(client: &Client) -> Result<Vec<String>, ::kube::Error> {
     Ok(missing)
 }
 
-/// For a 403 from the API server: which verb of `kind` it refused, and its message.
-fn forbidden(kind: Kind, error: &watcher::Error) -> Option<String> {
-    let (verb, status) = match error {
-        watcher::Error::InitialListFailed(::kube::Error::Api(status)) => ("list", status),
-        watcher::Error::WatchStartFailed(::kube::Error::Api(status))
-        | watcher::Error::WatchFailed(::kube::Error::Api(status))
-        | watcher::Error::WatchError(status) => ("watch", status),
-        _ => return None,
-    };
-    (status.code == 403).then(|| {
-        format!(
-            "kubernetes RBAC forbids `{verb}` on {}: {}",
-            resource(kind),
-            status.message
-        )
-    })
-}
-
-/// For a 404 on the list of a collection: the API server does not serve the kind at all
-/// (an EndpointSlice API older than `discovery.k8s.io/v1`, or a server that is not a full
-/// kube-apiserver). Waiting for it would keep the source unready for good.
-fn not_served(error: &watcher::Error) -> Option<String> {
-    match error {
-        watcher::Error::InitialListFailed(::kube::Error::Api(status)) if status.code == 404 => {
-            Some(format!(
-                "the API server does not serve {} ({})",
-                resource(Kind::EndpointSlice),
-                status.message
-            ))
-        }
-        _ => None,
-    }
-}
-
 /// Feeds one watch event to the store; true if it completed a (re)list.
 fn apply(store: &mut Store, kind: Kind, event: Event<Object>) -> bool {
     match event {
@@ -395,25 +465,29 @@ fn apply(store: &mut Store, kind: Kind, event: Event<Object>) -> bool {
     false
 }
 
-/// The three watches, merged into one stream of events tagged with their kind.
-fn watch_all(client: &Client, backends: BackendsMode) -> Events {
+/// The watches, merged into one stream of events tagged with their kind, each retrying
+/// through `recovery`.
+fn watch_all(client: &Client, backends: BackendsMode, recovery: &Arc<Recovery>) -> Events {
     let hosted_clusters = kind_stream(
         Api::<Guarded<HostedCluster>>::all(client.clone()),
         watcher::Config::default(),
         Kind::HostedCluster,
         Object::HostedCluster,
+        recovery,
     );
     let routes = kind_stream(
         Api::<Guarded<OcpRoute>>::all(client.clone()),
         watcher::Config::default().labels(HCP_ROUTE_LABEL),
         Kind::Route,
         Object::Route,
+        recovery,
     );
     let services = kind_stream(
         Api::<Guarded<Service>>::all(client.clone()),
         watcher::Config::default(),
         Kind::Service,
         Object::Service,
+        recovery,
     );
     let mut all = vec![hosted_clusters, routes, services];
     if backends == BackendsMode::Endpoints {
@@ -422,12 +496,19 @@ fn watch_all(client: &Client, backends: BackendsMode) -> Events {
             watcher::Config::default(),
             Kind::EndpointSlice,
             Object::EndpointSlice,
+            recovery,
         ));
     }
     Box::pin(stream::select_all(all))
 }
 
-fn kind_stream<K>(api: Api<K>, config: watcher::Config, kind: Kind, wrap: fn(K) -> Object) -> Events
+fn kind_stream<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: Kind,
+    wrap: fn(K) -> Object,
+    recovery: &Arc<Recovery>,
+) -> Events
 where
     K: ::kube::Resource<DynamicType = ()>
         + Clone
@@ -436,8 +517,8 @@ where
         + Send
         + 'static,
 {
-    let stream = watcher::watcher(api, config)
-        .default_backoff()
+    let stream = recovery
+        .retrying(watcher::watcher(api, config))
         .map(move |event| (kind, event.map(|e| map_event(e, wrap))));
     Box::pin(stream)
 }
@@ -457,7 +538,8 @@ fn map_event<K>(event: Event<K>, wrap: fn(K) -> Object) -> Event<Object> {
 ///
 /// The client's own retrying of 429/503/504 answers is off: it retries up to 15 times with
 /// a backoff that grows past minutes, silently, delaying recovery. The watches already retry
-/// every failure with their own bounded backoff (up to 30s), logging each.
+/// every failure with their own bounded backoff (up to 30s, cut short once the server is
+/// ready again: [`retry`](super::retry)), logging each.
 pub async fn default_client() -> Result<Client, ::kube::Error> {
     let mut config = ::kube::Config::infer()
         .await
@@ -742,6 +824,52 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn listed_endpoint_slices_stay_through_a_restart_s_403s_until_they_persist() {
+        let src = Running::start();
+        src.access.send(Ok(())).unwrap();
+        list_one_cluster(&src);
+        let slice = fixtures::endpoint_slice(
+            "clusters-c0",
+            "kube-apiserver-a",
+            "kube-apiserver",
+            Some("https"),
+            6444,
+            &[("10.128.0.5", "z1", true, true, false)],
+        );
+        src.list(Kind::EndpointSlice, vec![fixtures::slice_object(slice)]);
+        settle().await;
+        let kas = || {
+            let snapshot = src.publisher.shared().load();
+            let route = snapshot.table.route("clusters/c0/kube-apiserver").unwrap();
+            route.backends()[0].to_string()
+        };
+        assert_eq!(kas(), "10.128.0.5:6444");
+        let refused = || {
+            src.tx
+                .send((
+                    Kind::EndpointSlice,
+                    Err(watcher::Error::WatchStartFailed(forbidden_error(
+                        "watch",
+                        "endpointslices",
+                    ))),
+                ))
+                .unwrap();
+        };
+        // A kube-apiserver that has just started, its authorizer not synced yet: the pods
+        // keep their connections.
+        refused();
+        settle().await;
+        assert_eq!(kas(), "10.128.0.5:6444");
+        // Refused for as long as the grace: RBAC, so every Service to its ClusterIP.
+        tokio::time::sleep(FORBIDDEN_GRACE).await;
+        refused();
+        settle().await;
+        assert_eq!(kas(), "172.16.0.1:6443");
+        assert_eq!(*src.ready.borrow(), Readiness::Ready);
+        src.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn endpoint_slices_not_served_leave_cluster_ips_and_readiness_alone() {
         let src = Running::start();
         list_one_cluster(&src);
@@ -770,23 +898,22 @@ mod tests {
 
     #[test]
     fn a_403_names_the_verb_and_the_resource() {
-        let list = watcher::Error::InitialListFailed(forbidden_error("list", "services"));
-        let why = forbidden(Kind::Service, &list).unwrap();
+        let Failure::Forbidden { verb, message } = Failure::of(&watcher::Error::InitialListFailed(
+            forbidden_error("list", "services"),
+        )) else {
+            panic!("a 403 is Forbidden");
+        };
+        let why = rbac_forbids(Kind::Service, verb, &message);
         assert!(
             why.starts_with(
                 "kubernetes RBAC forbids `list` on services (core): services is forbidden"
             ),
             "{why}"
         );
-        let watch = watcher::Error::WatchStartFailed(forbidden_error("watch", "routes"));
-        let why = forbidden(Kind::Route, &watch).unwrap();
-        assert!(
-            why.contains("`watch` on routes (route.openshift.io)"),
-            "{why}"
-        );
+        let why = rbac_forbids(Kind::Route, "watch", "m");
         assert_eq!(
-            forbidden(Kind::Route, &watcher::Error::NoResourceVersion),
-            None
+            why,
+            "kubernetes RBAC forbids `watch` on routes (route.openshift.io): m"
         );
     }
 }
