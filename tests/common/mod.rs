@@ -12,7 +12,8 @@
 //! - [`metrics`]: `/metrics` read into a [`Scrape`].
 //! - [`sniroute`]: the binary as a child process ([`Sniroute`], [`run_binary`]).
 //! - [`fixtures`]: captured ClientHellos; [`hellos`]: hellos reshaped for framing tests.
-//! - [`apiserver`], [`fake_kube`], [`prometheus`], [`procfs`]: the real kube-apiserver, a fake
+//! - [`apiserver`], [`cluster`], [`fake_kube`], [`prometheus`], [`procfs`]: the real
+//!   kube-apiserver, a real one-node cluster (kubelet, containerd, kube-proxy), a fake
 //!   one, a real Prometheus, the proxy process as /proc shows it.
 //!
 //! Every wait here is bounded; nothing sleeps for a fixed time in place of checking.
@@ -21,6 +22,7 @@
 pub mod apiserver;
 pub mod backends;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod fake_kube;
 pub mod fixtures;

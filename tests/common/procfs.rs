@@ -1,4 +1,5 @@
-//! The proxy process as Linux shows it: CPU time, open files, and its open-files limit.
+//! The proxy process as Linux shows it: CPU time, open files, and its open-files limit;
+//! and the processes a path runs as (a container's, seen from the host).
 
 use std::process::Command;
 
@@ -16,6 +17,21 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")
         .count()
+}
+
+/// Every process on this machine whose `argv[0]` is `program` (pods' processes included:
+/// the host's /proc sees into every PID namespace).
+pub fn processes_running(program: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).next() == Some(program.as_bytes()))
+        })
+        .collect()
 }
 
 /// Lowers the running process's open-files limit (as `ulimit -n` before exec would).
