@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 SKIP = ("tests/crds/", "tests/fixtures/", "fuzz/corpus/", ".ci/standalone.py")
-MACHINE = re.compile(r"(?<![\w.$}/-])/(?:work|home|root|Users|mnt)/[\w.-]+")
+# Not after `:` either: a field of a passwd line written into an image is not an input.
+MACHINE = re.compile(r"(?<![\w.$}/:-])/(?:work|home|root|Users|mnt)/[\w.-]+")
 CLIMB = re.compile(r"(?<![\w./-])((?:\.\./)+)([\w.-]+)")
 
 

@@ -231,12 +231,21 @@ fn top_keys(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// The objects of every manifest under deploy/base, by (kind, name).
-fn deploy_base_objects() -> Vec<serde_json::Value> {
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base");
+/// The objects of every manifest under deploy/base and examples/: what a Kubernetes object
+/// shown in the docs must be one of.
+fn shipped_objects() -> Vec<serde_json::Value> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["deploy/base", "examples", "examples/gateway-api"] {
+        for entry in std::fs::read_dir(repo.join(dir)).expect("a manifest directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.extension().is_some_and(|ext| ext == "yaml") {
+                files.push(path);
+            }
+        }
+    }
     let mut objects = Vec::new();
-    for entry in std::fs::read_dir(base).expect("deploy/base") {
-        let path = entry.expect("deploy/base entry").path();
+    for path in files {
         let text = std::fs::read_to_string(&path).expect("read manifest");
         for doc in text.split("\n---\n") {
             if let Ok(value) = serde_saphyr::from_str::<serde_json::Value>(doc) {
@@ -258,20 +267,22 @@ fn every_yaml_example_in_the_readme_and_docs_is_what_the_binary_and_deploy_accep
         blocks.len()
     );
     let dir = tempfile::tempdir().unwrap();
-    let deployed = deploy_base_objects();
+    let shipped = shipped_objects();
     let mut checked = (0, 0, 0);
     for (i, block) in blocks.iter().enumerate() {
         let keys = top_keys(&block.text);
         if keys.contains(&"apiVersion") && keys.contains(&"kind") {
-            // A Kubernetes object shown in the docs is the one deploy/base ships.
+            // A Kubernetes object shown in the docs is one deploy/base or examples/ ships.
             let shown: serde_json::Value = serde_saphyr::from_str(&block.text)
                 .unwrap_or_else(|e| panic!("{}: not YAML: {e}", block.at));
-            let same = deployed.iter().find(|o| {
-                o["kind"] == shown["kind"] && o["metadata"]["name"] == shown["metadata"]["name"]
+            let same = shipped.iter().find(|o| {
+                o["kind"] == shown["kind"]
+                    && o["metadata"]["name"] == shown["metadata"]["name"]
+                    && o["metadata"]["namespace"] == shown["metadata"]["namespace"]
             });
             let same = same.unwrap_or_else(|| {
                 panic!(
-                    "{}: {} {} is not in deploy/base",
+                    "{}: {} {} is not in deploy/base or examples/",
                     block.at, shown["kind"], shown["metadata"]["name"]
                 )
             });
@@ -279,7 +290,7 @@ fn every_yaml_example_in_the_readme_and_docs_is_what_the_binary_and_deploy_accep
                 if shown.get(key).is_some() {
                     assert_eq!(
                         shown[key], same[key],
-                        "{}: `{key}` differs from deploy/base's",
+                        "{}: `{key}` differs from the shipped one",
                         block.at
                     );
                 }
@@ -324,7 +335,7 @@ fn every_yaml_example_in_the_readme_and_docs_is_what_the_binary_and_deploy_accep
         }
     }
     eprintln!(
-        "{} config examples passed sniroute check, {} manifests match deploy/base, {} kustomizations name real paths",
+        "{} config examples passed sniroute check, {} manifests match deploy/base or examples/, {} kustomizations name real paths",
         checked.0, checked.1, checked.2
     );
 }

@@ -3,7 +3,7 @@
 //! Sources state the routes they want as [`RouteSpec`]s and hand them to the one
 //! [`Publisher`], which keeps the latest set of every source, merges them into one
 //! [`proxy::Table`] (the file wins conflicts), swaps it into the [`proxy::SharedTable`] that
-//! connections read, and logs what changed. Two sources:
+//! connections read, and logs what changed. Three sources:
 //!
 //! - The YAML file. [`Config`] is its schema; [`Config::load`] reads and validates it,
 //!   reporting every problem with file, line and route, and [`Config::table`] builds its
@@ -11,7 +11,11 @@
 //!   [`FileSource`] then watches the file and publishes each valid change; a bad change is
 //!   logged and the last good routes stay.
 //! - Kubernetes ([`kube::KubeSource`], on when the file has a `kubernetes:` key): watches
-//!   HostedClusters, their Routes and Services, and publishes each hosted cluster's routes.
+//!   HostedClusters, their Routes, Services and EndpointSlices, and publishes each hosted
+//!   cluster's routes (to its pods, from the EndpointSlices).
+//! - The Gateway API ([`gateway::GatewaySource`], with `kubernetes.gateway_api`): watches
+//!   GatewayClasses, Gateways, TLSRoutes and ReferenceGrants (and the Services and
+//!   EndpointSlices they name), publishes their routes and writes their status back.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

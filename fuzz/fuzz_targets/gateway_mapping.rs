@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use arbitrary::{Arbitrary, Unstructured};
 use control::gateway::graph::{build, Key, Objects, Settings};
-use control::gateway::objects::{GatewayAddress, GatewayClass, Gateway, TlsRoute};
+use control::gateway::objects::{Gateway, GatewayAddress, GatewayClass, TlsRoute};
 use control::gateway::status;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use libfuzzer_sys::fuzz_target;
@@ -103,7 +103,12 @@ const ACCEPTED: &[&str] = &[
     "NotAllowedByListeners",
     "NoMatchingListenerHostname",
 ];
-const RESOLVED: &[&str] = &["ResolvedRefs", "BackendNotFound", "RefNotPermitted", "InvalidKind"];
+const RESOLVED: &[&str] = &[
+    "ResolvedRefs",
+    "BackendNotFound",
+    "RefNotPermitted",
+    "InvalidKind",
+];
 
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("a valid time"))
@@ -135,7 +140,10 @@ fn check(objects: &Objects) {
             "routed but accepted by no parent: {spec:?}"
         );
         assert!(
-            !graph.refused.iter().any(|r| r.route.to_string() == *spec.name),
+            !graph
+                .refused
+                .iter()
+                .any(|r| r.route.to_string() == *spec.name),
             "refused and routed: {spec:?}"
         );
     }
@@ -149,7 +157,10 @@ fn check(objects: &Objects) {
         .map(|l| l.attached_routes)
         .sum();
     let routed = i32::try_from(graph.routes.len() + graph.refused.len()).expect("small");
-    assert!(attached >= routed, "{attached} attachments for {routed} routes");
+    assert!(
+        attached >= routed,
+        "{attached} attachments for {routed} routes"
+    );
 
     for parents in graph.routes_status.values() {
         for parent in parents {
@@ -171,7 +182,11 @@ fn check(objects: &Objects) {
         };
         let mut back = have.clone();
         back.status = serde_json::from_value(body["status"].clone()).expect("status reads back");
-        assert_eq!(status::route_apply(key, CONTROLLER, want, &back, &now()), None, "{body}");
+        assert_eq!(
+            status::route_apply(key, CONTROLLER, want, &back, &now()),
+            None,
+            "{body}"
+        );
     }
     for (key, want) in &graph.gateways {
         let have = &objects.gateways[key];
@@ -180,7 +195,11 @@ fn check(objects: &Objects) {
         };
         let mut back = have.clone();
         back.status = serde_json::from_value(body["status"].clone()).expect("status reads back");
-        assert_eq!(status::gateway_apply(key, want, &back, &now()), None, "{body}");
+        assert_eq!(
+            status::gateway_apply(key, want, &back, &now()),
+            None,
+            "{body}"
+        );
     }
     for (name, want) in &graph.classes {
         let have = &objects.classes[name];
@@ -189,7 +208,11 @@ fn check(objects: &Objects) {
         };
         let mut back = have.clone();
         back.status = serde_json::from_value(body["status"].clone()).expect("status reads back");
-        assert_eq!(status::class_apply(name, want, &back, &now()), None, "{body}");
+        assert_eq!(
+            status::class_apply(name, want, &back, &now()),
+            None,
+            "{body}"
+        );
     }
 }
 
@@ -277,7 +300,11 @@ struct GenRoute {
 
 impl Gen {
     fn to_json(&self) -> Value {
-        let controller = if self.ours { CONTROLLER } else { "other.example/c" };
+        let controller = if self.ours {
+            CONTROLLER
+        } else {
+            "other.example/c"
+        };
         let gateways: Vec<Value> = self
             .gateways
             .iter()

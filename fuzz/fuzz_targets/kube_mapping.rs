@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use arbitrary::{Arbitrary, Unstructured};
-use control::kube::mapping::{Invalid, Parsed};
+use control::kube::mapping::{Invalid, Watched};
 use control::kube::objects::{HostedCluster, OcpRoute, Service};
 use control::kube::{map_cluster, Mapped};
 use libfuzzer_sys::fuzz_target;
@@ -45,11 +45,11 @@ fuzz_target!(|data: &[u8]| {
 /// The objects of one hosted cluster, as the store holds them.
 struct World {
     hc: HostedCluster,
-    routes: BTreeMap<String, Parsed<OcpRoute>>,
-    services: BTreeMap<String, Parsed<Service>>,
+    routes: BTreeMap<String, Watched<OcpRoute>>,
+    services: BTreeMap<String, Watched<Service>>,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> (String, Parsed<T>) {
+fn parse<T: serde::de::DeserializeOwned>(value: &Value) -> (String, Watched<T>) {
     let name = value
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -84,7 +84,7 @@ impl World {
         })
     }
 
-    fn map<'a>(&'a self, routes: impl IntoIterator<Item = &'a Parsed<OcpRoute>>) -> Mapped {
+    fn map<'a>(&'a self, routes: impl IntoIterator<Item = &'a Watched<OcpRoute>>) -> Mapped {
         map_cluster(&self.hc, routes, |name| self.services.get(name))
     }
 

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use proxy::proxy_protocol::{encode, parse, Expect, Parsed, Version};
+use proxy::proxy_protocol::{encode, parse, Expect, Start, Version};
 
 const EXPECTS: [Expect; 3] = [
     Expect::Optional,
@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
 
 fn check_raw(data: &[u8], expect: Expect) {
     let verdict = parse(data, expect);
-    if let Parsed::Header(header) = &verdict {
+    if let Start::Header(header) = &verdict {
         assert!(header.len <= data.len(), "header longer than the input");
         assert_eq!(
             parse(&data[..header.len], expect),
@@ -36,7 +36,7 @@ fn check_raw(data: &[u8], expect: Expect) {
     // A decision made on a prefix is never taken back by more bytes.
     for cut in [data.len() / 2, data.len().saturating_sub(1)] {
         match parse(&data[..cut], expect) {
-            Parsed::NeedMore => {}
+            Start::NeedMore => {}
             earlier => assert_eq!(earlier, verdict, "verdict at {cut} bytes changed"),
         }
     }
@@ -62,7 +62,7 @@ fn check_round_trip(pair: Addresses) {
     let version = if pair.v2 { Version::V2 } else { Version::V1 };
     let (client, local) = (addr(pair.client), addr(pair.local));
     let bytes = encode(version, client, local);
-    let Parsed::Header(header) = parse(&bytes, Expect::Required(version)) else {
+    let Start::Header(header) = parse(&bytes, Expect::Required(version)) else {
         panic!("{version} header for {client} -> {local} does not parse");
     };
     assert_eq!(header.len, bytes.len());

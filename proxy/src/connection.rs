@@ -54,7 +54,7 @@ impl ConnectionSlot {
 }
 
 /// Serves one accepted connection to its end; never panics on input, never fails other
-/// connections. `active` is the connection's slot in the active gauge (and the global
+/// connections. `slot` is the connection's slot in the active gauge (and the global
 /// limit's permit, if any), released however this ends.
 pub(crate) fn handle(
     proxy: Arc<Proxy>,

@@ -55,7 +55,7 @@ pub enum Expect {
 
 /// What the bytes read so far hold at the start of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
+pub enum Start {
     /// Too few bytes to tell.
     NeedMore,
     /// No header: the connection starts with its payload (only with [`Expect::Optional`]).
@@ -83,21 +83,21 @@ pub struct Header {
 }
 
 /// Reads a PROXY header at the start of `buf`.
-pub fn parse(buf: &[u8], expect: Expect) -> Parsed {
+pub fn parse(buf: &[u8], expect: Expect) -> Start {
     let v2 = could_be(buf, V2_SIGNATURE);
     let v1 = could_be(buf, V1_SIGNATURE);
     match (expect, v1, v2) {
-        (_, Signature::Prefix, _) | (_, _, Signature::Prefix) => Parsed::NeedMore,
+        (_, Signature::Prefix, _) | (_, _, Signature::Prefix) => Start::NeedMore,
         (Expect::Required(Version::V2) | Expect::Optional, _, Signature::Full) => parse_v2(buf),
         (Expect::Required(Version::V1) | Expect::Optional, Signature::Full, _) => parse_v1(buf),
-        (Expect::Optional, Signature::No, Signature::No) => Parsed::Absent,
+        (Expect::Optional, Signature::No, Signature::No) => Start::Absent,
         (Expect::Required(Version::V1), _, Signature::Full) => {
-            Parsed::Invalid("a v2 header where v1 is required")
+            Start::Invalid("a v2 header where v1 is required")
         }
         (Expect::Required(Version::V2), Signature::Full, _) => {
-            Parsed::Invalid("a v1 header where v2 is required")
+            Start::Invalid("a v1 header where v2 is required")
         }
-        (Expect::Required(_), Signature::No, Signature::No) => Parsed::Invalid("no PROXY header"),
+        (Expect::Required(_), Signature::No, Signature::No) => Start::Invalid("no PROXY header"),
     }
 }
 
@@ -118,17 +118,17 @@ fn could_be(buf: &[u8], signature: &[u8]) -> Signature {
     }
 }
 
-fn parse_v2(buf: &[u8]) -> Parsed {
+fn parse_v2(buf: &[u8]) -> Start {
     let header = match v2::Header::try_from(buf) {
         Ok(header) => header,
-        Err(e) if e.is_incomplete() => return Parsed::NeedMore,
-        Err(_) => return Parsed::Invalid("malformed v2 header"),
+        Err(e) if e.is_incomplete() => return Start::NeedMore,
+        Err(_) => return Start::Invalid("malformed v2 header"),
     };
     let local = header.command == v2::Command::Local;
     // A TCP proxy's client came over a stream; a DGRAM (UDP) header names a client that
     // never connected here, so its addresses must not reach allow lists (HAProxy agrees).
     if !local && header.protocol == v2::Protocol::Datagram {
-        return Parsed::Invalid("a DGRAM (UDP) header on a TCP listener");
+        return Start::Invalid("a DGRAM (UDP) header on a TCP listener");
     }
     let addresses = match (header.command, header.addresses) {
         (v2::Command::Local, _) => None,
@@ -148,15 +148,15 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     let mut at = header.len() - header.tlv_bytes().len();
     for tlv in header.tlvs() {
         let Ok(tlv) = tlv else {
-            return Parsed::Invalid("malformed v2 TLV");
+            return Start::Invalid("malformed v2 TLV");
         };
         match tlv.kind {
             CLUSTER_ID_TLV => cluster_id = Some(std::str::from_utf8(&tlv.value).map(Box::from)),
             CRC32C_TLV if tlv.value.len() != 4 => {
-                return Parsed::Invalid("v2 CRC32C TLV is not 4 bytes");
+                return Start::Invalid("v2 CRC32C TLV is not 4 bytes");
             }
             CRC32C_TLV if checksum_at.is_some() => {
-                return Parsed::Invalid("v2 header with two CRC32C TLVs");
+                return Start::Invalid("v2 header with two CRC32C TLVs");
             }
             CRC32C_TLV => checksum_at = Some(at + TLV_HEADER_LEN),
             _ => {}
@@ -165,10 +165,10 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     }
     if let Some(value_at) = checksum_at {
         if !checksum_holds(header.as_bytes(), value_at) {
-            return Parsed::Invalid("v2 CRC32C checksum does not match the header");
+            return Start::Invalid("v2 CRC32C checksum does not match the header");
         }
     }
-    Parsed::Header(Header {
+    Start::Header(Header {
         len: header.len(),
         source: addresses.map(|(source, _)| source),
         destination: addresses.map(|(_, destination)| destination),
@@ -191,7 +191,7 @@ fn checksum_holds(header: &[u8], value_at: usize) -> bool {
     digest.finalize() == u32::from_be_bytes(*value)
 }
 
-fn parse_v1(buf: &[u8]) -> Parsed {
+fn parse_v1(buf: &[u8]) -> Start {
     // Only a whole line is judged: a line cut short can look malformed to the parser.
     let Some(end) = buf
         .windows(2)
@@ -199,14 +199,14 @@ fn parse_v1(buf: &[u8]) -> Parsed {
         .position(|w| w == b"\r\n")
     else {
         return if buf.len() >= V1_MAX_LEN {
-            Parsed::Invalid("v1 header longer than 107 bytes")
+            Start::Invalid("v1 header longer than 107 bytes")
         } else {
-            Parsed::NeedMore
+            Start::NeedMore
         };
     };
     // The whole line is here, so an error the parser calls incomplete is final too.
     let Ok(header) = ppp::v1::Header::try_from(&buf[..end + 2]) else {
-        return Parsed::Invalid("malformed v1 header");
+        return Start::Invalid("malformed v1 header");
     };
     let addresses = match header.addresses {
         ppp::v1::Addresses::Tcp4(a) => Some((
@@ -219,7 +219,7 @@ fn parse_v1(buf: &[u8]) -> Parsed {
         )),
         ppp::v1::Addresses::Unknown => None,
     };
-    Parsed::Header(Header {
+    Start::Header(Header {
         // The line ends at the first CRLF, whatever the parser read: for UNKNOWN it stops at
         // the first CR (`PROXY UNKNOWN x \n\r\r\n`: 19 bytes to it, the line is 20), and the
         // payload starts after the line.
@@ -302,11 +302,11 @@ mod tests {
         for cut in 0..len {
             assert_eq!(
                 parse(&bytes[..cut], Expect::Required(Version::V2)),
-                Parsed::NeedMore,
+                Start::NeedMore,
                 "cut {cut}"
             );
         }
-        let want = Parsed::Header(Header {
+        let want = Start::Header(Header {
             len,
             source: Some("10.1.2.3:5555".parse().unwrap()),
             destination: Some("10.9.9.9:6443".parse().unwrap()),
@@ -324,13 +324,13 @@ mod tests {
         for cut in 0..len {
             assert_eq!(
                 parse(&bytes[..cut], Expect::Required(Version::V1)),
-                Parsed::NeedMore,
+                Start::NeedMore,
                 "cut {cut}"
             );
         }
         assert_eq!(
             parse(&bytes, Expect::Optional),
-            Parsed::Header(Header {
+            Start::Header(Header {
                 len,
                 source: Some("[2001:db8::1]:40000".parse().unwrap()),
                 destination: Some("[2001:db8::2]:443".parse().unwrap()),
@@ -341,26 +341,26 @@ mod tests {
 
     #[test]
     fn optional_passes_tls_through_and_required_refuses_it() {
-        assert_eq!(parse(HELLO_START, Expect::Optional), Parsed::Absent);
+        assert_eq!(parse(HELLO_START, Expect::Optional), Start::Absent);
         assert_eq!(
             parse(&HELLO_START[..1], Expect::Optional),
-            Parsed::Absent,
+            Start::Absent,
             "decided on one byte"
         );
         assert!(matches!(
             parse(HELLO_START, Expect::Required(Version::V2)),
-            Parsed::Invalid(_)
+            Start::Invalid(_)
         ));
         assert!(matches!(
             parse(
                 b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
                 Expect::Required(Version::V2)
             ),
-            Parsed::Invalid(_)
+            Start::Invalid(_)
         ));
         assert!(matches!(
             parse(&v2_with_cluster_id("x"), Expect::Required(Version::V1)),
-            Parsed::Invalid(_)
+            Start::Invalid(_)
         ));
     }
 
@@ -380,7 +380,7 @@ mod tests {
         let bytes = v2(v2::Command::Local, v2::Protocol::Unspecified)
             .build()
             .unwrap();
-        let Parsed::Header(header) = parse(&bytes, Expect::Optional) else {
+        let Start::Header(header) = parse(&bytes, Expect::Optional) else {
             panic!("{:?}", parse(&bytes, Expect::Optional));
         };
         assert_eq!(
@@ -397,14 +397,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             parse(&dgram, Expect::Required(Version::V2)),
-            Parsed::Invalid("a DGRAM (UDP) header on a TCP listener")
+            Start::Invalid("a DGRAM (UDP) header on a TCP listener")
         );
         let stream = v2(v2::Command::Proxy, v2::Protocol::Stream)
             .build()
             .unwrap();
         assert!(matches!(
             parse(&stream, Expect::Required(Version::V2)),
-            Parsed::Header(_)
+            Start::Header(_)
         ));
     }
 
@@ -415,7 +415,7 @@ mod tests {
             .unwrap()
             .build()
             .unwrap();
-        let Parsed::Header(header) = parse(&bytes, Expect::Required(Version::V2)) else {
+        let Start::Header(header) = parse(&bytes, Expect::Required(Version::V2)) else {
             panic!("not a header");
         };
         assert!(matches!(header.cluster_id, Some(Err(_))));
@@ -443,7 +443,7 @@ mod tests {
                 .unwrap()
         };
         let good = with_checksum(v2_id(), |_| {});
-        let Parsed::Header(header) = parse(&good, Expect::Required(Version::V2)) else {
+        let Start::Header(header) = parse(&good, Expect::Required(Version::V2)) else {
             panic!(
                 "a correct checksum refused: {:?}",
                 parse(&good, Expect::Optional)
@@ -457,14 +457,14 @@ mod tests {
         let bad = with_checksum(v2_id(), |value| value[3] ^= 1);
         assert_eq!(
             parse(&bad, Expect::Required(Version::V2)),
-            Parsed::Invalid("v2 CRC32C checksum does not match the header")
+            Start::Invalid("v2 CRC32C checksum does not match the header")
         );
         // Any byte of the header changed after the checksum was made is caught too.
         let mut changed = good.clone();
         changed[20] ^= 0x40;
         assert!(matches!(
             parse(&changed, Expect::Optional),
-            Parsed::Invalid(_)
+            Start::Invalid(_)
         ));
         let short = v2_id()
             .write_tlv(CRC32C_TLV, &[0; 2])
@@ -473,7 +473,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             parse(&short, Expect::Optional),
-            Parsed::Invalid("v2 CRC32C TLV is not 4 bytes")
+            Start::Invalid("v2 CRC32C TLV is not 4 bytes")
         );
     }
 
@@ -481,13 +481,13 @@ mod tests {
     fn a_v1_header_ends_at_its_crlf() {
         // Found by the proxy_protocol fuzz target: UNKNOWN with a stray CR before the CRLF.
         let bytes = b"PROXY UNKNOWN x \n\r\r\npayload";
-        let Parsed::Header(header) = parse(bytes, Expect::Optional) else {
+        let Start::Header(header) = parse(bytes, Expect::Optional) else {
             panic!("{:?}", parse(bytes, Expect::Optional));
         };
         assert_eq!(&bytes[header.len..], b"payload");
         assert_eq!(
             parse(&bytes[..header.len], Expect::Optional),
-            Parsed::Header(header)
+            Start::Header(header)
         );
     }
 
@@ -495,12 +495,12 @@ mod tests {
     fn malformed_headers_are_invalid_not_pending() {
         assert!(matches!(
             parse(b"PROXY TCP4 nonsense here\r\n", Expect::Optional),
-            Parsed::Invalid(_)
+            Start::Invalid(_)
         ));
         let mut bad = v2_with_cluster_id("x");
         bad[12] = 0x11; // version 1 in the binary header
         let got = parse(&bad, Expect::Optional);
-        assert!(matches!(got, Parsed::Invalid(_)), "{got:?}");
+        assert!(matches!(got, Start::Invalid(_)), "{got:?}");
     }
 
     #[test]
@@ -509,7 +509,7 @@ mod tests {
         let local: SocketAddr = "127.0.0.1:8443".parse().unwrap();
         for version in [Version::V1, Version::V2] {
             let bytes = encode(version, client, local);
-            let Parsed::Header(header) = parse(&bytes, Expect::Required(version)) else {
+            let Start::Header(header) = parse(&bytes, Expect::Required(version)) else {
                 panic!("{version} did not parse");
             };
             assert_eq!((header.len, header.source), (bytes.len(), Some(client)));

@@ -14,7 +14,7 @@ use crate::client_limit::{ClientGuard, Limited};
 use crate::hello_budget::{Evicted, Pending};
 use crate::ja4::Ja4;
 use crate::outcome::{Reason, Stage};
-use crate::proxy_protocol::{self, Expect, Parsed as ProxyParsed, Version as ProxyVersion};
+use crate::proxy_protocol::{self, Expect, Start as ProxyStart, Version as ProxyVersion};
 use crate::table::{canonical, Route, RouteKey};
 use crate::Proxy;
 
@@ -241,10 +241,10 @@ impl Proxy {
         let max = self.settings.max_client_hello;
         let parsed = read_until(stream, buf, pending, max, Stage::ProxyHeader, |b| {
             match proxy_protocol::parse(b, expect) {
-                ProxyParsed::Header(header) => Step::Done(Some(header)),
-                ProxyParsed::Absent => Step::Done(None),
-                ProxyParsed::NeedMore => Step::More,
-                ProxyParsed::Invalid(why) => Step::Refuse(Reason::ProxyHeader(why)),
+                ProxyStart::Header(header) => Step::Done(Some(header)),
+                ProxyStart::Absent => Step::Done(None),
+                ProxyStart::NeedMore => Step::More,
+                ProxyStart::Invalid(why) => Step::Refuse(Reason::ProxyHeader(why)),
             }
         })
         .await

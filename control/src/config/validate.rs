@@ -30,11 +30,11 @@ use super::{
 use crate::error::{Problem, RouteRef};
 
 /// Collects problems as validation walks the document.
-struct Problems<'a> {
+struct ProblemList<'a> {
     list: &'a mut Vec<Problem>,
 }
 
-impl Problems<'_> {
+impl ProblemList<'_> {
     fn at(&mut self, location: Location, route: Option<&RouteRef>, message: String) {
         let (line, column) = position(location);
         self.list.push(Problem {
@@ -74,7 +74,7 @@ impl RawConfig {
     /// Checks every value; returns a config with defaults in the places of bad values, which
     /// is only meaningful when nothing was pushed to `problems`.
     pub(super) fn validate(self, origin: &str, problems: &mut Vec<Problem>) -> Config {
-        let mut p = Problems { list: problems };
+        let mut p = ProblemList { list: problems };
         let listeners = listeners(
             self.listen,
             self.admin,
@@ -172,7 +172,7 @@ fn listeners(
     debug: Option<Spanned<String>>,
     cluster_id_listen: Option<Spanned<String>>,
     listen_backlog: Option<Spanned<String>>,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> Listeners {
     let listen = validate_listen(listen, p);
     let admin = admin
@@ -217,7 +217,7 @@ fn listeners(
     }
 }
 
-fn validate_listen(listen: Option<Spanned<OneOrMany>>, p: &mut Problems<'_>) -> Vec<SocketAddr> {
+fn validate_listen(listen: Option<Spanned<OneOrMany>>, p: &mut ProblemList<'_>) -> Vec<SocketAddr> {
     let Some(listen) = listen else {
         p.nowhere(
             "`listen` is required: the address(es) to accept TLS on, e.g. 0.0.0.0:8443".into(),
@@ -261,7 +261,7 @@ fn validate_listen(listen: Option<Spanned<OneOrMany>>, p: &mut Problems<'_>) -> 
 
 // === sections ===
 
-fn kubernetes(raw: RawKubernetes, p: &mut Problems<'_>) -> KubernetesConfig {
+fn kubernetes(raw: RawKubernetes, p: &mut ProblemList<'_>) -> KubernetesConfig {
     let debounce = raw.debounce.and_then(|v| {
         let d = validate_duration("kubernetes.debounce", &v, p)?;
         if d > MAX_DEBOUNCE {
@@ -336,7 +336,11 @@ fn kubernetes(raw: RawKubernetes, p: &mut Problems<'_>) -> KubernetesConfig {
 
 /// `kubernetes.gateway_api`: a controller name as the Gateway API wants it
 /// (`GatewayController`: a domain, `/`, a path) and the addresses to report.
-fn gateway_api(raw: RawGatewayApi, at: Location, p: &mut Problems<'_>) -> Option<GatewayApiConfig> {
+fn gateway_api(
+    raw: RawGatewayApi,
+    at: Location,
+    p: &mut ProblemList<'_>,
+) -> Option<GatewayApiConfig> {
     let Some(name) = raw.controller_name else {
         p.at(
             at,
@@ -393,7 +397,7 @@ fn gateway_api(raw: RawGatewayApi, at: Location, p: &mut Problems<'_>) -> Option
 fn logging(
     log_format: Option<Spanned<String>>,
     log_level: Option<Spanned<String>>,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> Logging {
     let log_format = match log_format {
         None => LogFormat::Text,
@@ -430,7 +434,7 @@ fn logging(
     }
 }
 
-fn revoke_grace(value: Option<Spanned<String>>, p: &mut Problems<'_>) -> Option<Duration> {
+fn revoke_grace(value: Option<Spanned<String>>, p: &mut ProblemList<'_>) -> Option<Duration> {
     match value {
         None => Some(DEFAULT_REVOKE_GRACE),
         Some(v) if v.value.trim() == "off" => None,
@@ -440,7 +444,7 @@ fn revoke_grace(value: Option<Spanned<String>>, p: &mut Problems<'_>) -> Option<
 
 /// `client_limits`: each key defaults to the documented value once the section is set.
 /// `None` only after a problem is recorded (the config then fails).
-fn client_limits(raw: RawClientLimits, p: &mut Problems<'_>) -> Option<ClientPolicy> {
+fn client_limits(raw: RawClientLimits, p: &mut ProblemList<'_>) -> Option<ClientPolicy> {
     let connection_rate = match raw.connection_rate {
         None => Rate::parse(DEFAULT_CLIENT_RATE),
         Some(rate) => {
@@ -501,7 +505,7 @@ fn client_limits(raw: RawClientLimits, p: &mut Problems<'_>) -> Option<ClientPol
     })
 }
 
-fn outlier_detection(raw: RawOutlier, p: &mut Problems<'_>) -> OutlierPolicy {
+fn outlier_detection(raw: RawOutlier, p: &mut ProblemList<'_>) -> OutlierPolicy {
     let default = OutlierPolicy::default();
     let policy = OutlierPolicy {
         consecutive_failures: raw
@@ -531,7 +535,7 @@ fn outlier_detection(raw: RawOutlier, p: &mut Problems<'_>) -> OutlierPolicy {
 fn proxy_protocol(
     accept: Option<Spanned<String>>,
     trusted: Option<Vec<Spanned<String>>>,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> (Option<Expect>, Vec<IpNet>) {
     let accept = accept.and_then(|v| match v.value.trim() {
         "v1" => Some(Expect::Required(ProxyVersion::V1)),
@@ -574,7 +578,7 @@ struct Claims {
     hosts: HashMap<HostPattern, RouteRef>,
 }
 
-fn routes(raw: Vec<Spanned<RawRoute>>, p: &mut Problems<'_>) -> Vec<RouteSpec> {
+fn routes(raw: Vec<Spanned<RawRoute>>, p: &mut ProblemList<'_>) -> Vec<RouteSpec> {
     let mut claims = Claims::default();
     let source: Arc<str> = ROUTE_SOURCE.into();
     raw.into_iter()
@@ -589,7 +593,7 @@ fn validate_route(
     route: Spanned<RawRoute>,
     source: &Arc<str>,
     claims: &mut Claims,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> Option<RouteSpec> {
     let here = route.referenced;
     let RawRoute {
@@ -656,7 +660,7 @@ fn route_name(
     here: Location,
     this: &RouteRef,
     claims: &mut Claims,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> bool {
     let mut ok = true;
     if let Some(name) = name {
@@ -695,7 +699,7 @@ fn route_hostnames(
     here: Location,
     this: &RouteRef,
     claims: &mut Claims,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> Option<Vec<HostPattern>> {
     let mut ok = true;
     if hostnames.is_empty() {
@@ -746,7 +750,7 @@ fn route_backends(
     backends: &[Spanned<String>],
     here: Location,
     this: &RouteRef,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> Option<Vec<Backend>> {
     let mut ok = true;
     if backends.is_empty() {
@@ -770,7 +774,7 @@ fn route_backends(
 fn route_max_connections(
     value: Option<Spanned<String>>,
     this: &RouteRef,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> Result<Option<u32>, ()> {
     let Some(v) = value else {
         return Ok(None);
@@ -791,7 +795,7 @@ fn route_max_connections(
 fn route_allowed_cidrs(
     cidrs: Vec<Spanned<String>>,
     this: &RouteRef,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> Option<Vec<IpNet>> {
     let mut ok = true;
     let mut nets = Vec::with_capacity(cidrs.len());
@@ -812,7 +816,7 @@ fn route_allowed_cidrs(
 fn route_proxy_protocol(
     value: Option<Spanned<String>>,
     this: &RouteRef,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> Result<Option<ProxyVersion>, ()> {
     let Some(v) = value else {
         return Ok(None);
@@ -830,7 +834,7 @@ fn route_proxy_protocol(
 
 // === values ===
 
-fn socket_addr(key: &str, value: &Spanned<String>, p: &mut Problems<'_>) -> Option<SocketAddr> {
+fn socket_addr(key: &str, value: &Spanned<String>, p: &mut ProblemList<'_>) -> Option<SocketAddr> {
     match value.value.parse() {
         Ok(addr) => Some(addr),
         Err(_) => {
@@ -852,14 +856,18 @@ fn duration_or(
     key: &str,
     value: Option<Spanned<String>>,
     default: Duration,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> Duration {
     value
         .and_then(|v| validate_duration(key, &v, p))
         .unwrap_or(default)
 }
 
-fn validate_duration(key: &str, value: &Spanned<String>, p: &mut Problems<'_>) -> Option<Duration> {
+fn validate_duration(
+    key: &str,
+    value: &Spanned<String>,
+    p: &mut ProblemList<'_>,
+) -> Option<Duration> {
     match humantime::parse_duration(&value.value) {
         Ok(d) if d.is_zero() => {
             p.at(
@@ -889,7 +897,7 @@ fn count<N: std::str::FromStr + PartialOrd + From<u8> + fmt::Display>(
     key: &str,
     value: &Spanned<String>,
     min: u8,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> Option<N> {
     match value.value.trim().parse::<N>() {
         Ok(n) if n >= N::from(min) => Some(n),
@@ -907,7 +915,7 @@ fn count<N: std::str::FromStr + PartialOrd + From<u8> + fmt::Display>(
     }
 }
 
-fn boolean(key: &str, value: &Spanned<String>, p: &mut Problems<'_>) -> Option<bool> {
+fn boolean(key: &str, value: &Spanned<String>, p: &mut ProblemList<'_>) -> Option<bool> {
     match value.value.trim() {
         "true" => Some(true),
         "false" => Some(false),
@@ -922,7 +930,7 @@ fn boolean(key: &str, value: &Spanned<String>, p: &mut Problems<'_>) -> Option<b
     }
 }
 
-fn max_client_hello(value: &Spanned<String>, p: &mut Problems<'_>) -> Option<usize> {
+fn max_client_hello(value: &Spanned<String>, p: &mut ProblemList<'_>) -> Option<usize> {
     let why = match value.value.parse::<usize>() {
         Ok(n) if n < MIN_MAX_CLIENT_HELLO => {
             format!("{n} bytes is below the minimum of {MIN_MAX_CLIENT_HELLO}")
@@ -941,7 +949,7 @@ fn max_client_hello(value: &Spanned<String>, p: &mut Problems<'_>) -> Option<usi
 fn client_hello_memory(
     value: &Spanned<String>,
     max_client_hello: usize,
-    p: &mut Problems<'_>,
+    p: &mut ProblemList<'_>,
 ) -> Option<usize> {
     let bytes = size("client_hello_memory", value, p)?;
     if bytes < max_client_hello {
@@ -957,7 +965,7 @@ fn client_hello_memory(
 
 /// A size in bytes: a whole number, optionally with a binary unit (`512KiB`, `64MiB`, `1GiB`;
 /// `B` for bytes).
-fn size(key: &str, value: &Spanned<String>, p: &mut Problems<'_>) -> Option<usize> {
+fn size(key: &str, value: &Spanned<String>, p: &mut ProblemList<'_>) -> Option<usize> {
     let text = value.value.trim();
     let digits = text
         .find(|c: char| !c.is_ascii_digit())

@@ -63,7 +63,7 @@ pub const SERVED_ROUTES: &[(&str, u16)] = &[
 const KUBE_APISERVER_PORT: u16 = 6443;
 
 /// An object as the watch delivered it: parsed, or not (then with what is known of it).
-pub type Parsed<T> = Result<T, Invalid>;
+pub type Watched<T> = Result<T, Invalid>;
 
 /// An object that did not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,8 +266,8 @@ pub fn source_of(namespace: &str, name: &str) -> String {
 /// served are ignored) and `service` finds a Service of that namespace by name.
 pub fn map_cluster<'a>(
     hc: &HostedCluster,
-    routes: impl IntoIterator<Item = &'a Parsed<OcpRoute>>,
-    service: impl Fn(&str) -> Option<&'a Parsed<Service>>,
+    routes: impl IntoIterator<Item = &'a Watched<OcpRoute>>,
+    service: impl Fn(&str) -> Option<&'a Watched<Service>>,
 ) -> Mapped {
     map_cluster_to(hc, routes, service, Endpoints::cluster_ip())
 }
@@ -275,8 +275,8 @@ pub fn map_cluster<'a>(
 /// [`map_cluster`], each Service to its endpoints where `endpoints` knows them.
 pub fn map_cluster_to<'a, 'e>(
     hc: &HostedCluster,
-    routes: impl IntoIterator<Item = &'a Parsed<OcpRoute>>,
-    service: impl Fn(&str) -> Option<&'a Parsed<Service>>,
+    routes: impl IntoIterator<Item = &'a Watched<OcpRoute>>,
+    service: impl Fn(&str) -> Option<&'a Watched<Service>>,
     endpoints: Endpoints<'e>,
 ) -> Mapped {
     let gated = match gate(hc) {
@@ -399,8 +399,8 @@ fn gate(hc: &HostedCluster) -> Result<Gated<'_>, Skip> {
 /// Rule 4's Routes: the served names among `routes`, with their HAProxy port, in name order
 /// (the watch delivers them in any order).
 fn served<'a>(
-    routes: impl IntoIterator<Item = &'a Parsed<OcpRoute>>,
-) -> Vec<(&'static str, u16, &'a Parsed<OcpRoute>)> {
+    routes: impl IntoIterator<Item = &'a Watched<OcpRoute>>,
+) -> Vec<(&'static str, u16, &'a Watched<OcpRoute>)> {
     let mut served: Vec<_> = routes
         .into_iter()
         .filter_map(|route| {
@@ -422,7 +422,7 @@ fn served<'a>(
 fn add_dns_name<'a>(
     ctx: &Ctx<'_, '_>,
     dns_name: &str,
-    service: &impl Fn(&str) -> Option<&'a Parsed<Service>>,
+    service: &impl Fn(&str) -> Option<&'a Watched<Service>>,
     kas: &mut Option<usize>,
     mapped: &mut Mapped,
 ) {
@@ -499,8 +499,8 @@ impl Ctx<'_, '_> {
         object: &str,
         route_name: &str,
         port: u16,
-        route: &Parsed<OcpRoute>,
-        service: &impl Fn(&str) -> Option<&'a Parsed<Service>>,
+        route: &Watched<OcpRoute>,
+        service: &impl Fn(&str) -> Option<&'a Watched<Service>>,
         fallbacks: &mut Vec<Fallback>,
     ) -> Result<(RouteSpec, bool), Rejection> {
         let reject = |reason, detail: String| Rejection {
@@ -544,7 +544,7 @@ impl Ctx<'_, '_> {
         object: &str,
         name: &str,
         port: u16,
-        service: &impl Fn(&str) -> Option<&'a Parsed<Service>>,
+        service: &impl Fn(&str) -> Option<&'a Watched<Service>>,
         fallbacks: &mut Vec<Fallback>,
     ) -> Result<Backends, Rejection> {
         let hcp = self.hcp;

@@ -11,7 +11,7 @@ const NS: &str = "clusters";
 const HCP: &str = "clusters-alpha";
 const ID: &str = "4954e6da-fc87-4e74-9861-05895fe9549d";
 
-fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Parsed<T> {
+fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Watched<T> {
     let name = value["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -56,8 +56,8 @@ impl World {
 
     fn map(&self) -> Mapped {
         let hc: HostedCluster = serde_json::from_value(self.hc.clone()).unwrap();
-        let routes: Vec<Parsed<OcpRoute>> = self.routes.iter().cloned().map(parse).collect();
-        let services: HashMap<String, Parsed<Service>> = self
+        let routes: Vec<Watched<OcpRoute>> = self.routes.iter().cloned().map(parse).collect();
+        let services: HashMap<String, Watched<Service>> = self
             .services
             .iter()
             .cloned()
@@ -456,11 +456,11 @@ fn a_minimal_spec_still_maps() {
         "spec": {"platform": {"type": "Azure"}}
     }))
     .unwrap();
-    let route: Parsed<OcpRoute> = parse(json!({
+    let route: Watched<OcpRoute> = parse(json!({
         "metadata": {"name": "kube-apiserver", "namespace": "clusters-bare"},
         "spec": {"host": "api.bare.example.test", "to": {"name": "kube-apiserver"}}
     }));
-    let svc: Parsed<Service> = parse(json!({
+    let svc: Watched<Service> = parse(json!({
         "metadata": {"name": "kube-apiserver", "namespace": "clusters-bare"},
         "spec": {"clusterIP": "10.1.2.3", "ports": [{"port": 6443}]}
     }));
@@ -479,8 +479,8 @@ fn a_minimal_spec_still_maps() {
 /// Maps `world` with `slices` (EndpointSlices of its control plane namespace) and `zone`.
 fn map_to(world: &World, slices: &[Value], zone: Option<&str>) -> Mapped {
     let hc: HostedCluster = serde_json::from_value(world.hc.clone()).unwrap();
-    let routes: Vec<Parsed<OcpRoute>> = world.routes.iter().cloned().map(parse).collect();
-    let services: HashMap<String, Parsed<Service>> = world
+    let routes: Vec<Watched<OcpRoute>> = world.routes.iter().cloned().map(parse).collect();
+    let services: HashMap<String, Watched<Service>> = world
         .services
         .iter()
         .cloned()

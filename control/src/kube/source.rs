@@ -217,9 +217,9 @@ impl KubeSource {
 struct Watching {
     store: Store,
     /// Per kind, whether its first list is applied (or, for EndpointSlices, given up on).
-    listed: [bool; Kind::ALL.len()],
+    listed: [bool; Kind::COUNT],
     /// Per kind, its 403s since it last answered.
-    refusals: [Refusals; Kind::ALL.len()],
+    refusals: [Refusals; Kind::COUNT],
     /// What the RBAC check found: None until it answers, then Ok or what is missing.
     permitted: Option<Result<(), String>>,
     published_once: bool,
@@ -235,7 +235,7 @@ impl Watching {
             BackendsMode::Endpoints => Store::to_endpoints(config.zone.clone()),
             BackendsMode::Service => Store::new(),
         };
-        let mut listed = [false; Kind::ALL.len()];
+        let mut listed = [false; Kind::COUNT];
         // Not watched: nothing to wait for.
         listed[Kind::EndpointSlice as usize] = config.backends == BackendsMode::Service;
         Self {

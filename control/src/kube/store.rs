@@ -17,7 +17,7 @@ use std::sync::Arc;
 use super::objects::Guarded;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::mapping::{self, Endpoints, Fallback, Invalid, Mapped, Parsed, Rejection, Skip};
+use super::mapping::{self, Endpoints, Fallback, Invalid, Mapped, Rejection, Skip, Watched};
 use super::objects::{EndpointSlice, HostedCluster, OcpRoute, Service};
 use proxy::RouteSpec;
 
@@ -34,14 +34,13 @@ pub enum Kind {
     EndpointSlice,
 }
 
+// `Kind::COUNT` sizes arrays indexed by `kind as usize`: it must follow the enum.
+const _: () = assert!(Kind::EndpointSlice as usize + 1 == Kind::COUNT);
+
 impl Kind {
-    /// Every kind, in the order they are watched.
-    pub const ALL: [Kind; 4] = [
-        Kind::HostedCluster,
-        Kind::Route,
-        Kind::Service,
-        Kind::EndpointSlice,
-    ];
+    /// How many kinds are watched: the length of per-kind state arrays, indexed by
+    /// `kind as usize`.
+    pub const COUNT: usize = 4;
 
     /// The kind's name, as in its manifests.
     pub fn as_str(self) -> &'static str {
@@ -104,7 +103,7 @@ struct ClusterEntry {
 #[derive(Debug, Clone)]
 struct Stored<T> {
     rv: String,
-    value: Parsed<T>,
+    value: Watched<T>,
 }
 
 type ByNamespace<T> = HashMap<String, HashMap<String, Stored<T>>>;
@@ -143,7 +142,7 @@ enum SliceMode {
 
 /// Counts of what a store found wrong, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Problems {
+pub struct ProblemCounts {
     /// Objects that did not parse (each counted when it arrives).
     pub malformed: u64,
     /// Routes left out (each counted when first found, again if it recurs after a fix).
@@ -175,7 +174,7 @@ pub struct Store {
     dirty: HashSet<Key>,
     /// Objects of a relist under way, per kind.
     relisting: [Option<Vec<Entry>>; 4],
-    problems: Problems,
+    problems: ProblemCounts,
 }
 
 impl fmt::Debug for Entry {
@@ -369,7 +368,7 @@ impl Store {
     }
 
     /// What was found wrong so far.
-    pub fn problems(&self) -> Problems {
+    pub fn problems(&self) -> ProblemCounts {
         self.problems
     }
 

@@ -54,7 +54,7 @@ fn a_full_list_builds_every_cluster_and_an_unchanged_relist_rebuilds_none() {
     assert_eq!(routes.len(), 15);
     assert_eq!(&*routes[0].name, "clusters/c0/ignition-server");
     assert_eq!(&*routes[14].name, "clusters/c2/oauth");
-    assert_eq!(store.problems(), Problems::default());
+    assert_eq!(store.problems(), ProblemCounts::default());
 
     relist(&mut store, &clusters);
     assert_eq!(
