@@ -19,12 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-ITEM = re.compile(
-    r"^(?:pub(?:\([^)]*\))?\s+)?(?:async\s+|const\s+|unsafe\s+)*"
-    r"(?:struct|enum|fn|const|static|type|trait|union|macro_rules!)\s+(\w+)",
-    re.M,
-)
-
 
 def module_of(src: Path, file: Path) -> str:
     rel = file.relative_to(src).with_suffix("")
@@ -94,7 +88,6 @@ class Crate:
         self.modules = {module_of(src, f) for f in self.files}
         lib = src / "lib.rs" if (src / "lib.rs").exists() else src / "main.rs"
         text = strip_noise(strip_tests(lib.read_text())) if lib.exists() else ""
-        self.root_items = set(ITEM.findall(text))
         # Item re-exported by the root -> the path it comes from.
         self.reexports = {}
         for m in re.finditer(r"\bpub\s+use\s+([^;]+);", text):
@@ -111,8 +104,6 @@ class Crate:
         for n in range(len(parts), 0, -1):
             cand = "::".join(parts[:n])
             if cand in self.modules:
-                if cand == "" or n < len(parts):
-                    return cand
                 return cand
         # The path starts at the crate root with an item, not a module.
         head = parts[0] if parts else ""
