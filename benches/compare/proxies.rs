@@ -252,7 +252,11 @@ impl Running {
 
     fn sniroute_yaml(&self) -> String {
         let mut y = format!(
-            "listen: {}\nadmin: 127.0.0.1:0\ndebug: off\nidle_timeout: 1h\nshutdown_delay: 0s\nroutes:\n",
+            // max_connections as HAProxy's maxconn: the derived default (6,623 under the
+            // 20,000 open-files limit, a third per connection for splice pipes) is under the
+            // 8,000 idle connections the memory measurement opens.
+            "listen: {}\nadmin: 127.0.0.1:0\ndebug: off\nidle_timeout: 1h\nshutdown_delay: 0s\n\
+             max_connections: 8500\nroutes:\n",
             self.addr
         );
         for (host, backend) in self.routes() {
