@@ -195,8 +195,9 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         None => Readiness::Ready,
         Some(_) => Readiness::waiting(),
     });
+    let tasks = Tasks::default();
     let (kube_source, gateway_source, sources_ready_rx) =
-        kube_sources(&config, &publisher, sources_ready, sources_ready_rx).await?;
+        kube_sources(&config, &publisher, sources_ready, sources_ready_rx, &tasks).await?;
     let bound = Bound::bind(&config)?;
 
     let settings = proxy::Settings {
@@ -212,7 +213,6 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         registry,
         proxy: proxy.clone(),
     });
-    let tasks = Tasks::default();
     bound.spawn(&tasks, &state, &proxy);
     if let Some(kube_source) = kube_source {
         tasks
@@ -253,12 +253,14 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
 }
 
 /// The Kubernetes sources the config asks for (HyperShift's, the Gateway API's), on the
-/// client configuration found the standard way, and the readiness of all of them together.
+/// client configuration found the standard way, and the readiness of all of them together
+/// (joined by a service on `tasks` when both run).
 async fn kube_sources(
     config: &Config,
     publisher: &Arc<Publisher>,
     sources_ready: tokio::sync::watch::Sender<Readiness>,
     sources_ready_rx: tokio::sync::watch::Receiver<Readiness>,
+    tasks: &Tasks,
 ) -> anyhow::Result<(
     Option<KubeSource>,
     Option<GatewaySource>,
@@ -301,11 +303,11 @@ async fn kube_sources(
             identity,
         )
     });
-    Ok((
-        kube_source,
-        gateway_source,
-        control::gateway::source::joined(readiness),
-    ))
+    let (ready, follow) = control::gateway::source::joined(readiness, tasks.shutdown.clone());
+    if let Some(follow) = follow {
+        tasks.services.spawn(follow);
+    }
+    Ok((kube_source, gateway_source, ready))
 }
 
 /// Every listener the config names, bound before any task starts: a bad address fails the

@@ -644,8 +644,23 @@ where
     )
 }
 
-/// Ready when every one of `sources` is: the first reason of one that is not.
-pub fn joined(sources: Vec<watch::Receiver<Readiness>>) -> watch::Receiver<Readiness> {
+/// Ready when every one of `sources` is: the first reason of one that is not. With one source
+/// that source's own receiver and no task; with more, the future that keeps the joined value
+/// current, for the caller's shutdown tracker (it ends at `shutdown` or when a source ends).
+pub fn joined(
+    mut sources: Vec<watch::Receiver<Readiness>>,
+    shutdown: CancellationToken,
+) -> (
+    watch::Receiver<Readiness>,
+    Option<impl std::future::Future<Output = ()> + Send + 'static>,
+) {
+    if sources.len() <= 1 {
+        // Nothing to join: no source (the config refuses that) has nothing to wait for.
+        let only = sources
+            .pop()
+            .unwrap_or_else(|| watch::channel(Readiness::Ready).1);
+        return (only, None);
+    }
     let state = |sources: &[watch::Receiver<Readiness>]| {
         sources
             .iter()
@@ -654,18 +669,22 @@ pub fn joined(sources: Vec<watch::Receiver<Readiness>>) -> watch::Receiver<Readi
             .unwrap_or(Readiness::Ready)
     };
     let (tx, rx) = watch::channel(state(&sources));
-    tokio::spawn(async move {
-        let mut sources = sources;
+    let follow = async move {
         loop {
             let changes = sources.iter_mut().map(|s| Box::pin(s.changed()));
-            if futures::future::select_all(changes).await.0.is_err() {
-                return;
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                (changed, _, _) = futures::future::select_all(changes) => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
             }
             let now = state(&sources);
             tx.send_if_modified(|current| std::mem::replace(current, now.clone()) != now);
         }
-    });
-    rx
+    };
+    (rx, Some(follow))
 }
 
 #[cfg(test)]
@@ -687,6 +706,30 @@ mod tests {
             tx.send((kind, Ok(Event::InitApply(object)))).unwrap();
         }
         tx.send((kind, Ok(Event::InitDone))).unwrap();
+    }
+
+    #[tokio::test]
+    async fn joined_is_the_one_source_itself_or_a_task_that_follows_all_and_ends_at_shutdown() {
+        let (one_tx, one_rx) = watch::channel(Readiness::waiting());
+        let (same, follow) = joined(vec![one_rx.clone()], CancellationToken::new());
+        assert!(same.same_channel(&one_rx) && follow.is_none());
+
+        let (two_tx, two_rx) = watch::channel(Readiness::Ready);
+        let shutdown = CancellationToken::new();
+        let (mut both, follow) = joined(vec![one_rx, two_rx], shutdown.clone());
+        let follow = tokio::spawn(follow.expect("two sources need a task"));
+        assert_ne!(*both.borrow_and_update(), Readiness::Ready);
+        one_tx.send(Readiness::Ready).unwrap();
+        both.changed().await.unwrap();
+        assert_eq!(*both.borrow_and_update(), Readiness::Ready);
+        two_tx.send(Readiness::waiting()).unwrap();
+        both.changed().await.unwrap();
+        assert_ne!(*both.borrow(), Readiness::Ready);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), follow)
+            .await
+            .expect("the join ends at shutdown")
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]
