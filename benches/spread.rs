@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use proxy::balance::{Candidate, Standing};
+use proxy::balance::{pick, Candidate, Standing};
 use proxy::client_hello::{self, Parsed};
-use proxy::{EndpointHealth, ListenerKind, Metrics, OutlierPolicy, Proxy, SharedTable};
+use proxy::health::{Endpoint, Target};
+use proxy::{ListenerKind, Metrics, Proxy, SharedTable};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -89,7 +90,8 @@ async fn through_sniroute() -> (Vec<f64>, Vec<usize>) {
     );
     let config = control::Config::parse(&yaml, "spread bench").expect("a valid config");
     let table = Arc::new(SharedTable::default());
-    table.publish(config.table().expect("a table"));
+    let snapshot = table.publish(config.table().expect("a table"));
+    let route = snapshot.table.routes()[0].clone();
     let metrics = Metrics::register(&mut Registry::default());
     let proxy = Arc::new(Proxy::new(config.proxy.clone(), table, metrics));
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -139,7 +141,7 @@ async fn through_sniroute() -> (Vec<f64>, Vec<usize>) {
         drop(held);
         release.send_modify(|n| *n += 1);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while pods.iter().any(|p| proxy.health().open(p.addr) > 0) {
+        while route.state().open() > 0 {
             assert!(
                 Instant::now() < deadline,
                 "round {round}: connections stayed open"
@@ -179,36 +181,34 @@ fn random_placement() -> Vec<f64> {
 /// Nanoseconds one connection's choice takes: candidates built, ordered, the first counted
 /// and released.
 fn choose() -> f64 {
-    let health = EndpointHealth::new(
-        OutlierPolicy::default(),
-        Metrics::register(&mut Registry::default()),
-    );
+    let endpoints: Vec<Arc<Endpoint>> = (0..PODS).map(|_| Arc::default()).collect();
     let addrs: Vec<SocketAddr> = (1..=PODS as u16)
-        .map(|p| SocketAddr::from(([10, 0, 0, 1], 6443 + p)))
+        .map(|p| SocketAddr::from(([198, 18, 0, 1], 6443 + p)))
         .collect();
     // Some connections held, as in service: the counts are looked up, not all zero.
     let _held: Vec<_> = (0..100)
-        .filter_map(|i| {
-            let mut candidates = candidates(&health, &addrs);
-            health.pick(&mut candidates, i, |_| true)
-        })
+        .filter_map(|i| pick(&mut candidates(&endpoints, &addrs), i, |_| true))
         .collect();
     let started = Instant::now();
     for turn in 0..CHOICES {
-        let mut candidates = candidates(&health, &addrs);
-        let picked = health.pick(&mut candidates, turn as usize, |_| true);
+        let mut candidates = candidates(&endpoints, &addrs);
+        let picked = pick(&mut candidates, turn as usize, |_| true);
         drop(black_box(picked));
     }
     started.elapsed().as_nanos() as f64 / f64::from(CHOICES)
 }
 
-fn candidates(health: &EndpointHealth, addrs: &[SocketAddr]) -> Vec<Candidate<SocketAddr>> {
-    addrs
+fn candidates(endpoints: &[Arc<Endpoint>], addrs: &[SocketAddr]) -> Vec<Candidate<Target>> {
+    endpoints
         .iter()
-        .map(|&at| Candidate {
-            at,
+        .zip(addrs)
+        .map(|(endpoint, &addr)| Candidate {
+            ejected: endpoint.is_ejected(),
+            at: Target {
+                addr,
+                endpoint: endpoint.clone(),
+            },
             standing: Standing::Near,
-            ejected: health.is_ejected(at),
             open: 0,
         })
         .collect()

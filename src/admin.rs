@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use control::kube::Readiness;
+use control::Readiness;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
@@ -22,6 +22,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use proxy::listener::Acceptor;
 use proxy::{Proxy, SharedTable};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Admin connections served at once. Probes and scrapes need a handful; the cap keeps a flood
 /// of admin connections from taking the file descriptors the proxy listeners need: the admin
@@ -41,9 +43,6 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest an admin connection may live, whatever it does: bounds clients that read their
 /// responses slowly or never.
 pub const MAX_CONNECTION_TIME: Duration = Duration::from_secs(30);
-/// First and last pause after an accept error (as the proxy listeners), doubling in between.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What the admin endpoints report on.
 #[derive(Debug)]
@@ -202,43 +201,23 @@ fn micros_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Serves `surface`'s requests on `listener` until `shutdown` fires.
+/// Serves `surface`'s requests on `listener` until `shutdown` fires, each connection a task
+/// on `tasks`.
 pub async fn serve(
     listener: TcpListener,
     surface: Surface,
     state: Arc<State>,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) {
     let start = Instant::now();
     let mut open: Vec<Open> = Vec::with_capacity(MAX_CONNECTIONS);
-    let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut in_burst = false;
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => {
-                backoff = ACCEPT_BACKOFF_MIN;
-                in_burst = false;
-                accepted
-            }
-            Err(error) => {
-                // Out of file descriptors (or one aborted connection): pause and say so once
-                // per burst, never spin and never flood the log.
-                if !in_burst {
-                    tracing::warn!(%error, "admin accept failed; backing off");
-                    in_burst = true;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                continue;
-            }
-        };
+    let what = match surface {
+        Surface::Admin => "admin",
+        Surface::Debug => "debug",
+    };
+    let mut acceptor = Acceptor::new(listener, what);
+    while let Some((stream, peer)) = acceptor.next(&shutdown).await {
         let source = source_of(peer.ip());
         open.retain(|c| !c.task.is_finished());
         if open.len() >= MAX_CONNECTIONS {
@@ -255,7 +234,7 @@ pub async fn serve(
             }
         }
         let progress = Arc::new(AtomicU64::new(micros_since(start)));
-        let task = tokio::spawn(connection(
+        let task = tasks.spawn(connection(
             stream,
             surface,
             state.clone(),
@@ -267,6 +246,10 @@ pub async fn serve(
             progress,
             task,
         });
+    }
+    // Scrapers keep their connections alive: at shutdown they are closed, not waited for.
+    for connection in open {
+        connection.task.abort();
     }
 }
 
@@ -343,7 +326,6 @@ fn routes(state: &State) -> Response<Full<Bytes>> {
             .collect(),
         ejected_endpoints: state
             .proxy
-            .health()
             .ejected()
             .into_iter()
             .map(|e| EjectedView {

@@ -16,7 +16,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use control::config::LogFormat;
 use control::gateway::GatewaySource;
-use control::kube::{KubeSource, Readiness};
+use control::kube::KubeSource;
+use control::Readiness;
 use control::{Config, FileSource, Publisher, SourceKind};
 use prometheus_client::registry::Registry;
 use proxy::{listener, socket, ListenerKind, Proxy, SharedTable};
@@ -186,6 +187,7 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let metrics = proxy::Metrics::register(&mut registry);
     proxy::Metrics::register_connection_limit(&mut registry, max_connections);
     let table = Arc::new(SharedTable::default());
+    proxy::RouteMetrics::register(&mut registry, table.clone());
     let control_metrics = control::metrics::ControlMetrics::register(&mut registry);
     let publisher = Arc::new(Publisher::new(table.clone()).with_metrics(control_metrics));
     publisher.update(SourceKind::File, config.route_specs())?;
@@ -213,6 +215,9 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
         registry,
         proxy: proxy.clone(),
     });
+    // Every listener is bound (listening, its backlog taking connections) before the admin
+    // server answers its first /readyz.
+    ready.listening.store(true, Ordering::Release);
     bound.spawn(&tasks, &state, &proxy);
     if let Some(kube_source) = kube_source {
         tasks
@@ -229,7 +234,6 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
             .clone()
             .follow_swaps(publisher.subscribe(), tasks.shutdown.clone()),
     );
-    ready.listening.store(true, Ordering::Release);
 
     let file_source =
         FileSource::new(path, config.clone(), publisher.clone()).run(tasks.shutdown.clone());
@@ -362,6 +366,7 @@ impl Bound {
                     surface,
                     state.clone(),
                     tasks.shutdown.clone(),
+                    tasks.services.clone(),
                 ));
             }
         }

@@ -33,4 +33,4 @@ pub use error::{ConfigError, Problem, RouteRef};
 pub use file::FileSource;
 pub use proxy::RouteSpec;
 pub use publish::{Conflict, ConflictKind, Published, Publisher};
-pub use source::SourceKind;
+pub use source::{Readiness, SourceKind};

@@ -321,11 +321,18 @@ pub fn merge_onto<'a>(
                 ..spec.clone()
             });
         let wanted = trimmed.as_ref().unwrap_or(spec);
-        if let Some(same) = previous.route(&spec.name).filter(|r| r.spec() == wanted) {
+        let before = previous.route(&spec.name);
+        if let Some(same) = before.filter(|r| r.spec() == wanted) {
             routes.push(same.clone());
             continue;
         }
-        match Route::new(trimmed.unwrap_or_else(|| spec.clone())) {
+        // A changed route keeps its counts, cursor and endpoint state (see Route::succeeding).
+        let spec = trimmed.unwrap_or_else(|| spec.clone());
+        let route = match before {
+            Some(before) => Route::succeeding(spec, before),
+            None => Route::new(spec),
+        };
+        match route {
             Ok(route) => routes.push(Arc::new(route)),
             Err(error) => return (Err(error), conflicts),
         }
@@ -709,5 +716,42 @@ pub(crate) mod tests {
             Some(("c".into(), hc.into()))
         );
         assert!(Arc::ptr_eq(&a, &route("a")));
+    }
+
+    #[test]
+    fn a_changed_route_keeps_its_counts_and_the_endpoints_it_still_has() {
+        use proxy::route_state::Endpoints;
+        let publisher = Publisher::new(Arc::default());
+        let hc = "hostedcluster ns/x";
+        let kube = |backends: &[&str]| vec![spec("b", &["b.test"], backends, hc)];
+        let route = || publisher.shared().load().table.route("b").unwrap().clone();
+        let endpoint = |route: &proxy::Route, i: usize| match &route.endpoints()[i] {
+            Endpoints::Addr(target) => target.endpoint.clone(),
+            Endpoints::Name(_) => panic!("an address backend"),
+        };
+        publisher
+            .update(SourceKind::Kubernetes, kube(&["10.0.1.1:1", "10.0.1.2:1"]))
+            .unwrap();
+        let before = route();
+        let _load = endpoint(&before, 1).take();
+        before.next_turn();
+
+        publisher
+            .update(SourceKind::Kubernetes, kube(&["10.0.1.2:1", "10.0.1.3:1"]))
+            .unwrap();
+        let after = route();
+        assert!(!Arc::ptr_eq(&before, &after), "a new route");
+        assert!(
+            Arc::ptr_eq(before.state(), after.state()),
+            "the same counts"
+        );
+        assert_eq!(after.peek_turn(), 1, "the cursor goes on");
+        assert!(Arc::ptr_eq(&endpoint(&before, 1), &endpoint(&after, 0)));
+        assert_eq!(endpoint(&after, 0).open(), 1, "the load of a kept endpoint");
+        assert_eq!(
+            endpoint(&after, 1).open(),
+            0,
+            "a new endpoint starts afresh"
+        );
     }
 }

@@ -30,3 +30,24 @@ impl fmt::Display for SourceKind {
         f.write_str(self.as_str())
     }
 }
+
+/// Whether a source is ready, as `/readyz` reports it (every Kubernetes source has one; the
+/// file is ready once it loaded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every kind listed once and published, and no kind refused to this identity.
+    Ready,
+    /// Not ready, and why.
+    NotReady(String),
+}
+
+impl Readiness {
+    /// Before every kind has been listed once.
+    pub fn waiting() -> Self {
+        Self::NotReady(
+            "the kubernetes source has not listed HostedClusters, Routes, Services and \
+             EndpointSlices yet"
+                .into(),
+        )
+    }
+}

@@ -1,6 +1,7 @@
 //! Which backend a new connection goes to: the one ordering that the connect step follows
 //! and `explain` shows, pure so it is tested and benchmarked without sockets.
 
+use crate::health::{LoadGuard, Target};
 use crate::table::{Condition, RouteSpec};
 
 /// How a backend stands for new connections, best first.
@@ -66,6 +67,22 @@ pub fn order<A>(candidates: &[Candidate<A>], turn: usize) -> Vec<usize> {
     order
 }
 
+/// Takes the first candidate of [`order`] that `untried` lets through, with open counts as
+/// they stand, and counts a connection against it. Reading and counting are separate atomic
+/// steps: connections choosing at the same instant may pick the same endpoint, which their
+/// different round-robin turns make rare and the next choice corrects.
+pub fn pick(
+    candidates: &mut [Candidate<Target>],
+    turn: usize,
+    untried: impl Fn(usize) -> bool,
+) -> Option<(usize, LoadGuard)> {
+    for candidate in candidates.iter_mut() {
+        candidate.open = candidate.at.endpoint.open();
+    }
+    let index = order(candidates, turn).into_iter().find(|&i| untried(i))?;
+    Some((index, candidates[index].at.endpoint.take()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +134,41 @@ mod tests {
         spec.zone = Some("a".into());
         let got: Vec<_> = (0..3).map(|i| Standing::of(&spec, i)).collect();
         assert_eq!(got, [Standing::Near, Standing::Far, Standing::Terminating]);
+    }
+
+    #[test]
+    fn picks_in_order_skipping_the_tried_and_counts_until_dropped() {
+        use std::net::SocketAddr;
+        use std::sync::Arc;
+        let cand = |port, standing| Candidate {
+            at: Target {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                endpoint: Arc::default(),
+            },
+            standing,
+            ejected: false,
+            open: 0,
+        };
+        let mut all = [
+            cand(1, Standing::Near),
+            cand(2, Standing::Near),
+            cand(3, Standing::Terminating),
+        ];
+        let open = |all: &[Candidate<Target>]| {
+            let n: Vec<usize> = all.iter().map(|c| c.at.endpoint.open()).collect();
+            (n[0], n[1], n[2])
+        };
+        let (i, first) = pick(&mut all, 1, |_| true).unwrap();
+        assert_eq!(i, 1, "equals in turn");
+        let (i, second) = pick(&mut all, 1, |_| true).unwrap();
+        assert_eq!(i, 0, "the least loaded");
+        let (i, third) = pick(&mut all, 0, |_| true).unwrap();
+        assert_eq!(i, 0, "a tie again, broken by the turn");
+        assert_eq!(open(&all), (2, 1, 0));
+        let (i, _fourth) = pick(&mut all, 0, |i| i != 1 && i != 0).unwrap();
+        assert_eq!(i, 2, "the terminating one once the others are tried");
+        drop((first, second, third));
+        assert_eq!(open(&all), (0, 0, 1));
+        assert!(pick(&mut [], 0, |_| true).is_none());
     }
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tokio::time::Instant;
 
-use crate::table::canonical;
+use crate::addr::canonical;
 
 /// Shards of the client table: a new connection locks one, so accepts on many cores rarely meet.
 pub const SHARDS: usize = 64;

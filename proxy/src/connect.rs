@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::balance::{Candidate, Standing};
+use crate::balance::{pick, Candidate, Standing};
 use crate::error::ConnectError;
-use crate::health::{EndpointHealth, LoadGuard};
+use crate::health::{LoadGuard, OutlierPolicy, Target};
+use crate::route_state::Endpoints;
 use crate::table::{Backend, Route};
 
 /// Connects to the best backend that accepts, counting the connection against it.
@@ -18,40 +19,67 @@ use crate::table::{Backend, Route};
 /// connections, same zone first, terminating pods and then ejected endpoints last), with the
 /// open counts of that moment. Each address gets its own `connect_timeout`, so one
 /// black-holed endpoint cannot use up the time of the ones after it. Names are resolved now,
-/// so DNS changes are followed.
+/// so DNS changes are followed: all of a route's at once, each within `connect_timeout`, so a
+/// slow resolver delays a connection by one timeout at most.
 pub async fn connect(
     route: &Route,
     connect_timeout: Duration,
-    health: &EndpointHealth,
+    policy: &OutlierPolicy,
 ) -> Result<(TcpStream, SocketAddr, LoadGuard), ConnectError> {
     let mut last = None;
     let spec = route.spec();
     let mut candidates = Vec::with_capacity(spec.backends.len());
-    for (i, backend) in spec.backends.iter().enumerate() {
-        let addrs = match resolve(backend).await {
-            Ok(addrs) => addrs,
-            Err(error) => {
-                tracing::debug!(route = route.name(), %backend, %error, "cannot resolve backend");
-                last = Some((backend.to_string(), error));
-                continue;
-            }
-        };
+    let mut names = Vec::new();
+    for (i, (backend, endpoints)) in spec.backends.iter().zip(route.endpoints()).enumerate() {
         let standing = Standing::of(spec, i);
-        candidates.extend(addrs.into_iter().map(|addr| Candidate {
-            at: addr,
-            standing,
-            ejected: health.is_ejected(addr),
-            open: 0,
-        }));
+        match (backend, endpoints) {
+            (_, Endpoints::Addr(target)) => candidates.push(Candidate {
+                ejected: target.endpoint.is_ejected(),
+                at: target.clone(),
+                standing,
+                open: 0,
+            }),
+            _ => names.push((backend, endpoints, standing)),
+        }
+    }
+    if !names.is_empty() {
+        let lookups = names
+            .iter()
+            .map(|(backend, _, _)| timeout(connect_timeout, resolve(backend)));
+        let results = futures_util::future::join_all(lookups).await;
+        for ((backend, endpoints, standing), result) in names.into_iter().zip(results) {
+            let result = result.unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "resolving timed out",
+                ))
+            });
+            match result {
+                Ok(addrs) => {
+                    candidates.extend(endpoints.resolved(addrs).into_iter().map(|target| {
+                        Candidate {
+                            ejected: target.endpoint.is_ejected(),
+                            at: target,
+                            standing,
+                            open: 0,
+                        }
+                    }))
+                }
+                Err(error) => {
+                    tracing::debug!(route = route.name(), %backend, %error, "cannot resolve backend");
+                    last = Some((backend.to_string(), error));
+                }
+            }
+        }
     }
     let turn = route.next_turn();
     let mut tried = vec![false; candidates.len()];
-    while let Some((index, guard)) = health.pick(&mut candidates, turn, |i| !tried[i]) {
+    while let Some((index, guard)) = pick(&mut candidates, turn, |i| !tried[i]) {
         tried[index] = true;
-        let addr = candidates[index].at;
-        match attempt(route, addr, connect_timeout, health).await {
-            Ok(stream) => return Ok((stream, addr, guard)),
-            Err(error) => last = Some((addr.to_string(), error)),
+        let target = &candidates[index].at;
+        match attempt(route, target, connect_timeout, policy).await {
+            Ok(stream) => return Ok((stream, target.addr, guard)),
+            Err(error) => last = Some((target.addr.to_string(), error)),
         }
     }
     let (backend, source) = last.unwrap_or_else(|| {
@@ -67,16 +95,17 @@ pub async fn connect(
 
 async fn attempt(
     route: &Route,
-    addr: SocketAddr,
+    target: &Target,
     connect_timeout: Duration,
-    health: &EndpointHealth,
+    policy: &OutlierPolicy,
 ) -> io::Result<TcpStream> {
+    let addr = target.addr;
     let result = match timeout(connect_timeout, TcpStream::connect(addr)).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     };
     match &result {
-        Ok(_) => health.succeeded(addr),
+        Ok(_) => target.endpoint.succeeded(addr),
         // Out of fds, buffers or ports here: that says nothing about the endpoint, and
         // ejecting it would move traffic (and raise alerts) for our own shortage.
         Err(error) if local_shortage(error) => {
@@ -84,7 +113,7 @@ async fn attempt(
         }
         Err(error) => {
             tracing::debug!(route = route.name(), %addr, %error, "backend connect failed");
-            health.failed(route.name(), addr);
+            target.endpoint.failed(policy, route.name(), addr);
         }
     }
     result

@@ -22,6 +22,7 @@ use crate::metrics::ActiveGuard;
 use crate::outcome::{Outcome, Reason};
 use crate::proxy_protocol;
 use crate::route::{ListenerKind, Origin, Refused, Routed};
+use crate::route_state::RouteSlot;
 use crate::socket;
 use crate::table::{Route, RouteKey};
 use crate::Proxy;
@@ -108,8 +109,7 @@ async fn establish(
         Ok(routed) => routed,
         Err(refused) => return refuse(&proxy, client, refused, (buf, pending)).await,
     };
-    let gauge = proxy.metrics.route_gauge(route.name());
-    let Some(route_active) = ActiveGuard::try_take(gauge, route.max_connections()) else {
+    let Some(route_active) = route.state().try_take(route.max_connections()) else {
         let reason = Reason::RouteLimit {
             route: route.name().into(),
         };
@@ -120,7 +120,7 @@ async fn establish(
     let connecting = Instant::now();
     // Evicted while it waits (its buffer still charged), the connection gives up its attempt.
     let connected = tokio::select! {
-        connected = connect::connect(&route, settings.connect_timeout, &proxy.health) => connected,
+        connected = connect::connect(&route, settings.connect_timeout, &settings.outlier_detection) => connected,
         () = pending.evicted() => {
             let evicted = Evicted { reserved: buf.capacity() };
             let refused = origin.refuse(Reason::Overloaded(evicted)).with_ja4(ja4);
@@ -134,7 +134,7 @@ async fn establish(
     let (backend, backend_addr, load) = match connected {
         Ok(connected) => connected,
         Err(error) => {
-            proxy.metrics.count_unreachable(route.name());
+            route.state().count_unreachable();
             let refused = origin.refuse(Reason::Backend(error)).with_ja4(ja4);
             return refuse(&proxy, client, refused, (buf, pending)).await;
         }
@@ -212,7 +212,7 @@ pin_project_lite::pin_project! {
         // Boxed: read only when the pair closes, so the task a connection idles in stays small.
         closing: Box<Closing>,
         _slot: ConnectionSlot,
-        _route_active: ActiveGuard,
+        _route_active: RouteSlot,
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::balance::{order, Candidate, Standing};
 use crate::name::ServerName;
 use crate::outcome::Reason;
+use crate::route_state::Endpoints;
 use crate::table::{Allowed, Backend, BackendFacts, Denial, Route, RouteKey};
 use crate::Proxy;
 
@@ -33,7 +34,7 @@ pub struct RouteFacts {
     /// The backends in the order the next connection tries them, as [`order`] gives it.
     pub backends: Vec<BackendNow>,
     /// Forwarded connections open through the route now.
-    pub open: i64,
+    pub open: usize,
 }
 
 /// A backend as its source describes it.
@@ -75,7 +76,7 @@ impl Proxy {
                 route: route.clone(),
                 matched: matched.to_string(),
                 backends,
-                open: self.metrics.route_open(route.name()),
+                open: route.state().open(),
             }
         });
         let key = RouteKey::Name(name.clone());
@@ -98,7 +99,7 @@ impl Proxy {
                 facts
                     .route
                     .max_connections()
-                    .is_some_and(|limit| facts.open >= i64::from(limit))
+                    .is_some_and(|limit| facts.open >= limit as usize)
             });
             if at_limit {
                 let route = facts.map_or_else(Default::default, |f| f.route.name().into());
@@ -127,9 +128,11 @@ impl Proxy {
             .iter()
             .enumerate()
             .map(|(i, backend)| {
-                let (ejected, open) = match backend {
-                    Backend::Addr(addr) => (self.health.is_ejected(*addr), self.health.open(*addr)),
-                    Backend::Name { .. } => (false, 0),
+                let (ejected, open) = match (backend, &route.endpoints()[i]) {
+                    (Backend::Addr(_), Endpoints::Addr(target)) => {
+                        (target.endpoint.is_ejected(), target.endpoint.open())
+                    }
+                    _ => (false, 0),
                 };
                 Candidate {
                     at: Described {

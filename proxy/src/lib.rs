@@ -17,6 +17,7 @@ use crate::log_limit::LogLimiter;
 /// How often the lines the refusal log budget held back are summarised.
 const LOG_SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
+pub mod addr;
 pub mod balance;
 pub mod client_hello;
 pub mod client_limit;
@@ -37,13 +38,14 @@ pub mod outcome;
 pub mod proxy_protocol;
 pub mod revoke;
 mod route;
+pub mod route_state;
 pub mod socket;
 pub mod table;
 
 pub use client_text::ClientText;
 pub use error::{ConnectError, ListenError, NameError, TableError};
-pub use health::{EndpointHealth, OutlierPolicy};
-pub use metrics::Metrics;
+pub use health::{Ejected, OutlierPolicy};
+pub use metrics::{Metrics, RouteMetrics};
 pub use name::{HostPattern, ServerName};
 pub use outcome::{Outcome, Reason};
 pub use route::ListenerKind;
@@ -89,7 +91,6 @@ pub struct Proxy {
     settings: Settings,
     table: Arc<SharedTable>,
     metrics: Arc<Metrics>,
-    health: EndpointHealth,
     connection_limit: Option<Arc<Semaphore>>,
     client_limits: Option<client_limit::ClientLimits>,
     hello_budget: hello_budget::HelloBudget,
@@ -104,7 +105,6 @@ impl Proxy {
             .max_connections
             .map(|limit| Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))));
         Self {
-            health: EndpointHealth::new(settings.outlier_detection, metrics.clone()),
             client_limits: settings
                 .client_limits
                 .clone()
@@ -123,9 +123,9 @@ impl Proxy {
     }
 
     /// Follows every published table until `snapshots` closes or `shutdown` fires: revokes
-    /// connections the new table refuses (if revocation is on) and drops the metrics of
-    /// routes that are gone; and summarises the refusal log lines held back, once a second.
-    /// One task, so a drain waits for nothing it does not know of.
+    /// connections the new table refuses (if revocation is on); and summarises the refusal
+    /// log lines held back, once a second. One task, so a drain waits for nothing it does not
+    /// know of.
     pub async fn follow_swaps(
         self: Arc<Self>,
         mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
@@ -135,8 +135,7 @@ impl Proxy {
             .settings
             .revoke_grace
             .map(|grace| revoke::Revoker::new(self.connections.clone(), grace));
-        let mut previous = snapshots.borrow_and_update().clone();
-        let mut busy = Vec::new();
+        snapshots.borrow_and_update();
         let mut summary = tokio::time::interval(LOG_SUMMARY_INTERVAL);
         summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -166,23 +165,23 @@ impl Proxy {
                     if let Some(revoker) = &mut revoker {
                         revoker.swapped(&current);
                     }
-                    let gone: Vec<String> = previous
-                        .table
-                        .routes()
-                        .iter()
-                        .map(|route| route.name().to_owned())
-                        .chain(busy)
-                        .filter(|name| current.table.route(name).is_none())
-                        .collect();
-                    busy = self.metrics.prune_routes(gone);
-                    previous = current;
                 }
             }
         }
     }
 
-    /// Backend endpoint health, for the admin server.
-    pub fn health(&self) -> &EndpointHealth {
-        &self.health
+    /// The endpoints ejected now, over every route of the table in use, each once.
+    pub fn ejected(&self) -> Vec<Ejected> {
+        let snapshot = self.table.load();
+        let mut list: Vec<Ejected> = snapshot
+            .table
+            .routes()
+            .iter()
+            .flat_map(|route| route.endpoints().iter().flat_map(|e| e.known()))
+            .filter_map(|target| target.endpoint.ejected(target.addr))
+            .collect();
+        list.sort_by_key(|e| e.endpoint);
+        list.dedup_by_key(|e| e.endpoint);
+        list
     }
 }

@@ -1,9 +1,10 @@
 //! Listening sockets and the accept loop.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,6 +46,59 @@ impl AcceptWarnings {
     }
 }
 
+/// A listener's accept loop without its spawning: failures (out of descriptors, an aborted
+/// connection) pause with a doubling backoff, never spin, and are logged once per interval with
+/// their count. The one loop of the SNI, ClusterID, admin and debug listeners.
+#[derive(Debug)]
+pub struct Acceptor {
+    listener: TcpListener,
+    /// Which listener, for the log line.
+    what: &'static str,
+    backoff: Duration,
+    warnings: AcceptWarnings,
+}
+
+impl Acceptor {
+    /// Accepts from `listener`, named `what` in its log lines.
+    pub fn new(listener: TcpListener, what: &'static str) -> Self {
+        Self {
+            listener,
+            what,
+            backoff: ACCEPT_BACKOFF_MIN,
+            warnings: AcceptWarnings::default(),
+        }
+    }
+
+    /// The next accepted connection, or `None` once `shutdown` fires.
+    pub async fn next(&mut self, shutdown: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok(accepted) => {
+                    self.backoff = ACCEPT_BACKOFF_MIN;
+                    return Some(accepted);
+                }
+                Err(error) => {
+                    // EMFILE/ENFILE/ENOBUFS/ENOMEM clear up as connections close; a
+                    // per-connection error (ECONNABORTED) does too. Either way: pause, never
+                    // spin, never exit.
+                    if let Some(failures) = self.warnings.failed(Instant::now()) {
+                        tracing::warn!(listener = self.what, %error, failures_since_last_line = failures, "accept failed; backing off");
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(self.backoff) => {}
+                    }
+                    self.backoff = (self.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` fires, spawning one task per connection on `tasks`.
 pub async fn serve(
     listener: TcpListener,
@@ -61,44 +115,26 @@ pub async fn serve(
             tracing::warn!(%error, "cannot set TCP_DEFER_ACCEPT; every connection is accepted at once");
         }
     }
-    let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut warnings = AcceptWarnings::default();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
+    let what = match kind {
+        ListenerKind::Sni => "sni",
+        ListenerKind::ClusterId => "cluster_id",
+    };
+    let mut acceptor = Acceptor::new(listener, what);
+    while let Some((stream, peer)) = acceptor.next(&shutdown).await {
+        // The permit is taken here, before a task exists: over the limit, a new connection
+        // costs one close and a counter, nothing more.
+        let permit = match &proxy.connection_limit {
+            Some(limit) => match limit.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    proxy.refuse_over_limit(peer);
+                    continue;
+                }
+            },
+            None => None,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = ACCEPT_BACKOFF_MIN;
-                // The permit is taken here, before a task exists: over the limit, a new
-                // connection costs one close and a counter, nothing more.
-                let permit = match &proxy.connection_limit {
-                    Some(limit) => match limit.clone().try_acquire_owned() {
-                        Ok(permit) => Some(permit),
-                        Err(_) => {
-                            proxy.refuse_over_limit(peer);
-                            continue;
-                        }
-                    },
-                    None => None,
-                };
-                let slot = ConnectionSlot::new(proxy.metrics.open(), permit);
-                tasks.spawn(connection::handle(proxy.clone(), stream, peer, kind, slot));
-            }
-            Err(error) => {
-                // EMFILE/ENFILE/ENOBUFS/ENOMEM clear up as connections close; a per-connection
-                // error (ECONNABORTED) does too. Either way: pause, never spin, never exit.
-                if let Some(failures) = warnings.failed(Instant::now()) {
-                    tracing::warn!(%error, failures_since_last_line = failures, "accept failed; backing off");
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-            }
-        }
+        let slot = ConnectionSlot::new(proxy.metrics.open(), permit);
+        tasks.spawn(connection::handle(proxy.clone(), stream, peer, kind, slot));
     }
 }
 

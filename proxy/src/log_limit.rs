@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use foldhash::fast::RandomState;
 use tokio::time::Instant;
 
-use crate::table::canonical;
+use crate::addr::canonical;
 
 /// Lines one client may have a second.
 pub(crate) const PER_CLIENT: u32 = 10;

@@ -1,18 +1,28 @@
 //! The data plane's Prometheus metrics.
 //!
 //! Labels stay bounded: outcomes and directions are fixed sets, routes are the table's route
-//! names (never client addresses), endpoints only those that were ever ejected.
+//! names (never client addresses), endpoints only those ejected now.
+//!
+//! The per-route and per-endpoint series are not kept here: [`RouteMetrics`] reads them at
+//! scrape time from the state the table's routes carry, so the connection path updates only
+//! atomics and a route's series go with it.
 
+use std::fmt;
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::outcome::Outcome;
+use crate::table::SharedTable;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -22,17 +32,6 @@ struct OutcomeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     direction: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    route: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabels {
-    route: String,
-    endpoint: String,
 }
 
 /// The forwarded-byte counters, held directly so a batch costs one atomic add.
@@ -50,14 +49,11 @@ pub struct Metrics {
     /// One counter per outcome, indexed like [`Outcome::ALL`]: counting takes no lock.
     connections: [Counter; Outcome::ALL.len()],
     active: Gauge,
-    route_active: Family<RouteLabels, Gauge>,
     pub(crate) bytes: ByteCounters,
     pub(crate) client_hello_seconds: Histogram,
     pub(crate) backend_connect_seconds: Histogram,
     /// Bytes unfinished ClientHellos hold against `client_hello_memory`.
     pub(crate) client_hello_memory: Gauge,
-    endpoint_ejected: Family<EndpointLabels, Gauge>,
-    route_unreachable: Family<RouteLabels, Counter>,
     pub(crate) revoked: Counter,
 }
 
@@ -77,7 +73,6 @@ impl Metrics {
                 })
             }),
             active: Gauge::default(),
-            route_active: Family::default(),
             bytes: ByteCounters {
                 client_to_backend: bytes.get_or_create_owned(&DirectionLabels {
                     direction: "client_to_backend",
@@ -89,8 +84,6 @@ impl Metrics {
             client_hello_seconds: latency(),
             backend_connect_seconds: latency(),
             client_hello_memory: Gauge::default(),
-            endpoint_ejected: Family::default(),
-            route_unreachable: Family::default(),
             revoked: Counter::default(),
         };
         registry.register(
@@ -102,11 +95,6 @@ impl Metrics {
             "sniroute_active_connections",
             "Connections open now (reading a ClientHello or forwarding)",
             metrics.active.clone(),
-        );
-        registry.register(
-            "sniroute_route_active_connections",
-            "Forwarded connections open now, by route",
-            metrics.route_active.clone(),
         );
         registry.register("sniroute_bytes", "Bytes forwarded, by direction", bytes);
         registry.register(
@@ -123,16 +111,6 @@ impl Metrics {
             "sniroute_client_hello_memory_bytes",
             "Bytes held by connections still reading their ClientHello (of client_hello_memory)",
             metrics.client_hello_memory.clone(),
-        );
-        registry.register(
-            "sniroute_endpoint_ejected",
-            "1 while a backend endpoint is skipped after consecutive connect failures",
-            metrics.endpoint_ejected.clone(),
-        );
-        registry.register(
-            "sniroute_route_backend_unreachable",
-            "Connections refused as backend_unreachable, by route: every backend address failed",
-            metrics.route_unreachable.clone(),
         );
         registry.register(
             "sniroute_revoked_connections",
@@ -164,84 +142,11 @@ impl Metrics {
         self.active.inc();
         ActiveGuard(self.active.clone())
     }
-
-    /// The open-connection gauge of `route`.
-    pub(crate) fn route_gauge(&self, route: &str) -> Gauge {
-        self.route_active.get_or_create_owned(&RouteLabels {
-            route: route.to_owned(),
-        })
-    }
-
-    /// Forwarded connections open through `route` now (no series is made for asking).
-    pub(crate) fn route_open(&self, route: &str) -> i64 {
-        let labels = RouteLabels {
-            route: route.to_owned(),
-        };
-        self.route_active
-            .get(&labels)
-            .map_or(0, |gauge| gauge.get())
-    }
-
-    /// Counts a connection through `route` that no backend address of it accepted.
-    pub(crate) fn count_unreachable(&self, route: &str) {
-        self.route_unreachable
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
-            .inc();
-    }
-
-    /// Sets whether `endpoint` of `route` is ejected; a healthy endpoint has no series, so
-    /// endpoints that come and go leave none behind.
-    pub(crate) fn set_ejected(&self, route: &str, endpoint: &str, ejected: bool) {
-        let labels = EndpointLabels {
-            route: route.to_owned(),
-            endpoint: endpoint.to_owned(),
-        };
-        if ejected {
-            self.endpoint_ejected.get_or_create(&labels).set(1);
-        } else {
-            self.endpoint_ejected.remove(&labels);
-        }
-    }
-
-    /// Drops the per-route series of `routes` (gone from the table) that carry no connection,
-    /// so clusters that come and go over months do not grow the scrape. Returns the ones
-    /// still carrying connections, to try again later.
-    pub(crate) fn prune_routes(&self, routes: Vec<String>) -> Vec<String> {
-        let mut busy = Vec::new();
-        for route in routes {
-            let labels = RouteLabels { route };
-            // The read guard must be gone before remove() takes the write lock.
-            let active = self.route_active.get(&labels).map(|gauge| gauge.get());
-            match active {
-                Some(n) if n > 0 => busy.push(labels.route),
-                // A connect holds its route's gauge, so an idle route counts no more failures.
-                _ => {
-                    self.route_active.remove(&labels);
-                    self.route_unreachable.remove(&labels);
-                }
-            }
-        }
-        busy
-    }
 }
 
 /// Decrements a gauge when dropped, whichever path ends the connection.
 #[derive(Debug)]
 pub(crate) struct ActiveGuard(Gauge);
-
-impl ActiveGuard {
-    /// Takes one slot of `gauge` if it is below `limit`.
-    pub(crate) fn try_take(gauge: Gauge, limit: Option<u32>) -> Option<Self> {
-        let before = gauge.inc();
-        if limit.is_some_and(|limit| before >= i64::from(limit)) {
-            gauge.dec();
-            return None;
-        }
-        Some(Self(gauge))
-    }
-}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -249,47 +154,150 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// The per-route series, read from the routes of the table in use (and of routes gone from it
+/// that still carry connections) at each scrape.
+#[derive(Debug)]
+pub struct RouteMetrics(Arc<SharedTable>);
+
+impl RouteMetrics {
+    /// Registers the per-route and per-endpoint series of `table` in `registry`.
+    pub fn register(registry: &mut Registry, table: Arc<SharedTable>) {
+        registry.register_collector(Box::new(Self(table)));
+    }
+}
+
+impl Collector for RouteMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let snapshot = self.0.load();
+        let routes = snapshot.table.routes();
+        let retired = self.0.retired_busy();
+        let states = || {
+            routes
+                .iter()
+                .map(|route| route.state())
+                .chain(retired.iter())
+        };
+        // A series from a route's first connection on, so idle routes make none.
+        let mut active = encoder.encode_descriptor(
+            "sniroute_route_active_connections",
+            "Forwarded connections open now, by route",
+            None,
+            MetricType::Gauge,
+        )?;
+        for state in states().filter(|state| state.seen()) {
+            let open = i64::try_from(state.open()).unwrap_or(i64::MAX);
+            let labels = [("route", state.name())];
+            ConstGauge::new(open).encode(active.encode_family(&labels)?)?;
+        }
+        let mut ejected = encoder.encode_descriptor(
+            "sniroute_endpoint_ejected",
+            "1 while a backend endpoint is skipped after consecutive connect failures",
+            None,
+            MetricType::Gauge,
+        )?;
+        for route in routes {
+            for endpoints in route.endpoints() {
+                for target in endpoints.known() {
+                    if target.endpoint.is_ejected() {
+                        let endpoint = target.addr.to_string();
+                        let labels = [("route", route.name()), ("endpoint", &endpoint)];
+                        ConstGauge::new(1i64).encode(ejected.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        let mut unreachable = encoder.encode_descriptor(
+            "sniroute_route_backend_unreachable",
+            "Connections refused as backend_unreachable, by route: every backend address failed",
+            None,
+            MetricType::Counter,
+        )?;
+        for state in states() {
+            let count = state.unreachable();
+            if count > 0 {
+                let labels = [("route", state.name())];
+                ConstCounter::new(count).encode(unreachable.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::{Backend, Route, RouteSpec, Table};
+    use crate::HostPattern;
 
-    #[test]
-    fn pruning_drops_idle_series_of_gone_routes_and_keeps_busy_ones() {
-        let metrics = Metrics::register(&mut Registry::default());
-        let _idle = metrics.route_gauge("idle");
-        metrics.count_unreachable("idle");
-        let busy = ActiveGuard::try_take(metrics.route_gauge("busy"), None);
-        metrics.count_unreachable("busy");
-        let still_busy = metrics.prune_routes(vec!["idle".into(), "busy".into(), "never".into()]);
-        assert_eq!(still_busy, ["busy"]);
-        let series = |route: &str| {
-            let labels = RouteLabels {
-                route: route.into(),
-            };
-            let active = metrics.route_active.get(&labels).map(|gauge| gauge.get());
-            let unreachable = metrics.route_unreachable.get(&labels).map(|c| c.get());
-            (active, unreachable)
-        };
-        assert_eq!(series("idle"), (None, None));
-        assert_eq!(series("busy"), (Some(1), Some(1)));
-        drop(busy);
-        assert!(metrics.prune_routes(still_busy).is_empty());
-        assert_eq!(series("busy"), (None, None));
+    fn route(name: &str, backend: &str) -> Route {
+        let spec = RouteSpec::new(
+            name,
+            vec![HostPattern::parse(&format!("{name}.test")).unwrap()],
+            vec![Backend::parse(backend).unwrap()],
+            "test",
+        );
+        Route::new(spec).unwrap()
+    }
+
+    fn scrape(table: &Arc<SharedTable>) -> String {
+        let mut registry = Registry::default();
+        RouteMetrics::register(&mut registry, table.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     #[test]
-    fn healthy_endpoints_have_no_series() {
-        let metrics = Metrics::register(&mut Registry::default());
-        let labels = EndpointLabels {
-            route: "r".into(),
-            endpoint: "127.0.0.1:1".into(),
-        };
-        metrics.set_ejected("r", "127.0.0.1:1", true);
+    fn series_follow_the_routes_and_a_gone_route_counts_until_idle() {
+        let table = Arc::new(SharedTable::default());
+        let (idle, busy) = (route("idle", "127.0.0.1:1"), route("busy", "127.0.0.1:2"));
+        let slot = busy.state().try_take(None);
+        busy.state().count_unreachable();
+        idle.state().count_unreachable();
+        table.publish(Table::new(vec![idle, busy]).unwrap());
         assert_eq!(
-            metrics.endpoint_ejected.get(&labels).map(|g| g.get()),
-            Some(1)
+            scrape(&table),
+            "sniroute_route_active_connections{route=\"busy\"} 1\n\
+             sniroute_route_backend_unreachable_total{route=\"idle\"} 1\n\
+             sniroute_route_backend_unreachable_total{route=\"busy\"} 1",
+            "the idle route has had no connection: no open-count series"
         );
-        metrics.set_ejected("r", "127.0.0.1:1", false);
-        assert!(metrics.endpoint_ejected.get(&labels).is_none());
+        table.publish(Table::new(Vec::<Route>::new()).unwrap());
+        assert_eq!(
+            scrape(&table),
+            "sniroute_route_active_connections{route=\"busy\"} 1\n\
+             sniroute_route_backend_unreachable_total{route=\"busy\"} 1",
+            "gone, the busy route still counts"
+        );
+        drop(slot);
+        assert_eq!(scrape(&table), "", "idle, it is gone too");
+    }
+
+    #[tokio::test]
+    async fn only_endpoints_ejected_now_have_a_series() {
+        use crate::health::OutlierPolicy;
+        let table = Arc::new(SharedTable::default());
+        let r = route("r", "127.0.0.1:1");
+        let crate::route_state::Endpoints::Addr(target) = &r.endpoints()[0] else {
+            panic!("an address backend");
+        };
+        let endpoint = target.endpoint.clone();
+        table.publish(Table::new(vec![r]).unwrap());
+        assert_eq!(scrape(&table), "");
+        let policy = OutlierPolicy {
+            consecutive_failures: 1,
+            ..OutlierPolicy::default()
+        };
+        let addr = "127.0.0.1:1".parse().unwrap();
+        endpoint.failed(&policy, "r", addr);
+        assert_eq!(
+            scrape(&table),
+            "sniroute_endpoint_ejected{route=\"r\",endpoint=\"127.0.0.1:1\"} 1"
+        );
+        endpoint.succeeded(addr);
+        assert_eq!(scrape(&table), "");
     }
 }

@@ -9,13 +9,14 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::addr::canonical;
 use crate::client_hello::{self, ClientHello, Parsed};
 use crate::client_limit::{ClientGuard, Limited};
 use crate::hello_budget::{Evicted, Pending};
 use crate::ja4::Ja4;
 use crate::outcome::{Reason, Stage};
 use crate::proxy_protocol::{self, Expect, Start as ProxyStart, Version as ProxyVersion};
-use crate::table::{canonical, Route, RouteKey};
+use crate::table::{Route, RouteKey};
 use crate::Proxy;
 
 /// First read buffer: most ClientHellos (300-600 bytes) fit; post-quantum ones grow it once.

@@ -7,20 +7,21 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 // Seeded per process like std's, and several times faster than SipHash on hostnames: the
 // table is hashed on every connection and rebuilt on every change.
 use foldhash::HashMap;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
+use crate::addr::canonical;
 use crate::client_text::ClientText;
 use crate::error::TableError;
 use crate::name::{HostPattern, ServerName};
 use crate::proxy_protocol::Version as ProxyVersion;
+use crate::route_state::{Endpoints, RouteState};
 
 /// Where a backend lives: an address, or a DNS name resolved at connect time.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -191,11 +192,13 @@ pub enum Allowed<'r> {
     By(&'r IpNet),
 }
 
-/// A route in a table: its spec and the round-robin cursor every connection through this
-/// table shares.
+/// A route in a table: its spec and the state that outlives the table (open count, cursor,
+/// each backend's endpoints).
 pub struct Route {
     spec: RouteSpec,
-    next: AtomicUsize,
+    state: Arc<RouteState>,
+    /// Index for index with `spec.backends`.
+    endpoints: Box<[Endpoints]>,
 }
 
 impl Route {
@@ -219,9 +222,47 @@ impl Route {
             });
         }
         Ok(Self {
+            state: Arc::new(RouteState::new(&spec.name)),
+            endpoints: spec
+                .backends
+                .iter()
+                .map(|backend| match backend {
+                    Backend::Addr(addr) => Endpoints::at(*addr),
+                    Backend::Name { .. } => Endpoints::named(),
+                })
+                .collect(),
             spec,
-            next: AtomicUsize::new(0),
         })
+    }
+
+    /// The table route for `spec`, which follows `previous` (the route of the same name in
+    /// the table in use): it keeps its open count, cursor and counters, and the endpoint
+    /// state of every backend still in it, so a swap resets no limit, load or ejection.
+    pub fn succeeding(spec: RouteSpec, previous: &Route) -> Result<Self, TableError> {
+        let mut route = Self::new(spec)?;
+        route.state = previous.state.clone();
+        let before: HashMap<&Backend, &Endpoints> = previous
+            .spec
+            .backends
+            .iter()
+            .zip(previous.endpoints.iter())
+            .collect();
+        for (backend, endpoints) in route.spec.backends.iter().zip(route.endpoints.iter_mut()) {
+            if let Some(&kept) = before.get(backend) {
+                endpoints.clone_from(kept);
+            }
+        }
+        Ok(route)
+    }
+
+    /// The state this route shares with the routes of its name before and after it.
+    pub fn state(&self) -> &Arc<RouteState> {
+        &self.state
+    }
+
+    /// The endpoint state of each backend, index for index with [`backends`](Self::backends).
+    pub fn endpoints(&self) -> &[Endpoints] {
+        &self.endpoints
     }
 
     /// What the route was built from.
@@ -285,43 +326,19 @@ impl Route {
 
     /// This connection's turn in the round robin among equally good backends.
     pub fn next_turn(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed)
+        self.state.next_turn()
     }
 
     /// The turn [`next_turn`](Self::next_turn) gives the next connection, without taking it
     /// (for `explain`).
     pub fn peek_turn(&self) -> usize {
-        self.next.load(Ordering::Relaxed)
+        self.state.peek_turn()
     }
 }
 
 impl fmt::Debug for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.spec.fmt(f)
-    }
-}
-
-/// A client address as networks are checked against it: IPv4-mapped IPv6 addresses (from
-/// dual-stack sockets) are the IPv4 address they carry.
-pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// A network as client addresses are checked against it: an IPv4-mapped IPv6 network
-/// (`::ffff:127.0.0.0/104`) is the IPv4 network it maps (`127.0.0.0/8`), as HAProxy reads it,
-/// since [`canonical`] makes every IPv4-mapped client the IPv4 address it carries; without
-/// this it would hold no client at all. Other networks stay as written (`::/0` holds IPv6
-/// clients only).
-pub fn canonical_net(net: IpNet) -> IpNet {
-    let IpNet::V6(v6) = net else {
-        return net;
-    };
-    match (v6.addr().to_ipv4_mapped(), v6.prefix_len().checked_sub(96)) {
-        (Some(v4), Some(len)) => Ipv4Net::new(v4, len).map_or(net, IpNet::V4),
-        _ => net,
     }
 }
 
@@ -563,6 +580,9 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct SharedTable {
     current: ArcSwap<Snapshot>,
+    /// Routes gone from the table while connections were still open through them, so the
+    /// metrics go on counting those until they close. Locked by publishes and scrapes only.
+    retired: Mutex<Vec<Weak<RouteState>>>,
 }
 
 impl Default for SharedTable {
@@ -573,6 +593,7 @@ impl Default for SharedTable {
                 generation: 0,
                 loaded_at: SystemTime::now(),
             }),
+            retired: Mutex::default(),
         }
     }
 }
@@ -588,14 +609,43 @@ impl SharedTable {
     /// Publishing is expected from one control task at a time; concurrent publishers would
     /// still swap atomically but could reuse a generation number.
     pub fn publish(&self, table: Table) -> Arc<Snapshot> {
-        let generation = self.current.load().generation + 1;
+        let previous = self.current.load_full();
         let snapshot = Arc::new(Snapshot {
             table,
-            generation,
+            generation: previous.generation + 1,
             loaded_at: SystemTime::now(),
         });
         self.current.store(snapshot.clone());
+        let mut retired = self.retired();
+        retired.retain(|state| state.upgrade().is_some_and(|s| s.open() > 0));
+        retired.extend(
+            previous
+                .table
+                .routes()
+                .iter()
+                .filter(|route| route.state.open() > 0)
+                .filter(|route| snapshot.table.route(route.name()).is_none())
+                .map(|route| Arc::downgrade(&route.state)),
+        );
         snapshot
+    }
+
+    /// The routes gone from the table that still carry connections, and whose name no route
+    /// of the current table has.
+    pub fn retired_busy(&self) -> Vec<Arc<RouteState>> {
+        let current = self.current.load();
+        let mut retired = self.retired();
+        retired.retain(|state| state.upgrade().is_some_and(|s| s.open() > 0));
+        retired
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|state| current.table.route(state.name()).is_none())
+            .collect()
+    }
+
+    fn retired(&self) -> MutexGuard<'_, Vec<Weak<RouteState>>> {
+        // A list of weak pointers: a panic elsewhere cannot leave it inconsistent.
+        self.retired.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether a source has published at least one table.
@@ -631,27 +681,6 @@ mod tests {
         table
             .lookup(&ServerName::parse(name.as_bytes()).unwrap())
             .map(|r| r.name())
-    }
-
-    #[test]
-    fn ipv4_mapped_networks_are_the_ipv4_networks_they_map() {
-        let net = |s: &str| s.parse::<IpNet>().unwrap();
-        for (written, read) in [
-            ("::ffff:127.0.0.0/104", "127.0.0.0/8"),
-            ("::ffff:127.0.0.6/128", "127.0.0.6/32"),
-            ("::ffff:0:0/96", "0.0.0.0/0"),
-            ("::ffff:0:0/95", "::ffff:0:0/95"),
-            ("::/0", "::/0"),
-            ("2001:db8::/32", "2001:db8::/32"),
-            ("10.0.0.0/8", "10.0.0.0/8"),
-        ] {
-            assert_eq!(canonical_net(net(written)), net(read), "{written}");
-        }
-        let mapped = canonical_net(net("::ffff:127.0.0.0/104"));
-        for client in ["127.0.0.1", "::ffff:127.0.0.1"] {
-            let client = canonical(client.parse().unwrap());
-            assert!(mapped.contains(&client), "{client}");
-        }
     }
 
     #[test]

@@ -41,8 +41,8 @@ use super::objects::{Gateway, GatewayAddress, GatewayClass, Namespace, Reference
 use super::status;
 use crate::config::{BackendsMode, GatewayApiConfig, KubernetesConfig};
 use crate::kube::objects::{EndpointSlice, Guarded, Service};
-use crate::kube::Readiness;
 use crate::publish::Publisher;
+use crate::source::Readiness;
 use crate::source::SourceKind;
 
 /// The environment variable naming this replica's pod (the downward API's `metadata.name`):
@@ -290,8 +290,9 @@ impl GatewaySource {
             leader_tx,
             shutdown.clone(),
         );
-        tokio::spawn(lease);
-        self.run_with(events, leader, shutdown).await;
+        // One task: the Lease is held (and given back at shutdown) beside the watches, so no
+        // task runs outside the caller's tracker.
+        tokio::join!(lease, self.run_with(events, leader, shutdown));
     }
 
     async fn run_with(

@@ -38,5 +38,5 @@ pub mod store;
 pub mod zone;
 
 pub use mapping::{map_cluster, Mapped, RejectReason, Rejection, Skip};
-pub use source::{default_client, KubeSource, Readiness};
+pub use source::{default_client, KubeSource};
 pub use store::{Kind, Object, Store};

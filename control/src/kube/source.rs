@@ -24,27 +24,7 @@ use super::store::{Kind, Object, Store};
 use super::zone;
 use crate::config::{BackendsMode, KubernetesConfig};
 use crate::publish::Publisher;
-use crate::source::SourceKind;
-
-/// Whether the Kubernetes source is ready, as `/readyz` reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Readiness {
-    /// Every kind listed once and published, and no kind refused to this identity.
-    Ready,
-    /// Not ready, and why.
-    NotReady(String),
-}
-
-impl Readiness {
-    /// Before every kind has been listed once.
-    pub fn waiting() -> Self {
-        Self::NotReady(
-            "the kubernetes source has not listed HostedClusters, Routes, Services and \
-             EndpointSlices yet"
-                .into(),
-        )
-    }
-}
+use crate::source::{Readiness, SourceKind};
 
 /// Watches HostedClusters, their Routes and Services and publishes their routes.
 pub struct KubeSource {
