@@ -1,4 +1,4 @@
-//! ClientHello parsing: the hand-written cursor in `proxy::client_hello` against a baseline
+//! ClientHello parsing: the hand-written cursor in `proxy::internals::client_hello` against a baseline
 //! that parses the hello body with `tls-parser` (same record handling: borrowed when one record
 //! carries the hello, copied otherwise), on captured hellos in one record and split over several.
 //! The hand-written parser also computes the hello's JA4 (the baseline does not); `ja4_display`
@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use proxy::client_hello::{self, ClientHello, Parsed, Progress};
+use proxy::internals::client_hello::{self, ClientHello, Parsed, Progress};
 use proxy::ServerName;
 use tls_parser::{SNIType, TlsExtension, TlsMessage, TlsMessageHandshake};
 

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use proxy::client_limit::{ClientLimits, Limited, Policy, Rate, MAX_CLIENTS};
+use proxy::internals::client_limit::{ClientLimits, Limited, Policy, Rate, MAX_CLIENTS};
 use tokio::time::Instant;
 
 /// Generous limits, so every admitted case is measured on its admitting path (the clock moves

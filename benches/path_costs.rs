@@ -168,7 +168,7 @@ fn main() {
             .await
             .expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
-        tokio::spawn(proxy::listener::serve(
+        tokio::spawn(proxy::serve(
             listener,
             ListenerKind::Sni,
             proxy.clone(),

@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use proxy::balance::{pick, Candidate, Standing};
-use proxy::client_hello::{self, Parsed};
-use proxy::health::{Endpoint, Target};
+use proxy::internals::client_hello::{self, Parsed};
+use proxy::internals::pick;
+use proxy::{Candidate, Standing};
+use proxy::{Endpoint, Target};
 use proxy::{ListenerKind, Metrics, Proxy, SharedTable};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -99,7 +100,7 @@ async fn through_sniroute() -> (Vec<f64>, Vec<usize>) {
         .expect("bind the proxy");
     let proxy_addr = listener.local_addr().expect("proxy address");
     let (shutdown, tasks) = (CancellationToken::new(), TaskTracker::new());
-    tokio::spawn(proxy::listener::serve(
+    tokio::spawn(proxy::serve(
         listener,
         ListenerKind::Sni,
         proxy.clone(),

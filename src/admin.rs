@@ -22,7 +22,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use proxy::listener::Acceptor;
+use proxy::Acceptor;
 use proxy::{Proxy, SharedTable};
 use serde::Serialize;
 use tokio::net::TcpListener;

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::Context;
-use proxy::explain::{Admitted, BackendNow, Explanation};
+use proxy::{Admitted, BackendNow, Explanation};
 use proxy::{ClientText, Proxy, ServerName};
 use serde_json::{json, Value};
 

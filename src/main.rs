@@ -20,7 +20,7 @@ use control::kube::KubeSource;
 use control::Readiness;
 use control::{Config, FileSource, Publisher, SourceKind};
 use prometheus_client::registry::Registry;
-use proxy::{listener, socket, ListenerKind, Proxy, SharedTable};
+use proxy::{ListenerKind, Proxy, SharedTable};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -325,14 +325,14 @@ struct Bound {
 impl Bound {
     fn bind(config: &Config) -> anyhow::Result<Self> {
         let bind = |kind: &str, addr, backlog| -> anyhow::Result<TcpListener> {
-            let bound = socket::bind(addr, backlog)?;
+            let bound = proxy::bind(addr, backlog)?;
             log_listening(kind, &bound);
             Ok(bound)
         };
-        let admin = bind("admin", config.admin, socket::DEFAULT_BACKLOG)?;
+        let admin = bind("admin", config.admin, proxy::DEFAULT_BACKLOG)?;
         let debug = config
             .debug
-            .map(|addr| bind("debug", addr, socket::DEFAULT_BACKLOG))
+            .map(|addr| bind("debug", addr, proxy::DEFAULT_BACKLOG))
             .transpose()?;
         let mut proxy = Vec::with_capacity(config.listen.len() + 1);
         for addr in &config.listen {
@@ -371,7 +371,7 @@ impl Bound {
             }
         }
         for (bound, kind) in self.proxy {
-            tasks.services.spawn(listener::serve(
+            tasks.services.spawn(proxy::serve(
                 bound,
                 kind,
                 proxy.clone(),
@@ -415,7 +415,7 @@ impl Tasks {
 /// serves without an accepted connection failing for want of a descriptor. Logged either way;
 /// a configured value past what the limit serves is a warning.
 fn connection_limit(config: &Config) -> usize {
-    let limit = match socket::raise_open_files_limit() {
+    let limit = match proxy::raise_open_files_limit() {
         Ok(limit) => limit,
         Err((error, limit)) => {
             tracing::warn!(%error, soft = limit.soft, hard = limit.hard, "cannot raise the open-files limit to its hard limit");

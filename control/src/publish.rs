@@ -522,7 +522,7 @@ pub(crate) mod tests {
         let p = publisher.update(SourceKind::File, vec![with_id]).unwrap();
         assert_eq!(p.changed, 1);
         let mut proxied = base;
-        proxied.proxy_protocol = Some(proxy::proxy_protocol::Version::V2);
+        proxied.proxy_protocol = Some(proxy::ProxyVersion::V2);
         let p = publisher.update(SourceKind::File, vec![proxied]).unwrap();
         assert_eq!(p.changed, 1, "a PROXY header for the backends is a change");
         let p = publisher.update(SourceKind::File, Vec::new()).unwrap();
@@ -720,7 +720,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_changed_route_keeps_its_counts_and_the_endpoints_it_still_has() {
-        use proxy::route_state::Endpoints;
+        use proxy::Endpoints;
         let publisher = Publisher::new(Arc::default());
         let hc = "hostedcluster ns/x";
         let kube = |backends: &[&str]| vec![spec("b", &["b.test"], backends, hc)];

@@ -7,8 +7,8 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use proxy::client_hello::{parse, parse_more, Parsed, Progress, Refusal};
-use proxy::error::NameError;
+use proxy::internals::client_hello::{parse, parse_more, Parsed, Progress, Refusal};
+use proxy::NameError;
 
 /// Largest record fragment (RFC 8446 5.1).
 const MAX_RECORD_LEN: usize = 16_384;

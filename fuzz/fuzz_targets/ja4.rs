@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proxy::client_hello::{parse, Parsed};
+use proxy::internals::client_hello::{parse, Parsed};
 
 /// The proxy's default limit: one maximum-size record's worth of hello.
 const MAX_LEN: usize = 16_384;

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use proxy::proxy_protocol::{encode, parse, Expect, Start, Version};
+use proxy::internals::proxy_protocol::{encode, parse, Expect, Start, Version};
 
 const EXPECTS: [Expect; 3] = [
     Expect::Optional,

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
 use crate::client_limit::ClientGuard;
@@ -23,6 +22,7 @@ use crate::outcome::{Outcome, Reason};
 use crate::proxy_protocol;
 use crate::route::{ListenerKind, Origin, Refused, Routed};
 use crate::route_state::RouteSlot;
+use crate::slots::Slot;
 use crate::socket;
 use crate::table::{Route, RouteKey};
 use crate::Proxy;
@@ -42,11 +42,11 @@ const LINGER_DISCARD_MAX: usize = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct ConnectionSlot {
     _active: ActiveGuard,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<Slot>,
 }
 
 impl ConnectionSlot {
-    pub(crate) fn new(active: ActiveGuard, permit: Option<OwnedSemaphorePermit>) -> Self {
+    pub(crate) fn new(active: ActiveGuard, permit: Option<Slot>) -> Self {
         Self {
             _active: active,
             _permit: permit,

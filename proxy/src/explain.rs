@@ -106,9 +106,9 @@ impl Proxy {
                 return Err(Reason::RouteLimit { route });
             }
             if self
-                .connection_limit
-                .as_ref()
-                .is_some_and(|limit| limit.available_permits() == 0)
+                .settings
+                .max_connections
+                .is_some_and(|limit| self.connections_open.open() >= limit)
             {
                 return Err(Reason::GlobalLimit);
             }

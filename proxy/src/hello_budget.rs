@@ -144,6 +144,7 @@ impl<S> Ledger<S> {
     }
 
     /// Connections holding bytes.
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
@@ -218,6 +219,7 @@ impl Pending<'_> {
 
     /// Bytes this connection holds in the budget (as far as it knows: 0 once it found itself
     /// evicted).
+    #[cfg(test)]
     pub fn reserved(&self) -> usize {
         self.place.map_or(0, |place| place.bytes())
     }

@@ -1,7 +1,7 @@
 //! sniroute's data plane: accept, read the ClientHello, route by SNI, forward bytes.
 //!
-//! This crate never learns where routes come from: sources publish a [`table::Table`] into a
-//! [`table::SharedTable`] and connections read it.
+//! This crate never learns where routes come from: sources publish a [`Table`] into a
+//! [`SharedTable`] and connections read it.
 // Denied, not forbidden: `socket::defer_accept` is the one syscall no safe wrapper offers.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::log_limit::LogLimiter;
@@ -17,42 +16,76 @@ use crate::log_limit::LogLimiter;
 /// How often the lines the refusal log budget held back are summarised.
 const LOG_SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
-pub mod addr;
-pub mod balance;
-pub mod client_hello;
-pub mod client_limit;
-pub mod client_text;
-pub mod connect;
+// Private modules and a curated surface (as rustls does): what control and the binary use is
+// below; what only benches and fuzz targets reach is in `internals`.
+mod addr;
+mod balance;
+mod client_hello;
+mod client_limit;
+mod client_text;
+mod connect;
 mod connection;
-pub mod error;
-pub mod explain;
-pub mod forward;
-pub mod health;
-pub mod hello_budget;
-pub mod ja4;
-pub mod listener;
+mod error;
+mod explain;
+mod forward;
+mod health;
+mod hello_budget;
+mod ja4;
+mod listener;
 mod log_limit;
-pub mod metrics;
-pub mod name;
-pub mod outcome;
-pub mod proxy_protocol;
-pub mod revoke;
+mod metrics;
+mod name;
+mod outcome;
+mod proxy_protocol;
+mod revoke;
 mod route;
-pub mod route_state;
-pub mod socket;
-pub mod table;
+mod route_state;
+mod slots;
+mod socket;
+mod table;
 
+pub use addr::canonical_net;
+pub use balance::{Candidate, Standing};
+pub use client_limit::{Policy as ClientLimitPolicy, Rate};
 pub use client_text::ClientText;
 pub use error::{ConnectError, ListenError, NameError, TableError};
-pub use health::{Ejected, OutlierPolicy};
+pub use explain::{Admitted, BackendNow, Described, Explanation, RouteFacts};
+pub use health::{Ejected, Endpoint, LoadGuard, OutlierPolicy, Target};
+pub use listener::{serve, Acceptor};
 pub use metrics::{Metrics, RouteMetrics};
 pub use name::{HostPattern, ServerName};
 pub use outcome::{Outcome, Reason};
+pub use proxy_protocol::{Expect as ProxyExpect, Version as ProxyVersion};
 pub use route::ListenerKind;
+pub use route_state::{Endpoints, RouteState};
+pub use socket::{bind, raise_open_files_limit, OpenFiles, DEFAULT_BACKLOG};
 pub use table::{
-    Backend, BackendFacts, Condition, Match, Route, RouteKey, RouteSpec, SharedTable, Snapshot,
-    Table,
+    Allowed, Backend, BackendFacts, Condition, Denial, Match, Route, RouteKey, RouteSpec,
+    SharedTable, Snapshot, Table,
 };
+
+/// Not API: what the benches and fuzz targets reach into (the parsers, the balancing step,
+/// the client limiter). It changes with any commit.
+#[doc(hidden)]
+pub mod internals {
+    /// The ClientHello parser.
+    pub mod client_hello {
+        pub use crate::client_hello::*;
+    }
+    /// The PROXY protocol codec.
+    pub mod proxy_protocol {
+        pub use crate::proxy_protocol::*;
+    }
+    /// The per-client limiter.
+    pub mod client_limit {
+        pub use crate::client_limit::*;
+    }
+    /// Forwarding a pair of sockets.
+    pub mod forward {
+        pub use crate::forward::{forward, Totals};
+    }
+    pub use crate::balance::pick;
+}
 
 /// The data plane's knobs, fixed for the life of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +124,8 @@ pub struct Proxy {
     settings: Settings,
     table: Arc<SharedTable>,
     metrics: Arc<Metrics>,
-    connection_limit: Option<Arc<Semaphore>>,
+    /// Connections open over all listeners, against `settings.max_connections`.
+    connections_open: Arc<slots::Slots>,
     client_limits: Option<client_limit::ClientLimits>,
     hello_budget: hello_budget::HelloBudget,
     refusal_log: LogLimiter,
@@ -101,9 +135,6 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy routing by whatever table is published into `table`, counting into `metrics`.
     pub fn new(settings: Settings, table: Arc<SharedTable>, metrics: Arc<Metrics>) -> Self {
-        let connection_limit = settings
-            .max_connections
-            .map(|limit| Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS))));
         Self {
             client_limits: settings
                 .client_limits
@@ -116,7 +147,7 @@ impl Proxy {
             settings,
             table,
             metrics,
-            connection_limit,
+            connections_open: Arc::default(),
             refusal_log: LogLimiter::new(),
             connections: Arc::default(),
         }

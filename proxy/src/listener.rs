@@ -123,10 +123,10 @@ pub async fn serve(
     while let Some((stream, peer)) = acceptor.next(&shutdown).await {
         // The permit is taken here, before a task exists: over the limit, a new connection
         // costs one close and a counter, nothing more.
-        let permit = match &proxy.connection_limit {
-            Some(limit) => match limit.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
+        let permit = match proxy.settings.max_connections {
+            Some(limit) => match proxy.connections_open.try_take(Some(limit)) {
+                Some(permit) => Some(permit),
+                None => {
                     proxy.refuse_over_limit(peer);
                     continue;
                 }

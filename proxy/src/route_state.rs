@@ -13,6 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::health::Target;
+use crate::slots::Slots;
 
 /// The state of one route that outlives any one table.
 #[derive(Debug)]
@@ -20,7 +21,7 @@ pub struct RouteState {
     /// The route's name, for the metrics of a route gone from the table but still busy.
     name: Box<str>,
     /// Forwarded connections open through the route now.
-    open: AtomicUsize,
+    open: Slots,
     /// Whether a connection ever took a slot: only those routes have an open-count series,
     /// so 25,000 idle routes do not make 25,000 series.
     seen: AtomicBool,
@@ -35,7 +36,7 @@ impl RouteState {
     pub(crate) fn new(name: &str) -> Self {
         Self {
             name: name.into(),
-            open: AtomicUsize::new(0),
+            open: Slots::default(),
             seen: AtomicBool::new(false),
             unreachable: AtomicU64::new(0),
             next: AtomicUsize::new(0),
@@ -49,7 +50,7 @@ impl RouteState {
 
     /// Forwarded connections open through the route now.
     pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.open.open()
     }
 
     /// Whether a connection ever took a slot of this route.
@@ -77,11 +78,11 @@ impl RouteState {
         self.next.load(Ordering::Relaxed)
     }
 
-    /// Takes one slot if fewer than `limit` are open; the slot is released when dropped.
+    /// Takes one slot if fewer than `limit` are open; the slot is released when dropped. It
+    /// keeps the state alive, so a route gone from the table is counted until its last
+    /// connection ends.
     pub(crate) fn try_take(self: &Arc<Self>, limit: Option<u32>) -> Option<RouteSlot> {
-        let before = self.open.fetch_add(1, Ordering::AcqRel);
-        if limit.is_some_and(|limit| before >= limit as usize) {
-            self.open.fetch_sub(1, Ordering::AcqRel);
+        if !self.open.acquire(limit.map(|limit| limit as usize)) {
             return None;
         }
         if !self.seen.load(Ordering::Relaxed) {
@@ -97,7 +98,7 @@ pub(crate) struct RouteSlot(Arc<RouteState>);
 
 impl Drop for RouteSlot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.release();
     }
 }
 
@@ -165,21 +166,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_limit_counts_slots_until_they_drop() {
+    fn a_route_is_seen_from_its_first_slot() {
         let state = Arc::new(RouteState::new("r"));
         assert!(!state.seen());
-        let one = state.try_take(Some(2)).unwrap();
-        let two = state.try_take(Some(2)).unwrap();
-        assert!(
-            state.try_take(Some(2)).is_none(),
-            "the third is over the limit"
-        );
-        assert_eq!(state.open(), 2, "a refused take leaves no count behind");
-        drop(one);
-        let _three = state.try_take(Some(2)).unwrap();
-        drop(two);
+        let _one = state.try_take(Some(1)).unwrap();
+        assert!(state.try_take(Some(1)).is_none());
         assert_eq!((state.open(), state.seen()), (1, true));
-        assert!(state.try_take(None).is_some(), "no limit");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use proxy::forward::forward;
+use proxy::internals::forward::forward;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -28,7 +28,7 @@ async fn proxied(
 ) -> (
     TcpStream,
     TcpStream,
-    tokio::task::JoinHandle<proxy::forward::Totals>,
+    tokio::task::JoinHandle<proxy::internals::forward::Totals>,
 ) {
     let (client_end, proxy_client) = pair().await;
     let (proxy_backend, backend_end) = pair().await;

@@ -41,72 +41,72 @@ use serde_saphyr::{Location, MessageFormatter};
 use crate::error::{ConfigError, Problem};
 
 /// `admin` when the file does not say.
-pub const DEFAULT_ADMIN: SocketAddr =
+pub(crate) const DEFAULT_ADMIN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
 /// `debug` when the file does not say: loopback, so only the pod itself (or
 /// `kubectl port-forward`) reaches the routing table.
 pub const DEFAULT_DEBUG: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9091);
 /// `client_hello_timeout` when the file does not say.
-pub const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// `connect_timeout` when the file does not say.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `idle_timeout` when the file does not say.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// `max_client_hello` when the file does not say: a ClientHello with a post-quantum key share
 /// and a long session ticket is a few KiB, so 16 KiB (one full TLS record) leaves room.
-pub const DEFAULT_MAX_CLIENT_HELLO: usize = 16 * 1024;
+pub(crate) const DEFAULT_MAX_CLIENT_HELLO: usize = 16 * 1024;
 /// The smallest `max_client_hello` accepted: below this, ordinary browsers' hellos are refused.
-pub const MIN_MAX_CLIENT_HELLO: usize = 512;
+pub(crate) const MIN_MAX_CLIENT_HELLO: usize = 512;
 /// The largest `max_client_hello` accepted: more is memory per pending connection for nothing.
-pub const MAX_MAX_CLIENT_HELLO: usize = 1024 * 1024;
+pub(crate) const MAX_MAX_CLIENT_HELLO: usize = 1024 * 1024;
 /// `client_hello_memory` when the file does not say: 4,096 maximum-size pending hellos, or
 /// 32,768 typical ones, and a small share of a proxy pod's memory.
-pub const DEFAULT_CLIENT_HELLO_MEMORY: usize = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_CLIENT_HELLO_MEMORY: usize = 64 * 1024 * 1024;
 /// The `source` of every route read from the file.
-pub const ROUTE_SOURCE: &str = "file";
+pub(crate) const ROUTE_SOURCE: &str = "file";
 /// `kubernetes.debounce` when the file does not say: long enough to batch the burst of
 /// events one hosted cluster's creation makes, short enough to route it well within a second.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
+pub(crate) const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
 /// The longest `kubernetes.debounce` accepted: beyond it, changes stop being prompt.
-pub const MAX_DEBOUNCE: Duration = Duration::from_secs(10);
+pub(crate) const MAX_DEBOUNCE: Duration = Duration::from_secs(10);
 /// `listen_backlog` when the file does not say.
-pub const DEFAULT_LISTEN_BACKLOG: i32 = proxy::socket::DEFAULT_BACKLOG;
+pub(crate) const DEFAULT_LISTEN_BACKLOG: i32 = proxy::DEFAULT_BACKLOG;
 /// `shutdown_delay` when the file does not say: a few load-balancer health-check intervals.
-pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 /// `drain_timeout` when the file does not say.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// `revoke_grace` when the file does not say.
-pub const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(30);
 /// Descriptors `max_connections`' default leaves for the process's own: stdio, the runtime's
 /// epoll and wakers, the signal and inotify handles, the resolver, the Kubernetes client's
 /// connections (an idle proxy with three listeners holds 17).
-pub const RESERVED_OPEN_FILES: u64 = 64;
+pub(crate) const RESERVED_OPEN_FILES: u64 = 64;
 /// Descriptors one proxied connection is counted for in `max_connections`' default: its
 /// client and backend sockets, and one for the splice pipes. A pipe is two descriptors held by
 /// one direction only while it moves a bulk burst (an idle or request-sized connection holds
 /// none), and a direction that cannot get one copies instead, so one per connection is a
 /// generous mean that never fails a connection when it is short.
-pub const OPEN_FILES_PER_CONNECTION: u64 = 3;
+pub(crate) const OPEN_FILES_PER_CONNECTION: u64 = 3;
 /// `client_limits.max_connections` once the section is set.
-pub const DEFAULT_CLIENT_MAX_CONNECTIONS: u32 = 200;
+pub(crate) const DEFAULT_CLIENT_MAX_CONNECTIONS: u32 = 200;
 /// `client_limits.connection_rate` once the section is set.
-pub const DEFAULT_CLIENT_RATE: &str = "50/s";
+pub(crate) const DEFAULT_CLIENT_RATE: &str = "50/s";
 /// `client_limits.burst` once the section is set.
-pub const DEFAULT_CLIENT_BURST: u32 = 100;
+pub(crate) const DEFAULT_CLIENT_BURST: u32 = 100;
 /// `client_limits.ipv6_prefix` once the section is set: one host often holds a whole /64.
-pub const DEFAULT_CLIENT_IPV6_PREFIX: u8 = 64;
+pub(crate) const DEFAULT_CLIENT_IPV6_PREFIX: u8 = 64;
 /// The largest config file read: room for about 145,000 routes of a realistic shape (three
 /// hostnames, two backends, two CIDRs: a 100,000-route file is about 22 MB), and a bound on
 /// what a bad path (a device, a runaway generator) can make the process read.
-pub const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 32 * 1024 * 1024;
 /// The YAML parser's node budget (mappings, sequences and scalars, an alias counting each time
 /// it expands): a realistic route is 16 nodes, so this is about 250,000 routes, while it still
 /// stops an alias bomb long before it costs much memory.
-pub const MAX_YAML_NODES: usize = 4_000_000;
+pub(crate) const MAX_YAML_NODES: usize = 4_000_000;
 /// The YAML parser's event budget, in step with [`MAX_YAML_NODES`] (a realistic route is 22
 /// parser events).
-pub const MAX_YAML_EVENTS: usize = 6_000_000;
+pub(crate) const MAX_YAML_EVENTS: usize = 6_000_000;
 
 /// A validated config file.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -566,7 +566,7 @@ fn client_limits_are_off_until_set_then_default_key_by_key() {
     assert_eq!(limits.ipv6_prefix, 64);
     assert_eq!(
         Some(limits.connection_rate),
-        proxy::client_limit::Rate::parse(DEFAULT_CLIENT_RATE)
+        proxy::Rate::parse(DEFAULT_CLIENT_RATE)
     );
     assert_eq!(
         limits.exempt,

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use proxy::addr::canonical_net;
-use proxy::client_limit::{Policy as ClientPolicy, Rate};
-use proxy::proxy_protocol::{Expect, Version as ProxyVersion};
+use proxy::canonical_net;
 use proxy::{Backend, HostPattern, OutlierPolicy, RouteSpec, Settings};
+use proxy::{ClientLimitPolicy as ClientPolicy, Rate};
+use proxy::{ProxyExpect as Expect, ProxyVersion};
 use serde_saphyr::{Location, Spanned};
 
 use super::raw::{

@@ -40,7 +40,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use proxy::addr::canonical_net;
+use proxy::canonical_net;
 use proxy::{Backend, BackendFacts, Condition, HostPattern};
 
 use super::objects::{EndpointSlice, HostedCluster, OcpRoute, Service};
