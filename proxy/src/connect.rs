@@ -4,6 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -28,7 +29,8 @@ pub async fn connect(
 ) -> Result<(TcpStream, SocketAddr, LoadGuard), ConnectError> {
     let mut last = None;
     let spec = route.spec();
-    let mut candidates = Vec::with_capacity(spec.backends.len());
+    // Inline for up to four addresses: no allocation for a usual route.
+    let mut candidates: SmallVec<[Candidate<Target>; 4]> = SmallVec::new();
     let mut names = Vec::new();
     for (i, (backend, endpoints)) in spec.backends.iter().zip(route.endpoints()).enumerate() {
         let standing = Standing::of(spec, i);
@@ -73,7 +75,7 @@ pub async fn connect(
         }
     }
     let turn = route.next_turn();
-    let mut tried = vec![false; candidates.len()];
+    let mut tried: SmallVec<[bool; 16]> = smallvec::smallvec![false; candidates.len()];
     while let Some((index, guard)) = pick(&mut candidates, turn, |i| !tried[i]) {
         tried[index] = true;
         let target = &candidates[index].at;
