@@ -13,6 +13,11 @@
 //!   the same steps (what every pod readiness change of a rollout costs);
 //! - `parts/*`: that update's steps: mapping the one cluster, merging every source's routes,
 //!   building the table.
+//! - `gateway_build/5000`: the Gateway API source at the same scale, Kamaji's shape: one
+//!   Gateway, 5,000 TLSRoutes each to its own Service with an EndpointSlice of three pods in
+//!   three zones; the whole graph built (routes and every status: what each Gateway API event
+//!   costs, since the mapping is one pure function of all the objects), and
+//!   `gateway_publish/5000`: those routes merged into a table and swapped in.
 //!
 //! Times are the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall time: the
 //! work is single-threaded, and CPU time is what the budget is about and stays meaningful on
@@ -24,6 +29,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use control::gateway::{self, Key, Objects};
 use control::kube::fixtures;
 use control::kube::{Kind, Object, Store};
 use control::{Published, Publisher, SourceKind};
@@ -157,6 +163,118 @@ fn update(store: &mut Store, publisher: &Publisher, event: Object) -> Published 
         .expect("a table")
 }
 
+/// Kamaji's shape at `CLUSTERS` tenants: a class of ours, the Gateway `kamaji-system/gateway`
+/// (listener `kube-apiserver`, 6443, TLS Passthrough, routes from All), and per tenant a
+/// TLSRoute to its Service, which has an EndpointSlice of three pods in three zones.
+fn gateway_world() -> Objects {
+    fn from<T: serde::de::DeserializeOwned>(value: Value) -> T {
+        serde_json::from_value(value).expect("a valid object")
+    }
+    let mut objects = Objects::default();
+    objects.classes.insert(
+        "sniroute".into(),
+        from(json!({"metadata": {"name": "sniroute", "generation": 1},
+                    "spec": {"controllerName": "sniroute.dev/gateway-controller"}})),
+    );
+    objects.gateways.insert(
+        Key::new("kamaji-system", "gateway"),
+        from(json!({"metadata": {"name": "gateway", "namespace": "kamaji-system", "generation": 1},
+                    "spec": {"gatewayClassName": "sniroute", "listeners": [{
+                        "name": "kube-apiserver", "port": 6443, "protocol": "TLS",
+                        "tls": {"mode": "Passthrough"},
+                        "allowedRoutes": {"namespaces": {"from": "All"},
+                            "kinds": [{"group": "gateway.networking.k8s.io", "kind": "TLSRoute"}]}}]}})),
+    );
+    let mut slices = std::collections::BTreeMap::new();
+    for i in 0..CLUSTERS {
+        let name = format!("tenant-{i:04}");
+        let key = Key::new("tenants", name.clone());
+        let ip = |k: usize| format!("198.18.{}.{}", (3 * i + k) / 250, (3 * i + k) % 250 + 1);
+        objects.services.insert(
+            key.clone(),
+            from(json!({"metadata": {"name": name, "namespace": "tenants"},
+                        "spec": {"clusterIP": format!("198.19.{}.{}", i / 250, i % 250 + 1),
+                                 "ports": [{"name": "https", "port": 6443}]}})),
+        );
+        let endpoints: Vec<Value> = (0..3)
+            .map(|k| {
+                json!({"addresses": [ip(k)], "zone": format!("zone-{k}"),
+                            "conditions": {"ready": true}})
+            })
+            .collect();
+        let slice = from(json!({
+            "metadata": {"name": format!("{name}-x"), "namespace": "tenants",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4", "endpoints": endpoints,
+            "ports": [{"name": "https", "port": 6443}],
+        }));
+        slices.insert(key.clone(), [(format!("{name}-x"), slice)].into());
+        objects.routes.insert(
+            key,
+            from(json!({
+                "metadata": {"name": name, "namespace": "tenants", "generation": 1,
+                             "creationTimestamp": "2026-12-01T00:00:00Z"},
+                "spec": {"parentRefs": [{"name": "gateway", "namespace": "kamaji-system",
+                                         "sectionName": "kube-apiserver", "port": 6443}],
+                         "hostnames": [format!("{name}.cluster.example")],
+                         "rules": [{"backendRefs": [{"name": name, "port": 6443}]}]},
+            })),
+        );
+    }
+    objects.slices = Some(slices);
+    objects
+}
+
+/// The Gateway API source at `CLUSTERS` TLSRoutes.
+fn gateway_build(c: &mut Criterion) {
+    let objects = gateway_world();
+    let settings = gateway::Settings {
+        controller_name: "sniroute.dev/gateway-controller".into(),
+        addresses: Vec::new(),
+        zone: Some("zone-1".into()),
+    };
+    let graph = gateway::build(&objects, &settings);
+    assert_eq!(graph.routes.len(), CLUSTERS, "every TLSRoute routed");
+    assert!(
+        graph.routes.iter().all(|r| r.backends.len() == 3),
+        "every route to its three pods"
+    );
+    let mut group = c.benchmark_group("kube_build");
+    group.sample_size(10);
+    group.bench_function("gateway_build/5000", |b| {
+        b.iter_custom(|iters| cpu(iters, || (), |()| gateway::build(&objects, &settings)))
+    });
+    // Each publish differs from the last in one route's backends, as after one EndpointSlice
+    // event: the merge rebuilds that route and keeps the other 4,999.
+    let publisher = Publisher::new(Arc::default());
+    let mut turn = 0u16;
+    group.bench_function("gateway_publish/5000", |b| {
+        b.iter_custom(|iters| {
+            cpu(
+                iters,
+                || {
+                    turn = turn.wrapping_add(1);
+                    let mut routes = graph.routes.clone();
+                    routes[1234].backends[0] =
+                        proxy::Backend::Addr(([198, 18, 200, 1], 6000 + turn % 2).into());
+                    routes
+                },
+                |routes| {
+                    publisher
+                        .update(SourceKind::GatewayApi, routes)
+                        .expect("the routes publish")
+                },
+            )
+        })
+    });
+    let table = &publisher.shared().load().table;
+    assert_eq!(table.routes().len(), CLUSTERS, "all 5,000 in the table");
+    let name = proxy::ServerName::parse(b"tenant-4321.cluster.example").expect("a name");
+    let route = table.lookup(&name).expect("tenant-4321 routes");
+    assert_eq!(route.name(), "tenants/tenant-4321");
+    group.finish();
+}
+
 fn kube_build(c: &mut Criterion) {
     let world = world();
     let bytes: usize = world.bodies.iter().map(|(_, body)| body.len()).sum();
@@ -259,5 +377,5 @@ fn kube_build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, kube_build);
+criterion_group!(benches, kube_build, gateway_build);
 criterion_main!(benches);
