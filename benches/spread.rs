@@ -211,6 +211,7 @@ fn candidates(endpoints: &[Arc<Endpoint>], addrs: &[SocketAddr]) -> Vec<Candidat
             },
             standing: Standing::Near,
             open: 0,
+            weight: 1,
         })
         .collect()
 }

@@ -91,6 +91,7 @@ pub fn backend_json(now: &BackendNow) -> Value {
         "standing": now.standing.as_str(),
         "ejected": now.ejected,
         "open_connections": now.open,
+        "weight": now.weight,
     })
 }
 

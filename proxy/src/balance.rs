@@ -44,6 +44,11 @@ impl Standing {
 /// so choosing allocates nothing for a hosted kube-apiserver's usual three.
 pub type Order = SmallVec<[usize; 8]>;
 
+/// The weight of backend `index` of `spec`: 1 unless the source says otherwise.
+pub fn weight_of(spec: &RouteSpec, index: usize) -> u32 {
+    spec.facts.get(index).map_or(1, |facts| facts.weight)
+}
+
 /// One place a new connection could go, as it stands now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate<A> {
@@ -55,20 +60,43 @@ pub struct Candidate<A> {
     pub ejected: bool,
     /// Forwarded connections open to it through this replica.
     pub open: usize,
+    /// Its share of new connections (see [`BackendFacts::weight`](crate::BackendFacts)).
+    pub weight: u32,
 }
 
 /// The order a new connection tries `candidates` in, as indices: those not ejected first
 /// (a route whose endpoints are all ejected still tries them, last), then by standing, then
-/// the fewest open (least connections), then round robin from `turn` among equals.
+/// the fewest open per unit of weight (weighted least connections), then in turn among
+/// equals: the turn walks the candidates' weights, so a backend of weight 3 comes first three
+/// times as often as one of weight 1 (with equal weights, plain round robin from `turn`).
 ///
 /// The one ordering: the connect step takes its first untried entry, `explain` shows it.
 pub fn order<A>(candidates: &[Candidate<A>], turn: usize) -> Order {
     let n = candidates.len();
-    // Rotated to start at the turn, then sorted stably: equals keep the rotation.
-    let mut order: Order = (0..n).map(|k| (turn % n.max(1) + k) % n).collect();
-    order.sort_by_key(|&i| {
-        let c = &candidates[i];
-        (c.ejected, c.standing, c.open)
+    let weight = |c: &Candidate<A>| u64::from(c.weight.max(1));
+    let total: u64 = candidates.iter().map(weight).sum();
+    let mut left = (turn as u64) % total.max(1);
+    let start = candidates
+        .iter()
+        .position(|c| {
+            let w = weight(c);
+            if left < w {
+                return true;
+            }
+            left -= w;
+            false
+        })
+        .unwrap_or(0);
+    // Rotated to start at the turn's candidate, then sorted stably: equals keep the rotation.
+    let mut order: Order = (0..n).map(|k| (start + k) % n).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&candidates[a], &candidates[b]);
+        // open / weight compared without division: open_x * w_y against open_y * w_x.
+        let load =
+            |c: &Candidate<A>, other: &Candidate<A>| c.open as u128 * u128::from(weight(other));
+        (x.ejected, x.standing)
+            .cmp(&(y.ejected, y.standing))
+            .then_with(|| load(x, y).cmp(&load(y, x)))
     });
     order
 }
@@ -100,7 +128,25 @@ mod tests {
             standing,
             ejected,
             open,
+            weight: 1,
         }
+    }
+
+    #[test]
+    fn weights_share_the_turns_and_the_load() {
+        let w = |weight, open| Candidate {
+            weight,
+            ..c(Standing::Near, false, open)
+        };
+        // Equal load: the turns go 3:1.
+        let all = [w(3, 0), w(1, 0)];
+        let firsts: Vec<usize> = (0..8).map(|turn| order(&all, turn)[0]).collect();
+        assert_eq!(firsts, [0, 0, 0, 1, 0, 0, 0, 1]);
+        // Weighted least connections: 2 open of weight 3 is less loaded than 1 of weight 1.
+        assert_eq!(order(&[w(3, 2), w(1, 1)], 3)[..], [0, 1]);
+        assert_eq!(order(&[w(3, 4), w(1, 1)], 0)[..], [1, 0]);
+        // A weight of 0 counts as 1, never a division by zero.
+        assert_eq!(order(&[w(0, 1), w(1, 0)], 0)[..], [1, 0]);
     }
 
     #[test]
@@ -130,6 +176,7 @@ mod tests {
         let fact = |zone: &str, condition| BackendFacts {
             zone: Some(zone.into()),
             condition,
+            weight: 1,
         };
         spec.facts = vec![
             fact("a", Condition::Ready),
@@ -154,6 +201,7 @@ mod tests {
             standing,
             ejected: false,
             open: 0,
+            weight: 1,
         };
         let mut all = [
             cand(1, Standing::Near),

@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::balance::{pick, Candidate, Standing};
+use crate::balance::{pick, weight_of, Candidate, Standing};
 use crate::error::ConnectError;
 use crate::health::{LoadGuard, OutlierPolicy, Target};
 use crate::route_state::Endpoints;
@@ -33,23 +33,24 @@ pub async fn connect(
     let mut candidates: SmallVec<[Candidate<Target>; 4]> = SmallVec::new();
     let mut names = Vec::new();
     for (i, (backend, endpoints)) in spec.backends.iter().zip(route.endpoints()).enumerate() {
-        let standing = Standing::of(spec, i);
+        let (standing, weight) = (Standing::of(spec, i), weight_of(spec, i));
         match (backend, endpoints) {
             (_, Endpoints::Addr(target)) => candidates.push(Candidate {
                 ejected: target.endpoint.is_ejected(),
                 at: target.clone(),
                 standing,
                 open: 0,
+                weight,
             }),
-            _ => names.push((backend, endpoints, standing)),
+            _ => names.push((backend, endpoints, standing, weight)),
         }
     }
     if !names.is_empty() {
         let lookups = names
             .iter()
-            .map(|(backend, _, _)| timeout(connect_timeout, resolve(backend)));
+            .map(|(backend, ..)| timeout(connect_timeout, resolve(backend)));
         let results = futures_util::future::join_all(lookups).await;
-        for ((backend, endpoints, standing), result) in names.into_iter().zip(results) {
+        for ((backend, endpoints, standing, weight), result) in names.into_iter().zip(results) {
             let result = result.unwrap_or_else(|_| {
                 Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -64,6 +65,7 @@ pub async fn connect(
                             at: target,
                             standing,
                             open: 0,
+                            weight,
                         }
                     }))
                 }

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::balance::{order, Candidate, Standing};
+use crate::balance::{order, weight_of, Candidate, Standing};
 use crate::name::ServerName;
 use crate::outcome::Reason;
 use crate::route_state::Endpoints;
@@ -142,6 +142,7 @@ impl Proxy {
                     standing: Standing::of(spec, i),
                     ejected,
                     open,
+                    weight: weight_of(spec, i),
                 }
             })
             .collect()

@@ -102,14 +102,29 @@ impl Condition {
     }
 }
 
-/// What a source knows of one backend beyond its address: where it runs and whether it takes
-/// new connections. A backend without facts is ready and in no zone.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+/// What a source knows of one backend beyond its address: where it runs, whether it takes
+/// new connections and its share of them. A backend without facts is ready, in no zone, of
+/// weight 1.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BackendFacts {
     /// Its zone (`topology.kubernetes.io/zone`), if known.
     pub zone: Option<Box<str>>,
     /// Whether it takes new connections.
     pub condition: Condition,
+    /// Its share of new connections against the route's other backends of the same standing
+    /// (the Gateway API's backendRef weight, spread over the Service's endpoints); 1 when the
+    /// source says nothing, and 0 is taken as 1 (a source leaves out what takes nothing).
+    pub weight: u32,
+}
+
+impl Default for BackendFacts {
+    fn default() -> Self {
+        Self {
+            zone: None,
+            condition: Condition::Ready,
+            weight: 1,
+        }
+    }
 }
 
 /// One route as a source states it: what it answers, where it forwards, whom it admits.

@@ -37,8 +37,10 @@
 //!    to Services (all, or that name) (else `RefNotPermitted`); the Service must exist and
 //!    have the port (else `BackendNotFound`). The first failing reference names the reason.
 //!    Valid backends are resolved to their ready endpoints (the EndpointSlice balancing of the
-//!    HyperShift source) or ClusterIP. `weight: 0` sends a backend nothing; other weights are
-//!    not honoured yet (every valid backend takes its share by least connections).
+//!    HyperShift source) or ClusterIP. `weight: 0` sends a backend nothing; other weights
+//!    split the route's connections between its backendRefs (each reference's weight spread
+//!    over its endpoints; the data plane balances by weighted least connections and its
+//!    round robin walks the weights), and within a Service by least connections.
 //! 6. **A route whose backends are all invalid** (or all weight 0) is left out of the table, so
 //!    its connections are refused (unrecognized_name, counted by the proxy as an unknown
 //!    name) and it is reported in [`Graph::refused`] for the source to log and count, as the
@@ -793,10 +795,11 @@ struct Resolved {
     problem: Option<(&'static str, String)>,
 }
 
-/// Resolves every backendRef of the route's rules.
+/// Resolves every backendRef of the route's rules. Each reference's weight is spread evenly
+/// over its endpoints, so the route's connections split between its Services by weight and
+/// within a Service by least connections.
 fn resolve_backends(objects: &Objects, key: &Key, spec: &super::objects::TlsRouteSpec) -> Resolved {
-    let mut found: Vec<(Backend, BackendFacts)> = Vec::new();
-    let mut any_facts = false;
+    let mut groups: Vec<(u64, Backends)> = Vec::new();
     let mut problem = None;
     let refs = spec
         .rules
@@ -810,31 +813,69 @@ fn resolve_backends(objects: &Objects, key: &Key, spec: &super::objects::TlsRout
                 problem.get_or_insert(why);
             }
             Ok(None) => {}
-            Ok(Some(backends)) => {
-                if backend_ref.weight == Some(0) {
-                    continue;
-                }
-                let facts = if backends.facts.is_empty() {
-                    vec![BackendFacts::default(); backends.backends.len()]
-                } else {
-                    any_facts = true;
-                    backends.facts
-                };
-                for (backend, facts) in backends.backends.into_iter().zip(facts) {
-                    if !found.iter().any(|(b, _)| *b == backend) {
-                        found.push((backend, facts));
-                    }
+            // The CRD bounds weights to 0..=1,000,000; unset is 1 and 0 sends nothing.
+            Ok(Some(backends)) => match backend_ref.weight.map_or(Ok(1), u64::try_from) {
+                Ok(0) | Err(_) => {}
+                Ok(weight) => groups.push((weight, backends)),
+            },
+        }
+    }
+    Resolved {
+        backends: spread_weights(groups),
+        problem,
+    }
+}
+
+/// One route's backends from its references' (weight, backends): each endpoint weighs its
+/// reference's weight over the reference's endpoint count, scaled by the least common
+/// multiple of those counts so the shares stay whole numbers. An address two references
+/// share weighs both shares. Facts are left empty when they would say nothing (every
+/// endpoint ready, in no zone, of one weight), so such routes hash as before weights existed.
+fn spread_weights(groups: Vec<(u64, Backends)>) -> Backends {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    // Capped: past it shares are rounded (a route of hundreds of endpoints per reference).
+    const MAX_SCALE: u64 = 1 << 20;
+    let scale = groups
+        .iter()
+        .map(|(_, b)| b.backends.len().max(1) as u64)
+        .fold(1, |l, n| (l / gcd(l, n)).saturating_mul(n).min(MAX_SCALE));
+    let mut found: Vec<(Backend, BackendFacts)> = Vec::new();
+    let mut any_facts = false;
+    for (weight, backends) in groups {
+        let n = backends.backends.len().max(1) as u64;
+        let share = u32::try_from((weight.saturating_mul(scale) / n).max(1)).unwrap_or(u32::MAX);
+        let facts = if backends.facts.is_empty() {
+            vec![BackendFacts::default(); backends.backends.len()]
+        } else {
+            any_facts = true;
+            backends.facts
+        };
+        for (backend, mut facts) in backends.backends.into_iter().zip(facts) {
+            match found.iter_mut().find(|(b, _)| *b == backend) {
+                Some((_, kept)) => kept.weight = kept.weight.saturating_add(share),
+                None => {
+                    facts.weight = share;
+                    found.push((backend, facts));
                 }
             }
         }
     }
+    let first = found.first().map(|(_, f)| f.weight);
+    if found.iter().all(|(_, f)| Some(f.weight) == first) {
+        found.iter_mut().for_each(|(_, f)| f.weight = 1);
+    } else {
+        any_facts = true;
+    }
     let (backends, facts): (Vec<Backend>, Vec<BackendFacts>) = found.into_iter().unzip();
-    Resolved {
-        backends: Backends {
-            backends,
-            facts: if any_facts { facts } else { Vec::new() },
-        },
-        problem,
+    Backends {
+        backends,
+        facts: if any_facts { facts } else { Vec::new() },
     }
 }
 

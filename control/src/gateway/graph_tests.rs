@@ -733,6 +733,72 @@ fn a_valid_backend_beside_an_invalid_one_still_routes_and_weight_zero_takes_noth
 }
 
 #[test]
+fn weights_are_spread_over_each_service_s_endpoints() {
+    let mut objects = world();
+    add_service(&mut objects, "tenants", "heavy", "198.19.0.7", &[6443]);
+    add_service(&mut objects, "tenants", "light", "198.19.0.8", &[6443]);
+    let key = add_route(
+        &mut objects,
+        to_gateway(
+            "r",
+            "r.example",
+            json!([{"name": "heavy", "port": 6443, "weight": 3},
+                   {"name": "light", "port": 6443}]),
+        ),
+    );
+    let graph = build(&objects, &settings());
+    assert_eq!(
+        reasons(&graph, &key)[1],
+        ("ResolvedRefs", true, "ResolvedRefs")
+    );
+    let shares = |graph: &Graph| -> Vec<(String, u32)> {
+        let route = &graph.routes[0];
+        let weights = route.facts.iter().map(|f| f.weight);
+        route
+            .backends
+            .iter()
+            .map(ToString::to_string)
+            .zip(weights)
+            .collect()
+    };
+    assert_eq!(
+        shares(&graph),
+        [("198.19.0.7:6443".into(), 3), ("198.19.0.8:6443".into(), 1)]
+    );
+
+    // light gets two pods: its weight of 1 is split between them, heavy's 3 stays whole.
+    let slice: EndpointSlice = from(json!({
+        "metadata": {"name": "light-x", "namespace": "tenants",
+                     "labels": {"kubernetes.io/service-name": "light"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["198.18.1.5"], "conditions": {"ready": true}},
+                      {"addresses": ["198.18.1.6"], "conditions": {"ready": true}}],
+        "ports": [{"name": "p6443", "port": 6443}],
+    }));
+    objects.slices = Some(
+        [(
+            Key::new("tenants", "light"),
+            [("light-x".to_owned(), slice)].into(),
+        )]
+        .into(),
+    );
+    let graph = build(&objects, &settings());
+    assert_eq!(
+        shares(&graph),
+        [
+            ("198.19.0.7:6443".into(), 6),
+            ("198.18.1.5:6443".into(), 1),
+            ("198.18.1.6:6443".into(), 1)
+        ]
+    );
+
+    // Equal weights say nothing: no facts, as before weights were honoured.
+    let mut equal = world();
+    add_route(&mut equal, tenant_route("tenant-00", "t.example", 6443));
+    assert!(build(&equal, &settings()).routes[0].facts.is_empty());
+}
+
+#[test]
 fn a_reference_grant_permits_exactly_what_it_names() {
     let grant = |from_ns: &str, kind: &str, name: Option<&str>| -> ReferenceGrant {
         let mut to = json!({"group": "", "kind": "Service"});

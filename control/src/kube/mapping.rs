@@ -687,6 +687,7 @@ pub(crate) fn endpoints_of(
                     .filter(|z| !z.is_empty())
                     .map(Into::into),
                 condition,
+                ..BackendFacts::default()
             };
             found.push((SocketAddr::new(ip, number), facts));
         }
