@@ -204,11 +204,7 @@ async fn deploy_base_runs_as_shipped_and_becomes_ready_on_the_in_cluster_config(
         // listed), and never restarted by its livenessProbe.
         assert_eq!(status["ready"], true, "{name}: {status}");
         assert_eq!(status["restartCount"], 0, "{name}: {status}");
-        let ip: Ipv4Addr = pod["status"]["podIP"]
-            .as_str()
-            .and_then(|ip| ip.parse().ok())
-            .expect("a pod IP");
-        assert!(in_cidr(ip, POD_CIDR), "{name}: {ip}");
+        let ip = pod_ip(pod);
         // The probes' endpoints answer from the host too, through the node's bridge.
         for path in ["/readyz", "/healthz"] {
             let (code, body) = common::http_get(SocketAddr::from((ip, 9090)), path)
@@ -784,4 +780,137 @@ async fn a_rollout_of_the_hosted_kube_apiserver_under_load_fails_no_new_connecti
         common::tls_connect(addr, &hc.api()).await.ok()
     })
     .await;
+}
+
+/// A pod's IP, which must be in the pod range.
+fn pod_ip(pod: &Value) -> Ipv4Addr {
+    let ip: Ipv4Addr = pod["status"]["podIP"]
+        .as_str()
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or_else(|| panic!("no pod IP: {}", pod["status"]));
+    assert!(in_cidr(ip, POD_CIDR), "{ip}");
+    ip
+}
+
+/// `sniroute_table_hash` on a sniroute pod's admin port.
+fn table_hash(ip: Ipv4Addr) -> f64 {
+    common::Scrape::at(SocketAddr::from((ip, 9090)))
+        .unwrap_or_else(|e| panic!("{ip}: {e}"))
+        .value("sniroute_table_hash", &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_one_of_two_sniroute_pods_leaves_the_other_s_connections_and_the_replacement_gets_the_same_table(
+) {
+    let Some((cluster, hosted)) = hosted("podloss", 4).await else {
+        return;
+    };
+    let (admin, api) = (&hosted.admin, hosted.hc.api());
+    let selector = "app.kubernetes.io/name=sniroute";
+    let before = pods(admin, NAMESPACE, selector).await;
+    assert_eq!(before.len(), 2, "{before:#?}");
+    let (victim, survivor) = (&before[0], &before[1]);
+    let name = |pod: &Value| {
+        pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (victim_name, survivor_name) = (name(victim), name(survivor));
+    let (victim_ip, survivor_ip) = (pod_ip(victim), pod_ip(survivor));
+    // Straight to each pod's SNI port, not through the ClusterIP, so that which pod carries
+    // which connection is known.
+    let sni_port = |ip| SocketAddr::from((ip, 8443));
+    let mut kept = Vec::new();
+    for n in 0..3 {
+        let mut conn = common::tls_connect(sni_port(survivor_ip), &api)
+            .await
+            .unwrap_or_else(|e| panic!("through {survivor_name}: {e}"));
+        conn.echo(format!("survivor {n}\n").as_bytes()).await;
+        kept.push(conn);
+    }
+    let mut on_victim = common::tls_connect(sni_port(victim_ip), &api)
+        .await
+        .unwrap_or_else(|e| panic!("through {victim_name}: {e}"));
+    on_victim.echo(b"victim\n").await;
+    let survivor_hash = table_hash(survivor_ip);
+    assert_eq!(table_hash(victim_ip), survivor_hash, "two pods, two tables");
+
+    let deleted = tokio::time::Instant::now();
+    assert!(
+        admin
+            .delete("v1", "Pod", Some(NAMESPACE), &victim_name)
+            .await
+    );
+    // While the victim terminates (preStop, shutdown_delay, drain), and after it is gone.
+    for n in 0..5 {
+        for conn in &mut kept {
+            conn.echo(format!("survivor, {n} s after the deletion\n").as_bytes())
+                .await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    wait_rolled_out(
+        cluster,
+        admin,
+        NAMESPACE,
+        "sniroute",
+        selector,
+        std::slice::from_ref(&victim_name),
+    )
+    .await;
+    let replaced = deleted.elapsed();
+    let after = pods(admin, NAMESPACE, selector).await;
+    let replacement = after
+        .iter()
+        .find(|p| name(p) != survivor_name)
+        .unwrap_or_else(|| panic!("no replacement: {after:#?}"));
+    let still = after
+        .iter()
+        .find(|p| name(p) == survivor_name)
+        .unwrap_or_else(|| panic!("the survivor {survivor_name} is gone: {after:#?}"));
+    // The same pod, never restarted: nothing touched it.
+    assert_eq!(still["metadata"]["uid"], survivor["metadata"]["uid"]);
+    assert_eq!(
+        still["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{}",
+        still["status"]
+    );
+    for (n, conn) in kept.iter_mut().enumerate() {
+        conn.echo(format!("survivor {n}, after the replacement\n").as_bytes())
+            .await;
+    }
+    let replacement_ip = pod_ip(replacement);
+    // Ready means its table is loaded from every watch's first list; equal once it has
+    // applied the same events (bounded: no object changes while the serial lock is held).
+    let replacement_hash = common::eventually(
+        Duration::from_secs(30),
+        "the replacement's table hash equal to the survivor's",
+        || async {
+            let (theirs, ours) = (table_hash(replacement_ip), table_hash(survivor_ip));
+            (theirs == ours).then_some(theirs)
+        },
+    )
+    .await;
+    assert_eq!(
+        table_hash(survivor_ip),
+        survivor_hash,
+        "the survivor's table moved"
+    );
+
+    // The victim's connection: closed when its pod drained (a clean end, as in a rollout).
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(common::STEP, on_victim.stream.read_to_end(&mut rest)).await;
+    eprintln!(
+        "deleted {victim_name}: replaced by {} (Ready, available) in {replaced:?}; 3 connections \
+         on {survivor_name} echoed throughout; table hash {replacement_hash} on both \
+         (was {survivor_hash}); the victim's connection ended {end:?}",
+        name(replacement)
+    );
+    // New connections through the Service reach the hosted API on the two pods.
+    for _ in 0..10 {
+        common::tls_connect(hosted.addr, &api)
+            .await
+            .expect("through sniroute's Service after the replacement");
+    }
 }

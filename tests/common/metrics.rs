@@ -1,11 +1,13 @@
 //! The proxy's `/metrics` as tests read it: one [`Scrape`], samples looked up by name and
 //! exact labels.
 
+use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Sniroute, POLL};
+use super::{http_get, Sniroute, POLL};
 
 /// One `GET /metrics` answer (OpenMetrics text).
 pub struct Scrape(String);
@@ -16,6 +18,14 @@ impl Scrape {
         let (status, body) = proxy.get("/metrics").expect("GET /metrics");
         assert_eq!(status, 200, "/metrics status; body:\n{body}");
         Self(body)
+    }
+
+    /// Scrapes the admin listener at `admin` (a pod's port 9090), `Err` unless it answers 200.
+    pub fn at(admin: SocketAddr) -> io::Result<Self> {
+        match http_get(admin, "/metrics")? {
+            (200, body) => Ok(Self(body)),
+            (status, body) => Err(io::Error::other(format!("/metrics: {status} {body}"))),
+        }
     }
 
     /// The value of the sample `name` whose labels are exactly `labels` (in any order).
