@@ -76,6 +76,18 @@ pub fn bind_loopback() -> (std::net::TcpListener, SocketAddr) {
     (listener, addr)
 }
 
+/// A listener on `addr` with SO_REUSEADDR, so a port just closed by an earlier backend on the
+/// same ClusterIP can be bound again at once.
+fn bind_reusable(addr: SocketAddr) -> std::net::TcpListener {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket
+        .bind(addr)
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let listener = socket.listen(1024).expect("listen");
+    listener.into_std().expect("std listener")
+}
+
 /// Options for [`TlsBackend::start_with`].
 #[derive(Clone, Default)]
 pub struct TlsBackendOpts {
@@ -111,6 +123,12 @@ impl TlsBackend {
     pub fn start_with(id: &str, opts: TlsBackendOpts) -> Self {
         let (listener, _) = bind_loopback();
         Self::serve_on(id, listener, opts)
+    }
+
+    /// A backend like [`TlsBackend::start_with`], listening on `addr` (a ClusterIP the API
+    /// server allocated, and the Service's port).
+    pub fn start_at(id: &str, addr: SocketAddr, opts: TlsBackendOpts) -> Self {
+        Self::serve_on(id, bind_reusable(addr), opts)
     }
 
     /// A backend with options on a listener of the caller's (bound, nonblocking), e.g. one on a

@@ -9,7 +9,7 @@
 //!   `allowWatchBookmarks=true`;
 //! - failures on demand that a real server cannot be made to have: an outage (every request
 //!   answered 503 and every open watch connection cut mid-stream), holding one kind's lists.
-//!   (410 Gone after compaction is the real etcd's, in `tests/kube_faults.rs`.)
+//!   (410 Gone after compaction is the real etcd's, in `tests/e2e/kube_faults.rs`.)
 //!
 //! Objects are JSON values (see `control::kube::fixtures`); the fake assigns each change the
 //! next `resourceVersion`, as etcd does.
@@ -353,7 +353,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
         }
     }
     if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
-        // RBAC is the real server's business (tests/kube.rs): the fake grants everything.
+        // RBAC is the real server's business (tests/e2e/kube.rs): the fake grants everything.
         return reply(
             StatusCode::CREATED,
             &json!({

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Debian's `prometheus` package (prometheus and promtool), which the rule unit tests
-# (test.sh beside this file) and the end-to-end test tests/monitoring.rs run. Idempotent, and
+# (test.sh beside this file) and the end-to-end test tests/e2e/monitoring.rs run. Idempotent, and
 # never starts the package's service: the test runs its own Prometheus on a loopback
 # ephemeral port, as a child process.
 #

@@ -83,7 +83,9 @@ pub fn service_addr(service: &Value) -> SocketAddr {
 
 /// HostedCluster `namespace/name` with everything HyperShift makes for it: the control
 /// plane namespace, the five labelled Routes and their Services (plus two no Route uses).
-/// `index` makes its cluster ID unique.
+/// `index` makes its cluster ID unique on the server: the shared one serves every `kube*`
+/// module of the e2e crate, so each takes its own range (kube.rs 1-99, kube_endpoints.rs
+/// 100-199, proxy_protocol.rs 200-299); two clusters of one ID make it ambiguous.
 pub async fn create_cluster(admin: &Admin, namespace: &str, name: &str, index: usize) -> Cluster {
     let (hc, routes, services) = fixtures::cluster(namespace, name, index);
     let hcp = format!("{namespace}-{name}");

@@ -3,15 +3,13 @@
 //! the client in allow lists; malformed headers are refused promptly; the ClusterID listener
 //! routes a header's TLV 0x20 to the hosted cluster's kube-apiserver without reading SNI.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::apiserver::hypershift::create_cluster;
-use common::apiserver::{wait_ready, ApiServer};
-use common::*;
+use crate::common::apiserver::hypershift::create_cluster;
+use crate::common::apiserver::{wait_ready, ApiServer};
+use crate::common::*;
 use ppp::v2;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -517,7 +515,8 @@ async fn cluster_id_listener_routes_by_the_tlv_without_sni() {
     let Some(server) = ApiServer::shared().await else {
         return;
     };
-    let (cluster_id, kas) = cluster_and_its_kas(server, "pp", "ppid1", 1).await;
+    // Index 201: unique on the shared server (see create_cluster).
+    let (cluster_id, kas) = cluster_and_its_kas(server, "pp", "ppid1", 201).await;
     let cfg = Cfg::new().set("cluster_id_listen", &quote("127.0.0.1:0"));
     let (proxy, _dir) = server.start_sniroute(&server.url(), cfg).await;
     let listen = proxy.listener_addr("cluster_id");
@@ -695,7 +694,7 @@ async fn the_cluster_id_listener_believes_addresses_from_trusted_proxies_only() 
     let Some(server) = ApiServer::shared().await else {
         return;
     };
-    let (cluster_id, kas) = cluster_and_its_kas(server, "pt", "ptid1", 2).await;
+    let (cluster_id, kas) = cluster_and_its_kas(server, "pt", "ptid1", 202).await;
     let start = |trusted: &'static str| async {
         let cfg = Cfg::new()
             .set("cluster_id_listen", &quote("127.0.0.1:0"))

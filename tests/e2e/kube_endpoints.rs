@@ -1,5 +1,5 @@
 //! End to end: routing to the kube-apiserver pods themselves, from EndpointSlices, against
-//! the real etcd and kube-apiserver of `tests/kube.rs` (one server for this binary; each
+//! the real etcd and kube-apiserver of `tests/e2e/kube.rs` (one server for this binary; each
 //! test has hosted clusters of its own). No controller-manager runs there, so each test
 //! writes the EndpointSlices itself, as the EndpointSlice controller would, and the
 //! ClusterIPs have no listener unless a test gives one: a connection that reaches a backend
@@ -12,8 +12,6 @@
 //! stack and no packet to it leaves the host. That needs CAP_NET_ADMIN; without it the tests
 //! print SKIPPED (or fail, with `SNIROUTE_REQUIRE_APISERVER=1`).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
@@ -21,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::apiserver::hypershift::{as_written, create_cluster, Cluster};
-use common::apiserver::{wait_ready, Admin, ApiServer, REQUIRE_ENV};
-use common::*;
+use crate::common::apiserver::hypershift::{as_written, create_cluster, Cluster};
+use crate::common::apiserver::{wait_ready, Admin, ApiServer, REQUIRE_ENV};
+use crate::common::*;
 use control::kube::fixtures;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -106,7 +104,8 @@ impl Setup {
         let ips = pod_addrs(test, 6)?;
         let server = ApiServer::shared().await?;
         let admin = server.admin().await;
-        let cluster = create_cluster(&admin, "eps", name, usize::from(test)).await;
+        // Indexes 100 and up: the e2e crate's other modules share the server (kube.rs 1-99).
+        let cluster = create_cluster(&admin, "eps", name, 100 + usize::from(test)).await;
         let port = std::net::TcpListener::bind((ips[0], 0))
             .and_then(|l| l.local_addr())
             .expect("a port on the first pod address")

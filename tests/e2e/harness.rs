@@ -1,11 +1,9 @@
 //! Checks of the test harness itself, without the proxy: if these fail, the end-to-end results
 //! mean nothing.
 
-mod common;
-
 use std::io::{Read, Write};
 
-use common::*;
+use crate::common::*;
 use rustls::AlertDescription;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

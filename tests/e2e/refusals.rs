@@ -1,11 +1,9 @@
 //! End to end: what the proxy refuses, how, and that refusals and timeouts leave other
 //! connections alone.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rustls::AlertDescription;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;

@@ -3,14 +3,12 @@
 //! one tenant from starving the others; failing endpoints are ejected and come back; logs are
 //! JSON on request and rate limited under a flood; running out of file descriptors is survived.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;

@@ -14,17 +14,15 @@
 //! Without Prometheus installed the test prints a loud line and returns; CI sets
 //! `SNIROUTE_REQUIRE_PROMETHEUS`, which makes that a failure.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_kube::{FakeKube, Kind};
-use common::prometheus::{self, Prometheus, Target};
-use common::*;
+use crate::common::fake_kube::{FakeKube, Kind};
+use crate::common::prometheus::{self, Prometheus, Target};
+use crate::common::*;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -32,12 +30,12 @@ use tokio::time::Instant;
 const NAMESPACE: &str = "hypershift-sharedingress";
 /// The job the rules select: the ServiceMonitor names it after the metrics Service.
 const JOB: &str = "sniroute-metrics";
-const RULES: &str = include_str!("../deploy/components/monitoring/prometheusrule.yaml");
-const DASHBOARD: &str = include_str!("../deploy/components/monitoring/dashboard.json");
+const RULES: &str = include_str!("../../deploy/components/monitoring/prometheusrule.yaml");
+const DASHBOARD: &str = include_str!("../../deploy/components/monitoring/dashboard.json");
 /// How long the rules get to see each condition: a few scrapes and evaluations.
 const SETTLE: Duration = Duration::from_secs(30);
 /// Refusal outcomes SnirouteRefusalSpike watches that this test's traffic does not drive (they
-/// need client_limits and a full hello budget; tests/client_limits.rs and robustness.rs drive
+/// need client_limits and a full hello budget; tests/e2e/client_limits.rs and robustness.rs drive
 /// them): their series must still exist, at zero, so the rule's selectors match real labels.
 const UNDRIVEN_OUTCOMES: [&str; 2] = ["client_limited", "overloaded"];
 /// The alerts on replicas: quiet while the replicas serve, raised at the end by draining

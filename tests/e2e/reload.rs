@@ -2,12 +2,10 @@
 //! new connections within a second; established streams stay where they are; a broken file
 //! keeps the last good table.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::time::Instant;
 
 /// The contract says a change applies within a second; allow a little for a loaded machine.

@@ -2,11 +2,9 @@
 //! One client over its open-connection limit or its rate is closed before its ClientHello is
 //! read and counted `client_limited`; other clients, and exempt ones, are never affected.
 
-mod common;
-
 use std::net::IpAddr;
 
-use common::*;
+use crate::common::*;
 use tokio::io::AsyncWriteExt;
 
 fn ip(s: &str) -> IpAddr {

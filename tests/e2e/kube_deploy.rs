@@ -4,9 +4,7 @@
 //! without a warning. No controller runs there, so the Deployment makes no pod; a Pod made
 //! from its template must be admitted, and the same Pod with one privileged setting refused.
 
-mod common;
-
-use common::apiserver::{parse_manifests, render_base, ApiServer, NAMESPACE, REQUIRE_ENV};
+use crate::common::apiserver::{parse_manifests, render_base, ApiServer, NAMESPACE, REQUIRE_ENV};
 use hyper::Method;
 use serde_json::{json, Value};
 

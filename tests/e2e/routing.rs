@@ -1,11 +1,9 @@
 //! End to end: names reach the right backend, ClientHellos arrive untouched however they are
 //! split, backends are tried in turn, half-close passes through.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::io::AsyncWriteExt;
 
 /// Routes for the name-matching tests: an exact name, a wildcard, a longer wildcard, and an

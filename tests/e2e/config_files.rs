@@ -2,14 +2,12 @@
 //! a realistic shape validates; devices, FIFOs and oversized files are refused at once, at
 //! start and on reload, and the last good table keeps serving.
 
-mod common;
-
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::time::Instant;
 
 /// How long a refusal of a bad path may take: it must not read the path's content.

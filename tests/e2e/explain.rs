@@ -2,12 +2,10 @@
 //! route and pattern, the backend the next connection reaches, and the refusal (outcome and
 //! rule) for names without a route, clients outside an allow list and routes at their limit.
 
-mod common;
-
 use std::net::IpAddr;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// Runs `sniroute explain` against `proxy` and returns its exit status and answer.

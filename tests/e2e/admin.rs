@@ -1,14 +1,12 @@
 //! End to end: the admin endpoints, `sniroute check`, and refusing a bad config before binding.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::procfs::{limit_open_files, open_fds, raise_open_files_limit};
-use common::*;
+use crate::common::procfs::{limit_open_files, open_fds, raise_open_files_limit};
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, Instant};

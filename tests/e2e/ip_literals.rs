@@ -1,9 +1,7 @@
 //! End to end: IP literals are not hostnames (RFC 6066 section 3), neither in a route nor in
 //! a client's SNI.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tokio::io::AsyncWriteExt;
 
 #[test]

@@ -7,15 +7,13 @@
 //! One sniroute serves the whole binary's scenario, in sections: the status Lease is one per
 //! namespace, so two sniroutes of one server would share it and only one would write.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::apiserver::hypershift::{namespace, service_addr};
-use common::apiserver::{wait_ready, Admin, ApiServer, Opts, NAMESPACE};
-use common::fake_kube::{wait_routed, wait_unrouted};
-use common::*;
+use crate::common::apiserver::hypershift::{namespace, service_addr};
+use crate::common::apiserver::{wait_ready, Admin, ApiServer, Opts, NAMESPACE};
+use crate::common::fake_kube::{wait_routed, wait_unrouted};
+use crate::common::*;
 use serde_json::{json, Value};
 
 const GW_API: &str = "gateway.networking.k8s.io/v1";

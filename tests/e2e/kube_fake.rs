@@ -1,22 +1,20 @@
 //! End to end: the Kubernetes source against the in-process fake API server, for what a real
 //! kube-apiserver cannot be made to do on demand. Everything else runs against the real one
-//! (`tests/kube.rs`, `tests/kube_faults.rs`). Why each test stays here:
+//! (`tests/e2e/kube.rs`, `tests/e2e/kube_faults.rs`). Why each test stays here:
 //!
 //! - `lists_held_back_keep_it_unready`: a real server cannot be made to hold one list
 //!   response while answering the others (RBAC refusals, the real way to keep a kind from
-//!   listing, are in `tests/kube.rs`).
+//!   listing, are in `tests/e2e/kube.rs`).
 //! - `an_api_outage_keeps_routing_and_the_source_recovers`: a server that stays up and
 //!   answers every request with 500/503 while cutting watches; the real server's outage (a
-//!   stopped and restarted kube-apiserver) is in `tests/kube_faults.rs`.
+//!   stopped and restarted kube-apiserver) is in `tests/e2e/kube_faults.rs`.
 //! - `malformed_objects_skip_only_what_they_break`: an object of the wrong shape, which the
-//!   real CRD schema refuses to store (`tests/kube.rs` checks that it does).
-
-mod common;
+//!   real CRD schema refuses to store (`tests/e2e/kube.rs` checks that it does).
 
 use std::time::Duration;
 
-use common::fake_kube::{wait_routed, wait_unrouted, FakeKube, Kind};
-use common::*;
+use crate::common::fake_kube::{wait_routed, wait_unrouted, FakeKube, Kind};
+use crate::common::*;
 use control::kube::fixtures;
 use serde_json::{json, Value};
 

@@ -7,17 +7,15 @@
 //! A [`Relay`] stands for the network between sniroute and the API server where a test must
 //! break connections without stopping the server.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use common::apiserver::hypershift::{as_written, create_cluster, namespace, HC_API};
-use common::apiserver::{wait_ready, ApiServer, AuditEvent, Opts, Relay};
-use common::fake_kube::{wait_routed, wait_unrouted};
-use common::*;
+use crate::common::apiserver::hypershift::{as_written, create_cluster, namespace, HC_API};
+use crate::common::apiserver::{wait_ready, ApiServer, AuditEvent, Opts, Relay};
+use crate::common::fake_kube::{wait_routed, wait_unrouted};
+use crate::common::*;
 use serde_json::json;
 
 /// How long a change may take to be routed in calm conditions.

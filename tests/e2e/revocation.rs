@@ -2,12 +2,10 @@
 //! removed, or its client no longer in the allow list), the proxy closes it once
 //! `revoke_grace` has passed, if the table in force then still refuses it; `off` keeps it.
 
-mod common;
-
 use std::net::IpAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::time::Instant;
 
 const A: &str = "a.example.test";
