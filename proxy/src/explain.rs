@@ -96,20 +96,14 @@ impl Proxy {
         let verdict = admitted.and_then(|admitted| {
             let facts = route.as_ref();
             let at_limit = facts.is_some_and(|facts| {
-                facts
-                    .route
-                    .max_connections()
-                    .is_some_and(|limit| facts.open >= limit as usize)
+                let route = &facts.route;
+                route.state().is_full(route.max_connections())
             });
             if at_limit {
                 let route = facts.map_or_else(Default::default, |f| f.route.name().into());
                 return Err(Reason::RouteLimit { route });
             }
-            if self
-                .settings
-                .max_connections
-                .is_some_and(|limit| self.connections_open.open() >= limit)
-            {
+            if self.connections_open.is_full(self.settings.max_connections) {
                 return Err(Reason::GlobalLimit);
             }
             Ok(admitted)

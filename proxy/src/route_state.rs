@@ -78,6 +78,11 @@ impl RouteState {
         self.next.load(Ordering::Relaxed)
     }
 
+    /// Whether a connection would be refused for the route's `limit` now.
+    pub fn is_full(&self, limit: Option<u32>) -> bool {
+        self.open.is_full(limit.map(|limit| limit as usize))
+    }
+
     /// Takes one slot if fewer than `limit` are open; the slot is released when dropped. It
     /// keeps the state alive, so a route gone from the table is counted until its last
     /// connection ends.

@@ -6,6 +6,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// The one rule: `open` things leave no room under `limit`.
+fn full(open: usize, limit: Option<usize>) -> bool {
+    limit.is_some_and(|limit| open >= limit)
+}
+
 /// Things open now, counted against a cap each taker states.
 #[derive(Debug, Default)]
 pub struct Slots {
@@ -23,10 +28,16 @@ impl Slots {
         self.acquire(limit).then(|| Slot(self.clone()))
     }
 
+    /// Whether a take would be refused now: what `explain` reports, by the rule a take
+    /// applies.
+    pub fn is_full(&self, limit: Option<usize>) -> bool {
+        full(self.open(), limit)
+    }
+
     /// Counts one in if fewer than `limit` are open; the caller [`release`](Self::release)s it.
     pub(crate) fn acquire(&self, limit: Option<usize>) -> bool {
         let before = self.open.fetch_add(1, Ordering::AcqRel);
-        if limit.is_some_and(|limit| before >= limit) {
+        if full(before, limit) {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
