@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Validates deploy/ offline: renders the kustomize base and the overlays (base + servicemonitor
-# and monitoring components; monitored-tuned also patches thresholds), validates every object
+# and monitoring components; monitored-tuned also patches thresholds; autoscaled: base + the
+# autoscaling component's HPA, zone spread and PDB), validates every object
 # strictly against the Kubernetes schemas (the Prometheus Operator's kinds against subset
 # schemas), checks the deployment's invariants (deploy/tools/check-manifests.py), runs
 # `promtool check rules` on every rendered PrometheusRule when promtool is installed (CI
@@ -102,6 +103,7 @@ echo "binary:     $binary"
 "${render[@]}" deploy/base >"$out/base.yaml"
 "${render[@]}" deploy/overlays/monitored >"$out/monitored.yaml"
 "${render[@]}" deploy/overlays/monitored-tuned >"$out/monitored-tuned.yaml"
+"${render[@]}" deploy/overlays/autoscaled >"$out/autoscaled.yaml"
 
 # --- 2. schemas and invariants; writes the ConfigMap's config.yaml ---
 "$venv/bin/python" deploy/tools/check-manifests.py \
@@ -109,7 +111,8 @@ echo "binary:     $binary"
   --dockerfile Dockerfile \
   --config-out "$out/config.yaml" \
   --rules-out "$out" \
-  base="$out/base.yaml" monitored="$out/monitored.yaml" monitored="$out/monitored-tuned.yaml"
+  base="$out/base.yaml" monitored="$out/monitored.yaml" monitored="$out/monitored-tuned.yaml" \
+  autoscaled="$out/autoscaled.yaml"
 
 # --- 2b. the rendered rules parse and type-check ---
 if command -v promtool >/dev/null; then

@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::apiserver::{
-    hypershift, install_crds, parse_manifests, pem, render_base, Admin, NAMESPACE,
+    condition_true, hypershift, install_crds, parse_manifests, pem, render, render_base, Admin,
+    NAMESPACE,
 };
-use common::cluster::{in_cidr, Cluster, POD_CIDR, SERVICE_CIDR};
+use common::cluster::{in_cidr, Cluster, NODE, POD_CIDR, SERVICE_CIDR};
 use hyper::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -913,4 +914,309 @@ async fn deleting_one_of_two_sniroute_pods_leaves_the_other_s_connections_and_th
             .await
             .expect("through sniroute's Service after the replacement");
     }
+}
+
+/// metrics-server (`tests/cluster/build.sh metrics-server`) deployed with upstream's own
+/// manifests from the same module (`manifests/base`: RBAC, the APIService, the Service and
+/// Deployment), its image replaced by a local one, and `--kubelet-insecure-tls` (the
+/// kubelet's serving certificate is self-signed here); once the metrics API serves the
+/// sniroute pods. Once per test binary.
+async fn metrics_server(cluster: &'static Cluster, admin: &Admin) {
+    static DEPLOYED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DEPLOYED
+        .get_or_init(|| async {
+            let started = tokio::time::Instant::now();
+            let built = tokio::task::spawn_blocking(|| cluster.metrics_server_build())
+                .await
+                .expect("metrics-server build");
+            let image = "sniroute.test/metrics-server:1";
+            let binary = built.join("metrics-server");
+            cluster.import_image(
+                image,
+                "1000:1000",
+                &["/metrics-server"],
+                &[],
+                &[(&binary, "/metrics-server")],
+            );
+            // kustomize takes no absolute resource path: upstream's base goes beside the overlay.
+            let overlay = cluster.dir().join("metrics-server");
+            let upstream = overlay.join("upstream");
+            std::fs::create_dir_all(&upstream).expect("metrics-server overlay");
+            let base = built.join("manifests/base");
+            for file in std::fs::read_dir(&base).expect("upstream's manifests/base") {
+                let file = file.expect("manifests/base entry").path();
+                let name = file.file_name().expect("a file name");
+                std::fs::copy(&file, upstream.join(name)).expect("copy manifests/base");
+            }
+            let (name, tag) = image.rsplit_once(':').expect("a tag");
+            let kustomization = json!({
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["upstream"],
+                "images": [{
+                    "name": "gcr.io/k8s-staging-metrics-server/metrics-server",
+                    "newName": name,
+                    "newTag": tag
+                }],
+                "patches": [{
+                    "target": {"kind": "Deployment", "name": "metrics-server"},
+                    "patch": json!([{
+                        "op": "add",
+                        "path": "/spec/template/spec/containers/0/args/-",
+                        "value": "--kubelet-insecure-tls"
+                    }]).to_string()
+                }]
+            });
+            // JSON is YAML.
+            std::fs::write(
+                overlay.join("kustomization.yaml"),
+                kustomization.to_string(),
+            )
+            .expect("kustomization.yaml");
+            let rendered = render(&overlay).expect("a kustomize renderer (deploy/base rendered)");
+            for object in parse_manifests(&rendered) {
+                admin.apply(&object).await;
+            }
+            admin
+                .wait_for(
+                    "apiregistration.k8s.io/v1",
+                    "APIService",
+                    None,
+                    "v1beta1.metrics.k8s.io",
+                    AVAILABLE_WITHIN,
+                    |s| condition_true(s, "Available"),
+                )
+                .await;
+            let uri = format!("/apis/metrics.k8s.io/v1beta1/namespaces/{NAMESPACE}/pods");
+            common::eventually(AVAILABLE_WITHIN, "sniroute's pod metrics", || async {
+                let reply = admin.raw(Method::GET, &uri, None, "").await.ok()?;
+                (reply.body["items"].as_array()?.len() >= 2).then_some(())
+            })
+            .await;
+            eprintln!(
+                "metrics-server built, deployed and serving pod metrics in {:?}",
+                started.elapsed()
+            );
+        })
+        .await;
+}
+
+/// The zone label the autoscaling test gives the node: the component's zone spread
+/// (DoNotSchedule) places no pod on a node without one.
+const ZONE: &str = "topology.kubernetes.io/zone";
+
+async fn label_zone(admin: &Admin, zone: Option<&str>) {
+    admin
+        .merge_patch(
+            "v1",
+            "Node",
+            None,
+            NODE,
+            &json!({"metadata": {"labels": {ZONE: zone}}}),
+        )
+        .await;
+}
+
+/// The HPA, polled every second until `check` holds on its status (bounded by `within`);
+/// each new status is printed, the HPA's own account of its decisions.
+async fn wait_hpa(
+    admin: &Admin,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last = Value::Null;
+    loop {
+        let hpa = admin
+            .get(
+                "autoscaling/v2",
+                "HorizontalPodAutoscaler",
+                Some(NAMESPACE),
+                "sniroute",
+            )
+            .await
+            .expect("the HPA");
+        let status = &hpa["status"];
+        if check(status) {
+            return hpa;
+        }
+        if *status != last {
+            eprintln!("waiting for {what}: {status}");
+            last = status.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}: {hpa:#}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Clients that keep sniroute's CPU busy: each opens a connection to `addr`, sends a
+/// ClientHello for a name no route has, and reads until sniroute closes it (the cheapest
+/// connection for the client, a whole accept, parse, route miss and log line for
+/// sniroute); the number they completed.
+fn cpu_load(
+    addr: SocketAddr,
+    clients: usize,
+    stop: watch::Receiver<bool>,
+) -> (Arc<AtomicU64>, Vec<JoinHandle<()>>) {
+    let hello = common::with_sni(
+        &common::fixture(common::FIXTURES_WITH_SNI[0]),
+        b"load.autoscaling.invalid",
+    );
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks = (0..clients)
+        .map(|_| {
+            let (hello, done, stop) = (hello.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !*stop.borrow() {
+                    let attempt = async {
+                        let mut conn = tokio::net::TcpStream::connect(addr).await?;
+                        conn.write_all(&hello).await?;
+                        let mut rest = Vec::new();
+                        conn.read_to_end(&mut rest).await
+                    };
+                    if let Ok(Ok(_)) = tokio::time::timeout(common::STEP, attempt).await {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    (done, tasks)
+}
+
+/// The HPA's current average CPU utilization (percent of requests), if it has one.
+fn utilization(status: &Value) -> Option<u64> {
+    status["currentMetrics"][0]["resource"]["current"]["averageUtilization"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaling_component_scales_sniroute_from_2_to_3_under_cpu_load_and_back() {
+    let Some((cluster, _serial, admin)) = on_base().await else {
+        return;
+    };
+    // Whatever happens, the shared Deployment goes back to deploy/base for the other tests.
+    let outcome = tokio::spawn(autoscale(cluster, admin.clone())).await;
+    admin
+        .delete(
+            "autoscaling/v2",
+            "HorizontalPodAutoscaler",
+            Some(NAMESPACE),
+            "sniroute",
+        )
+        .await;
+    // Unlabelled first: with a zone, the base's required anti-affinity allows one pod.
+    label_zone(&admin, None).await;
+    let base = parse_manifests(&render_base().expect("rendered before"));
+    for object in base
+        .iter()
+        .filter(|o| o["kind"] == "Deployment" || o["kind"] == "PodDisruptionBudget")
+    {
+        admin.apply(object).await;
+    }
+    wait_available(cluster, &admin, NAMESPACE, "sniroute").await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn autoscale(cluster: &'static Cluster, admin: Admin) {
+    metrics_server(cluster, &admin).await;
+    let selector = "app.kubernetes.io/name=sniroute";
+    // Hand the replica count over to the HPA without a dip: another field manager takes
+    // `replicas` first, so that applying a Deployment without it keeps the value rather
+    // than resetting it to 1 (Kubernetes' documented migration to an HPA).
+    let handover = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "sniroute", "namespace": NAMESPACE},
+        "spec": {"replicas": 2}
+    });
+    admin
+        .try_apply_as(&handover, "handover-to-hpa")
+        .await
+        .unwrap_or_else(|e| panic!("handover: {e}"));
+    // One zone here: the base's pods' required zone anti-affinity would keep every new pod
+    // out of the only zone once it is labelled, so they go first (unlabelled, no spread
+    // yet). With the base's own requirement of replicas + 1 zones, the move to the spread
+    // completes in one rollout: each new pod goes to a zone its old pods have left.
+    let old = pod_names(&pods(&admin, NAMESPACE, selector).await);
+    patch_deployment(
+        &admin,
+        NAMESPACE,
+        "sniroute",
+        json!({"spec": {"template": {"spec": {"affinity": null}}}}),
+    )
+    .await;
+    wait_rolled_out(cluster, &admin, NAMESPACE, "sniroute", selector, &old).await;
+    label_zone(&admin, Some("sniroute-test-a")).await;
+    let old = pod_names(&pods(&admin, NAMESPACE, selector).await);
+
+    let overlay = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/overlays/autoscaled");
+    let mut objects = parse_manifests(&render(&overlay).expect("rendered"));
+    let hpa = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "HorizontalPodAutoscaler")
+        .expect("the component's HPA");
+    // The test's tuning of the shipped HPA: 2 to 3 (one zone here), a target that the load
+    // one shared 2-core machine can make crosses, and a scale-down in seconds, not 10 min.
+    let spec = &mut hpa["spec"];
+    spec["minReplicas"] = json!(2);
+    spec["maxReplicas"] = json!(3);
+    spec["metrics"][0]["resource"]["target"]["averageUtilization"] = json!(20);
+    spec["behavior"]["scaleDown"] = json!({
+        "stabilizationWindowSeconds": 30,
+        "policies": [{"type": "Pods", "value": 1, "periodSeconds": 15}]
+    });
+    for object in &objects {
+        admin.apply(object).await;
+    }
+    // The spread replaces the anti-affinity: a rollout, never below 2 replicas.
+    wait_rolled_out(cluster, &admin, NAMESPACE, "sniroute", selector, &old).await;
+    let deployment = wait_available(cluster, &admin, NAMESPACE, "sniroute").await;
+    assert_eq!(deployment["spec"]["replicas"], 2, "{}", deployment["spec"]);
+    let idle = wait_hpa(&admin, AVAILABLE_WITHIN, "a CPU reading", |s| {
+        utilization(s).is_some()
+    })
+    .await;
+    let idle = utilization(&idle["status"]);
+
+    let (stop_tx, stop) = watch::channel(false);
+    let (done, clients) = cpu_load(sniroute_service(&admin).await, 24, stop);
+    let loaded = tokio::time::Instant::now();
+    let up = wait_hpa(&admin, AVAILABLE_WITHIN, "3 replicas desired", |s| {
+        s["desiredReplicas"] == 3
+    })
+    .await;
+    let decided_up = loaded.elapsed();
+    let busy = utilization(&up["status"]);
+    let deployment = wait_available(cluster, &admin, NAMESPACE, "sniroute").await;
+    assert_eq!(
+        deployment["status"]["readyReplicas"], 3,
+        "{}",
+        deployment["status"]
+    );
+    let scaled_up = loaded.elapsed();
+    stop_tx.send(true).expect("clients listening");
+    for client in clients {
+        client.await.expect("load client");
+    }
+    let connections = done.load(Ordering::Relaxed);
+    let stopped = tokio::time::Instant::now();
+    wait_hpa(&admin, AVAILABLE_WITHIN * 2, "2 replicas desired", |s| {
+        s["desiredReplicas"] == 2
+    })
+    .await;
+    let decided_down = stopped.elapsed();
+    let deployment = wait_available(cluster, &admin, NAMESPACE, "sniroute").await;
+    assert_eq!(deployment["spec"]["replicas"], 2, "{}", deployment["spec"]);
+    let scaled_down = stopped.elapsed();
+    eprintln!(
+        "HPA (CPU target 20% of 250m): idle {idle:?}%; under load {busy:?}% ({connections} \
+         refused-SNI connections by 24 clients in {scaled_up:?}); 3 desired {decided_up:?} \
+         after the load started, 3 available {scaled_up:?}; load stopped: 2 desired after \
+         {decided_down:?}, 2 replicas after {scaled_down:?}"
+    );
 }

@@ -3,9 +3,10 @@
 
     check-manifests.py [--kube-version V]... --config-out FILE ROLE=RENDERED.yaml...
 
-ROLE is `base` (the base alone: no ServiceMonitor or PrometheusRule allowed) or `monitored`
+ROLE is `base` (the base alone: no ServiceMonitor or PrometheusRule allowed), `monitored`
 (base plus the servicemonitor and monitoring components: both are required, and the Grafana
-dashboard ConfigMap). Every object is validated strictly (unknown fields are errors) against
+dashboard ConfigMap) or `autoscaled` (base plus the autoscaling component: an HPA owns the
+replicas, a zone spread replaces the anti-affinity, the PDB allows one eviction at a time). Every object is validated strictly (unknown fields are errors) against
 the Kubernetes OpenAPI schemas of each --kube-version, with kubernetes-validate's bundled
 schemas (offline); a ServiceMonitor against servicemonitor.schema.json beside this file, a
 PrometheusRule against prometheusrule.schema.json; any other kind without a schema fails.
@@ -167,7 +168,10 @@ def check_objects(objs, role, where, config_out):
         if obj["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
             check(obj["metadata"].get("namespace") == NAMESPACE, f"{where}: {name_of(obj)}",
                   f"namespace must be {NAMESPACE}")
-    expected = BASE_KINDS | ({"ServiceMonitor", "PrometheusRule"} if role == "monitored" else set())
+    expected = BASE_KINDS | {
+        "monitored": {"ServiceMonitor", "PrometheusRule"},
+        "autoscaled": {"HorizontalPodAutoscaler"},
+    }.get(role, set())
     check(set(by_kind) == expected, where,
           f"kinds {sorted(by_kind)}, expected {sorted(expected)}")
     if not check(len(by_kind.get("Deployment", [])) == 1, where, "expected one Deployment"):
@@ -195,16 +199,24 @@ def check_objects(objs, role, where, config_out):
     pod = spec["template"]["spec"]
     pod_labels = spec["template"]["metadata"].get("labels", {})
     check(selects(spec["selector"], pod_labels), d, "selector does not select its pods")
-    check(spec.get("replicas", 1) >= 2, d, "replicas must be >= 2")
+    if role == "autoscaled":
+        check_autoscaling(by_kind, dep, where)
+    else:
+        check(spec.get("replicas", 1) >= 2, d, "replicas must be >= 2")
     rolling = spec.get("strategy", {}).get("rollingUpdate", {})
     check(spec.get("strategy", {}).get("type") == "RollingUpdate"
           and rolling.get("maxUnavailable") == 0 and rolling.get("maxSurge") == 1,
           d, "strategy must be RollingUpdate with maxUnavailable 0, maxSurge 1")
     terms = (pod.get("affinity", {}).get("podAntiAffinity", {})
              .get("requiredDuringSchedulingIgnoredDuringExecution", []))
-    check(any(t.get("topologyKey") == "topology.kubernetes.io/zone"
-              and selects(t.get("labelSelector"), pod_labels) for t in terms),
-          d, "needs required pod anti-affinity on topology.kubernetes.io/zone against its own pods")
+    zone_terms = [t for t in terms if t.get("topologyKey") == "topology.kubernetes.io/zone"
+                  and selects(t.get("labelSelector"), pod_labels)]
+    if role == "autoscaled":
+        # One pod per zone at most would cap the HPA at the zone count.
+        check(not zone_terms, d, "required zone anti-affinity caps the HPA at the zone count")
+    else:
+        check(zone_terms, d,
+              "needs required pod anti-affinity on topology.kubernetes.io/zone against its own pods")
     psc = pod.get("securityContext", {})
     check(psc.get("runAsNonRoot") is True, d, "pod securityContext.runAsNonRoot must be true")
     check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", d,
@@ -303,9 +315,11 @@ def check_objects(objs, role, where, config_out):
               f"must expose exactly 443 -> sni and 6443 -> cluster-id, got {exposed}")
 
     # --- PodDisruptionBudget and NetworkPolicy ---
+    budget = {"maxUnavailable": 1} if role == "autoscaled" else {"minAvailable": 1}
     for pdb in by_kind.get("PodDisruptionBudget", []):
-        check(pdb["spec"].get("minAvailable") == 1 and selects(pdb["spec"]["selector"], pod_labels),
-              f"{where}: {name_of(pdb)}", "needs minAvailable 1 over the Deployment's pods")
+        given = {k: pdb["spec"][k] for k in ("minAvailable", "maxUnavailable") if k in pdb["spec"]}
+        check(given == budget and selects(pdb["spec"]["selector"], pod_labels),
+              f"{where}: {name_of(pdb)}", f"needs {budget} over the Deployment's pods, has {given}")
     for np in by_kind.get("NetworkPolicy", []):
         n = f"{where}: {name_of(np)}"
         check(selects(np["spec"].get("podSelector"), pod_labels), n, "does not select the pods")
@@ -350,6 +364,34 @@ def check_objects(objs, role, where, config_out):
 
     check_monitoring(by_kind, role, where)
     return text
+
+
+def check_autoscaling(by_kind, dep, where):
+    """The HPA owns the replicas, on CPU, never below 2; the pods spread over zones."""
+    d = f"{where}: {name_of(dep)}"
+    check("replicas" not in dep["spec"], d,
+          "with an HPA, spec.replicas must not be applied (each apply would reset the HPA's count)")
+    hpas = by_kind.get("HorizontalPodAutoscaler", [])
+    if not check(len(hpas) == 1, where, "expected one HorizontalPodAutoscaler"):
+        return
+    hpa = hpas[0]
+    h = f"{where}: {name_of(hpa)}"
+    spec = hpa["spec"]
+    ref = spec["scaleTargetRef"]
+    check((ref.get("apiVersion"), ref["kind"], ref["name"])
+          == ("apps/v1", "Deployment", dep["metadata"]["name"]), h, f"targets {ref}, not the Deployment")
+    check(spec.get("minReplicas", 1) >= 2 and spec["maxReplicas"] > spec.get("minReplicas", 1), h,
+          "minReplicas must be >= 2 (one per zone) and below maxReplicas")
+    check(any(m["type"] == "Resource" and m["resource"]["name"] == "cpu"
+              and m["resource"]["target"]["type"] == "Utilization" for m in spec.get("metrics", [])),
+          h, "needs a CPU utilization metric (of the container's request)")
+    pod = dep["spec"]["template"]["spec"]
+    pod_labels = dep["spec"]["template"]["metadata"].get("labels", {})
+    check(any(c["topologyKey"] == "topology.kubernetes.io/zone" and c["maxSkew"] == 1
+              and c["whenUnsatisfiable"] == "DoNotSchedule"
+              and selects(c.get("labelSelector"), pod_labels)
+              for c in pod.get("topologySpreadConstraints", [])), d,
+          "needs a DoNotSchedule spread with maxSkew 1 on topology.kubernetes.io/zone over its pods")
 
 
 def github_anchor(heading):
@@ -468,7 +510,7 @@ def main():
     parser.add_argument("--config-out", required=True)
     parser.add_argument("--dockerfile", help="check this Dockerfile against the Deployment")
     parser.add_argument("--rules-out", help="write each PrometheusRule's groups here")
-    parser.add_argument("rendered", nargs="+", help="ROLE=FILE, ROLE is base or monitored")
+    parser.add_argument("rendered", nargs="+", help="ROLE=FILE, ROLE is base, monitored or autoscaled")
     args = parser.parse_args()
     versions = args.versions or ["1.30.0", kubernetes_validate.utils.latest_version()]
 
@@ -477,7 +519,7 @@ def main():
     deployment = None
     for item in args.rendered:
         role, _, path = item.partition("=")
-        if role not in ("base", "monitored"):
+        if role not in ("base", "monitored", "autoscaled"):
             parser.error(f"unknown role in {item!r}")
         with open(path) as f:
             objs = [o for o in yaml.safe_load_all(f) if o]

@@ -5,7 +5,13 @@
 # go.sum, the mains, this script and the Go version, and prints that directory. Later calls
 # (and concurrent ones: they wait on a lock) reuse it. Only the Go module proxy is used.
 #
+# With `metrics-server`, builds metrics-server instead (the release metrics-server/go.mod's
+# `tool` line pins, with that module's own pins: v0.8.0 is on k8s.io/* v0.33, not v0.36) and
+# copies upstream's manifests from the same module beside it, in a cache of its own (keyed
+# by that go.mod and go.sum), so neither build invalidates the other.
+#
 #   tests/cluster/build.sh              # prints e.g. ~/.cache/sniroute/cluster/3f2a…
+#   tests/cluster/build.sh metrics-server   # prints e.g. ~/.cache/sniroute/cluster/metrics-server/9c1d…
 #   SNIROUTE_CLUSTER_CACHE=/some/dir tests/cluster/build.sh
 set -euo pipefail
 
@@ -20,15 +26,50 @@ fi
 export GOTOOLCHAIN=local
 export GOFLAGS="-mod=readonly -buildvcs=false"
 
-mains=(kubelet kube-controller-manager kube-scheduler kube-proxy pause kas-standin)
-key=$( { cat go.mod go.sum build.sh; for m in "${mains[@]}"; do cat "$m/main.go"; done; go env GOVERSION GOOS GOARCH; } \
-    | sha256sum | cut -c1-16)
-root=${SNIROUTE_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sniroute/cluster}
-dir=$root/$key
-mkdir -p "$root"
+# cache NAME FILE...: $dir is NAME's cache directory for the key of FILEs, this script and
+# the Go version; held under a lock until this script exits.
+cache() {
+    local name=$1 key
+    shift
+    key=$( { cat "$@" "$here/build.sh"; go env GOVERSION GOOS GOARCH; } | sha256sum | cut -c1-16)
+    root=${SNIROUTE_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sniroute/cluster}
+    [[ $name == cluster ]] || root=$root/$name
+    dir=$root/$key
+    mkdir -p "$root"
+    exec 9>"$root/$key.lock"
+    flock 9
+}
+# built START: the new build in $tmp becomes $dir.
+built() {
+    rm -rf "$dir"
+    mv "$tmp" "$dir"
+    trap - EXIT
+    echo "build.sh: built in $((SECONDS - $1)) s" >&2
+}
 
-exec 9>"$root/$key.lock"
-flock 9
+if [[ ${1:-} == metrics-server ]]; then
+    cd metrics-server
+    cache metrics-server go.mod go.sum
+    if [[ ! -x $dir/metrics-server || ! -d $dir/manifests/base ]]; then
+        pkg=sigs.k8s.io/metrics-server
+        version=$(go list -m -f '{{.Version}}' "$pkg")
+        tmp=$(mktemp -d "$root/.build.XXXXXX")
+        trap 'rm -rf "$tmp"' EXIT
+        echo "build.sh: building metrics-server $version into $dir (minutes on a cold cache)" >&2
+        start=$SECONDS
+        # Static, version stamped, as upstream's Makefile builds it for its image.
+        CGO_ENABLED=0 go build -trimpath -o "$tmp/metrics-server" \
+            -ldflags "-s -w -X k8s.io/client-go/pkg/version.gitVersion=$version" "$pkg/cmd/metrics-server"
+        cp -r "$(go list -m -f '{{.Dir}}' "$pkg")/manifests" "$tmp/manifests"
+        chmod -R u+w "$tmp/manifests"
+        built "$start"
+    fi
+    echo "$dir"
+    exit 0
+fi
+
+mains=(kubelet kube-controller-manager kube-scheduler kube-proxy pause kas-standin)
+cache cluster go.mod go.sum "${mains[@]/%//main.go}"
 
 missing=0
 for m in "${mains[@]}"; do
@@ -50,10 +91,7 @@ if ((missing)); then
         ./kubelet ./kube-controller-manager ./kube-scheduler ./kube-proxy
     # Static: each of their images holds that one file.
     CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/" ./pause ./kas-standin
-    rm -rf "$dir"
-    mv "$tmp" "$dir"
-    trap - EXIT
-    echo "build.sh: built in $((SECONDS - start)) s" >&2
+    built "$start"
 fi
 
 echo "$dir"

@@ -47,6 +47,8 @@ if ! flock -n 8; then
     echo "up.sh: another sniroute test cluster runs on this machine; waiting for it to end" >&2
     flock 8
 fi
+# For the tests' harness: from here on, starting is this cluster's own time.
+touch "$dir/lock-held"
 
 # A cluster that just ended may leave its veth behind for a while (the kernel frees a dead
 # network namespace lazily, after its sockets' TIME_WAIT); under the lock no live cluster
@@ -71,6 +73,16 @@ if [[ ! -f $pki/ca.crt ]]; then
         "extendedKeyUsage=serverAuth") 2>/dev/null
     openssl genpkey -algorithm ec -pkeyopt ec_paramgen_curve:P-256 -out "$pki/sa.key" 2>/dev/null
     openssl pkey -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+    # The aggregation layer (metrics-server's metrics.k8s.io): the API server proxies to an
+    # extension API server with this client certificate, which that server trusts through
+    # the CA the API server publishes (kube-system/extension-apiserver-authentication).
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+        -subj /CN=sniroute-test-front-proxy-ca -keyout "$pki/front-proxy-ca.key" -out "$pki/front-proxy-ca.crt" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=front-proxy-client \
+        -keyout "$pki/front-proxy-client.key" -out "$pki/front-proxy-client.csr" 2>/dev/null
+    openssl x509 -req -in "$pki/front-proxy-client.csr" -CA "$pki/front-proxy-ca.crt" \
+        -CAkey "$pki/front-proxy-ca.key" -CAcreateserial -days 30 -out "$pki/front-proxy-client.crt" \
+        -extfile <(echo "extendedKeyUsage=clientAuth") 2>/dev/null
     token() { openssl rand -hex 16; }
     {
         echo "$(token),admin,admin,system:masters"

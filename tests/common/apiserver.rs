@@ -55,7 +55,9 @@ pub(super) use build::run_build;
 #[allow(unused_imports)]
 pub use certs::pem;
 #[allow(unused_imports)]
-pub use manifests::{condition_true, install_crds, parse_manifests, read_manifests, render_base};
+pub use manifests::{
+    condition_true, install_crds, parse_manifests, read_manifests, render, render_base,
+};
 #[allow(unused_imports)]
 pub(super) use process::Proc;
 #[allow(unused_imports)]

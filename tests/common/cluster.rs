@@ -46,8 +46,12 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 2);
 pub const POD_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 24);
 /// The Services' range.
 pub const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 0, 0), 16);
-/// How long the cluster gets from `up.sh` to a Ready node, builds excluded.
+/// How long the cluster gets from `up.sh` holding the machine's cluster lock to a Ready
+/// node, builds excluded.
 const START_WITHIN: Duration = Duration::from_secs(300);
+/// How long `up.sh` may wait for another cluster on this machine (another test binary's,
+/// another worktree's) to end.
+const LOCK_WITHIN: Duration = Duration::from_secs(3600);
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -109,9 +113,9 @@ fn missing() -> Vec<String> {
 }
 
 /// Runs a build script that must succeed; the directory it prints.
-fn build(script: &str) -> PathBuf {
+fn build(script: &str, args: &[&str]) -> PathBuf {
     let script = repo().join(script);
-    let output = run_build(&script);
+    let output = run_build(&script, args);
     assert!(
         output.status.success(),
         "{} failed ({})",
@@ -184,8 +188,8 @@ impl Cluster {
         }
         let started = Instant::now();
         let node_bin = tokio::task::spawn_blocking(|| {
-            build("tests/apiserver/build.sh");
-            build("tests/cluster/build.sh")
+            build("tests/apiserver/build.sh", &[]);
+            build("tests/cluster/build.sh", &[])
         })
         .await
         .expect("builds");
@@ -253,6 +257,23 @@ impl Cluster {
     /// Waits for the admin kubeconfig, containerd (then imports the pause image), a Ready
     /// node and the controllers' first work (the `default` ServiceAccount).
     async fn wait_started(&self) {
+        let waiting = Instant::now();
+        let deadline = waiting + LOCK_WITHIN;
+        let mut told = false;
+        while !self.dir.join("lock-held").exists() {
+            self.check_alive(
+                deadline,
+                "the machine's cluster lock (another cluster runs)",
+            );
+            if !told && waiting.elapsed() > Duration::from_secs(5) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "another sniroute test cluster runs on this machine: waiting for it to end"
+                );
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let deadline = Instant::now() + START_WITHIN;
         let socket = self.containerd_socket();
         while !(self.kubeconfig().is_file() && socket.exists()) {
@@ -304,10 +325,7 @@ impl Cluster {
             );
         }
         if Instant::now() >= deadline {
-            panic!(
-                "{waiting_for}: not within {START_WITHIN:?}\n{}",
-                self.diagnostics()
-            );
+            panic!("{waiting_for}: timed out\n{}", self.diagnostics());
         }
     }
 
@@ -343,6 +361,12 @@ impl Cluster {
     /// A binary built by `tests/cluster/build.sh` (`pause`, `kas-standin`).
     pub fn built(&self, name: &str) -> PathBuf {
         self.node_bin.join(name)
+    }
+
+    /// metrics-server's build directory (`tests/cluster/build.sh metrics-server`, minutes
+    /// the first time): the binary `metrics-server` and upstream's `manifests/`.
+    pub fn metrics_server_build(&self) -> PathBuf {
+        build("tests/cluster/build.sh", &["metrics-server"])
     }
 
     /// The cluster's directory (logs, PKI, the kubelet's and containerd's state).

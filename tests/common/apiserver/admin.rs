@@ -173,8 +173,13 @@ impl Admin {
     /// Server-side apply with strict field validation (a field the schema does not know is
     /// an error, not silently pruned); the stored object and any warnings, or the refusal.
     pub async fn try_apply(&self, object: &Value) -> Result<Reply, Refused> {
+        self.try_apply_as(object, MANAGER).await
+    }
+
+    /// [`Admin::try_apply`] as field manager `manager` (which then owns the fields given).
+    pub async fn try_apply_as(&self, object: &Value, manager: &str) -> Result<Reply, Refused> {
         let path = self.object_path(object).await;
-        let uri = format!("{path}?fieldManager={MANAGER}&force=true&fieldValidation=Strict");
+        let uri = format!("{path}?fieldManager={manager}&force=true&fieldValidation=Strict");
         let reply = self
             .raw(
                 Method::PATCH,

