@@ -631,9 +631,7 @@ impl SharedTable {
             loaded_at: SystemTime::now(),
         });
         self.current.store(snapshot.clone());
-        let mut retired = self.retired();
-        retired.retain(|state| state.upgrade().is_some_and(|s| s.open() > 0));
-        retired.extend(
+        self.retired().extend(
             previous
                 .table
                 .routes()
@@ -649,18 +647,19 @@ impl SharedTable {
     /// of the current table has.
     pub fn retired_busy(&self) -> Vec<Arc<RouteState>> {
         let current = self.current.load();
-        let mut retired = self.retired();
-        retired.retain(|state| state.upgrade().is_some_and(|s| s.open() > 0));
-        retired
+        self.retired()
             .iter()
             .filter_map(Weak::upgrade)
             .filter(|state| current.table.route(state.name()).is_none())
             .collect()
     }
 
+    /// The retired list, rid of the routes that have gone idle or been dropped since.
     fn retired(&self) -> MutexGuard<'_, Vec<Weak<RouteState>>> {
         // A list of weak pointers: a panic elsewhere cannot leave it inconsistent.
-        self.retired.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        retired.retain(|state| state.upgrade().is_some_and(|s| s.open() > 0));
+        retired
     }
 
     /// Whether a source has published at least one table.
