@@ -145,6 +145,9 @@ struct RouteView<'a> {
     /// Each backend as it stands here (zone, condition, ejection, open connections).
     endpoints: Vec<serde_json::Value>,
     source: &'a str,
+    /// Why the route refuses every connection (it has no backend on purpose), if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_backend: Option<&'a str>,
 }
 
 /// Which endpoints a listener serves.
@@ -322,6 +325,7 @@ fn routes(state: &State) -> Response<Full<Bytes>> {
                     .map(crate::explain::backend_json)
                     .collect(),
                 source: route.source(),
+                no_backend: route.no_backend(),
             })
             .collect(),
         ejected_endpoints: state

@@ -53,6 +53,7 @@ fn to_json(name: &ServerName, client: Option<IpAddr>, e: &Explanation) -> Value 
             "hostnames": route.hostnames().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "allowed_cidrs": route.allowed_cidrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "max_connections": route.max_connections(),
+            "no_backend": route.no_backend(),
             "open_connections": facts.open,
             "backends": facts.backends.iter().map(backend_json).collect::<Vec<_>>(),
         })

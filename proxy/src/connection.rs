@@ -109,6 +109,18 @@ async fn establish(
         Ok(routed) => routed,
         Err(refused) => return refuse(&proxy, client, refused, (buf, pending)).await,
     };
+    if let Some(why) = route.spec().no_backend.clone() {
+        // Counted against the route as its unreachable backends would be, and closed with
+        // no alert: the name is known, it just leads nowhere (the Gateway API wants such
+        // connections rejected, and a TLS alert would be an answer).
+        route.state().count_unreachable();
+        let reason = Reason::NoBackend {
+            route: route.name().into(),
+            why,
+        };
+        let refused = origin.refuse(reason).with_ja4(ja4);
+        return refuse(&proxy, client, refused, (buf, pending)).await;
+    }
     let Some(route_active) = route.state().try_take(route.max_connections()) else {
         let reason = Reason::RouteLimit {
             route: route.name().into(),

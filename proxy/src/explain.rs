@@ -99,6 +99,12 @@ impl Proxy {
                 let route = &facts.route;
                 route.state().is_full(route.max_connections())
             });
+            if let Some(facts) = facts {
+                if let Some(why) = facts.route.spec().no_backend.clone() {
+                    let route = facts.route.name().into();
+                    return Err(Reason::NoBackend { route, why });
+                }
+            }
             if at_limit {
                 let route = facts.map_or_else(Default::default, |f| f.route.name().into());
                 return Err(Reason::RouteLimit { route });

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 use std::str::Utf8Error;
+use std::sync::Arc;
 
 use crate::client_hello;
 use crate::client_limit::Limited;
@@ -134,6 +135,14 @@ pub enum Reason {
     ClientLimited(Limited),
     /// No backend of the route accepted.
     Backend(ConnectError),
+    /// The route has no backend on purpose (`RouteSpec::no_backend`): refused without
+    /// trying, and without an alert, as a route whose backends are down would be.
+    NoBackend {
+        /// The route.
+        route: Box<str>,
+        /// Why it has none.
+        why: Arc<str>,
+    },
     /// Closed to keep unfinished hellos within `client_hello_memory`: its buffer was next in
     /// eviction order (the largest, then the longest without progress).
     Overloaded(Evicted),
@@ -160,7 +169,7 @@ impl Reason {
             Self::NoSni => Outcome::NoSni,
             Self::RouteLimit { .. } | Self::GlobalLimit => Outcome::Limited,
             Self::ClientLimited(_) => Outcome::ClientLimited,
-            Self::Backend(_) => Outcome::BackendUnreachable,
+            Self::Backend(_) | Self::NoBackend { .. } => Outcome::BackendUnreachable,
             Self::Overloaded(_) => Outcome::Overloaded,
         }
     }
@@ -195,6 +204,9 @@ impl fmt::Display for Reason {
             Self::GlobalLimit => f.write_str("at the global max_connections"),
             Self::ClientLimited(limit) => write!(f, "client_limits: {limit}"),
             Self::Backend(error) => error.fmt(f),
+            Self::NoBackend { route, why } => {
+                write!(f, "route {route} has no valid backend: {why}")
+            }
             Self::Overloaded(evicted) => evicted.fmt(f),
         }
     }
@@ -203,6 +215,20 @@ impl fmt::Display for Reason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_without_backends_refuses_as_unreachable_without_an_alert() {
+        let reason = Reason::NoBackend {
+            route: "tenants/r".into(),
+            why: "Service tenants/gone does not exist".into(),
+        };
+        assert_eq!(reason.outcome(), Outcome::BackendUnreachable);
+        assert!(!reason.alerts() && reason.logged());
+        assert_eq!(
+            reason.to_string(),
+            "route tenants/r has no valid backend: Service tenants/gone does not exist"
+        );
+    }
 
     #[test]
     fn outcomes_index_their_own_counter() {

@@ -154,6 +154,11 @@ pub struct RouteSpec {
     pub max_connections: Option<u32>,
     /// The PROXY header sent to the backend before the client's bytes, if any.
     pub proxy_protocol: Option<ProxyVersion>,
+    /// Why the route has nowhere to send to, when it has no backend on purpose (a Gateway API
+    /// route whose backendRefs are all invalid): it keeps its hostnames, and its connections
+    /// are refused, closed without a TLS alert, counted as `backend_unreachable`. `None` for
+    /// every route with backends.
+    pub no_backend: Option<Arc<str>>,
 }
 
 impl RouteSpec {
@@ -175,6 +180,21 @@ impl RouteSpec {
             cluster_id: None,
             max_connections: None,
             proxy_protocol: None,
+            no_backend: None,
+        }
+    }
+
+    /// A route that answers `hostnames` and refuses every connection to them, for `why`
+    /// (see [`no_backend`](Self::no_backend)).
+    pub fn refusing(
+        name: impl Into<Box<str>>,
+        hostnames: Vec<HostPattern>,
+        why: impl Into<Arc<str>>,
+        source: impl Into<Arc<str>>,
+    ) -> Self {
+        Self {
+            no_backend: Some(why.into()),
+            ..Self::new(name, hostnames, Vec::new(), source)
         }
     }
 
@@ -192,9 +212,10 @@ impl RouteSpec {
             cluster_id,
             max_connections,
             proxy_protocol,
+            no_backend,
         } = self;
         (name, hostnames, backends, facts, zone, allowed_cidrs).hash(state);
-        (cluster_id, max_connections, proxy_protocol).hash(state);
+        (cluster_id, max_connections, proxy_protocol, no_backend).hash(state);
     }
 }
 
@@ -217,14 +238,15 @@ pub struct Route {
 }
 
 impl Route {
-    /// The table route for `spec`, which must name at least one hostname and one backend.
+    /// The table route for `spec`, which must name at least one hostname and one backend
+    /// (or say why it has none: [`RouteSpec::no_backend`]).
     pub fn new(spec: RouteSpec) -> Result<Self, TableError> {
         if spec.hostnames.is_empty() {
             return Err(TableError::NoHostnames {
                 route: spec.name.into(),
             });
         }
-        if spec.backends.is_empty() {
+        if spec.backends.is_empty() && spec.no_backend.is_none() {
             return Err(TableError::NoBackends {
                 route: spec.name.into(),
             });
@@ -288,6 +310,11 @@ impl Route {
     /// The PROXY header version sent to the backend, if any.
     pub fn proxy_protocol(&self) -> Option<ProxyVersion> {
         self.spec.proxy_protocol
+    }
+
+    /// Why the route refuses every connection, when it has no backend on purpose.
+    pub fn no_backend(&self) -> Option<&str> {
+        self.spec.no_backend.as_deref()
     }
 
     /// Forwarded connections allowed at once, if limited.
@@ -730,6 +757,39 @@ mod tests {
             route("a", &["y.test"], &["127.0.0.1:2"]),
         ])
         .is_err());
+    }
+
+    #[test]
+    fn a_route_has_backends_or_says_why_it_has_none() {
+        let bare = spec("bare", &["x.test"], &[]);
+        assert!(matches!(
+            Route::new(bare),
+            Err(TableError::NoBackends { .. })
+        ));
+        let why = "Service tenants/gone does not exist";
+        let refusing = RouteSpec::refusing(
+            "refusing",
+            vec![HostPattern::parse("x.test").unwrap()],
+            why,
+            "test",
+        );
+        let table = Table::new(vec![Route::new(refusing.clone()).unwrap()]).unwrap();
+        // It holds its name: looked up like any route, and refusing by its own rule.
+        let route = table
+            .lookup(&ServerName::parse(b"x.test").unwrap())
+            .unwrap();
+        assert_eq!((route.name(), route.no_backend()), ("refusing", Some(why)));
+        // Why it refuses is part of what it routes.
+        let other = RouteSpec {
+            no_backend: Some("another reason".into()),
+            ..refusing.clone()
+        };
+        let fingerprint = |s: RouteSpec| {
+            Table::new(vec![Route::new(s).unwrap()])
+                .unwrap()
+                .fingerprint()
+        };
+        assert_ne!(fingerprint(refusing), fingerprint(other));
     }
 
     #[test]

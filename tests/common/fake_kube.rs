@@ -603,19 +603,44 @@ pub async fn wait_routed(addr: SocketAddr, sni: &str, backend: &str, within: Dur
     }
 }
 
+/// Polls until a connection for `sni` is closed before any TLS answer, with no alert (an EOF
+/// or a reset during the handshake): how a route with no valid backend refuses, as the
+/// Gateway API conformance suite checks it. Returns how long that took.
+pub async fn wait_rejected(addr: SocketAddr, sni: &str, within: Duration) -> Duration {
+    wait_refused(addr, sni, within, "closed without an alert", |e| {
+        received_alert(e).is_none()
+            && matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            )
+    })
+    .await
+}
+
 /// Polls until `sni` is refused with `unrecognized_name`; returns how long that took.
 pub async fn wait_unrouted(addr: SocketAddr, sni: &str, within: Duration) -> Duration {
+    wait_refused(addr, sni, within, "refused with unrecognized_name", |e| {
+        received_alert(e) == Some(rustls::AlertDescription::UnrecognisedName)
+    })
+    .await
+}
+
+/// Polls until a connection for `sni` fails as `refused` says (`how`, for the panic).
+async fn wait_refused(
+    addr: SocketAddr,
+    sni: &str,
+    within: Duration,
+    how: &str,
+    refused: impl Fn(&std::io::Error) -> bool,
+) -> Duration {
     let started = Instant::now();
     loop {
-        match tls_connect(addr, sni).await {
-            Err(e) if received_alert(&e) == Some(rustls::AlertDescription::UnrecognisedName) => {
-                return started.elapsed()
-            }
-            _ => {}
+        if tls_connect(addr, sni).await.is_err_and(|e| refused(&e)) {
+            return started.elapsed();
         }
         assert!(
             started.elapsed() < within,
-            "{sni} still routed (not refused with unrecognized_name) after {within:?}"
+            "{sni} not {how} after {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::common::apiserver::hypershift::{namespace, service_addr};
 use crate::common::apiserver::{wait_ready, Admin, ApiServer, Opts, NAMESPACE};
-use crate::common::fake_kube::{wait_routed, wait_unrouted};
+use crate::common::fake_kube::{wait_rejected, wait_routed, wait_unrouted};
 use crate::common::*;
 use serde_json::{json, Value};
 
@@ -177,6 +177,14 @@ async fn patch_tenant_route(admin: &Admin, patch: Value) {
         .await;
 }
 
+/// `/explain?sni=NAME` on `proxy`'s debug listener.
+fn explain(proxy: &Sniroute, sni: &str) -> Value {
+    let path = format!("/explain?sni={sni}");
+    let (code, body) = http_get(proxy.listener_addr("debug"), &path).unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 async fn start(server: &ApiServer) -> (Sniroute, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = server.sniroute_kubeconfig(dir.path(), &server.url()).await;
@@ -227,13 +235,7 @@ async fn kamaji_shapes_route_and_every_status_reason_is_reported() {
     )
     .await;
     // explain names the TLSRoute and its Gateway.
-    let (code, body) = http_get(
-        proxy.listener_addr("debug"),
-        "/explain?sni=tenant-00.example.test",
-    )
-    .unwrap();
-    assert_eq!(code, 200, "{body}");
-    let explained: Value = serde_json::from_str(&body).unwrap();
+    let explained = explain(&proxy, "tenant-00.example.test");
     assert_eq!(
         explained["route"]["name"], "tenants/tenant-00",
         "{explained}"
@@ -407,10 +409,33 @@ async fn kamaji_shapes_route_and_every_status_reason_is_reported() {
     for (ns, name, _, _, _, accepted, resolved) in &cases {
         wait_route_status(&admin, ns, name, accepted, resolved).await;
     }
-    // Attached but with no valid backend: refused (unrecognized_name), counted and logged.
-    wait_unrouted(addr, "missing.example.test", SWAP).await;
-    wait_unrouted(addr, "cross.example.test", SWAP).await;
+    // Attached but with no valid backend: refused as the route's own, closed before any TLS
+    // answer and without an alert (as the conformance suite wants it), counted as
+    // backend_unreachable and logged with the TLSRoute.
+    let refused_before = Scrape::of(&proxy).outcome("backend_unreachable");
+    for sni in [
+        "missing.example.test",
+        "bad-kind.example.test",
+        "cross.example.test",
+    ] {
+        wait_rejected(addr, sni, SWAP).await;
+    }
     proxy.wait_log(&["no valid backend", "tenants/missing-backend"], SWAP);
+    proxy.wait_log(
+        &[
+            "connection refused",
+            "backend_unreachable",
+            "route tenants/bad-kind has no valid backend",
+        ],
+        SWAP,
+    );
+    assert!(Scrape::of(&proxy).outcome("backend_unreachable") >= refused_before + 3.0);
+    let explained = explain(&proxy, "missing.example.test");
+    assert_eq!(explained["route"]["name"], "tenants/missing-backend");
+    assert_eq!(explained["verdict"]["outcome"], "backend_unreachable");
+    assert!(explained["route"]["no_backend"]
+        .as_str()
+        .is_some_and(|why| why.contains("not-there")));
     // Attached (and counted) whatever their backends: tenant-00, missing-backend, bad-kind,
     // cross-namespace.
     admin

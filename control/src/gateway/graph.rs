@@ -47,11 +47,15 @@
 //!    split the route's connections between its backendRefs (each reference's weight spread
 //!    over its endpoints; the data plane balances by weighted least connections and its
 //!    round robin walks the weights), and within a Service by least connections.
-//! 6. **A route whose backends are all invalid** (or all weight 0) is left out of the table, so
-//!    its connections are refused (unrecognized_name, counted by the proxy as an unknown
-//!    name) and it is reported in [`Graph::refused`] for the source to log and count, as the
-//!    `backendRefs` reference requires ("the underlying implementation must actively reject
-//!    request attempts to this backend, by rejecting the connection").
+//! 6. **A route whose backends are all invalid** (or all weight 0) goes into the table with
+//!    its hostnames and no backend ([`RouteSpec::refusing`]), so its connections are refused
+//!    by the data plane as that route's: closed without a TLS alert (the conformance tests
+//!    TLSRouteInvalidBackendRefNonexistent and TLSRouteInvalidBackendRefUnknownKind take
+//!    only a reset or an EOF before any TLS answer), counted as `backend_unreachable` and
+//!    logged with the TLSRoute's `namespace/name`, as the `backendRefs` reference requires
+//!    ("the underlying implementation must actively reject request attempts to this
+//!    backend, by rejecting the connection"). It is also reported in [`Graph::refused`] for
+//!    the source to log once and count.
 //! 7. **Conflicts.** Routes are handed to the table oldest first (creationTimestamp, then
 //!    `namespace/name`), the Gateway API's conflict rule, so the publish step's "first claim
 //!    wins" keeps a hostname with the oldest route. Each TLSRoute is one table route named
@@ -204,8 +208,8 @@ pub struct Graph {
     /// Our entries of each TLSRoute's `status.parents` (empty for a route that refers to
     /// none of our Gateways).
     pub routes_status: BTreeMap<Key, Vec<ParentStatus>>,
-    /// Attached TLSRoutes left out of the table because no backend is valid: their
-    /// connections are refused.
+    /// Attached TLSRoutes with no valid backend: in `routes` as refusing routes, their
+    /// connections refused.
     pub refused: Vec<Refused>,
 }
 
@@ -795,13 +799,26 @@ fn attach_route(
     if hostnames.is_empty() {
         return;
     }
+    let source = Arc::<str>::from(format!(
+        "tlsroute {key} on gateway {}",
+        attached_to.join(", ")
+    ));
     if resolved.backends.backends.is_empty() {
+        let why = resolved
+            .problem
+            .map(|(_, message)| message)
+            .unwrap_or_else(|| "no backend has a serving endpoint or a weight".into());
+        // In the table, holding its hostnames, so its connections are refused as the route's
+        // own (closed, no TLS alert), not as a name nobody routes.
+        graph.routes.push(RouteSpec::refusing(
+            key.to_string(),
+            hostnames,
+            why.as_str(),
+            source,
+        ));
         graph.refused.push(Refused {
             route: key.clone(),
-            why: resolved
-                .problem
-                .map(|(_, message)| message)
-                .unwrap_or_else(|| "no backend has a serving endpoint or a weight".into()),
+            why,
         });
         return;
     }
@@ -809,10 +826,7 @@ fn attach_route(
         key.to_string(),
         hostnames,
         resolved.backends.backends,
-        Arc::<str>::from(format!(
-            "tlsroute {key} on gateway {}",
-            attached_to.join(", ")
-        )),
+        source,
     );
     if !resolved.backends.facts.is_empty() {
         route_spec.facts = resolved.backends.facts;

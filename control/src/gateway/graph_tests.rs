@@ -738,8 +738,16 @@ fn backend_refs_not_resolved_name_their_reason_and_refuse_the_route() {
             ],
             "{backends}"
         );
-        assert!(graph.routes.is_empty(), "{backends}");
+        // In the table with its hostname and no backend, saying why: refused as its own.
+        assert_eq!(graph.routes.len(), 1, "{backends}");
+        let refusing = &graph.routes[0];
+        assert_eq!(&*refusing.name, "tenants/r");
+        assert_eq!(refusing.hostnames[0].to_string(), "r.example");
+        assert!(refusing.backends.is_empty(), "{backends}");
+        let why = refusing.no_backend.as_deref().unwrap_or_default();
+        assert!(!why.is_empty(), "{backends}");
         assert_eq!(graph.refused.len(), 1);
+        assert_eq!(graph.refused[0].why, why);
         assert_eq!(graph.refused[0].route, key);
         // Still attached: the listener counts it.
         assert_eq!(
