@@ -4,27 +4,22 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
-use crate::client_limit::ClientGuard;
 use crate::connect;
 use crate::forward::{self, Forward, Totals};
-use crate::health::LoadGuard;
+use crate::held::{ConnectionSlot, Held};
 use crate::hello_budget::{Evicted, Pending};
-use crate::ja4::Ja4;
-use crate::metrics::ActiveGuard;
 use crate::outcome::{Outcome, Reason};
 use crate::proxy_protocol;
+use crate::revoke::{Live, Registration};
 use crate::route::{ListenerKind, Origin, Refused, Routed};
-use crate::route_state::RouteSlot;
-use crate::slots::Slot;
 use crate::socket;
-use crate::table::{Route, RouteKey};
 use crate::Proxy;
 
 /// A fatal `unrecognized_name` alert (RFC 6066 section 3): record type 21, TLS 1.2 record
@@ -36,23 +31,6 @@ const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x
 const LINGER_AFTER_ALERT: Duration = Duration::from_secs(1);
 /// How much unread input we discard while lingering before giving up on a clean close.
 const LINGER_DISCARD_MAX: usize = 64 * 1024;
-
-/// A connection's place in the proxy, taken at accept: its slot in the active gauge and its
-/// permit from the global limit (if any), released however the connection ends.
-#[derive(Debug)]
-pub(crate) struct ConnectionSlot {
-    _active: ActiveGuard,
-    _permit: Option<Slot>,
-}
-
-impl ConnectionSlot {
-    pub(crate) fn new(active: ActiveGuard, permit: Option<Slot>) -> Self {
-        Self {
-            _active: active,
-            _permit: permit,
-        }
-    }
-}
 
 /// Serves one accepted connection to its end; never panics on input, never fails other
 /// connections. `slot` is the connection's slot in the active gauge (and the global
@@ -66,12 +44,48 @@ pub(crate) fn handle(
 ) -> impl Future<Output = ()> + Send {
     // Everything before forwarding runs boxed: inline, its states would size the task's
     // future, which lives as long as the connection. What is left is the forwarding state.
-    let establishing = Box::pin(establish(proxy, client, peer, kind, slot));
-    async move {
-        let Some(established) = establishing.await else {
-            return;
-        };
-        established.await
+    Task::Establishing {
+        establishing: Box::pin(establish(proxy, client, peer, kind, slot)),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task: written out rather than an async block, whose state would keep a
+    /// discriminant and the awaited `Option` beside the forwarding state (16 bytes that took
+    /// the task past a 128-byte step of its allocation).
+    #[project = TaskProj]
+    enum Task<F> {
+        Establishing { establishing: Pin<Box<F>> },
+        Forwarding { #[pin] established: Established },
+        Done,
+    }
+}
+
+impl<F: Future<Output = Option<Established>>> Future for Task<F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                TaskProj::Establishing { establishing } => {
+                    match std::task::ready!(establishing.as_mut().poll(cx)) {
+                        Some(established) => self.set(Task::Forwarding { established }),
+                        None => {
+                            self.set(Task::Done);
+                            return Poll::Ready(());
+                        }
+                    }
+                }
+                TaskProj::Forwarding { established } => {
+                    std::task::ready!(established.poll(cx));
+                    // Dropped here, not when the runtime frees the task: the sockets close and
+                    // the slots are released at once.
+                    self.set(Task::Done);
+                    return Poll::Ready(());
+                }
+                TaskProj::Done => return Poll::Ready(()),
+            }
+        }
     }
 }
 
@@ -168,7 +182,7 @@ async fn establish(
             Err(error) => tracing::debug!(%peer, %error, "no local address for the PROXY header"),
         }
     }
-    let mut forward = forward::forward(
+    let forward = forward::forward(
         client,
         backend,
         buf,
@@ -178,25 +192,33 @@ async fn establish(
     // The task polls `forward` next, and its first write hands the buffer to the kernel's
     // send buffer (a fresh socket takes 16 KiB at once, tcp_wmem's default).
     drop(pending);
-    if settings.revoke_grace.is_some() {
-        let registration = proxy.connections.register(key.clone(), client_addr.ip());
-        forward = forward.revocable(registration);
-    }
+    let held = Held::new(
+        settings.log_connections,
+        slot,
+        route_active,
+        client_slot,
+        load,
+    );
+    let (peer, claimed) = (origin.peer, origin.claimed());
+    let live = Live::new(
+        key,
+        peer,
+        client_addr,
+        claimed,
+        backend_addr,
+        started,
+        ja4,
+        held,
+    );
+    let live = Arc::new(live);
+    let revocation = match settings.revoke_grace {
+        Some(_) => proxy.connections.register(live.clone()),
+        None => None,
+    };
     Some(Established {
         forward,
-        proxy,
-        route,
-        closing: Box::new(Closing {
-            key,
-            origin,
-            backend: backend_addr,
-            started,
-            ja4,
-            _client_slot: client_slot,
-            _load: load,
-        }),
-        _slot: slot,
-        _route_active: route_active,
+        live,
+        revocation,
     })
 }
 
@@ -215,55 +237,53 @@ async fn refuse<T>(
 }
 
 pin_project_lite::pin_project! {
-    /// A forwarded connection: the forwarding state and what its closing line reports.
+    /// A forwarded connection: the forwarding state, and (shared with the revocation registry)
+    /// what its closing line reports. Only what a pump reads is inline: the task is allocated
+    /// in 128-byte steps and lives as long as the connection.
     struct Established {
         #[pin]
         forward: Forward,
-        proxy: Arc<Proxy>,
-        route: Arc<Route>,
-        // Boxed: read only when the pair closes, so the task a connection idles in stays small.
-        closing: Box<Closing>,
-        _slot: ConnectionSlot,
-        _route_active: RouteSlot,
+        // Read only when the pair closes or is revoked.
+        live: Arc<Live<Held>>,
+        // Empties the connection's slot in the registry (after `forward` closed the sockets).
+        revocation: Option<Registration<Held>>,
     }
-}
-
-/// What a forwarded connection's closing lines report, and what it holds that its task
-/// never reads: its client's `client_limits` slot and its endpoint's open-connection count.
-struct Closing {
-    key: RouteKey,
-    origin: Origin,
-    backend: SocketAddr,
-    started: Instant,
-    ja4: Option<Ja4>,
-    _client_slot: Option<ClientGuard>,
-    _load: LoadGuard,
 }
 
 impl Future for Established {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        let (totals, error) = match ready!(this.forward.poll(cx)) {
-            Ok(totals) => (totals, None),
-            Err(error) => (Totals::default(), Some(error)),
+        let mut this = self.project();
+        let (totals, error) = match this.forward.as_mut().poll(cx) {
+            Poll::Ready(Ok(totals)) => (totals, None),
+            Poll::Ready(Err(error)) => (Totals::default(), Some(error)),
+            Poll::Pending => {
+                if this.revocation.is_none() || this.live.poll_revoked(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let totals = Totals {
+                    revoked: true,
+                    ..this.forward.totals()
+                };
+                (totals, None)
+            }
         };
-        let closing = &**this.closing;
-        let (client, name, route) = (closing.origin.client(), &closing.key, this.route.name());
-        let claimed = closing.origin.claimed().map(tracing::field::display);
-        let ja4 = closing.ja4.map(tracing::field::display);
+        let live = &**this.live;
+        let (client, name, route) = (live.client(), &live.key, live.held.route());
+        let claimed = live.claimed().map(tracing::field::display);
+        let ja4 = live.ja4.map(tracing::field::display);
         if totals.revoked {
             tracing::info!(%client, claimed, %name, route, "connection revoked: the table no longer admits it");
         }
-        if this.proxy.settings.log_connections {
+        if live.held.log_connections() {
             tracing::info!(
-                %client, peer = %closing.origin.peer, claimed, %name, route, backend = %closing.backend, ja4,
+                %client, peer = %live.peer, claimed, %name, route, backend = %live.backend, ja4,
                 client_to_backend = totals.client_to_backend,
                 backend_to_client = totals.backend_to_client,
                 idle_timeout = totals.idle_timed_out,
                 revoked = totals.revoked,
-                duration = ?closing.started.elapsed(),
+                duration = ?live.started.elapsed(),
                 error = error.as_ref().map(tracing::field::display),
                 "connection closed"
             );
@@ -335,9 +355,10 @@ mod size_tests {
     use crate::{Metrics, Settings};
 
     /// A connection's task future lives as long as the connection; what it holds while idle is
-    /// most of a connection's memory in user space. (tokio rounds a task up to 128 bytes with
-    /// its header: 640 bytes of future make a 768-byte task.)
-    const MAX_TASK_FUTURE: usize = 640;
+    /// most of a connection's memory in user space. tokio's task cell is aligned to 128 bytes
+    /// and adds 96 (header, scheduler and id, trailer) to the future: up to 416 bytes of
+    /// future make a 512-byte task, 417 a 640-byte one.
+    const MAX_TASK_FUTURE: usize = 416;
 
     #[tokio::test]
     async fn the_connection_task_stays_small() {

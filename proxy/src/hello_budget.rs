@@ -15,10 +15,21 @@
 //! `client_limits`) and then still loses the tie to a client that just made progress. The
 //! [`Ledger`] is the pure core; [`HelloBudget`] puts it behind a lock and tells each victim's
 //! task through its own [`Notify`].
+//!
+//! The lock is for pressure only. A connection's first reservation, up to a quarter of the
+//! budget over all such connections, is taken with two atomic additions and enters no ledger
+//! (no lock, no `Notify`): the common hello, read into its first 1 KiB buffer and forwarded,
+//! never takes the lock. Those reservations cannot be evicted, so a flood can pin at most that
+//! quarter, each of its bytes for at most `client_hello_timeout`; every other reservation (a
+//! growth, or a first one once the quarter is taken) goes through the ledger as before, in
+//! the eviction order above, against the same one total: all reservations, with or without
+//! the ledger, are added to one atomic counter by compare-and-swap within the limit, so the
+//! budget is never passed however they interleave. That counter is the gauge's own value.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus_client::metrics::gauge::Gauge;
@@ -59,14 +70,17 @@ impl Place {
     }
 }
 
-/// Bytes reserved per pending connection, in eviction order, within `limit`. Pure: `S` is
-/// how a victim is told, handed back to the caller on eviction. Only connections that hold
-/// bytes have an entry: one that has sent nothing costs nothing, and evicting it would free
-/// nothing.
+/// Bytes reserved per pending connection, in eviction order, within `limit`. Pure but for
+/// `total`, the bytes reserved in all (its own and others' taken beside it; a gauge, so that
+/// what is reported is what is counted): `S` is how a victim is told, handed back to the
+/// caller on eviction. Only connections that hold bytes have an entry: one that has sent
+/// nothing costs nothing, and evicting it would free nothing.
 #[derive(Debug)]
 pub struct Ledger<S> {
     limit: usize,
+    /// Bytes of the ledger's own entries.
     held: usize,
+    total: Gauge,
     /// The next growth's stamp: the ledger's own clock of progress.
     next: u64,
     // The first entry is the next to evict. O(log n) a change.
@@ -74,55 +88,74 @@ pub struct Ledger<S> {
 }
 
 impl<S> Ledger<S> {
-    /// An empty ledger for `limit` bytes.
+    /// An empty ledger for `limit` bytes, alone in its budget.
+    #[cfg(test)]
     pub fn new(limit: usize) -> Self {
+        Self::sharing(limit, Gauge::default())
+    }
+
+    /// An empty ledger for `limit` bytes of `total`, which others may add to (within the
+    /// limit, by [`take`]) beside it.
+    pub fn sharing(limit: usize, total: Gauge) -> Self {
         Self {
             limit,
             held: 0,
+            total,
             next: 0,
             pending: BTreeMap::new(),
         }
     }
 
     /// Grows a connection's reservation from what it holds at `place` (`None`: nothing yet)
-    /// to `to` bytes (its buffer's new capacity), returning its new place; `signal` is how it
-    /// is told if it is evicted later. To make room, the next connection in order is evicted,
-    /// its signal handed to `evict`; if the asker at its new size would itself be next, it is
-    /// evicted instead, with `Err`. (One victim is always enough: it holds at least `to`
-    /// bytes, and the overflow is at most that.) `Err` too if it was evicted before.
+    /// and `outside` (bytes it holds in the total without an entry) to `to` bytes (its
+    /// buffer's new capacity), returning its new place; `signal` is how it is told if it is
+    /// evicted later. To make room, the next connection in order is evicted, its signal handed
+    /// to `evict`; if the asker at its new size would itself be next, it is evicted instead,
+    /// with `Err`, and what it held is released. (Alone in its budget one victim is always
+    /// enough: it holds at least `to` bytes, and the overflow is at most that.) `Err` too if
+    /// it was evicted before.
     pub fn reserve(
         &mut self,
         place: Option<Place>,
+        outside: usize,
         to: usize,
         signal: impl FnOnce() -> S,
         mut evict: impl FnMut(S),
     ) -> Result<Place, Evicted> {
-        let from = place.map_or(0, |place| place.bytes());
+        let in_ledger = place.map_or(0, |place| place.bytes());
+        let from = in_ledger + outside;
         let evicted = Evicted { reserved: from };
         let held = match place {
             None => None,
             Some(place) => match self.pending.remove(&place) {
                 Some(signal) => Some(signal),
-                None => return Err(evicted),
+                None => {
+                    release(&self.total, outside);
+                    return Err(evicted);
+                }
             },
         };
-        self.held -= from;
+        self.held -= in_ledger;
         // The newest stamp: among buffers of its size, the asker is the last to go.
         let grown = Place {
             bytes: Reverse(to),
             grown: self.next,
         };
         self.next += 1;
-        while self.held.saturating_add(to) > self.limit {
-            let Some(next) = self.pending.first_entry() else {
-                // More than the whole budget, with nobody left to evict.
+        while !take(&self.total, self.limit, from, to) {
+            let next = match self.pending.first_entry() {
+                // More than the whole budget, with nobody left to evict; or the asker is next.
+                None => None,
+                Some(next) if grown < *next.key() => None,
+                Some(next) => Some(next),
+            };
+            let Some(next) = next else {
+                release(&self.total, from);
                 return Err(evicted);
             };
-            if grown < *next.key() {
-                return Err(evicted);
-            }
             let (victim, signal) = next.remove_entry();
             self.held -= victim.bytes();
+            release(&self.total, victim.bytes());
             evict(signal);
         }
         self.pending.insert(grown, held.unwrap_or_else(signal));
@@ -135,10 +168,12 @@ impl<S> Ledger<S> {
     pub fn close(&mut self, place: Place) {
         if self.pending.remove(&place).is_some() {
             self.held -= place.bytes();
+            release(&self.total, place.bytes());
         }
     }
 
-    /// Bytes reserved by pending connections.
+    /// Bytes reserved by the ledger's pending connections.
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held
     }
@@ -150,13 +185,42 @@ impl<S> Ledger<S> {
     }
 }
 
-/// The shared budget: the [`Ledger`] behind one lock, taken only when a buffer grows (a few
-/// times per connection) and when a connection that reserved ends, never when a connection
-/// opens or per read into room already reserved.
+/// Replaces `from` of the bytes in `total` with `to` if that stays within `limit`; whether it
+/// did. A compare-and-swap: concurrent takers never pass the limit together.
+fn take(total: &Gauge, limit: usize, from: usize, to: usize) -> bool {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let (from, to) = (as_i64(from), as_i64(to));
+    total
+        .inner()
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+            let new = t.saturating_sub(from).saturating_add(to);
+            (new <= limit).then_some(new)
+        })
+        .is_ok()
+}
+
+fn release(total: &Gauge, bytes: usize) {
+    total.inner().fetch_sub(as_i64(bytes), Ordering::AcqRel);
+}
+
+fn as_i64(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+/// The shared budget: the [`Ledger`] behind one lock, taken only under pressure (see the
+/// module's doc): when a buffer grows past its first reservation, when a first reservation
+/// finds the unledgered quarter taken, and when a connection that went through the ledger
+/// ends. Never when a connection opens, per read into room already reserved, or for a hello
+/// that fits its first buffer while the quarter has room.
 #[derive(Debug)]
 pub struct HelloBudget {
     ledger: Mutex<Ledger<Arc<Notify>>>,
-    /// `sniroute_client_hello_memory_bytes`, set under the lock so it follows every change.
+    limit: usize,
+    /// Bytes reserved without the ledger, within `unledgered_limit`.
+    unledgered: AtomicUsize,
+    unledgered_limit: usize,
+    /// `sniroute_client_hello_memory_bytes`: every byte reserved, the one total the limit
+    /// holds (its atomic is what reservations add to).
     held: Gauge,
 }
 
@@ -164,7 +228,10 @@ impl HelloBudget {
     /// A budget of `limit` bytes, reporting what it holds in `held`.
     pub fn new(limit: usize, held: Gauge) -> Self {
         Self {
-            ledger: Mutex::new(Ledger::new(limit)),
+            ledger: Mutex::new(Ledger::sharing(limit, held.clone())),
+            limit,
+            unledgered: AtomicUsize::new(0),
+            unledgered_limit: limit / 4,
             held,
         }
     }
@@ -180,13 +247,27 @@ impl HelloBudget {
         Pending {
             budget: self,
             place: None,
+            unledgered: 0,
             evicted: None,
         }
     }
 
-    fn report(&self, ledger: &Ledger<Arc<Notify>>) {
-        self.held
-            .set(i64::try_from(ledger.held()).unwrap_or(i64::MAX));
+    /// Reserves `bytes` without the ledger, if the quarter and the budget have room.
+    fn take_unledgered(&self, bytes: usize) -> bool {
+        let cap = self.unledgered_limit;
+        let quarter = self
+            .unledgered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(bytes).filter(|&new| new <= cap)
+            });
+        if quarter.is_err() {
+            return false;
+        }
+        if take(&self.held, self.limit, 0, bytes) {
+            return true;
+        }
+        self.unledgered.fetch_sub(bytes, Ordering::AcqRel);
+        false
     }
 }
 
@@ -194,25 +275,37 @@ impl HelloBudget {
 #[derive(Debug)]
 pub struct Pending<'a> {
     budget: &'a HelloBudget,
-    /// Where it stands in the ledger, once it reserved (and until it is evicted).
+    /// Where it stands in the ledger, once it reserved there (and until it is evicted).
     place: Option<Place>,
-    /// Made at the first reservation: only a connection holding bytes can be evicted.
+    /// Bytes it reserved without the ledger (its first reservation, while there was room).
+    unledgered: usize,
+    /// Made at the first reservation through the ledger: only a connection there can be
+    /// evicted.
     evicted: Option<Arc<Notify>>,
 }
 
 impl Pending<'_> {
     /// Reserves `capacity` bytes in all for this connection's buffer, before it grows to that.
     pub fn reserve(&mut self, capacity: usize) -> Result<(), Evicted> {
+        let budget = self.budget;
+        let first = self.place.is_none() && self.unledgered == 0 && self.evicted.is_none();
+        if first && budget.take_unledgered(capacity) {
+            self.unledgered = capacity;
+            return Ok(());
+        }
         let evicted = self.evicted.get_or_insert_with(|| Arc::new(Notify::new()));
-        let mut ledger = self.budget.lock();
+        let outside = std::mem::take(&mut self.unledgered);
+        let mut ledger = budget.lock();
         let reserved = ledger.reserve(
             self.place,
+            outside,
             capacity,
             || evicted.clone(),
             |victim| victim.notify_one(),
         );
-        self.budget.report(&ledger);
         drop(ledger);
+        // Its bytes are in the ledger's entry now (or released with the refusal).
+        budget.unledgered.fetch_sub(outside, Ordering::AcqRel);
         self.place = reserved.ok();
         reserved.map(drop)
     }
@@ -221,7 +314,7 @@ impl Pending<'_> {
     /// evicted).
     #[cfg(test)]
     pub fn reserved(&self) -> usize {
-        self.place.map_or(0, |place| place.bytes())
+        self.place.map_or(0, |place| place.bytes()) + self.unledgered
     }
 
     /// Completes once another connection's reservation has evicted this one. (`notify_one`
@@ -229,7 +322,8 @@ impl Pending<'_> {
     pub async fn evicted(&self) {
         match &self.evicted {
             Some(evicted) => evicted.notified().await,
-            // Nothing reserved yet, so nothing to evict; the caller asks again after reserving.
+            // Nothing in the ledger, so nothing to evict; the caller asks again after its
+            // next reservation.
             None => std::future::pending().await,
         }
     }
@@ -237,11 +331,16 @@ impl Pending<'_> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        // One that never reserved has no entry: no lock for it.
+        let budget = self.budget;
+        if self.unledgered > 0 {
+            budget
+                .unledgered
+                .fetch_sub(self.unledgered, Ordering::AcqRel);
+            release(&budget.held, self.unledgered);
+        }
+        // One that never reserved through the ledger has no entry: no lock for it.
         if let Some(place) = self.place {
-            let mut ledger = self.budget.lock();
-            ledger.close(place);
-            self.budget.report(&ledger);
+            budget.lock().close(place);
         }
     }
 }
@@ -265,7 +364,7 @@ mod tests {
         let mut evicted = Vec::new();
         let name = conn.name;
         conn.place = ledger
-            .reserve(conn.place, to, || name, |who| evicted.push(who))
+            .reserve(conn.place, 0, to, || name, |who| evicted.push(who))
             .ok();
         (conn.place.is_some(), evicted)
     }
@@ -455,5 +554,83 @@ mod tests {
         assert_eq!(small.reserved(), 1024);
         drop(small);
         assert_eq!(held.get(), 0);
+    }
+
+    #[test]
+    fn first_reservations_skip_the_ledger_up_to_a_quarter_and_growth_enters_it() {
+        let held = Gauge::default();
+        let budget = HelloBudget::new(8 * 1024, held.clone());
+        let mut a = budget.open();
+        let mut b = budget.open();
+        a.reserve(1024).unwrap();
+        b.reserve(1024).unwrap();
+        assert_eq!(
+            budget.lock().pending(),
+            0,
+            "no ledger entry for a first 1 KiB"
+        );
+        assert_eq!(
+            (held.get(), budget.unledgered.load(Ordering::Relaxed)),
+            (2048, 2048)
+        );
+        // The quarter (2 KiB) is taken: the next first reservation goes through the ledger.
+        let mut c = budget.open();
+        c.reserve(1024).unwrap();
+        assert_eq!(budget.lock().pending(), 1);
+        // A growth moves a's bytes into the ledger, where it can be evicted.
+        a.reserve(2048).unwrap();
+        assert_eq!(budget.lock().pending(), 2);
+        assert_eq!(budget.unledgered.load(Ordering::Relaxed), 1024);
+        assert_eq!((held.get(), a.reserved()), (1024 + 1024 + 2048, 2048));
+        // Past the limit, the ledger's next in order goes (a: the largest, longest without
+        // growing); b, unledgered, cannot be.
+        let mut later: Vec<_> = (0..3).map(|_| budget.open()).collect();
+        for p in &mut later {
+            p.reserve(2048).unwrap();
+        }
+        assert!(a.reserve(4096).is_err(), "a was evicted");
+        assert_eq!(held.get(), 1024 + 1024 + 3 * 2048);
+        drop((a, b, c, later));
+        assert_eq!(
+            (held.get(), budget.unledgered.load(Ordering::Relaxed)),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn threads_reserving_at_once_never_pass_the_limit_and_release_all() {
+        let held = Gauge::default();
+        let limit = 64 * 1024;
+        let budget = HelloBudget::new(limit, held.clone());
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (budget, held) = (&budget, &held);
+                s.spawn(move || {
+                    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ t;
+                    let mut live = Vec::new();
+                    for _ in 0..20_000 {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        if seed.is_multiple_of(3) && !live.is_empty() {
+                            live.swap_remove((seed >> 8) as usize % live.len());
+                            continue;
+                        }
+                        let mut p = budget.open();
+                        let mut to = 1024;
+                        while p.reserve(to).is_ok() && seed.is_multiple_of(5) && to < 16 * 1024 {
+                            to *= 2;
+                        }
+                        live.push(p);
+                        assert!(held.get() <= limit as i64, "{}", held.get());
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            (held.get(), budget.unledgered.load(Ordering::Relaxed)),
+            (0, 0)
+        );
+        assert_eq!(budget.lock().held(), 0);
     }
 }

@@ -29,6 +29,7 @@ mod error;
 mod explain;
 mod forward;
 mod health;
+mod held;
 mod hello_budget;
 mod ja4;
 mod listener;
@@ -129,7 +130,7 @@ pub struct Proxy {
     client_limits: Option<client_limit::ClientLimits>,
     hello_budget: hello_budget::HelloBudget,
     refusal_log: LogLimiter,
-    connections: Arc<revoke::Connections>,
+    connections: Arc<revoke::Connections<held::Held>>,
 }
 
 impl Proxy {

@@ -9,7 +9,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::connection::{self, ConnectionSlot};
+use crate::connection;
+use crate::held::ConnectionSlot;
 use crate::route::ListenerKind;
 use crate::socket;
 use crate::Proxy;

@@ -101,6 +101,13 @@ impl RouteState {
 #[derive(Debug)]
 pub(crate) struct RouteSlot(Arc<RouteState>);
 
+impl RouteSlot {
+    /// The route's name.
+    pub(crate) fn name(&self) -> &str {
+        self.0.name()
+    }
+}
+
 impl Drop for RouteSlot {
     fn drop(&mut self) {
         self.0.open.release();

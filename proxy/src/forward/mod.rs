@@ -14,7 +14,6 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::metrics::ByteCounters;
-use crate::revoke::Registration;
 
 mod burst;
 #[cfg(not(target_os = "linux"))]
@@ -36,19 +35,20 @@ pin_project_lite::pin_project! {
     ///
     /// One side's EOF becomes a write shutdown on the other while the other direction keeps
     /// flowing. An error on either side ends both; so does `idle_timeout` without a byte
-    /// moving either way, and so does a revocation.
+    /// moving either way, and the connection's task ends it on a revocation.
     pub struct Forward {
         client: TcpStream,
         backend: TcpStream,
         up: Pump,
         down: Pump,
         activity: Activity,
-        idle_timeout: Duration,
+        // Nanoseconds (saturating: a limit past 584 years has no deadline anyway), 8 bytes
+        // fewer than a `Duration` in every connection's task.
+        idle_timeout_ns: u64,
         // `None` when the limit is past the clock's range (`idle_timeout: 300000000000y`
         // validates): such a pair never times out, where `+` would panic its task.
         #[pin]
         idle: Option<Sleep>,
-        revocation: Option<Registration>,
     }
 }
 
@@ -71,17 +71,15 @@ pub fn forward(
         up: Pump::with_pending(first),
         down: Pump::default(),
         activity,
-        idle_timeout,
+        idle_timeout_ns: u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX),
         idle: start.checked_add(idle_timeout).map(sleep_until),
-        revocation: None,
     }
 }
 
 impl Forward {
-    /// Ends the pair when `registration` is revoked.
-    pub(crate) fn revocable(mut self, registration: Registration) -> Self {
-        self.revocation = Some(registration);
-        self
+    /// What moved so far (for a pair ended from outside, by a revocation).
+    pub(crate) fn totals(&self) -> Totals {
+        self.activity.totals()
     }
 }
 
@@ -106,16 +104,6 @@ impl Future for Forward {
         if up.is_ready() && down.is_ready() {
             return Poll::Ready(Ok(activity.totals()));
         }
-        if this
-            .revocation
-            .as_ref()
-            .is_some_and(|registration| registration.poll_revoked(cx).is_ready())
-        {
-            return Poll::Ready(Ok(Totals {
-                revoked: true,
-                ..activity.totals()
-            }));
-        }
         // Wakes once per `idle_timeout`, not per transfer: on waking, the deadline moves to
         // the last transfer's time plus the limit, and only a pair that has not moved since
         // is closed.
@@ -123,7 +111,8 @@ impl Future for Forward {
             if idle.as_mut().poll(cx).is_pending() {
                 break;
             }
-            match activity.last().checked_add(*this.idle_timeout) {
+            let limit = Duration::from_nanos(*this.idle_timeout_ns);
+            match activity.last().checked_add(limit) {
                 Some(deadline) if Instant::now() < deadline => idle.reset(deadline),
                 Some(_) => {
                     return Poll::Ready(Ok(Totals {

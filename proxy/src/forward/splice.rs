@@ -46,8 +46,9 @@ struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     /// Bytes the pipe holds when full: what one splice into it asks for, so a splice into an
-    /// empty pipe never blocks on the pipe, only on the socket.
-    capacity: usize,
+    /// empty pipe never blocks on the pipe, only on the socket. (u32s here and in `Pump`: a
+    /// pipe holds at most `pipe-max-size`, and each pump sits in every connection's task.)
+    capacity: u32,
 }
 
 impl Pipe {
@@ -56,10 +57,10 @@ impl Pipe {
             return Ok(pipe);
         }
         let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        let mut capacity = DEFAULT_PIPE;
+        let mut capacity = DEFAULT_PIPE as u32;
         if LARGE_PIPES.fetch_add(1, Ordering::Relaxed) < MAX_LARGE_PIPES {
             match fcntl_setpipe_size(&write, LARGE_PIPE) {
-                Ok(size) => capacity = size,
+                Ok(size) => capacity = u32::try_from(size).unwrap_or(DEFAULT_PIPE as u32),
                 // Refused (a lower pipe-max-size, or over the soft limit): the default will do.
                 Err(_) => {
                     LARGE_PIPES.fetch_sub(1, Ordering::Relaxed);
@@ -88,7 +89,7 @@ impl Pipe {
 
 impl Drop for Pipe {
     fn drop(&mut self) {
-        if self.capacity > DEFAULT_PIPE {
+        if self.capacity as usize > DEFAULT_PIPE {
             LARGE_PIPES.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -105,7 +106,7 @@ pub(crate) struct Pump {
     /// The pipe while a burst is moving; given back once it is empty and `from` has no more.
     pipe: Option<Pipe>,
     /// Bytes in `pipe` not yet written to `to`.
-    in_pipe: usize,
+    in_pipe: u32,
     /// The start of each small burst, the bytes read while routing, and bulk when no pipe
     /// can be had (at the open-files limit with this thread's pool empty) rather than fail
     /// the pair.
@@ -155,14 +156,15 @@ impl Pump {
                         None,
                         to,
                         None,
-                        self.in_pipe,
+                        self.in_pipe as usize,
                         SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
                     )?)
                 });
                 match moved {
                     Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Ok(n) => {
-                        self.in_pipe -= n;
+                        // At most `in_pipe`: what was asked for.
+                        self.in_pipe -= n as u32;
                         activity.record(counter, n);
                     }
                     // Readiness is cleared: the next poll_write_ready waits for room.
@@ -208,14 +210,15 @@ impl Pump {
                     None,
                     &pipe.write,
                     None,
-                    pipe.capacity,
+                    pipe.capacity as usize,
                     SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
                 )?)
             });
             match moved {
                 Ok(0) => return self.finish(to, last),
                 Ok(n) => {
-                    self.in_pipe = n;
+                    // At most the pipe's capacity: what was asked for.
+                    self.in_pipe = n as u32;
                     self.bulk = n >= COPY_BUFFER;
                 }
                 // Readiness is cleared: the next poll_read_ready waits (and gives the pipe back).
