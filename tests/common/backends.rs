@@ -401,3 +401,26 @@ pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("local addr")
 }
+
+/// A loopback address whose connects hang: a listener with a backlog of 1 whose accept queue
+/// is full (and never drained), so the kernel drops further SYNs. Filled with blocking
+/// connects on the real clock (so it serves tests on paused time too); in a runtime. Holds
+/// the listener and the queued connections.
+pub fn black_hole() -> (SocketAddr, TcpListener, Vec<std::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("local addr");
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(tcp) => queued.push(tcp),
+            // A connect that hangs: the hole is ready.
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return (addr, listener, queued),
+            Err(e) => panic!("filling the black hole's queue: {e}"),
+        }
+    }
+    panic!("connects to a listener with a full accept queue kept succeeding");
+}

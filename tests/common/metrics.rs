@@ -20,6 +20,11 @@ impl Scrape {
         Self(body)
     }
 
+    /// A scrape already read: the text an in-process proxy's registry encodes.
+    pub fn from_text(text: String) -> Self {
+        Self(text)
+    }
+
     /// Scrapes the admin listener at `admin` (a pod's port 9090), `Err` unless it answers 200.
     pub fn at(admin: SocketAddr) -> io::Result<Self> {
         match http_get(admin, "/metrics")? {

@@ -10,7 +10,8 @@
 //!   TCP reads, `openssl s_client`, HTTP `GET`.
 //! - [`config`]: config YAML built in code ([`Cfg`]).
 //! - [`metrics`]: `/metrics` read into a [`Scrape`].
-//! - [`sniroute`]: the binary as a child process ([`Sniroute`], [`run_binary`]).
+//! - [`sniroute`]: the binary as a child process ([`Sniroute`], [`run_binary`]);
+//!   [`in_process`]: the data plane in the test's own runtime, for timeouts on paused time.
 //! - [`fixtures`]: captured ClientHellos; [`hellos`]: hellos reshaped for framing tests.
 //! - [`apiserver`], [`cluster`], [`fake_kube`], [`prometheus`], [`procfs`]: the real
 //!   kube-apiserver, a real one-node cluster (kubelet, containerd, kube-proxy), a fake
@@ -27,6 +28,7 @@ pub mod config;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod hellos;
+pub mod in_process;
 pub mod metrics;
 pub mod pki;
 pub mod procfs;

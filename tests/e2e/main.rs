@@ -31,3 +31,4 @@ mod refusals;
 mod reload;
 mod revocation;
 mod routing;
+mod timeouts;

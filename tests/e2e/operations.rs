@@ -343,6 +343,10 @@ async fn replicas_on_the_same_routes_report_the_same_table_hash() {
 
 // === 2. Graceful drain ===
 
+// On the wall clock, with the real binary: `shutdown_delay` and `drain_timeout` are the
+// process's answer to SIGTERM (readiness, its listeners, its exit status), which only the
+// process shows; the data plane's own timeouts are on paused time in timeouts.rs.
+
 /// Bytes of the long stream, written in `CHUNKS` pieces over about `CHUNKS * CHUNK_GAP`.
 const CHUNKS: usize = 48;
 const CHUNK: usize = 64 * 1024;

@@ -80,30 +80,6 @@ async fn plaintext_is_closed_with_nothing_sent() {
 }
 
 #[tokio::test]
-async fn client_hello_timeout_closes_slow_clients() {
-    let raw = RawBackend::start();
-    let proxy = Sniroute::start(
-        one_route(raw.addr())
-            .set("client_hello_timeout", "500ms")
-            .yaml(),
-    );
-    let mut tcp = raw_connect(proxy.proxy_addr()).await;
-    let start = Instant::now();
-    tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
-    let out = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
-    let took = out.at - start;
-    assert!(out.end.closed(), "still open after 5s");
-    assert!(
-        took >= Duration::from_millis(400),
-        "closed after {took:?}, before the 500ms timeout"
-    );
-    assert!(took <= Duration::from_secs(3), "closed only after {took:?}");
-    assert_eq!(out.bytes, b"");
-    assert_eq!(raw.accepted(), 0);
-    proxy.wait_refusal_since(0, "client_hello_timeout", STEP);
-}
-
-#[tokio::test]
 async fn oversized_hello_is_closed_and_never_forwarded() {
     let raw = RawBackend::start();
     let proxy = Sniroute::start(
