@@ -6,9 +6,10 @@
 //! are counted, so the figure is sniroute's alone. Each connection: connect, send a real
 //! curl ClientHello, the backend reads it and closes, the client sees the close.
 //!
-//! `cargo bench --bench path_costs` prints allocations and bytes per routed connection, then
-//! (with `PATH_COSTS_SITES=1`) the call sites of the allocations of one connection, by the
-//! first sniroute frame of each.
+//! `cargo bench --bench path_costs` prints allocations and bytes per routed connection, what
+//! an idle forwarded connection keeps allocated (the proxy threads' allocations still live
+//! with 1,000 connections open, by size), then (with `PATH_COSTS_SITES=1`) the call sites of
+//! the allocations of one connection, by the first sniroute frame of each.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -36,6 +37,12 @@ static BYTES: AtomicU64 = AtomicU64::new(0);
 /// While set, each counted allocation's backtrace is kept (one connection's worth).
 static SITES: AtomicBool = AtomicBool::new(false);
 static SITE_LOG: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
+/// While set, counted allocations are kept by address until freed (on any thread).
+static TRACK_LIVE: AtomicBool = AtomicBool::new(false);
+static LIVE: Mutex<BTreeMap<usize, usize>> = Mutex::new(BTreeMap::new());
+/// While set, the backend keeps its connections open instead of closing after the hello.
+static HOLD: AtomicBool = AtomicBool::new(false);
+const IDLE: usize = 1_000;
 
 thread_local! {
     /// Set on the proxy runtime's threads.
@@ -46,27 +53,68 @@ thread_local! {
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
         // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
+        let ptr = unsafe { System.alloc(layout) };
+        if note(layout.size()) {
+            keep(ptr, layout.size());
+        }
+        ptr
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        forget(ptr);
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
+        forget(ptr);
         // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if note(new_size) {
+            keep(new, new_size);
+        }
+        new
     }
 }
 
-fn note(size: usize) {
+/// Runs `f` as the allocator's own bookkeeping (its allocations are not counted).
+fn inside(f: impl FnOnce()) {
+    if INSIDE
+        .try_with(|inside| inside.replace(true))
+        .unwrap_or(true)
+    {
+        return;
+    }
+    f();
+    INSIDE.with(|inside| inside.set(false));
+}
+
+fn keep(ptr: *mut u8, size: usize) {
+    if TRACK_LIVE.load(Ordering::Relaxed) {
+        inside(|| {
+            if let Ok(mut live) = LIVE.lock() {
+                live.insert(ptr as usize, size);
+            }
+        });
+    }
+}
+
+fn forget(ptr: *mut u8) {
+    if TRACK_LIVE.load(Ordering::Relaxed) {
+        inside(|| {
+            if let Ok(mut live) = LIVE.lock() {
+                live.remove(&(ptr as usize));
+            }
+        });
+    }
+}
+
+/// Counts an allocation made on a counted thread; whether it was counted.
+fn note(size: usize) -> bool {
     let counted = COUNTED.try_with(Cell::get).unwrap_or(false);
     if !counted || INSIDE.try_with(Cell::get).unwrap_or(true) {
-        return;
+        return false;
     }
     ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
     BYTES.fetch_add(size as u64, Ordering::Relaxed);
@@ -78,6 +126,7 @@ fn note(size: usize) {
         }
         INSIDE.with(|inside| inside.set(false));
     }
+    true
 }
 
 #[global_allocator]
@@ -85,15 +134,73 @@ static GLOBAL: Counting = Counting;
 
 /// A backend that reads what it is sent until it has the whole hello, then closes.
 async fn backend(listener: TcpListener) {
+    let held = Arc::new(Mutex::new(Vec::new()));
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
+        let held = held.clone();
         tokio::spawn(async move {
             let mut got = vec![0u8; CURL.len()];
             let _ = stream.read_exact(&mut got).await;
+            if HOLD.load(Ordering::SeqCst) {
+                if let Ok(mut held) = held.lock() {
+                    held.push(stream);
+                }
+            }
         });
     }
+}
+
+/// What the proxy's threads keep allocated for `IDLE` forwarded connections left open: blocks
+/// and bytes per connection, and the blocks by size.
+async fn idle(proxy: SocketAddr) {
+    HOLD.store(true, Ordering::SeqCst);
+    // A first batch grows what grows once (the registry's slots, the runtime's pages).
+    let mut clients = Vec::new();
+    for _ in 0..IDLE {
+        clients.push(open(proxy).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    TRACK_LIVE.store(true, Ordering::SeqCst);
+    for _ in 0..IDLE {
+        clients.push(open(proxy).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    TRACK_LIVE.store(false, Ordering::SeqCst);
+    let live: Vec<usize> = LIVE
+        .lock()
+        .map(|l| l.values().copied().collect())
+        .unwrap_or_default();
+    let bytes: usize = live.iter().sum();
+    println!(
+        "per idle forwarded connection ({IDLE} open): {:.2} heap blocks, {:.0} bytes still \
+         allocated (as asked of the allocator, before its own rounding and headers)",
+        live.len() as f64 / IDLE as f64,
+        bytes as f64 / IDLE as f64
+    );
+    let mut by_size: BTreeMap<usize, usize> = BTreeMap::new();
+    for size in live {
+        *by_size.entry(size).or_default() += 1;
+    }
+    for (size, count) in by_size.iter().rev() {
+        println!(
+            "  {:>6} B x {:.2} per connection",
+            size,
+            *count as f64 / IDLE as f64
+        );
+    }
+    drop(clients);
+    HOLD.store(false, Ordering::SeqCst);
+}
+
+/// A connection that sent its hello and stays open.
+async fn open(proxy: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy)
+        .await
+        .expect("connect to the proxy");
+    stream.write_all(CURL).await.expect("send the hello");
+    stream
 }
 
 async fn one(proxy: SocketAddr) {
@@ -219,6 +326,8 @@ fn main() {
                 println!("  {count:>3} x, {bytes:>6} B  {site}");
             }
         }
+        // Last: the idle connections' closes would otherwise be counted as the sites' one.
+        idle(proxy_addr).await;
     });
     shutdown.cancel();
 }

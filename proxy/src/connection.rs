@@ -360,6 +360,16 @@ mod size_tests {
     /// future make a 512-byte task, 417 a 640-byte one.
     const MAX_TASK_FUTURE: usize = 416;
 
+    /// A forwarded connection's shared record (what its closing line reports and the registry
+    /// reads, what it holds) lives as long as it: with `Arc`'s two counts, at most 256 bytes.
+    const MAX_RECORD: usize = 240;
+
+    #[test]
+    fn the_connection_record_stays_small() {
+        let size = std::mem::size_of::<Live<crate::held::Held>>();
+        assert!(size <= MAX_RECORD, "connection record is {size} bytes");
+    }
+
     #[tokio::test]
     async fn the_connection_task_stays_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -289,16 +289,17 @@ impl<H> Connections<H> {
         }
     }
 
-    /// The connections `table` would refuse.
-    fn refused_by(&self, table: &Table) -> Vec<Weak<Live<H>>> {
-        let mut doomed = Vec::new();
+    /// The connections `table` would refuse, and how many were judged.
+    fn refused_by(&self, table: &Table) -> (Vec<Weak<Live<H>>>, usize) {
+        let (mut doomed, mut judged) = (Vec::new(), 0);
         self.each(|live| {
+            judged += 1;
             if table.admit(&live.key, live.client().ip()).is_err() {
                 // Weak: a connection that ends during the grace lets go of what it holds then.
                 doomed.push(Arc::downgrade(live));
             }
         });
-        doomed
+        (doomed, judged)
     }
 
     /// Connections registered now.
@@ -340,12 +341,23 @@ impl<H> Revoker<H> {
 
     /// Notes the connections `snapshot`'s table refuses, to be judged again after the grace.
     pub(crate) fn swapped(&mut self, snapshot: &Snapshot) {
-        let doomed = self.connections.refused_by(&snapshot.table);
+        let started = Instant::now();
+        let (doomed, judged) = self.connections.refused_by(&snapshot.table);
+        // What a swap costs with many connections open (benches/idle_scale.rs reads it).
+        let scan = started.elapsed();
         if doomed.is_empty() {
+            tracing::debug!(
+                judged,
+                generation = snapshot.generation,
+                ?scan,
+                "revocation scan: every established connection still admitted"
+            );
             return;
         }
         tracing::info!(
             connections = doomed.len(),
+            judged,
+            ?scan,
             generation = snapshot.generation,
             grace = ?self.grace,
             "established connections no longer admitted; revoking after the grace period"
@@ -368,11 +380,14 @@ impl<H> Revoker<H> {
         let Some((_, doomed)) = self.due.pop_front() else {
             return;
         };
+        let started = Instant::now();
         let revoked = revoke(&doomed, &snapshot.table);
+        let took = started.elapsed();
         metrics.revoked.inc_by(revoked as u64);
         if revoked > 0 {
             tracing::info!(
                 revoked,
+                ?took,
                 generation = snapshot.generation,
                 "connections revoked"
             );
