@@ -741,6 +741,46 @@ struct AttackRound {
     raw: Vec<Duration>,
 }
 
+/// One attacking connection from `source`: writes `payload` (then releases `connecting`, if
+/// given), counts it sent, and waits until the proxy closes it (counted too) or `done`. A byte
+/// from the proxy is an error: an attacker is never answered, nor forwarded to.
+async fn attacker(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+    payload: &[u8],
+    connecting: Option<tokio::sync::OwnedSemaphorePermit>,
+    (sent, closed): (&AtomicUsize, &AtomicUsize),
+    done: &tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let mut tcp = timeout(STEP, socket.connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    // Evicted before all of it was read, the write may fail: closed all the same.
+    let wrote = tcp.write_all(payload).await;
+    drop(connecting);
+    sent.fetch_add(1, Ordering::SeqCst);
+    if wrote.is_err() {
+        closed.fetch_add(1, Ordering::SeqCst);
+        return Ok(());
+    }
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        read = tcp.read(&mut byte) => match read {
+            Ok(0) | Err(_) => {
+                closed.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+            Ok(n) => Err(format!("the proxy sent an attacker {n} bytes")),
+        },
+        () = done.cancelled() => Ok(()),
+    }
+}
+
 /// `attackers` connections each send an endless hello's first 16,000 bytes and wait to be
 /// closed, while good clients connect over and over; returns once every hello is sent and all
 /// but `survivors` attackers are closed (then the survivors close too).
@@ -806,32 +846,8 @@ async fn hello_attack(
         let source = std::net::IpAddr::from([127, 0, 0, 2 + (i % 8) as u8]);
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-            socket
-                .bind(SocketAddr::new(source, 0))
-                .map_err(|e| format!("bind {source}: {e}"))?;
-            let mut tcp = timeout(STEP, socket.connect(addr))
-                .await
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| format!("connect: {e}"))?;
-            // Evicted before all of it was read, the write may fail: closed all the same.
-            let wrote = tcp.write_all(&payloads[i % payloads.len()]).await;
-            sent.fetch_add(1, Ordering::SeqCst);
-            if wrote.is_err() {
-                closed.fetch_add(1, Ordering::SeqCst);
-                return Ok(());
-            }
-            let mut byte = [0u8; 1];
-            tokio::select! {
-                read = tcp.read(&mut byte) => match read {
-                    Ok(0) | Err(_) => {
-                        closed.fetch_add(1, Ordering::SeqCst);
-                        Ok(())
-                    }
-                    Ok(n) => Err(format!("the proxy sent an attacker {n} bytes")),
-                },
-                () = done.cancelled() => Ok(()),
-            }
+            let payload = &payloads[i % payloads.len()];
+            attacker(addr, source, payload, None, (&sent, &closed), &done).await
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1241,32 +1257,7 @@ async fn hellos_waiting_for_a_black_holed_backend_stay_within_client_hello_memor
         let permit = connecting.clone().acquire_owned().await.unwrap();
         let source = std::net::IpAddr::from([127, 0, 0, 2 + (i % 8) as u8]);
         tasks.push(tokio::spawn(async move {
-            let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-            socket
-                .bind(SocketAddr::new(source, 0))
-                .map_err(|e| format!("bind {source}: {e}"))?;
-            let mut tcp = timeout(STEP, socket.connect(addr))
-                .await
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| format!("connect: {e}"))?;
-            let wrote = tcp.write_all(&hello).await;
-            drop(permit);
-            sent.fetch_add(1, Ordering::SeqCst);
-            if wrote.is_err() {
-                closed.fetch_add(1, Ordering::SeqCst);
-                return Ok(());
-            }
-            let mut byte = [0u8; 1];
-            tokio::select! {
-                read = tcp.read(&mut byte) => match read {
-                    Ok(0) | Err(_) => {
-                        closed.fetch_add(1, Ordering::SeqCst);
-                        Ok(())
-                    }
-                    Ok(n) => Err(format!("the proxy sent {n} bytes before any backend accepted")),
-                },
-                () = done.cancelled() => Ok(()),
-            }
+            attacker(addr, source, &hello, Some(permit), (&sent, &closed), &done).await
         }));
     }
     // All sent; everyone past what the budget holds (64 buffers of 16 KiB) is closed.
