@@ -173,6 +173,38 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
+/// The proxy's RSS (and, if asked, its socket count) sampled every 20 ms on a thread of its
+/// own until [`Peaks::stop`]: their peaks.
+struct Peaks {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(u64, usize)>,
+}
+
+impl Peaks {
+    fn sample(pid: u32, sockets: bool) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut rss, mut open) = (0, 0);
+            while !stopped.load(Ordering::SeqCst) {
+                rss = rss.max(rss_kib(pid));
+                if sockets {
+                    open = open.max(fds(pid).sockets);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (rss, open)
+        });
+        Self { stop, thread }
+    }
+
+    /// Peak RSS (KiB) and most sockets (0 unless sampled).
+    fn stop(self) -> (u64, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("sampler")
+    }
+}
+
 /// `sniroute_connections_total{outcome=...}` from `/metrics`.
 fn outcomes(proxy: &Sniroute, outcome: &str) -> u64 {
     Scrape::of(proxy).outcome(outcome) as u64
@@ -599,17 +631,7 @@ async fn floods_are_refused_with_bounded_memory_and_good_clients_unaffected() {
 
     // RSS sampled through the whole flood.
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !stop.load(Ordering::SeqCst) {
-                peak = peak.max(rss_kib(pid));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        })
-    };
+    let peaks = Peaks::sample(pid, false);
     // A good client, connecting over and over while the flood runs.
     let good_loop = {
         let stop = stop.clone();
@@ -673,7 +695,7 @@ async fn floods_are_refused_with_bounded_memory_and_good_clients_unaffected() {
     let flood_took = started.elapsed();
     drop(held);
     stop.store(true, Ordering::SeqCst);
-    let peak = sampler.join().expect("sampler");
+    let (peak, _) = peaks.stop();
     let latencies = good_loop.await.expect("good client task");
 
     assert!(
@@ -792,18 +814,7 @@ async fn hello_attack(
 ) -> AttackRound {
     let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut peak, mut open) = (0, 0);
-            while !stop.load(Ordering::SeqCst) {
-                peak = peak.max(rss_kib(pid));
-                open = open.max(fds(pid).sockets);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (peak, open)
-        })
-    };
+    let peaks = Peaks::sample(pid, true);
     // On their own thread and runtime: the attack's own tasks must not be what delays them.
     let good_loop = {
         let stop = stop.clone();
@@ -862,7 +873,7 @@ async fn hello_attack(
     sleep(Duration::from_millis(300)).await;
     let hello_memory = Scrape::of(proxy).value("sniroute_client_hello_memory_bytes", &[]);
     stop.store(true, Ordering::SeqCst);
-    let (peak_kib, most_sockets) = sampler.join().expect("sampler");
+    let (peak_kib, most_sockets) = peaks.stop();
     let good = good_loop.join().expect("good client thread");
     let closed = closed.load(Ordering::SeqCst);
     done.cancel();
@@ -1232,18 +1243,7 @@ async fn hellos_waiting_for_a_black_holed_backend_stay_within_client_hello_memor
     let hello = Arc::new(
         hellos::records(&hellos::padded_handshake(&fixture(HELLO), 16_000), 16_000).concat(),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !stop.load(Ordering::SeqCst) {
-                peak = peak.max(rss_kib(pid));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        })
-    };
+    let peaks = Peaks::sample(pid, false);
     let closed = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicUsize::new(0));
     let done = tokio_util::sync::CancellationToken::new();
@@ -1273,8 +1273,7 @@ async fn hellos_waiting_for_a_black_holed_backend_stay_within_client_hello_memor
     let scrape = Scrape::of(&proxy);
     let held = scrape.value("sniroute_client_hello_memory_bytes", &[]);
     let overloaded = scrape.outcome("overloaded") as u64;
-    stop.store(true, Ordering::SeqCst);
-    let peak = sampler.join().expect("sampler");
+    let (peak, _) = peaks.stop();
     let growth = peak.saturating_sub(rss_before);
     let overhead_kib = hellos as u64 * ATTACK_OVERHEAD_KIB_PER_CONNECTION;
     let closed = closed.load(Ordering::SeqCst);

@@ -126,6 +126,14 @@ async fn assert_refused(proxy: &Sniroute, mark: usize, mut tcp: TcpStream, reaso
     proxy.wait_refusal_since(mark, reason, STEP)
 }
 
+/// Sends `header` then doc.example.test's hello to `listen` and asserts `doc` got (as its
+/// connection `index`) a v2 header naming [`CLAIMED`], then the hello.
+async fn claimed_reaches_doc(doc: &RawBackend, index: usize, listen: SocketAddr, header: Vec<u8>) {
+    let doc_hello = hello("doc.example.test");
+    send(listen, &[header, doc_hello.clone()].concat()).await;
+    assert_v2_then(doc, index, addr(CLAIMED), listen, &doc_hello);
+}
+
 /// Sends `bytes` to `to` and asserts the proxy refuses it for `reason`; the log line.
 async fn refused(proxy: &Sniroute, to: SocketAddr, bytes: &[u8], reason: &str) -> String {
     let mark = proxy.log_mark();
@@ -209,15 +217,8 @@ async fn ipv6_clients_get_ipv6_headers() {
 
 /// A proxy taking `mode` headers from `trusted` in front of three raw backends: `open` (route
 /// `api`, no allow list), `doc` (allowed from 192.0.2.0/24) and `lo` (from 127.0.0.0/8), each
-/// route sending v2 headers.
-struct Accepting {
-    open: RawBackend,
-    doc: RawBackend,
-    lo: RawBackend,
-    proxy: Sniroute,
-}
-
-fn accepting(mode: &str, trusted: &str) -> Accepting {
+/// route sending v2 headers. (open, doc, lo, the proxy.)
+fn accepting(mode: &str, trusted: &str) -> (RawBackend, RawBackend, RawBackend, Sniroute) {
     let (open, doc, lo) = (
         RawBackend::start(),
         RawBackend::start(),
@@ -237,22 +238,12 @@ fn accepting(mode: &str, trusted: &str) -> Accepting {
             .route_key("proxy_protocol", "v2")
             .yaml(),
     );
-    Accepting {
-        open,
-        doc,
-        lo,
-        proxy,
-    }
+    (open, doc, lo, proxy)
 }
 
 #[tokio::test]
 async fn v2_from_a_trusted_peer_names_the_client_for_allow_lists_and_backends() {
-    let Accepting {
-        open,
-        doc,
-        lo,
-        proxy,
-    } = accepting("v2", "127.0.0.1/32");
+    let (open, doc, lo, proxy) = accepting("v2", "127.0.0.1/32");
     let listen = proxy.proxy_addr();
     let claimed = addr(CLAIMED);
 
@@ -303,22 +294,12 @@ async fn v2_from_a_trusted_peer_names_the_client_for_allow_lists_and_backends() 
 
 #[tokio::test]
 async fn v1_from_a_trusted_peer_names_the_client() {
-    let Accepting {
-        open,
-        doc,
-        lo,
-        proxy,
-    } = accepting("v1", "127.0.0.1/32");
+    let (open, doc, lo, proxy) = accepting("v1", "127.0.0.1/32");
     let listen = proxy.proxy_addr();
     let claimed = addr(CLAIMED);
 
     let doc_hello = hello("doc.example.test");
-    send(
-        listen,
-        &[v1_header(claimed, listen), doc_hello.clone()].concat(),
-    )
-    .await;
-    assert_v2_then(&doc, 0, claimed, listen, &doc_hello);
+    claimed_reaches_doc(&doc, 0, listen, v1_header(claimed, listen)).await;
 
     refused(
         &proxy,
@@ -341,28 +322,13 @@ async fn v1_from_a_trusted_peer_names_the_client() {
 
 #[tokio::test]
 async fn optional_takes_a_header_or_a_bare_hello_from_a_trusted_peer() {
-    let Accepting {
-        open,
-        doc,
-        lo,
-        proxy,
-    } = accepting("optional", "127.0.0.1/32");
+    let (open, doc, lo, proxy) = accepting("optional", "127.0.0.1/32");
     let listen = proxy.proxy_addr();
     let claimed = addr(CLAIMED);
 
     let doc_hello = hello("doc.example.test");
-    send(
-        listen,
-        &[v2_header(claimed, listen, None), doc_hello.clone()].concat(),
-    )
-    .await;
-    assert_v2_then(&doc, 0, claimed, listen, &doc_hello);
-    send(
-        listen,
-        &[v1_header(claimed, listen), doc_hello.clone()].concat(),
-    )
-    .await;
-    assert_v2_then(&doc, 1, claimed, listen, &doc_hello);
+    claimed_reaches_doc(&doc, 0, listen, v2_header(claimed, listen, None)).await;
+    claimed_reaches_doc(&doc, 1, listen, v1_header(claimed, listen)).await;
 
     // Without a header the peer is the client.
     let api = hello("api.example.test");
@@ -374,12 +340,7 @@ async fn optional_takes_a_header_or_a_bare_hello_from_a_trusted_peer() {
 
 #[tokio::test]
 async fn headers_from_untrusted_peers_are_refused_and_allow_lists_use_the_peer() {
-    let Accepting {
-        open,
-        doc,
-        lo,
-        proxy,
-    } = accepting("optional", "127.0.0.2/32");
+    let (open, doc, lo, proxy) = accepting("optional", "127.0.0.2/32");
     let listen = proxy.proxy_addr();
     let claimed = addr(CLAIMED);
     let untrusted: IpAddr = "127.0.0.1".parse().unwrap();
@@ -562,12 +523,7 @@ fn v2_raw(
 
 #[tokio::test]
 async fn a_local_header_is_a_health_check_and_routes_by_the_peer_when_a_hello_follows() {
-    let Accepting {
-        open: _open,
-        doc,
-        lo,
-        proxy,
-    } = accepting("v2", "127.0.0.1/32");
+    let (_open, doc, lo, proxy) = accepting("v2", "127.0.0.1/32");
     let listen = proxy.listener_addr("proxy");
     let local = v2_raw(
         v2::Command::Local,
@@ -895,12 +851,7 @@ fn with_crc32c(builder: v2::Builder, flip: u32) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_v2_header_with_a_wrong_crc32c_is_refused_and_a_right_one_routes() {
-    let Accepting {
-        open: _open,
-        doc,
-        lo: _lo,
-        proxy,
-    } = accepting("v2", "127.0.0.1/32");
+    let (_open, doc, _lo, proxy) = accepting("v2", "127.0.0.1/32");
     let listen = proxy.proxy_addr();
     let claimed = addr(CLAIMED);
     let builder = || {
