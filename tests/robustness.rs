@@ -173,6 +173,38 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
+/// The proxy's RSS (and, if asked, its socket count) sampled every 20 ms on a thread of its
+/// own until [`Peaks::stop`]: their peaks.
+struct Peaks {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(u64, usize)>,
+}
+
+impl Peaks {
+    fn sample(pid: u32, sockets: bool) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut rss, mut open) = (0, 0);
+            while !stopped.load(Ordering::SeqCst) {
+                rss = rss.max(rss_kib(pid));
+                if sockets {
+                    open = open.max(fds(pid).sockets);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (rss, open)
+        });
+        Self { stop, thread }
+    }
+
+    /// Peak RSS (KiB) and most sockets (0 unless sampled).
+    fn stop(self) -> (u64, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("sampler")
+    }
+}
+
 /// `sniroute_connections_total{outcome=...}` from `/metrics`.
 fn outcomes(proxy: &Sniroute, outcome: &str) -> u64 {
     Scrape::of(proxy).outcome(outcome) as u64
@@ -599,17 +631,7 @@ async fn floods_are_refused_with_bounded_memory_and_good_clients_unaffected() {
 
     // RSS sampled through the whole flood.
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !stop.load(Ordering::SeqCst) {
-                peak = peak.max(rss_kib(pid));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        })
-    };
+    let peaks = Peaks::sample(pid, false);
     // A good client, connecting over and over while the flood runs.
     let good_loop = {
         let stop = stop.clone();
@@ -673,7 +695,7 @@ async fn floods_are_refused_with_bounded_memory_and_good_clients_unaffected() {
     let flood_took = started.elapsed();
     drop(held);
     stop.store(true, Ordering::SeqCst);
-    let peak = sampler.join().expect("sampler");
+    let (peak, _) = peaks.stop();
     let latencies = good_loop.await.expect("good client task");
 
     assert!(
@@ -741,6 +763,46 @@ struct AttackRound {
     raw: Vec<Duration>,
 }
 
+/// One attacking connection from `source`: writes `payload` (then releases `connecting`, if
+/// given), counts it sent, and waits until the proxy closes it (counted too) or `done`. A byte
+/// from the proxy is an error: an attacker is never answered, nor forwarded to.
+async fn attacker(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+    payload: &[u8],
+    connecting: Option<tokio::sync::OwnedSemaphorePermit>,
+    (sent, closed): (&AtomicUsize, &AtomicUsize),
+    done: &tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let mut tcp = timeout(STEP, socket.connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    // Evicted before all of it was read, the write may fail: closed all the same.
+    let wrote = tcp.write_all(payload).await;
+    drop(connecting);
+    sent.fetch_add(1, Ordering::SeqCst);
+    if wrote.is_err() {
+        closed.fetch_add(1, Ordering::SeqCst);
+        return Ok(());
+    }
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        read = tcp.read(&mut byte) => match read {
+            Ok(0) | Err(_) => {
+                closed.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+            Ok(n) => Err(format!("the proxy sent an attacker {n} bytes")),
+        },
+        () = done.cancelled() => Ok(()),
+    }
+}
+
 /// `attackers` connections each send an endless hello's first 16,000 bytes and wait to be
 /// closed, while good clients connect over and over; returns once every hello is sent and all
 /// but `survivors` attackers are closed (then the survivors close too).
@@ -752,18 +814,7 @@ async fn hello_attack(
 ) -> AttackRound {
     let (addr, pid) = (proxy.proxy_addr(), proxy.pid());
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut peak, mut open) = (0, 0);
-            while !stop.load(Ordering::SeqCst) {
-                peak = peak.max(rss_kib(pid));
-                open = open.max(fds(pid).sockets);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (peak, open)
-        })
-    };
+    let peaks = Peaks::sample(pid, true);
     // On their own thread and runtime: the attack's own tasks must not be what delays them.
     let good_loop = {
         let stop = stop.clone();
@@ -806,32 +857,8 @@ async fn hello_attack(
         let source = std::net::IpAddr::from([127, 0, 0, 2 + (i % 8) as u8]);
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-            socket
-                .bind(SocketAddr::new(source, 0))
-                .map_err(|e| format!("bind {source}: {e}"))?;
-            let mut tcp = timeout(STEP, socket.connect(addr))
-                .await
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| format!("connect: {e}"))?;
-            // Evicted before all of it was read, the write may fail: closed all the same.
-            let wrote = tcp.write_all(&payloads[i % payloads.len()]).await;
-            sent.fetch_add(1, Ordering::SeqCst);
-            if wrote.is_err() {
-                closed.fetch_add(1, Ordering::SeqCst);
-                return Ok(());
-            }
-            let mut byte = [0u8; 1];
-            tokio::select! {
-                read = tcp.read(&mut byte) => match read {
-                    Ok(0) | Err(_) => {
-                        closed.fetch_add(1, Ordering::SeqCst);
-                        Ok(())
-                    }
-                    Ok(n) => Err(format!("the proxy sent an attacker {n} bytes")),
-                },
-                () = done.cancelled() => Ok(()),
-            }
+            let payload = &payloads[i % payloads.len()];
+            attacker(addr, source, payload, None, (&sent, &closed), &done).await
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -846,7 +873,7 @@ async fn hello_attack(
     sleep(Duration::from_millis(300)).await;
     let hello_memory = Scrape::of(proxy).value("sniroute_client_hello_memory_bytes", &[]);
     stop.store(true, Ordering::SeqCst);
-    let (peak_kib, most_sockets) = sampler.join().expect("sampler");
+    let (peak_kib, most_sockets) = peaks.stop();
     let good = good_loop.join().expect("good client thread");
     let closed = closed.load(Ordering::SeqCst);
     done.cancel();
@@ -1216,18 +1243,7 @@ async fn hellos_waiting_for_a_black_holed_backend_stay_within_client_hello_memor
     let hello = Arc::new(
         hellos::records(&hellos::padded_handshake(&fixture(HELLO), 16_000), 16_000).concat(),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !stop.load(Ordering::SeqCst) {
-                peak = peak.max(rss_kib(pid));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        })
-    };
+    let peaks = Peaks::sample(pid, false);
     let closed = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicUsize::new(0));
     let done = tokio_util::sync::CancellationToken::new();
@@ -1241,32 +1257,7 @@ async fn hellos_waiting_for_a_black_holed_backend_stay_within_client_hello_memor
         let permit = connecting.clone().acquire_owned().await.unwrap();
         let source = std::net::IpAddr::from([127, 0, 0, 2 + (i % 8) as u8]);
         tasks.push(tokio::spawn(async move {
-            let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-            socket
-                .bind(SocketAddr::new(source, 0))
-                .map_err(|e| format!("bind {source}: {e}"))?;
-            let mut tcp = timeout(STEP, socket.connect(addr))
-                .await
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| format!("connect: {e}"))?;
-            let wrote = tcp.write_all(&hello).await;
-            drop(permit);
-            sent.fetch_add(1, Ordering::SeqCst);
-            if wrote.is_err() {
-                closed.fetch_add(1, Ordering::SeqCst);
-                return Ok(());
-            }
-            let mut byte = [0u8; 1];
-            tokio::select! {
-                read = tcp.read(&mut byte) => match read {
-                    Ok(0) | Err(_) => {
-                        closed.fetch_add(1, Ordering::SeqCst);
-                        Ok(())
-                    }
-                    Ok(n) => Err(format!("the proxy sent {n} bytes before any backend accepted")),
-                },
-                () = done.cancelled() => Ok(()),
-            }
+            attacker(addr, source, &hello, Some(permit), (&sent, &closed), &done).await
         }));
     }
     // All sent; everyone past what the budget holds (64 buffers of 16 KiB) is closed.
@@ -1282,8 +1273,7 @@ async fn hellos_waiting_for_a_black_holed_backend_stay_within_client_hello_memor
     let scrape = Scrape::of(&proxy);
     let held = scrape.value("sniroute_client_hello_memory_bytes", &[]);
     let overloaded = scrape.outcome("overloaded") as u64;
-    stop.store(true, Ordering::SeqCst);
-    let peak = sampler.join().expect("sampler");
+    let (peak, _) = peaks.stop();
     let growth = peak.saturating_sub(rss_before);
     let overhead_kib = hellos as u64 * ATTACK_OVERHEAD_KIB_PER_CONNECTION;
     let closed = closed.load(Ordering::SeqCst);

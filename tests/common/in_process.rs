@@ -100,6 +100,12 @@ impl InProcess {
         self.scrape().outcome(outcome)
     }
 
+    /// Established connections revoked so far.
+    pub fn revoked(&self) -> f64 {
+        self.scrape()
+            .value("sniroute_revoked_connections_total", &[])
+    }
+
     /// Waits, the clock held, until the proxy holds `n` connections open.
     pub async fn until_active(&self, n: usize) {
         until(&format!("{n} connections open"), || {

@@ -3,9 +3,10 @@
 //! harness in `tests/common/` is compiled and linked once rather than once per file; run one
 //! area with `cargo test --test e2e routing::`, one test by its name.
 //!
-//! Two suites stay crates of their own (`tests/robustness.rs`, `tests/cluster.rs`): they load
-//! the machine (thousands of clients, a real node's rollouts) and time what they measure, so
-//! they must not share it with this crate's tests running beside them. Statics here are one
+//! Three suites stay crates of their own (`tests/robustness.rs`, `tests/cluster.rs`,
+//! `tests/conformance.rs`): they load the machine (thousands of clients, a real node's
+//! rollouts) and time what they measure, so they must not share it with this crate's tests
+//! running beside them. Statics here are one
 //! per process: the shared kube-apiserver ([`common::apiserver::ApiServer::shared`]) serves
 //! every `kube*` module, each test writing objects of its own.
 

@@ -126,6 +126,21 @@ async fn assert_refused(proxy: &Sniroute, mark: usize, mut tcp: TcpStream, reaso
     proxy.wait_refusal_since(mark, reason, STEP)
 }
 
+/// Sends `header` then doc.example.test's hello to `listen` and asserts `doc` got (as its
+/// connection `index`) a v2 header naming [`CLAIMED`], then the hello.
+async fn claimed_reaches_doc(doc: &RawBackend, index: usize, listen: SocketAddr, header: Vec<u8>) {
+    let doc_hello = hello("doc.example.test");
+    send(listen, &[header, doc_hello.clone()].concat()).await;
+    assert_v2_then(doc, index, addr(CLAIMED), listen, &doc_hello);
+}
+
+/// Sends `bytes` to `to` and asserts the proxy refuses it for `reason`; the log line.
+async fn refused(proxy: &Sniroute, to: SocketAddr, bytes: &[u8], reason: &str) -> String {
+    let mark = proxy.log_mark();
+    let tcp = send(to, bytes).await;
+    assert_refused(proxy, mark, tcp, reason).await
+}
+
 // === Sending ===
 
 #[tokio::test]
@@ -200,16 +215,16 @@ async fn ipv6_clients_get_ipv6_headers() {
 
 // === Accepting ===
 
-/// Routes for the accepting tests: `api` open, `doc` only for 192.0.2.0/24, `lo` only for
-/// loopback, each sending a v2 header so the backend shows which client the proxy used.
-fn accepting(
-    mode: &str,
-    trusted: &str,
-    open: &RawBackend,
-    doc: &RawBackend,
-    lo: &RawBackend,
-) -> Sniroute {
-    Sniroute::start(
+/// A proxy taking `mode` headers from `trusted` in front of three raw backends: `open` (route
+/// `api`, no allow list), `doc` (allowed from 192.0.2.0/24) and `lo` (from 127.0.0.0/8), each
+/// route sending v2 headers. (open, doc, lo, the proxy.)
+fn accepting(mode: &str, trusted: &str) -> (RawBackend, RawBackend, RawBackend, Sniroute) {
+    let (open, doc, lo) = (
+        RawBackend::start(),
+        RawBackend::start(),
+        RawBackend::start(),
+    );
+    let proxy = Sniroute::start(
         Cfg::new()
             .set("accept_proxy_protocol", mode)
             .set("trusted_proxies", &format!("[{}]", quote(trusted)))
@@ -222,17 +237,13 @@ fn accepting(
             .route_key("allowed_cidrs", "[\"127.0.0.0/8\"]")
             .route_key("proxy_protocol", "v2")
             .yaml(),
-    )
+    );
+    (open, doc, lo, proxy)
 }
 
 #[tokio::test]
 async fn v2_from_a_trusted_peer_names_the_client_for_allow_lists_and_backends() {
-    let (open, doc, lo) = (
-        RawBackend::start(),
-        RawBackend::start(),
-        RawBackend::start(),
-    );
-    let proxy = accepting("v2", "127.0.0.1/32", &open, &doc, &lo);
+    let (open, doc, lo, proxy) = accepting("v2", "127.0.0.1/32");
     let listen = proxy.proxy_addr();
     let claimed = addr(CLAIMED);
 
@@ -264,103 +275,72 @@ async fn v2_from_a_trusted_peer_names_the_client_for_allow_lists_and_backends() 
     let line = assert_refused(&proxy, mark, tcp, "denied").await;
     assert!(line.contains("198.51.100.1"), "{line}");
     // ...even where the peer itself would be admitted.
-    let mark = proxy.log_mark();
-    let tcp = send(listen, &[header, hello("lo.example.test")].concat()).await;
-    assert_refused(&proxy, mark, tcp, "denied").await;
+    let then_hello = [header, hello("lo.example.test")].concat();
+    refused(&proxy, listen, &then_hello, "denied").await;
 
     // v2 is required: a bare ClientHello, even from the trusted peer, is not TLS here.
-    let mark = proxy.log_mark();
-    let tcp = send(listen, &api).await;
-    assert_refused(&proxy, mark, tcp, "not_tls").await;
+    refused(&proxy, listen, &api, "not_tls").await;
     // So is a v1 header.
-    let mark = proxy.log_mark();
-    let tcp = send(listen, &[v1_header(claimed, listen), api].concat()).await;
-    assert_refused(&proxy, mark, tcp, "not_tls").await;
+    refused(
+        &proxy,
+        listen,
+        &[v1_header(claimed, listen), api].concat(),
+        "not_tls",
+    )
+    .await;
 
     assert_eq!((open.accepted(), doc.accepted(), lo.accepted()), (1, 1, 0));
 }
 
 #[tokio::test]
 async fn v1_from_a_trusted_peer_names_the_client() {
-    let (open, doc, lo) = (
-        RawBackend::start(),
-        RawBackend::start(),
-        RawBackend::start(),
-    );
-    let proxy = accepting("v1", "127.0.0.1/32", &open, &doc, &lo);
+    let (open, doc, lo, proxy) = accepting("v1", "127.0.0.1/32");
     let listen = proxy.proxy_addr();
     let claimed = addr(CLAIMED);
 
     let doc_hello = hello("doc.example.test");
-    send(
-        listen,
-        &[v1_header(claimed, listen), doc_hello.clone()].concat(),
-    )
-    .await;
-    assert_v2_then(&doc, 0, claimed, listen, &doc_hello);
+    claimed_reaches_doc(&doc, 0, listen, v1_header(claimed, listen)).await;
 
-    let mark = proxy.log_mark();
-    let tcp = send(
+    refused(
+        &proxy,
         listen,
         &[v1_header(addr(OUTSIDER), listen), doc_hello.clone()].concat(),
+        "denied",
     )
     .await;
-    assert_refused(&proxy, mark, tcp, "denied").await;
 
     // A v2 header is not what this listener takes.
-    let mark = proxy.log_mark();
-    let tcp = send(
+    refused(
+        &proxy,
         listen,
         &[v2_header(claimed, listen, None), doc_hello].concat(),
+        "not_tls",
     )
     .await;
-    assert_refused(&proxy, mark, tcp, "not_tls").await;
     assert_eq!((open.accepted(), doc.accepted(), lo.accepted()), (0, 1, 0));
 }
 
 #[tokio::test]
 async fn optional_takes_a_header_or_a_bare_hello_from_a_trusted_peer() {
-    let (open, doc, lo) = (
-        RawBackend::start(),
-        RawBackend::start(),
-        RawBackend::start(),
-    );
-    let proxy = accepting("optional", "127.0.0.1/32", &open, &doc, &lo);
+    let (open, doc, lo, proxy) = accepting("optional", "127.0.0.1/32");
     let listen = proxy.proxy_addr();
     let claimed = addr(CLAIMED);
 
     let doc_hello = hello("doc.example.test");
-    send(
-        listen,
-        &[v2_header(claimed, listen, None), doc_hello.clone()].concat(),
-    )
-    .await;
-    assert_v2_then(&doc, 0, claimed, listen, &doc_hello);
-    send(
-        listen,
-        &[v1_header(claimed, listen), doc_hello.clone()].concat(),
-    )
-    .await;
-    assert_v2_then(&doc, 1, claimed, listen, &doc_hello);
+    claimed_reaches_doc(&doc, 0, listen, v2_header(claimed, listen, None)).await;
+    claimed_reaches_doc(&doc, 1, listen, v1_header(claimed, listen)).await;
 
     // Without a header the peer is the client.
     let api = hello("api.example.test");
     let client = send(listen, &api).await.local_addr().unwrap();
     assert_v2_then(&open, 0, client, listen, &api);
-    let mark = proxy.log_mark();
-    let tcp = send(listen, &doc_hello).await;
-    assert_refused(&proxy, mark, tcp, "denied").await;
+    refused(&proxy, listen, &doc_hello, "denied").await;
     assert_eq!((open.accepted(), doc.accepted(), lo.accepted()), (1, 2, 0));
 }
 
 #[tokio::test]
 async fn headers_from_untrusted_peers_are_refused_and_allow_lists_use_the_peer() {
-    let (open, doc, lo) = (
-        RawBackend::start(),
-        RawBackend::start(),
-        RawBackend::start(),
-    );
-    let proxy = accepting("optional", "127.0.0.2/32", &open, &doc, &lo);
+    let (open, doc, lo, proxy) = accepting("optional", "127.0.0.2/32");
     let listen = proxy.proxy_addr();
     let claimed = addr(CLAIMED);
     let untrusted: IpAddr = "127.0.0.1".parse().unwrap();
@@ -543,12 +523,7 @@ fn v2_raw(
 
 #[tokio::test]
 async fn a_local_header_is_a_health_check_and_routes_by_the_peer_when_a_hello_follows() {
-    let (open, doc, lo) = (
-        RawBackend::start(),
-        RawBackend::start(),
-        RawBackend::start(),
-    );
-    let proxy = accepting("v2", "127.0.0.1/32", &open, &doc, &lo);
+    let (_open, doc, lo, proxy) = accepting("v2", "127.0.0.1/32");
     let listen = proxy.listener_addr("proxy");
     let local = v2_raw(
         v2::Command::Local,
@@ -589,9 +564,8 @@ async fn a_local_header_is_a_health_check_and_routes_by_the_peer_when_a_hello_fo
     );
     assert_eq!(dst, listen);
     assert_eq!(rest, &lo_hello[..]);
-    let mark = proxy.log_mark();
-    let tcp = send(listen, &[local, hello("doc.example.test")].concat()).await;
-    assert_refused(&proxy, mark, tcp, "denied").await;
+    let then_hello = [local, hello("doc.example.test")].concat();
+    refused(&proxy, listen, &then_hello, "denied").await;
     assert_eq!(doc.accepted(), 0);
 }
 
@@ -849,9 +823,13 @@ async fn health_checks_are_neither_limited_nor_logged() {
         send(listen, &[local.clone(), lo_hello.clone()].concat()).await;
         received_all(&lo, i);
     }
-    let mark = proxy.log_mark();
-    let tcp = send(listen, &[local, lo_hello].concat()).await;
-    let line = assert_refused(&proxy, mark, tcp, "client_limited").await;
+    let line = refused(
+        &proxy,
+        listen,
+        &[local, lo_hello].concat(),
+        "client_limited",
+    )
+    .await;
     assert!(
         line.contains("ja4="),
         "limited after its hello was read: {line}"
@@ -873,12 +851,7 @@ fn with_crc32c(builder: v2::Builder, flip: u32) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_v2_header_with_a_wrong_crc32c_is_refused_and_a_right_one_routes() {
-    let (open, doc, lo) = (
-        RawBackend::start(),
-        RawBackend::start(),
-        RawBackend::start(),
-    );
-    let proxy = accepting("v2", "127.0.0.1/32", &open, &doc, &lo);
+    let (_open, doc, _lo, proxy) = accepting("v2", "127.0.0.1/32");
     let listen = proxy.proxy_addr();
     let claimed = addr(CLAIMED);
     let builder = || {

@@ -1,12 +1,30 @@
 //! End to end: what the proxy refuses, how, and that refusals and timeouts leave other
 //! connections alone.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::common::*;
 use rustls::AlertDescription;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
+
+/// Connects to `addr`, writes `bytes` and reads what comes back until the proxy closes.
+async fn answer_to(addr: SocketAddr, bytes: &[u8]) -> ReadOutcome {
+    let mut tcp = raw_connect(addr).await;
+    tcp.write_all(bytes).await.unwrap();
+    read_until_closed(&mut tcp, STEP).await
+}
+
+/// Asserts the proxy sent exactly the `unrecognized_name` alert, then closed.
+fn assert_alert_then_close(out: &ReadOutcome) {
+    assert_eq!(out.bytes, UNRECOGNIZED_NAME_ALERT, "bytes before close");
+    assert!(
+        out.end.closed(),
+        "not closed after the alert: {:?}",
+        out.end
+    );
+}
 
 #[tokio::test]
 async fn unknown_sni_gets_the_unrecognized_name_alert() {
@@ -32,15 +50,7 @@ async fn unknown_sni_alert_bytes_are_exact() {
     let raw = RawBackend::start();
     let proxy = Sniroute::start(one_route(raw.addr()).yaml());
     let hello = with_sni(&fixture("openssl-3.0.bin"), b"unknown.other.test");
-    let mut tcp = raw_connect(proxy.proxy_addr()).await;
-    tcp.write_all(&hello).await.unwrap();
-    let out = read_until_closed(&mut tcp, STEP).await;
-    assert_eq!(out.bytes, UNRECOGNIZED_NAME_ALERT, "bytes before close");
-    assert!(
-        out.end.closed(),
-        "not closed after the alert: {:?}",
-        out.end
-    );
+    assert_alert_then_close(&answer_to(proxy.proxy_addr(), &hello).await);
     assert_eq!(raw.accepted(), 0);
 }
 
@@ -49,17 +59,8 @@ async fn no_sni_gets_the_same_alert() {
     let raw = RawBackend::start();
     let proxy = Sniroute::start(one_route(raw.addr()).yaml());
     let mark = proxy.log_mark();
-    let mut tcp = raw_connect(proxy.proxy_addr()).await;
-    tcp.write_all(&fixture("openssl-noservername.bin"))
-        .await
-        .unwrap();
-    let out = read_until_closed(&mut tcp, STEP).await;
-    assert_eq!(out.bytes, UNRECOGNIZED_NAME_ALERT, "bytes before close");
-    assert!(
-        out.end.closed(),
-        "not closed after the alert: {:?}",
-        out.end
-    );
+    let hello = fixture("openssl-noservername.bin");
+    assert_alert_then_close(&answer_to(proxy.proxy_addr(), &hello).await);
     assert_eq!(raw.accepted(), 0);
     proxy.wait_refusal_since(mark, "no_sni", STEP);
 }
@@ -68,11 +69,8 @@ async fn no_sni_gets_the_same_alert() {
 async fn plaintext_is_closed_with_nothing_sent() {
     let raw = RawBackend::start();
     let proxy = Sniroute::start(one_route(raw.addr()).yaml());
-    let mut tcp = raw_connect(proxy.proxy_addr()).await;
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: api.example.test\r\n\r\n")
-        .await
-        .unwrap();
-    let out = read_until_closed(&mut tcp, STEP).await;
+    let plaintext = b"GET / HTTP/1.1\r\nHost: api.example.test\r\n\r\n";
+    let out = answer_to(proxy.proxy_addr(), plaintext).await;
     assert!(out.end.closed(), "plaintext connection left open");
     assert_eq!(out.bytes, b"", "nothing may be sent to a non-TLS client");
     assert_eq!(raw.accepted(), 0);
@@ -149,41 +147,9 @@ async fn no_reachable_backend_closes_and_logs() {
             )
             .yaml(),
     );
-    let mut tcp = raw_connect(proxy.proxy_addr()).await;
-    tcp.write_all(&fixture("openssl-3.0.bin")).await.unwrap();
-    let out = read_until_closed(&mut tcp, Duration::from_secs(5)).await;
+    let out = answer_to(proxy.proxy_addr(), &fixture("openssl-3.0.bin")).await;
     assert!(out.end.closed(), "left open with no reachable backend");
     proxy.wait_refusal_since(0, "backend_unreachable", STEP);
-}
-
-#[tokio::test]
-async fn idle_timeout_closes_idle_pairs_but_not_busy_ones() {
-    let b1 = TlsBackend::start("b1");
-    let proxy = Sniroute::start(one_route(b1.addr()).set("idle_timeout", "1s").yaml());
-    let mut conn = assert_routes(proxy.proxy_addr(), "api.example.test", "b1").await;
-    // Traffic every 300ms for 2s: longer than the timeout, but never idle for it.
-    for _ in 0..7 {
-        conn.echo(b"keepalive").await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    conn.echo(b"still open after 2s of traffic").await;
-    let idle_from = Instant::now();
-    let out = read_until_closed(&mut conn.stream, Duration::from_secs(5)).await;
-    let took = out.at - idle_from;
-    assert!(out.end.closed(), "idle pair still open after 5s");
-    assert!(
-        took >= Duration::from_millis(800),
-        "closed after {took:?} idle, before the 1s timeout"
-    );
-    assert!(
-        took <= Duration::from_secs(3),
-        "closed only after {took:?} idle"
-    );
-    // The backend side is closed too.
-    eventually(STEP, "backend connection closed", || async {
-        (b1.active() == 0).then_some(())
-    })
-    .await;
 }
 
 #[tokio::test]

@@ -38,6 +38,13 @@ fn names() -> Names {
     }
 }
 
+/// A raw backend (it records what it receives) behind the proxy's `one_route`.
+fn raw_behind_proxy() -> (RawBackend, Sniroute) {
+    let raw = RawBackend::start();
+    let proxy = Sniroute::start(one_route(raw.addr()).yaml());
+    (raw, proxy)
+}
+
 #[tokio::test]
 async fn exact_name_reaches_its_backend() {
     let n = names();
@@ -152,12 +159,7 @@ async fn every_listener_routes() {
 
 #[tokio::test]
 async fn hello_written_one_byte_at_a_time_arrives_byte_exact() {
-    let raw = RawBackend::start();
-    let proxy = Sniroute::start(
-        Cfg::new()
-            .route("api", &["api.example.test"], &[raw.addr()])
-            .yaml(),
-    );
+    let (raw, proxy) = raw_behind_proxy();
     let hello = fixture("openssl-3.0.bin");
     let mut tcp = raw_connect(proxy.proxy_addr()).await;
     for byte in &hello {
@@ -177,11 +179,7 @@ async fn hello_written_one_byte_at_a_time_arrives_byte_exact() {
 #[tokio::test]
 async fn hello_over_several_records_completes_a_handshake() {
     let b1 = TlsBackend::start("b1");
-    let proxy = Sniroute::start(
-        Cfg::new()
-            .route("api", &["api.example.test"], &[b1.addr()])
-            .yaml(),
-    );
+    let proxy = Sniroute::start(one_route(b1.addr()).yaml());
     let opts = ClientOpts {
         max_fragment_size: Some(64),
         ..ClientOpts::sni("api.example.test")
@@ -198,12 +196,7 @@ async fn hello_over_several_records_completes_a_handshake() {
 
 #[tokio::test]
 async fn every_captured_hello_routes_byte_exact() {
-    let raw = RawBackend::start();
-    let proxy = Sniroute::start(
-        Cfg::new()
-            .route("api", &["api.example.test"], &[raw.addr()])
-            .yaml(),
-    );
+    let (raw, proxy) = raw_behind_proxy();
     for (i, name) in FIXTURES_WITH_SNI.iter().enumerate() {
         let hello = fixture(name);
         let mut tcp = raw_connect(proxy.proxy_addr()).await;
@@ -215,12 +208,7 @@ async fn every_captured_hello_routes_byte_exact() {
 
 #[tokio::test]
 async fn four_record_hello_arrives_byte_exact() {
-    let raw = RawBackend::start();
-    let proxy = Sniroute::start(
-        Cfg::new()
-            .route("api", &["api.example.test"], &[raw.addr()])
-            .yaml(),
-    );
+    let (raw, proxy) = raw_behind_proxy();
     let hello = fixture("openssl-3.0-4-records.bin");
     let mut tcp = raw_connect(proxy.proxy_addr()).await;
     // Record by record, each its own write.
@@ -241,11 +229,7 @@ async fn openssl_s_client_with_small_fragments() {
         return;
     }
     let b1 = TlsBackend::start("b1");
-    let proxy = Sniroute::start(
-        Cfg::new()
-            .route("api", &["api.example.test"], &[b1.addr()])
-            .yaml(),
-    );
+    let proxy = Sniroute::start(one_route(b1.addr()).yaml());
     // An uppercase name as openssl sends it (verbatim), over 4 records of at most 512 bytes.
     let lines = openssl_s_client(proxy.proxy_addr(), "API.example.test", 512, 60)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -307,11 +291,7 @@ async fn half_close_passes_through_raw() {
         trailer: Some(b"TRAILER".to_vec()),
         ..Default::default()
     });
-    let proxy = Sniroute::start(
-        Cfg::new()
-            .route("api", &["api.example.test"], &[raw.addr()])
-            .yaml(),
-    );
+    let proxy = Sniroute::start(one_route(raw.addr()).yaml());
     let hello = fixture("openssl-3.0.bin");
     let mut tcp = raw_connect(proxy.proxy_addr()).await;
     tcp.write_all(&hello).await.unwrap();
@@ -337,11 +317,7 @@ async fn half_close_passes_through_tls() {
             ..Default::default()
         },
     );
-    let proxy = Sniroute::start(
-        Cfg::new()
-            .route("api", &["api.example.test"], &[b1.addr()])
-            .yaml(),
-    );
+    let proxy = Sniroute::start(one_route(b1.addr()).yaml());
     let mut conn = tls_connect(proxy.proxy_addr(), "api.example.test")
         .await
         .unwrap();

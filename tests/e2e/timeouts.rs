@@ -1,5 +1,5 @@
-//! The data plane's timeouts (`client_hello_timeout`, `idle_timeout`, `connect_timeout`) on
-//! paused time: the proxy in the test's runtime ([`InProcess`]), real loopback sockets, and
+//! The data plane's timeouts (`client_hello_timeout`, `idle_timeout`, `connect_timeout`,
+//! `revoke_grace`) on paused time: the proxy in the test's runtime ([`InProcess`]), real loopback sockets, and
 //! a clock that moves only to the next timer. Each test takes milliseconds whatever the
 //! timeout, asserts the instant a timeout fires to the millisecond (a wall-clock test could
 //! only bound it loosely), and cannot be made late by a loaded machine: the steps that wait
@@ -11,12 +11,14 @@
 //! timeouts under a real load (tests/robustness.rs: thousands of slowloris clients, whose
 //! sockets the process must give back).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::common::in_process::*;
 use crate::common::*;
 use crate::proxy_protocol::v2_header;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
 /// The ClientHello the raw clients send (SNI `api.example.test`).
@@ -203,4 +205,174 @@ async fn a_black_holed_backend_costs_one_connect_timeout_then_the_next_is_tried(
         until("the connection closed", || proxy.active() == 0.0).await;
     }
     assert_eq!(proxy.outcome("routed"), 4.0);
+}
+
+// === revoke_grace ===
+
+const A: &str = "a.example.test";
+const B: &str = "b.example.test";
+
+/// Routes `a` and `b` to raw backends, `revoke_grace` as given; with `a` and without.
+struct Revocable {
+    a: RawBackend,
+    b: RawBackend,
+    both: String,
+    only_b: String,
+    proxy: InProcess,
+}
+
+fn revocable(grace: &str) -> Revocable {
+    let (a, b) = (RawBackend::start(), RawBackend::start());
+    let only_b = Cfg::new()
+        .set("revoke_grace", grace)
+        .route("b", &[B], &[b.addr()]);
+    let both = only_b.clone().route("a", &[A], &[a.addr()]);
+    let proxy = InProcess::start(&both.yaml());
+    Revocable {
+        a,
+        b,
+        both: both.yaml(),
+        only_b: only_b.yaml(),
+        proxy,
+    }
+}
+
+/// A stream through the proxy from `source` to `backend` (its connection `index`), for `sni`.
+struct Stream<'b> {
+    tcp: TcpStream,
+    backend: &'b RawBackend,
+    index: usize,
+    sent: usize,
+}
+
+impl<'b> Stream<'b> {
+    async fn open(
+        proxy: &InProcess,
+        source: IpAddr,
+        sni: &str,
+        backend: &'b RawBackend,
+    ) -> Stream<'b> {
+        let index = backend.accepted();
+        let mut tcp = at_once("connect", raw_connect_from(source, proxy.addr())).await;
+        let hello = with_sni(&fixture(HELLO), sni.as_bytes());
+        tcp.write_all(&hello).await.unwrap();
+        let mut stream = Self {
+            tcp,
+            backend,
+            index,
+            sent: hello.len(),
+        };
+        stream.arrived("the hello").await;
+        stream
+    }
+
+    /// Waits, the clock held, until everything sent has reached the backend.
+    async fn arrived(&mut self, what: &str) {
+        let (backend, index, sent) = (self.backend, self.index, self.sent);
+        until(what, || {
+            backend.accepted() > index && backend.received(index).len() == sent
+        })
+        .await;
+    }
+
+    /// Sends `bytes` and waits until the backend has them: the stream still flows.
+    async fn flows(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.unwrap();
+        self.sent += bytes.len();
+        self.arrived("bytes on an open stream").await;
+    }
+}
+
+fn localhost(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+/// A table without its route: the stream on it flows through the grace and is closed exactly
+/// `revoke_grace` after the swap; the route that stayed is untouched. (The same through the
+/// binary's file reload, logs included, is revocation.rs's first test.)
+#[tokio::test(start_paused = true)]
+async fn a_removed_route_loses_its_streams_exactly_revoke_grace_after_the_swap() {
+    let grace = Duration::from_secs(30);
+    let Revocable {
+        a,
+        b,
+        only_b,
+        proxy,
+        ..
+    } = revocable("30s");
+    let mut on_a = Stream::open(&proxy, localhost(1), A, &a).await;
+    let mut on_b = Stream::open(&proxy, localhost(1), B, &b).await;
+
+    let swapped = Instant::now();
+    proxy.reload(&only_b);
+    sleep_until(swapped + grace - TICK).await;
+    held(SETTLE).await;
+    assert_eq!(proxy.revoked(), 0.0, "revoked before the end of the grace");
+    on_a.flows(b"during the grace").await;
+
+    sleep_until(swapped + grace).await;
+    let sent = closed_at_once(&mut on_a.tcp, "the revocation").await;
+    assert_eq!(sent, b"", "data after the revocation");
+    assert_eq!(Instant::now() - swapped, grace);
+    assert_eq!(proxy.revoked(), 1.0);
+    until("backend a sees the revoked stream end", || a.eof_seen(0)).await;
+    on_b.flows(b"after the revocation").await;
+    assert_eq!(proxy.active(), 1.0);
+}
+
+/// A narrowed allow list revokes, at the end of the grace, the clients it no longer admits,
+/// and only those.
+#[tokio::test(start_paused = true)]
+async fn a_narrowed_allow_list_revokes_only_the_clients_it_no_longer_admits() {
+    let grace = Duration::from_secs(1);
+    let a = RawBackend::start();
+    let allowing = |cidr: &str| {
+        Cfg::new()
+            .set("revoke_grace", "1s")
+            .route("a", &[A], &[a.addr()])
+            .route_key("allowed_cidrs", &format!("[{}]", quote(cidr)))
+            .yaml()
+    };
+    let proxy = InProcess::start(&allowing("127.0.0.0/8"));
+    let mut from_1 = Stream::open(&proxy, localhost(1), A, &a).await;
+    let mut from_2 = Stream::open(&proxy, localhost(2), A, &a).await;
+
+    let swapped = Instant::now();
+    proxy.reload(&allowing("127.0.0.2/32"));
+    sleep_until(swapped + grace - TICK).await;
+    held(SETTLE).await;
+    assert_eq!(proxy.revoked(), 0.0, "revoked before the end of the grace");
+    from_1.flows(b"during the grace").await;
+    sleep_until(swapped + grace).await;
+    closed_at_once(&mut from_1.tcp, "the revocation").await;
+    assert_eq!(Instant::now() - swapped, grace);
+    from_2.flows(b"still admitted").await;
+    assert_eq!(proxy.revoked(), 1.0);
+}
+
+/// A route restored within the grace keeps its streams: the end of the grace is judged by
+/// the table in force then. And with `revoke_grace: off` nothing is revoked, however long.
+#[tokio::test(start_paused = true)]
+async fn a_route_restored_within_the_grace_or_grace_off_keeps_its_streams() {
+    for (grace, restored) in [("2s", true), ("off", false)] {
+        let Revocable {
+            a,
+            both,
+            only_b,
+            proxy,
+            ..
+        } = revocable(grace);
+        let mut on_a = Stream::open(&proxy, localhost(1), A, &a).await;
+        let swapped = Instant::now();
+        proxy.reload(&only_b);
+        if restored {
+            sleep_until(swapped + Duration::from_secs(1)).await;
+            proxy.reload(&both);
+        }
+        // Long past the grace (and short of the default `idle_timeout`).
+        sleep_until(swapped + Duration::from_secs(60)).await;
+        on_a.flows(b"still here").await;
+        let revoked = proxy.revoked();
+        assert_eq!(revoked, 0.0, "revoke_grace {grace}");
+    }
 }

@@ -74,6 +74,18 @@ impl Admin {
         self.client.clone()
     }
 
+    /// [`Admin::raw`] with `body` as the request's JSON (an apply patch's YAML is JSON too).
+    pub async fn send_json(
+        &self,
+        method: Method,
+        uri: &str,
+        body: &Value,
+        content_type: &str,
+    ) -> Result<Reply, kube::Error> {
+        let body = body.to_string().into_bytes();
+        self.raw(method, uri, Some(body), content_type).await
+    }
+
     /// Sends one request; `body` as `content_type`.
     pub async fn raw(
         &self,
@@ -181,12 +193,7 @@ impl Admin {
         let path = self.object_path(object).await;
         let uri = format!("{path}?fieldManager={manager}&force=true&fieldValidation=Strict");
         let reply = self
-            .raw(
-                Method::PATCH,
-                &uri,
-                Some(object.to_string().into_bytes()),
-                "application/apply-patch+yaml",
-            )
+            .send_json(Method::PATCH, &uri, object, "application/apply-patch+yaml")
             .await
             .map_err(|e| Refused {
                 status: 0,
@@ -267,10 +274,10 @@ impl Admin {
     ) -> Value {
         let path = self.path(api_version, kind, namespace, name).await;
         let reply = self
-            .raw(
+            .send_json(
                 Method::PATCH,
                 &format!("{path}?fieldValidation=Strict"),
-                Some(patch.to_string().into_bytes()),
+                patch,
                 "application/merge-patch+json",
             )
             .await
@@ -346,12 +353,7 @@ impl Admin {
             "spec": {"expirationSeconds": 3600}
         });
         let reply = self
-            .raw(
-                Method::POST,
-                &uri,
-                Some(request.to_string().into_bytes()),
-                "application/json",
-            )
+            .send_json(Method::POST, &uri, &request, "application/json")
             .await
             .unwrap_or_else(|e| panic!("POST {uri}: {e}"));
         assert_eq!(reply.status, 201, "TokenRequest: {}", reply.body);
