@@ -122,6 +122,7 @@ fn check(objects: &Objects) {
             value: Some("198.18.0.10".into()),
         }],
         zone: None,
+        services: None,
     };
     let graph = build(objects, &settings);
     assert_eq!(graph, build(objects, &settings), "not deterministic");

@@ -163,9 +163,9 @@ impl Reason {
             Self::UntrustedProxy | Self::Denied(Denial::NotAllowed { .. }) => Outcome::Denied,
             Self::NoClusterId
             | Self::ClusterIdNotUtf8(_)
-            | Self::Denied(Denial::UnknownName(_) | Denial::UnknownClusterId(_)) => {
-                Outcome::UnknownSni
-            }
+            | Self::Denied(
+                Denial::UnknownName(_) | Denial::UnknownOnPort(..) | Denial::UnknownClusterId(_),
+            ) => Outcome::UnknownSni,
             Self::NoSni => Outcome::NoSni,
             Self::RouteLimit { .. } | Self::GlobalLimit => Outcome::Limited,
             Self::ClientLimited(_) => Outcome::ClientLimited,
