@@ -781,7 +781,9 @@ async fn each_gateway_has_its_own_service_address_and_listener_and_comes_and_goe
     wait_routed(on(port_a), "shared.example.test", "svc-a", SWAP).await;
     wait_routed(on(port_b), "shared.example.test", "svc-b", SWAP).await;
     wait_routed(on(port_a), "only-a.example.test", "svc-a", SWAP).await;
-    wait_unrouted(on(port_b), "only-a.example.test", SWAP).await;
+    // Refused on b's listener with a bare close (the Gateway API's rejection); on the
+    // `listen` listeners, with unrecognized_name as ever.
+    wait_rejected(on(port_b), "only-a.example.test", SWAP).await;
     wait_unrouted(proxy.proxy_addr(), "shared.example.test", SWAP).await;
     let explained = explain(&proxy, &format!("shared.example.test&port={port_b}"));
     assert_eq!(explained["route"]["name"], "tenants/on-b", "{explained}");
