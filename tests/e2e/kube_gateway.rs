@@ -612,11 +612,13 @@ async fn a_leader_lost_without_a_word_is_replaced_and_status_stays_correct() {
 
 // === per-Gateway Services (kubernetes.gateway_api.listener_ports) ===
 
-/// `count` consecutive loopback ports free now, for `listener_ports`.
+/// `count` consecutive loopback ports free now, for `listener_ports`: below the ephemeral
+/// range (32768-60999 on Linux), which a busy machine's own connections crowd.
 fn free_port_range(count: u16) -> (u16, u16) {
     for _ in 0..100 {
+        // An ephemeral port is as good a random number as any here.
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let low = probe.local_addr().unwrap().port().min(60000);
+        let low = 20_000 + probe.local_addr().unwrap().port() % 10_000;
         drop(probe);
         let free =
             (low..low + count).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
@@ -793,6 +795,21 @@ async fn each_gateway_has_its_own_service_address_and_listener_and_comes_and_goe
         format!("tlsroute tenants/on-b on gateway infra/b:443 (pod port {port_b})")
     );
 
+    let (code, body) = http_get(proxy.listener_addr("debug"), "/routes").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let routes: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        routes["gateway_listeners"],
+        json!([port_a.min(port_b), port_a.max(port_b)])
+    );
+    let on_a = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "tenants/on-a")
+        .unwrap_or_else(|| panic!("no tenants/on-a in {routes}"));
+    assert_eq!(on_a["listener_port"], port_a);
+
     // --- a Gateway added and removed under load on another's listener ---
     let mut held = assert_routes(on(port_a), "shared.example.test", "svc-a").await;
     held.echo(b"before").await;
@@ -861,6 +878,45 @@ async fn each_gateway_has_its_own_service_address_and_listener_and_comes_and_goe
     // Gateway b is as it was.
     assert_routes(on(port_b), "shared.example.test", "svc-b").await;
     assert_eq!(wait_gateway_service(&admin, "infra/b").await.1, port_b);
+
+    // --- a restart: the new process binds what the Services say before it holds the Lease,
+    // and as the new leader rewrites none of them ---
+    let versions = |a: &Value, b: &Value| {
+        (
+            a["metadata"]["resourceVersion"].clone(),
+            b["metadata"]["resourceVersion"].clone(),
+        )
+    };
+    let before = versions(
+        &gateway_service(&admin, "infra/a").await.unwrap(),
+        &gateway_service(&admin, "infra/b").await.unwrap(),
+    );
+    let old_leader = format!("sniroute-{}", proxy.pid());
+    drop(proxy);
+    let (proxy, _dir2) = start_per_gateway(&server, range).await;
+    wait_routed(on(port_a), "shared.example.test", "svc-a", SWAP).await;
+    wait_routed(on(port_b), "shared.example.test", "svc-b", SWAP).await;
+    assert_eq!(
+        lease(&admin).await.0,
+        old_leader,
+        "served before taking the Lease"
+    );
+    let new_leader = format!("sniroute-{}", proxy.pid());
+    crate::common::eventually(
+        Duration::from_secs(60),
+        "the new process takes the Lease",
+        || async { (lease(&admin).await.0 == new_leader).then_some(()) },
+    )
+    .await;
+    // The new leader has written status (Programmed, its addresses) by now or soon; the
+    // Services stay as they were.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = versions(
+        &gateway_service(&admin, "infra/a").await.unwrap(),
+        &gateway_service(&admin, "infra/b").await.unwrap(),
+    );
+    assert_eq!(before, after, "a new leader rewrote a Gateway's Service");
+    assert_routes(on(port_a), "shared.example.test", "svc-a").await;
     eprintln!(
         "per-Gateway listeners under load: {ok} connections on Gateway a, none failed; \
          Gateway c bound and routed {bound:?} after its Service, unbound {unbound:?} after \
