@@ -357,6 +357,14 @@ pub fn build(objects: &Objects, settings: &Settings) -> Graph {
         }
         graph.gateways.insert(key.clone(), status);
     }
+    if settings.services.is_some() {
+        // A Gateway no longer accepted keeps its Service until the Lease holder deletes it:
+        // its ports are not bound, and nothing is served there meanwhile.
+        let listeners = &graph.listeners;
+        graph
+            .routes
+            .retain(|r| r.port.is_some_and(|port| listeners.contains(&port)));
+    }
     graph
 }
 
