@@ -20,7 +20,6 @@
 //! whose it is.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::ops::RangeInclusive;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -166,9 +165,12 @@ pub fn service_name(gateway: &Key) -> String {
     format!("sniroute-{stem}-{hash:08x}")
 }
 
+/// FNV-1a, 64 bits: written out so it is the same on every replica and every release (a
+/// Service's name, hence its Gateway's address, must not move with a toolchain's hasher).
 fn fixed_hash(value: &str) -> u64 {
-    // SipHash with fixed keys: the same on every replica and release.
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
+    value.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Each Gateway's allocation, from our Services as they are: whose each is (the annotation),
@@ -405,6 +407,16 @@ mod tests {
 
     #[test]
     fn names_are_dns_labels_that_tell_namespaces_apart() {
+        // Fixed forever: a Gateway's Service (and address) must survive an upgrade.
+        assert_eq!(fixed_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fixed_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(
+            service_name(&Key::new("infra", "edge")),
+            format!(
+                "sniroute-edge-{:08x}",
+                fixed_hash("infra/edge") & 0xffff_ffff
+            )
+        );
         let a = service_name(&Key::new("a", "gateway.example"));
         let b = service_name(&Key::new("b", "gateway.example"));
         assert!(a.starts_with("sniroute-gateway-example-"), "{a}");
