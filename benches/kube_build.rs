@@ -232,6 +232,7 @@ fn gateway_build(c: &mut Criterion) {
         controller_name: "sniroute.dev/gateway-controller".into(),
         addresses: Vec::new(),
         zone: Some("zone-1".into()),
+        services: None,
     };
     let graph = gateway::build(&objects, &settings);
     assert_eq!(graph.routes.len(), CLUSTERS, "every TLSRoute routed");

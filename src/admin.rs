@@ -127,6 +127,9 @@ struct RoutesView<'a> {
     generation: u64,
     loaded_at: String,
     routes: Vec<RouteView<'a>>,
+    /// The Gateway listeners' pod ports the table has bound.
+    #[serde(skip_serializing_if = "<[u16]>::is_empty")]
+    gateway_listeners: &'a [u16],
     ejected_endpoints: Vec<EjectedView>,
 }
 
@@ -148,6 +151,9 @@ struct RouteView<'a> {
     /// Why the route refuses every connection (it has no backend on purpose), if it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     no_backend: Option<&'a str>,
+    /// The Gateway listener's pod port it is served on; absent: the `listen` listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listener_port: Option<u16>,
 }
 
 /// Which endpoints a listener serves.
@@ -326,8 +332,10 @@ fn routes(state: &State) -> Response<Full<Bytes>> {
                     .collect(),
                 source: route.source(),
                 no_backend: route.no_backend(),
+                listener_port: route.port(),
             })
             .collect(),
+        gateway_listeners: snapshot.table.listeners(),
         ejected_endpoints: state
             .proxy
             .ejected()

@@ -15,7 +15,7 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The answer to `/explain?sni=NAME[&client=IP]`, or why the question is bad.
 pub fn answer(proxy: &Proxy, query: &str) -> Result<Value, String> {
-    let (mut sni, mut client) = (None, None);
+    let (mut sni, mut client, mut port) = (None, None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = percent_decode(value)
@@ -23,9 +23,10 @@ pub fn answer(proxy: &Proxy, query: &str) -> Result<Value, String> {
         match key {
             "sni" => sni = Some(value),
             "client" => client = Some(value),
+            "port" => port = Some(value),
             _ => {
                 return Err(format!(
-                    "unknown parameter {} (sni, client)",
+                    "unknown parameter {} (sni, client, port)",
                     ClientText::of(key)
                 ))
             }
@@ -40,10 +41,21 @@ pub fn answer(proxy: &Proxy, query: &str) -> Result<Value, String> {
                 .map_err(|e| format!("client {}: {e}", ClientText::of(&c)))
         })
         .transpose()?;
-    Ok(to_json(&name, client, &proxy.explain(&name, client)))
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|e| format!("port {}: {e}", ClientText::of(&p)))
+        })
+        .transpose()?;
+    Ok(to_json(
+        &name,
+        client,
+        port,
+        &proxy.explain(&name, client, port),
+    ))
 }
 
-fn to_json(name: &ServerName, client: Option<IpAddr>, e: &Explanation) -> Value {
+fn to_json(name: &ServerName, client: Option<IpAddr>, port: Option<u16>, e: &Explanation) -> Value {
     let route = e.route.as_ref().map(|facts| {
         let route = &facts.route;
         json!({
@@ -54,6 +66,7 @@ fn to_json(name: &ServerName, client: Option<IpAddr>, e: &Explanation) -> Value 
             "allowed_cidrs": route.allowed_cidrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "max_connections": route.max_connections(),
             "no_backend": route.no_backend(),
+            "listener_port": route.port(),
             "open_connections": facts.open,
             "backends": facts.backends.iter().map(backend_json).collect::<Vec<_>>(),
         })
@@ -76,6 +89,7 @@ fn to_json(name: &ServerName, client: Option<IpAddr>, e: &Explanation) -> Value 
     json!({
         "sni": name.as_str(),
         "client": client.map(|c| c.to_string()),
+        "port": port,
         "generation": e.generation,
         "route": route,
         "verdict": verdict,
@@ -115,10 +129,18 @@ fn percent_decode(raw: &str) -> Option<String> {
 
 /// Asks the sniroute at `server` and prints its answer; the exit status says admitted (0) or
 /// refused (1).
-pub fn ask(server: SocketAddr, name: &str, client: Option<IpAddr>) -> anyhow::Result<bool> {
+pub fn ask(
+    server: SocketAddr,
+    name: &str,
+    client: Option<IpAddr>,
+    port: Option<u16>,
+) -> anyhow::Result<bool> {
     let mut query = format!("sni={}", escape(name));
     if let Some(client) = client {
         query.push_str(&format!("&client={}", escape(&client.to_string())));
+    }
+    if let Some(port) = port {
+        query.push_str(&format!("&port={port}"));
     }
     let mut stream = TcpStream::connect_timeout(&server, ASK_TIMEOUT)
         .with_context(|| format!("cannot reach sniroute's debug listener at {server}"))?;

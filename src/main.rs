@@ -63,6 +63,10 @@ enum Command {
         /// The client address the allow lists are judged for.
         #[arg(long)]
         client: Option<std::net::IpAddr>,
+        /// The Gateway listener's pod port the connection arrives on (its Service's
+        /// targetPort); without it, the `listen` listeners.
+        #[arg(long)]
+        port: Option<u16>,
         /// sniroute's debug listener, which serves /explain.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9091")]
         debug: SocketAddr,
@@ -79,9 +83,10 @@ fn main() -> ExitCode {
         Some(Command::Explain {
             name,
             client,
+            port,
             debug,
         }) => {
-            return match explain::ask(debug, &name, client) {
+            return match explain::ask(debug, &name, client, port) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(error) => {
@@ -234,6 +239,26 @@ pub(crate) async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
             .clone()
             .follow_swaps(publisher.subscribe(), tasks.shutdown.clone()),
     );
+    if config
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.gateway_api.as_ref())
+        .is_some_and(|g| g.listener_ports.is_some())
+    {
+        // Each Gateway listener on the addresses of the `listen` listeners, at its own port.
+        let mut ips: Vec<std::net::IpAddr> = config.listen.iter().map(|a| a.ip()).collect();
+        ips.sort_unstable();
+        ips.dedup();
+        tasks.services.spawn(proxy::follow_gateway_listeners(
+            proxy.clone(),
+            publisher.subscribe(),
+            ips,
+            config.listen_backlog,
+            tasks.stop_accepting.clone(),
+            tasks.services.clone(),
+            tasks.connections.clone(),
+        ));
+    }
 
     let file_source =
         FileSource::new(path, config.clone(), publisher.clone()).run(tasks.shutdown.clone());

@@ -37,6 +37,8 @@ pub struct Publisher {
 struct Sources {
     /// Each source's routes, as the slices it handed over (shared, never copied).
     routes: BTreeMap<SourceKind, Vec<Arc<[RouteSpec]>>>,
+    /// The Gateway listener ports each source wants bound beyond its routes' own.
+    listeners: BTreeMap<SourceKind, Vec<u16>>,
     /// The conflicts reported by the last publish, so a lasting conflict is logged once.
     conflicts: HashSet<String>,
 }
@@ -164,11 +166,34 @@ impl Publisher {
         source: SourceKind,
         routes: Vec<Arc<[RouteSpec]>>,
     ) -> Result<Published, TableError> {
+        self.publish(source, routes, None)
+    }
+
+    /// [`Publisher::update`], with the Gateway listener ports `source` wants bound (each
+    /// Gateway's, whether a route is served on it yet or not).
+    pub fn update_with_listeners(
+        &self,
+        source: SourceKind,
+        routes: Vec<RouteSpec>,
+        listeners: Vec<u16>,
+    ) -> Result<Published, TableError> {
+        self.publish(source, vec![routes.into()], Some(listeners))
+    }
+
+    fn publish(
+        &self,
+        source: SourceKind,
+        routes: Vec<Arc<[RouteSpec]>>,
+        listeners: Option<Vec<u16>>,
+    ) -> Result<Published, TableError> {
         // The lock orders publishes; its data stays consistent even if a holder panicked.
         let mut state = self
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(listeners) = listeners {
+            state.listeners.insert(source, listeners);
+        }
         let previous_routes = state.routes.insert(source, routes);
         let previous = self.shared.load();
         let (merged, conflicts) = merge_onto(
@@ -178,8 +203,9 @@ impl Publisher {
                 .flat_map(|sets| sets.iter().map(|set| &**set)),
             &previous.table,
         );
+        let listeners: Vec<u16> = state.listeners.values().flatten().copied().collect();
         let table = match merged.and_then(Table::new) {
-            Ok(table) => table,
+            Ok(table) => table.with_listeners(listeners),
             Err(error) => {
                 // Put the source's last good routes back, so the next update merges those.
                 match previous_routes {
@@ -245,7 +271,9 @@ pub fn merge_onto<'a>(
     let sources: Vec<&[RouteSpec]> = sources.into_iter().collect();
     let total = sources.iter().map(|s| s.len()).sum();
     let mut names: HashMap<&str, &RouteSpec> = HashMap::with_capacity(total);
-    let mut hosts: HashMap<&HostPattern, &RouteSpec> = HashMap::with_capacity(total * 2);
+    // Per listener: the same name may be two Gateways' to two places.
+    let mut hosts: HashMap<(Option<u16>, &HostPattern), &RouteSpec> =
+        HashMap::with_capacity(total * 2);
     let mut ids: HashMap<&str, &RouteSpec> = HashMap::new();
     let mut conflicts = Vec::new();
     let mut routes = Vec::with_capacity(total);
@@ -271,7 +299,7 @@ pub fn merge_onto<'a>(
         kept.clear();
         let mut lost = Vec::new();
         for host in &spec.hostnames {
-            match hosts.entry(host) {
+            match hosts.entry((spec.port, host)) {
                 // Listed twice in the same route: one is enough.
                 Entry::Occupied(owner) if std::ptr::eq(*owner.get(), spec) => {}
                 Entry::Occupied(owner) => lost.push((host, *owner.get())),
@@ -283,9 +311,13 @@ pub fn merge_onto<'a>(
         }
         let dropped = kept.is_empty();
         for (host, winner) in lost {
+            let value = match spec.port {
+                None => host.to_string(),
+                Some(port) => format!("{host} (gateway listener port {port})"),
+            };
             conflicts.push(conflict(
                 ConflictKind::Hostname,
-                host.to_string(),
+                value,
                 winner,
                 spec,
                 dropped,

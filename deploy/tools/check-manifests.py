@@ -51,11 +51,13 @@ EXPECTED_RULES = {
     ("gateway.networking.k8s.io", "gateways/status"): {"patch"},
     ("gateway.networking.k8s.io", "tlsroutes/status"): {"patch"},
 }
-# The Role in sniroute's namespace grants exactly this: the status writer's Lease.
+# The Role in sniroute's namespace grants exactly this: the status writer's Lease, and the
+# Gateways' Services it applies and deletes (never across namespaces).
 EXPECTED_ROLE_RULES = [
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "resourceNames": ["sniroute-gateway-status"], "verbs": ["get", "update"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]},
 ]
 BASE_KINDS = {
     "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
@@ -327,7 +329,16 @@ def check_objects(objs, role, where, config_out):
         admitted = set()
         for rule in np["spec"].get("ingress", []):
             check(rule.get("ports"), n, "an ingress rule without ports admits every port")
-            rule_ports = {ports.get(p.get("port"), p.get("port")) for p in rule.get("ports", [])}
+            rule_ports = {ports.get(p.get("port"), p.get("port"))
+                          for p in rule.get("ports", []) if "endPort" not in p}
+            # A range: the Gateway listeners' pod ports (kubernetes.gateway_api.listener_ports),
+            # for every client like the SNI listener.
+            for p in rule.get("ports", []):
+                if "endPort" in p:
+                    check(not rule.get("from"), n,
+                          "the Gateway listener ports are for every client: no `from`")
+                    check(isinstance(p.get("port"), int) and p["port"] <= p["endPort"], n,
+                          f"a port range must be numeric and ordered, got {p}")
             admitted |= rule_ports
             # The admin port is unauthenticated (issue 24.1: any pod could starve the probes):
             # only named peers, each a pod selector with labels in selected namespaces.

@@ -12,15 +12,19 @@
 //!
 //! Checks: no panic; the same objects give the same graph; every route builds into a
 //! `Table` on its own and all merge into one as the publisher merges them; a routed TLSRoute
-//! has a parent Accepted and is counted by a listener; a refused one is not routed; every
-//! status parent has Accepted then ResolvedRefs with a reason the spec names; and a status
-//! written and read back asks for no second write.
+//! has a parent Accepted and is counted by a listener; a refused one is routed with no
+//! backend and its reason, and is the only kind so routed; every
+//! status parent has Accepted then ResolvedRefs with a reason the spec names; a status
+//! written and read back asks for no second write; and with per-Gateway Services (the
+//! Services the plan writes read back), a second plan writes nothing, no pod port is given
+//! twice, and every route is served on a port the table binds.
 #![no_main]
 
 use std::collections::BTreeMap;
 
 use arbitrary::{Arbitrary, Unstructured};
 use control::gateway::graph::{build, Key, Objects, Settings};
+use control::gateway::infra::{self, ServiceSettings};
 use control::gateway::objects::{Gateway, GatewayAddress, GatewayClass, TlsRoute};
 use control::gateway::status;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -43,7 +47,9 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => return,
         }
     };
-    check(&objects(&doc));
+    let objects = objects(&doc);
+    check(&objects);
+    check_per_gateway(&objects);
 });
 
 fn list<T: DeserializeOwned>(doc: &Value, key: &str) -> Vec<T> {
@@ -122,6 +128,7 @@ fn check(objects: &Objects) {
             value: Some("198.18.0.10".into()),
         }],
         zone: None,
+        services: None,
     };
     let graph = build(objects, &settings);
     assert_eq!(graph, build(objects, &settings), "not deterministic");
@@ -139,11 +146,14 @@ fn check(objects: &Objects) {
             parents.iter().any(|p| p.conditions[0].status),
             "routed but accepted by no parent: {spec:?}"
         );
-        assert!(
-            !graph
-                .refused
-                .iter()
-                .any(|r| r.route.to_string() == *spec.name),
+        // A refused route is in the table with no backend and why; no other route is.
+        let refused = graph
+            .refused
+            .iter()
+            .any(|r| r.route.to_string() == *spec.name);
+        assert_eq!(
+            refused,
+            spec.no_backend.is_some() && spec.backends.is_empty(),
             "refused and routed: {spec:?}"
         );
     }
@@ -156,7 +166,7 @@ fn check(objects: &Objects) {
         .flat_map(|g| &g.listeners)
         .map(|l| l.attached_routes)
         .sum();
-    let routed = i32::try_from(graph.routes.len() + graph.refused.len()).expect("small");
+    let routed = i32::try_from(graph.routes.len()).expect("small");
     assert!(
         attached >= routed,
         "{attached} attachments for {routed} routes"
@@ -214,6 +224,73 @@ fn check(objects: &Objects) {
             "{body}"
         );
     }
+}
+
+/// With per-Gateway Services (`listener_ports`), as the Lease holder and every replica run
+/// it: build, write the Services the plan says (read back as the API server keeps them),
+/// build again. Then a second plan writes nothing; every route is served on a pod port the
+/// table binds, from the range, each Gateway's its own; and all merge into one table.
+fn check_per_gateway(objects: &Objects) {
+    let services = ServiceSettings {
+        namespace: "sniroute".into(),
+        ports: 20000..=20007,
+        service_type: "ClusterIP".into(),
+    };
+    let settings = Settings {
+        controller_name: CONTROLLER.into(),
+        addresses: Vec::new(),
+        zone: None,
+        services: Some(services.clone()),
+    };
+    let mut objects = objects.clone();
+    // The API server refuses a `/` in a name; the Service's annotation is `namespace/name`.
+    objects
+        .gateways
+        .retain(|k, _| !k.namespace.contains('/') && !k.name.contains('/'));
+    let first = build(&objects, &settings);
+    let plan = infra::plan(&first.wanted_services, &objects.gateway_services, &services);
+    for (name, mut body) in plan.apply {
+        body["spec"]["clusterIP"] = json!("198.19.0.9");
+        let stored = serde_json::from_value(body).expect("a Service reads back");
+        objects.gateway_services.insert(name, stored);
+    }
+    let graph = build(&objects, &settings);
+    assert_eq!(graph, build(&objects, &settings), "not deterministic");
+    let again = infra::plan(&graph.wanted_services, &objects.gateway_services, &services);
+    assert!(
+        again.apply.is_empty() && again.delete.is_empty(),
+        "a second plan writes again: {again:?}"
+    );
+    let allocations = infra::allocations(&objects.gateway_services);
+    let mut targets: Vec<u16> = allocations
+        .values()
+        .flat_map(|a| a.ports.values().copied())
+        .collect();
+    let all = targets.len();
+    targets.sort_unstable();
+    targets.dedup();
+    assert_eq!(
+        targets.len(),
+        all,
+        "a pod port given twice: {allocations:?}"
+    );
+    assert!(targets.iter().all(|t| services.ports.contains(t)));
+    for spec in &graph.routes {
+        let port = spec
+            .port
+            .unwrap_or_else(|| panic!("served on listen: {spec:?}"));
+        assert!(
+            graph.listeners.contains(&port),
+            "{spec:?} on an unbound port"
+        );
+        let route = spec.name.split('@').next().unwrap_or_default();
+        assert!(
+            graph.routes_status.keys().any(|k| k.to_string() == route),
+            "routed without status: {spec:?}"
+        );
+    }
+    let (merged, _) = control::publish::merge([graph.routes.as_slice()]);
+    Table::new(merged.expect("merge")).expect("merged routes make a table");
 }
 
 // === structured inputs ===

@@ -62,11 +62,17 @@ pub enum Admitted {
 }
 
 impl Proxy {
-    /// Explains a connection for `name` from `client` against the table in use.
-    pub fn explain(&self, name: &ServerName, client: Option<IpAddr>) -> Explanation {
+    /// Explains a connection for `name` from `client` against the table in use, on the
+    /// Gateway listener bound on `port` (`None`: the `listen` listeners).
+    pub fn explain(
+        &self,
+        name: &ServerName,
+        client: Option<IpAddr>,
+        port: Option<u16>,
+    ) -> Explanation {
         let snapshot = self.table.load();
         let table = &snapshot.table;
-        let route = table.matching(name).map(|(route, matched)| {
+        let route = table.matching_on(port, name).map(|(route, matched)| {
             let now = self.backends_now(route);
             let backends = order(&now, route.peek_turn())
                 .into_iter()
@@ -79,7 +85,10 @@ impl Proxy {
                 open: route.state().open(),
             }
         });
-        let key = RouteKey::Name(name.clone());
+        let key = match port {
+            None => RouteKey::Name(name.clone()),
+            Some(port) => RouteKey::OnPort(port, name.clone()),
+        };
         let admitted = match client {
             Some(client) => table
                 .admit(&key, client)
@@ -88,9 +97,12 @@ impl Proxy {
                     Some(Allowed::Everyone) | None => Admitted::Everyone,
                 })
                 .map_err(Reason::Denied),
-            None => match &route {
-                Some(_) => Ok(Admitted::ClientNotGiven),
-                None => Err(Reason::Denied(Denial::UnknownName(name.clone()))),
+            None => match (&route, port) {
+                (Some(_), _) => Ok(Admitted::ClientNotGiven),
+                (None, None) => Err(Reason::Denied(Denial::UnknownName(name.clone()))),
+                (None, Some(port)) => {
+                    Err(Reason::Denied(Denial::UnknownOnPort(port, name.clone())))
+                }
             },
         };
         let verdict = admitted.and_then(|admitted| {

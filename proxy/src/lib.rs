@@ -52,7 +52,7 @@ pub use client_text::ClientText;
 pub use error::{ConnectError, ListenError, NameError, TableError};
 pub use explain::{Admitted, BackendNow, Described, Explanation, RouteFacts};
 pub use health::{Ejected, Endpoint, LoadGuard, OutlierPolicy, Target};
-pub use listener::{serve, Acceptor};
+pub use listener::{follow_gateway_listeners, serve, Acceptor};
 pub use metrics::{Metrics, RouteMetrics};
 pub use name::{HostPattern, ServerName};
 pub use outcome::{Outcome, Reason};

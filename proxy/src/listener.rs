@@ -1,10 +1,12 @@
 //! Listening sockets and the accept loop.
 
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -13,6 +15,7 @@ use crate::connection;
 use crate::held::ConnectionSlot;
 use crate::route::ListenerKind;
 use crate::socket;
+use crate::table::Snapshot;
 use crate::Proxy;
 
 /// First and last pause after an accept error; doubling in between.
@@ -110,7 +113,7 @@ pub async fn serve(
 ) {
     // The SNI listeners face the internet's scanners; the ClusterID listener's peers are the
     // platform's own load balancers.
-    if kind == ListenerKind::Sni {
+    if kind.reads_sni() {
         let limit = proxy.settings.client_hello_timeout;
         if let Err(error) = socket::defer_accept(&listener, limit) {
             tracing::warn!(%error, "cannot set TCP_DEFER_ACCEPT; every connection is accepted at once");
@@ -119,6 +122,7 @@ pub async fn serve(
     let what = match kind {
         ListenerKind::Sni => "sni",
         ListenerKind::ClusterId => "cluster_id",
+        ListenerKind::Gateway(_) => "gateway",
     };
     let mut acceptor = Acceptor::new(listener, what);
     while let Some((stream, peer)) = acceptor.next(&shutdown).await {
@@ -136,6 +140,96 @@ pub async fn serve(
         };
         let slot = ConnectionSlot::new(proxy.metrics.open(), permit);
         tasks.spawn(connection::handle(proxy.clone(), stream, peer, kind, slot));
+    }
+}
+
+/// How often Gateway listener ports that failed to bind are tried again.
+const REBIND_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The Gateway listeners bound now: each port's accept loop, ended by its token.
+#[derive(Debug, Default)]
+struct Bound {
+    ports: BTreeMap<u16, CancellationToken>,
+    /// Ports the table names that did not bind (in use, say): tried again.
+    failed: BTreeSet<u16>,
+}
+
+/// Binds and unbinds the Gateway listeners as the table in use names them
+/// ([`Table::listeners`](crate::Table::listeners)), on each of `ips` (those of the `listen`
+/// addresses), until `stop_accepting` fires. A port gone from the table stops accepting at once
+/// and its socket closes; the connections it accepted run on in `connections` (revocation, if
+/// on, judges them like any other), and no other listener or connection is touched. A port
+/// that does not bind is logged and tried again every [`REBIND_INTERVAL`].
+pub async fn follow_gateway_listeners(
+    proxy: Arc<Proxy>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    ips: Vec<IpAddr>,
+    backlog: i32,
+    stop_accepting: CancellationToken,
+    services: TaskTracker,
+    connections: TaskTracker,
+) {
+    let mut bound = Bound::default();
+    let mut retry = tokio::time::interval(REBIND_INTERVAL);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let wanted: BTreeSet<u16> = snapshots
+            .borrow_and_update()
+            .table
+            .listeners()
+            .iter()
+            .copied()
+            .collect();
+        bound.ports.retain(|port, token| {
+            let keep = wanted.contains(port);
+            if !keep {
+                token.cancel();
+                tracing::info!(port, "gateway listener unbound");
+            }
+            keep
+        });
+        bound.failed.retain(|port| wanted.contains(port));
+        let new: Vec<u16> = wanted
+            .iter()
+            .copied()
+            .filter(|p| !bound.ports.contains_key(p))
+            .collect();
+        for port in new {
+            let token = stop_accepting.child_token();
+            let mut listeners = Vec::with_capacity(ips.len());
+            let mut failure = None;
+            for &ip in &ips {
+                match crate::socket::bind(SocketAddr::new(ip, port), backlog) {
+                    Ok(listener) => listeners.push(listener),
+                    Err(error) => failure = Some(error),
+                }
+            }
+            if let Some(error) = failure {
+                if bound.failed.insert(port) {
+                    tracing::warn!(port, %error, "gateway listener cannot bind; retrying");
+                }
+                continue;
+            }
+            bound.failed.remove(&port);
+            for listener in listeners {
+                if let Ok(addr) = listener.local_addr() {
+                    tracing::info!(kind = "gateway", %addr, "listening");
+                }
+                services.spawn(serve(
+                    listener,
+                    ListenerKind::Gateway(port),
+                    proxy.clone(),
+                    token.clone(),
+                    connections.clone(),
+                ));
+            }
+            bound.ports.insert(port, token);
+        }
+        tokio::select! {
+            () = stop_accepting.cancelled() => return,
+            changed = snapshots.changed() => if changed.is_err() { return },
+            _ = retry.tick(), if !bound.failed.is_empty() => {}
+        }
     }
 }
 

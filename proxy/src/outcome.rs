@@ -163,9 +163,9 @@ impl Reason {
             Self::UntrustedProxy | Self::Denied(Denial::NotAllowed { .. }) => Outcome::Denied,
             Self::NoClusterId
             | Self::ClusterIdNotUtf8(_)
-            | Self::Denied(Denial::UnknownName(_) | Denial::UnknownClusterId(_)) => {
-                Outcome::UnknownSni
-            }
+            | Self::Denied(
+                Denial::UnknownName(_) | Denial::UnknownOnPort(..) | Denial::UnknownClusterId(_),
+            ) => Outcome::UnknownSni,
             Self::NoSni => Outcome::NoSni,
             Self::RouteLimit { .. } | Self::GlobalLimit => Outcome::Limited,
             Self::ClientLimited(_) => Outcome::ClientLimited,
@@ -174,9 +174,13 @@ impl Reason {
         }
     }
 
-    /// Whether the client gets the `unrecognized_name` alert (RFC 6066) before the close.
+    /// Whether the client gets the `unrecognized_name` alert (RFC 6066) before the close. Not
+    /// on a Gateway listener: there a name no route of that listener answers is rejected with
+    /// a bare close, as the Gateway API wants a connection no route matches rejected (its
+    /// conformance suite takes only a reset or an EOF, an alert being an answer).
     pub fn alerts(&self) -> bool {
-        matches!(self.outcome(), Outcome::UnknownSni | Outcome::NoSni)
+        !matches!(self, Self::Denied(Denial::UnknownOnPort(..)))
+            && matches!(self.outcome(), Outcome::UnknownSni | Outcome::NoSni)
     }
 
     /// Whether the refusal gets a log line: a health check is not a refusal anyone reads.
@@ -228,6 +232,15 @@ mod tests {
             reason.to_string(),
             "route tenants/r has no valid backend: Service tenants/gone does not exist"
         );
+    }
+
+    #[test]
+    fn unknown_names_alert_on_the_listen_listeners_and_close_bare_on_gateway_listeners() {
+        let name = crate::name::ServerName::parse(b"x.test").unwrap();
+        let listen = Reason::Denied(Denial::UnknownName(name.clone()));
+        let gateway = Reason::Denied(Denial::UnknownOnPort(20000, name));
+        assert_eq!(listen.outcome(), gateway.outcome());
+        assert!(listen.alerts() && !gateway.alerts());
     }
 
     #[test]

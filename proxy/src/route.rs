@@ -29,6 +29,16 @@ pub enum ListenerKind {
     Sni,
     /// Routes by the ClusterID TLV of a mandatory PROXY v2 header, without reading SNI.
     ClusterId,
+    /// A Gateway listener, bound on this port: an SNI listener that serves only the routes
+    /// of the Gateway listeners the port was allocated to.
+    Gateway(u16),
+}
+
+impl ListenerKind {
+    /// Whether it routes by SNI (the `listen` listeners and the Gateway listeners).
+    pub fn reads_sni(self) -> bool {
+        !matches!(self, Self::ClusterId)
+    }
 }
 
 /// Who is connecting, as far as the PROXY header (if any) may be believed.
@@ -166,12 +176,16 @@ impl Proxy {
         let mut ja4 = None;
         let key = match kind {
             ListenerKind::ClusterId => cluster_id_key(header),
-            ListenerKind::Sni => self
+            ListenerKind::Sni | ListenerKind::Gateway(_) => self
                 .hello(stream, buf, pending, probe)
                 .await
                 .and_then(|hello| {
                     ja4 = Some(hello.ja4);
-                    hello.server_name.map(RouteKey::Name).ok_or(Reason::NoSni)
+                    let name = hello.server_name.ok_or(Reason::NoSni)?;
+                    Ok(match kind {
+                        ListenerKind::Gateway(port) => RouteKey::OnPort(port, name),
+                        _ => RouteKey::Name(name),
+                    })
                 }),
         };
         // What routing needs is complete (a hello without SNI is complete too).
@@ -209,7 +223,7 @@ impl Proxy {
         origin: Origin,
     ) -> Result<Option<ClientGuard>, Limited> {
         match (&self.client_limits, kind) {
-            (Some(limits), ListenerKind::Sni) => {
+            (Some(limits), ListenerKind::Sni | ListenerKind::Gateway(_)) => {
                 limits.admit(origin.client().ip(), Instant::now()).map(Some)
             }
             _ => Ok(None),
@@ -234,7 +248,7 @@ impl Proxy {
         };
         let expect = match kind {
             ListenerKind::ClusterId => Some(Expect::Required(ProxyVersion::V2)),
-            ListenerKind::Sni => self.settings.accept_proxy_protocol,
+            ListenerKind::Sni | ListenerKind::Gateway(_) => self.settings.accept_proxy_protocol,
         };
         let Some(expect) = expect else {
             return Ok(header);
@@ -260,7 +274,7 @@ impl Proxy {
             .any(|net| net.contains(&canonical(peer.ip())));
         let addresses = parsed.source.zip(parsed.destination);
         header.origin.via = match (trusted, kind, addresses) {
-            (false, ListenerKind::Sni, _) => {
+            (false, ListenerKind::Sni | ListenerKind::Gateway(_), _) => {
                 return Err(header.origin.refuse(Reason::UntrustedProxy));
             }
             (_, _, None) => Via::Direct,

@@ -159,6 +159,10 @@ pub struct RouteSpec {
     /// are refused, closed without a TLS alert, counted as `backend_unreachable`. `None` for
     /// every route with backends.
     pub no_backend: Option<Arc<str>>,
+    /// The Gateway listener the route is served on: the pod port sniroute binds for it (see
+    /// [`Table::listeners`]); `None` serves it on the `listen` listeners. Hostnames are
+    /// unique per listener, so two Gateways may route one name to two places.
+    pub port: Option<u16>,
 }
 
 impl RouteSpec {
@@ -181,6 +185,7 @@ impl RouteSpec {
             max_connections: None,
             proxy_protocol: None,
             no_backend: None,
+            port: None,
         }
     }
 
@@ -213,9 +218,17 @@ impl RouteSpec {
             max_connections,
             proxy_protocol,
             no_backend,
+            port,
         } = self;
         (name, hostnames, backends, facts, zone, allowed_cidrs).hash(state);
-        (cluster_id, max_connections, proxy_protocol, no_backend).hash(state);
+        (
+            cluster_id,
+            max_connections,
+            proxy_protocol,
+            no_backend,
+            port,
+        )
+            .hash(state);
     }
 }
 
@@ -312,6 +325,11 @@ impl Route {
         self.spec.proxy_protocol
     }
 
+    /// The Gateway listener port the route is served on; `None`: the `listen` listeners.
+    pub fn port(&self) -> Option<u16> {
+        self.spec.port
+    }
+
     /// Why the route refuses every connection, when it has no backend on purpose.
     pub fn no_backend(&self) -> Option<&str> {
         self.spec.no_backend.as_deref()
@@ -389,6 +407,9 @@ impl fmt::Debug for Route {
 pub enum RouteKey {
     /// The SNI name, on the SNI listeners.
     Name(ServerName),
+    /// The SNI name, on the Gateway listener bound on `port`: only the routes of that
+    /// Gateway listener answer it.
+    OnPort(u16, ServerName),
     /// The ClusterID TLV of a PROXY v2 header, on the ClusterID listener.
     ClusterId(Box<str>),
 }
@@ -396,7 +417,7 @@ pub enum RouteKey {
 impl fmt::Display for RouteKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Name(name) => name.fmt(f),
+            Self::Name(name) | Self::OnPort(_, name) => name.fmt(f),
             // The client's own bytes: never raw in a log line.
             Self::ClusterId(id) => ClientText::of(id).fmt(f),
         }
@@ -436,6 +457,8 @@ pub struct Admission<'t> {
 pub enum Denial {
     /// No route answers the SNI name.
     UnknownName(ServerName),
+    /// No route of the Gateway listener on this port answers the SNI name.
+    UnknownOnPort(u16, ServerName),
     /// No route carries the ClusterID.
     UnknownClusterId(Box<str>),
     /// The route's `allowed_cidrs` do not hold the client.
@@ -451,6 +474,12 @@ impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnknownName(name) => write!(f, "no route for {name}"),
+            Self::UnknownOnPort(port, name) => {
+                write!(
+                    f,
+                    "no route for {name} on the gateway listener on port {port}"
+                )
+            }
             Self::UnknownClusterId(id) => {
                 write!(f, "no route for cluster ID {}", ClientText::of(id))
             }
@@ -461,12 +490,42 @@ impl fmt::Display for Denial {
     }
 }
 
-/// An immutable map from server names to routes.
+/// The names one set of listeners answers: the `listen` listeners', or one Gateway
+/// listener's.
 #[derive(Debug, Default)]
-pub struct Table {
+struct Names {
     exact: HashMap<ServerName, Arc<Route>>,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<ServerName, Arc<Route>>,
+}
+
+impl Names {
+    /// An exact match first, then the wildcard with the longest suffix.
+    fn matching<'n>(&self, name: &'n ServerName) -> Option<(&Arc<Route>, Match<'n>)> {
+        if let Some(route) = self.exact.get(name.as_str()) {
+            return Some((route, Match::Exact));
+        }
+        let name = name.as_str();
+        // Each '.' starts a shorter suffix; the first one found is the longest that matches.
+        name.match_indices('.').find_map(|(dot, _)| {
+            let suffix = &name[dot + 1..];
+            let route = self.wildcard.get(suffix)?;
+            Some((route, Match::Wildcard(suffix)))
+        })
+    }
+}
+
+/// An immutable map from server names to routes.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// The `listen` listeners' names.
+    names: Names,
+    /// Each Gateway listener's names, by the port it is bound on. A connection looks up one
+    /// of these or `names`, never both: a route of one Gateway is never served on another's.
+    by_port: HashMap<u16, Names>,
+    /// The Gateway listener ports to bind, sorted: every port a route is served on, and the
+    /// ones a source names without routes yet.
+    listeners: Vec<u16>,
     by_cluster_id: HashMap<Box<str>, Arc<Route>>,
     by_name: HashMap<Box<str>, Arc<Route>>,
     routes: Vec<Arc<Route>>,
@@ -481,7 +540,7 @@ impl Table {
         table.by_name.reserve(routes.len());
         // Most routes have one exact hostname: room for one each saves that map rehashing
         // as it grows.
-        table.exact.reserve(routes.len());
+        table.names.exact.reserve(routes.len());
         table.routes.reserve(routes.len());
         for route in routes {
             let route: Arc<Route> = route.into();
@@ -494,10 +553,14 @@ impl Table {
                     route: route.spec.name.to_string(),
                 });
             }
+            let names = match route.spec.port {
+                None => &mut table.names,
+                Some(port) => table.by_port.entry(port).or_default(),
+            };
             for pattern in &route.spec.hostnames {
                 let (map, key) = match pattern {
-                    HostPattern::Exact(name) => (&mut table.exact, name),
-                    HostPattern::Wildcard(suffix) => (&mut table.wildcard, suffix),
+                    HostPattern::Exact(name) => (&mut names.exact, name),
+                    HostPattern::Wildcard(suffix) => (&mut names.wildcard, suffix),
                 };
                 if let Some(first) = map.insert(key.clone(), route.clone()) {
                     return Err(TableError::DuplicateHostname {
@@ -518,26 +581,47 @@ impl Table {
             }
             table.routes.push(route);
         }
+        table.listeners = table.by_port.keys().copied().collect();
+        table.listeners.sort_unstable();
         Ok(table)
     }
 
-    /// The route for `name`: an exact match first, then the wildcard with the longest suffix.
+    /// The table with `ports` among its Gateway listeners too (a Gateway listener with no
+    /// route yet is still bound, and refuses every name).
+    pub fn with_listeners(mut self, ports: impl IntoIterator<Item = u16>) -> Self {
+        self.listeners.extend(ports);
+        self.listeners.sort_unstable();
+        self.listeners.dedup();
+        self
+    }
+
+    /// The Gateway listener ports to bind, sorted.
+    pub fn listeners(&self) -> &[u16] {
+        &self.listeners
+    }
+
+    /// The route for `name` on the `listen` listeners: an exact match first, then the
+    /// wildcard with the longest suffix.
     pub fn lookup(&self, name: &ServerName) -> Option<&Arc<Route>> {
         self.matching(name).map(|(route, _)| route)
     }
 
     /// [`lookup`](Self::lookup), saying which of the route's patterns matched.
     pub fn matching<'n>(&self, name: &'n ServerName) -> Option<(&Arc<Route>, Match<'n>)> {
-        if let Some(route) = self.exact.get(name.as_str()) {
-            return Some((route, Match::Exact));
+        self.names.matching(name)
+    }
+
+    /// [`matching`](Self::matching) on the Gateway listener bound on `port` (`None`: the
+    /// `listen` listeners).
+    pub fn matching_on<'n>(
+        &self,
+        port: Option<u16>,
+        name: &'n ServerName,
+    ) -> Option<(&Arc<Route>, Match<'n>)> {
+        match port {
+            None => self.names.matching(name),
+            Some(port) => self.by_port.get(&port)?.matching(name),
         }
-        let name = name.as_str();
-        // Each '.' starts a shorter suffix; the first one found is the longest that matches.
-        name.match_indices('.').find_map(|(dot, _)| {
-            let suffix = &name[dot + 1..];
-            let route = self.wildcard.get(suffix)?;
-            Some((route, Match::Wildcard(suffix)))
-        })
     }
 
     /// Whether a connection routed by `key` from `client` is admitted, and by which route
@@ -545,10 +629,17 @@ impl Table {
     /// revocation judges established ones by it, and `explain` reports it.
     pub fn admit(&self, key: &RouteKey, client: IpAddr) -> Result<Admission<'_>, Denial> {
         match key {
-            RouteKey::Name(name) => {
-                let route = self
-                    .lookup(name)
-                    .ok_or_else(|| Denial::UnknownName(name.clone()))?;
+            RouteKey::Name(name) | RouteKey::OnPort(_, name) => {
+                let route = match key {
+                    RouteKey::OnPort(port, _) => {
+                        self.matching_on(Some(*port), name)
+                            .ok_or_else(|| Denial::UnknownOnPort(*port, name.clone()))?
+                            .0
+                    }
+                    _ => self
+                        .lookup(name)
+                        .ok_or_else(|| Denial::UnknownName(name.clone()))?,
+                };
                 let allowed = route.allowing(client).ok_or_else(|| Denial::NotAllowed {
                     name: name.clone(),
                     route: route.spec.name.clone(),
@@ -597,7 +688,12 @@ impl Table {
             // A sum does not depend on the order sources listed the routes in.
             sum.wrapping_add(hasher.finish())
         });
-        fixed.hash_one((sum, self.routes.len())) & ((1 << 53) - 1)
+        let hash = if self.listeners.is_empty() {
+            fixed.hash_one((sum, self.routes.len()))
+        } else {
+            fixed.hash_one((sum, self.routes.len(), &self.listeners))
+        };
+        hash & ((1 << 53) - 1)
     }
 }
 
@@ -790,6 +886,57 @@ mod tests {
                 .fingerprint()
         };
         assert_ne!(fingerprint(refusing), fingerprint(other));
+    }
+
+    #[test]
+    fn gateway_listeners_answer_their_own_routes_only() {
+        let on = |port, spec: RouteSpec| {
+            Route::new(RouteSpec {
+                port: Some(port),
+                ..spec
+            })
+            .unwrap()
+        };
+        let table = Table::new(vec![
+            route("listen", &["x.test"], &["127.0.0.1:1"]),
+            on(20000, spec("a", &["x.test"], &["127.0.0.1:2"])),
+            on(20001, spec("b", &["x.test", "*.b.test"], &["127.0.0.1:3"])),
+        ])
+        .unwrap()
+        .with_listeners([20002, 20000]);
+        assert_eq!(table.listeners(), [20000, 20001, 20002]);
+        let name = |n: &str| ServerName::parse(n.as_bytes()).unwrap();
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let admitted = |key: RouteKey| table.admit(&key, client).map(|a| a.route.name().to_owned());
+        assert_eq!(
+            admitted(RouteKey::Name(name("x.test"))).as_deref(),
+            Ok("listen")
+        );
+        assert_eq!(
+            admitted(RouteKey::OnPort(20000, name("x.test"))).as_deref(),
+            Ok("a")
+        );
+        assert_eq!(
+            admitted(RouteKey::OnPort(20001, name("x.test"))).as_deref(),
+            Ok("b")
+        );
+        assert_eq!(
+            admitted(RouteKey::OnPort(20001, name("y.b.test"))).as_deref(),
+            Ok("b")
+        );
+        // Another Gateway's name, a bound port with no route, and the listen listeners: refused.
+        assert_eq!(
+            admitted(RouteKey::OnPort(20000, name("y.b.test"))),
+            Err(Denial::UnknownOnPort(20000, name("y.b.test")))
+        );
+        assert!(admitted(RouteKey::OnPort(20002, name("x.test"))).is_err());
+        assert!(admitted(RouteKey::Name(name("y.b.test"))).is_err());
+        // Hostnames are unique per listener.
+        assert!(Table::new(vec![
+            on(20000, spec("a", &["x.test"], &["127.0.0.1:2"])),
+            on(20000, spec("c", &["x.test"], &["127.0.0.1:4"])),
+        ])
+        .is_err());
     }
 
     #[test]

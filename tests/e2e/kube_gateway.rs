@@ -8,6 +8,8 @@
 //! namespace, so two sniroutes of one server would share it and only one would write.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::apiserver::hypershift::{namespace, service_addr};
@@ -605,5 +607,319 @@ async fn a_leader_lost_without_a_word_is_replaced_and_status_stays_correct() {
         route["status"]["parents"].as_array().unwrap().len(),
         1,
         "{route}"
+    );
+}
+
+// === per-Gateway Services (kubernetes.gateway_api.listener_ports) ===
+
+/// `count` consecutive loopback ports free now, for `listener_ports`: below the ephemeral
+/// range (32768-60999 on Linux), which a busy machine's own connections crowd.
+fn free_port_range(count: u16) -> (u16, u16) {
+    for _ in 0..100 {
+        // An ephemeral port is as good a random number as any here.
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let low = 20_000 + probe.local_addr().unwrap().port() % 10_000;
+        drop(probe);
+        let free =
+            (low..low + count).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if free {
+            return (low, low + count - 1);
+        }
+    }
+    panic!("no {count} consecutive free ports on 127.0.0.1");
+}
+
+/// sniroute with per-Gateway Services from `ports`, of type ClusterIP.
+async fn start_per_gateway(server: &ApiServer, ports: (u16, u16)) -> (Sniroute, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = server.sniroute_kubeconfig(dir.path(), &server.url()).await;
+    let kubernetes = format!(
+        "{{hypershift: false, gateway_api: {{controller_name: {CONTROLLER}, \
+         listener_ports: {}-{}, service_type: ClusterIP}}}}",
+        ports.0, ports.1
+    );
+    let proxy = Sniroute::start_kube(
+        Cfg::new().set("kubernetes", &kubernetes).yaml(),
+        &kubeconfig,
+    );
+    (proxy, dir)
+}
+
+/// The Service sniroute made for Gateway `gateway` (`namespace/name`), found by its
+/// annotation among those of its label in sniroute's namespace.
+async fn gateway_service(admin: &Admin, gateway: &str) -> Option<Value> {
+    let path = format!(
+        "/api/v1/namespaces/{NAMESPACE}/services?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsniroute-gateway"
+    );
+    let reply = admin
+        .raw(hyper::Method::GET, &path, None, "")
+        .await
+        .expect("list Services");
+    reply.body["items"]
+        .as_array()?
+        .iter()
+        .find(|s| s["metadata"]["annotations"]["sniroute.dev/gateway"] == gateway)
+        .cloned()
+}
+
+/// Waits for Gateway `gateway`'s Service with a port 443; its (targetPort, ClusterIP).
+async fn wait_gateway_service(admin: &Admin, gateway: &str) -> (Value, u16) {
+    let service = crate::common::eventually(SWAP, &format!("the Service of {gateway}"), || async {
+        gateway_service(admin, gateway).await
+    })
+    .await;
+    let port = &service["spec"]["ports"][0];
+    assert_eq!(port["port"], 443, "{service}");
+    let target = port["targetPort"].as_u64().expect("a numeric targetPort");
+    (service, u16::try_from(target).unwrap())
+}
+
+fn gateway_of_one_listener(name: &str, infrastructure: Value) -> Value {
+    json!({
+        "apiVersion": GW_API, "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "infra"},
+        "spec": {"gatewayClassName": "sniroute", "infrastructure": infrastructure,
+                 "listeners": [{"name": "tls", "port": 443, "protocol": "TLS",
+                                "tls": {"mode": "Passthrough"},
+                                "allowedRoutes": {"namespaces": {"from": "All"}}}]},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_gateway_has_its_own_service_address_and_listener_and_comes_and_goes_under_load() {
+    let Some(server) = ApiServer::start(Opts::default()).await else {
+        return;
+    };
+    let admin = server.admin().await;
+    for ns in ["infra", "tenants"] {
+        namespace(&admin, ns).await;
+    }
+    admin
+        .apply(&json!({"apiVersion": GW_API, "kind": "GatewayClass",
+                       "metadata": {"name": "sniroute"},
+                       "spec": {"controllerName": CONTROLLER}}))
+        .await;
+    let mut backends = Vec::new();
+    for name in ["svc-a", "svc-b"] {
+        let service = admin
+            .apply(&json!({"apiVersion": "v1", "kind": "Service",
+                           "metadata": {"name": name, "namespace": "tenants"},
+                           "spec": {"ports": [{"port": 443}]}}))
+            .await;
+        backends.push(TlsBackend::start_at(
+            name,
+            service_addr(&service),
+            TlsBackendOpts::default(),
+        ));
+    }
+    admin
+        .apply(&gateway_of_one_listener(
+            "a",
+            json!({"labels": {"team": "edge"},
+                   "annotations": {"service.beta.kubernetes.io/azure-load-balancer-internal": "true"}}),
+        ))
+        .await;
+    admin.apply(&gateway_of_one_listener("b", json!({}))).await;
+    let route = |name: &str, gateway: &str, hostname: &str, service: &str| {
+        tls_route(
+            "tenants",
+            name,
+            json!({"name": gateway, "namespace": "infra"}),
+            hostname,
+            json!({"name": service, "port": 443}),
+        )
+    };
+    for (name, gateway, hostname, service) in [
+        ("on-a", "a", "shared.example.test", "svc-a"),
+        ("on-b", "b", "shared.example.test", "svc-b"),
+        ("only-a", "a", "only-a.example.test", "svc-a"),
+    ] {
+        admin.apply(&route(name, gateway, hostname, service)).await;
+    }
+    let range = free_port_range(8);
+    let (proxy, _dir) = start_per_gateway(&server, range).await;
+    wait_ready(&proxy).await;
+
+    // --- each Gateway its own Service, pod port and address ---
+    let (service_a, port_a) = wait_gateway_service(&admin, "infra/a").await;
+    let (service_b, port_b) = wait_gateway_service(&admin, "infra/b").await;
+    assert_ne!(port_a, port_b);
+    for port in [port_a, port_b] {
+        assert!(
+            (range.0..=range.1).contains(&port),
+            "{port} outside {range:?}"
+        );
+    }
+    let meta = &service_a["metadata"];
+    assert_eq!(meta["namespace"], NAMESPACE);
+    assert_eq!(meta["labels"]["team"], "edge", "{service_a}");
+    assert_eq!(
+        meta["labels"]["gateway.networking.k8s.io/gateway-name"],
+        "a"
+    );
+    assert_eq!(
+        meta["annotations"]["service.beta.kubernetes.io/azure-load-balancer-internal"],
+        "true"
+    );
+    assert_eq!(service_a["spec"]["type"], "ClusterIP");
+    assert_eq!(
+        service_a["spec"]["selector"],
+        json!({"app.kubernetes.io/name": "sniroute"})
+    );
+    assert!(service_b["metadata"]["labels"].get("team").is_none());
+    for (gateway, service) in [("a", &service_a), ("b", &service_b)] {
+        let ip = service["spec"]["clusterIP"].as_str().unwrap().to_owned();
+        admin
+            .wait_for(GW_API, "Gateway", Some("infra"), gateway, SWAP, |g| {
+                g["status"]["addresses"] == json!([{"type": "IPAddress", "value": ip}])
+                    && condition(&g["status"]["conditions"], "Programmed")
+                        .is_some_and(|c| c.0 == "True")
+            })
+            .await;
+    }
+
+    // --- one name, two Gateways, two backends; nothing of one on the other's port ---
+    let on = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    wait_routed(on(port_a), "shared.example.test", "svc-a", SWAP).await;
+    wait_routed(on(port_b), "shared.example.test", "svc-b", SWAP).await;
+    wait_routed(on(port_a), "only-a.example.test", "svc-a", SWAP).await;
+    // Refused on b's listener with a bare close (the Gateway API's rejection); on the
+    // `listen` listeners, with unrecognized_name as ever.
+    wait_rejected(on(port_b), "only-a.example.test", SWAP).await;
+    wait_unrouted(proxy.proxy_addr(), "shared.example.test", SWAP).await;
+    let explained = explain(&proxy, &format!("shared.example.test&port={port_b}"));
+    assert_eq!(explained["route"]["name"], "tenants/on-b", "{explained}");
+    assert_eq!(explained["route"]["listener_port"], port_b);
+    assert_eq!(
+        explained["route"]["source"],
+        format!("tlsroute tenants/on-b on gateway infra/b:443 (pod port {port_b})")
+    );
+
+    let (code, body) = http_get(proxy.listener_addr("debug"), "/routes").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let routes: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        routes["gateway_listeners"],
+        json!([port_a.min(port_b), port_a.max(port_b)])
+    );
+    let on_a = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "tenants/on-a")
+        .unwrap_or_else(|| panic!("no tenants/on-a in {routes}"));
+    assert_eq!(on_a["listener_port"], port_a);
+
+    // --- a Gateway added and removed under load on another's listener ---
+    let mut held = assert_routes(on(port_a), "shared.example.test", "svc-a").await;
+    held.echo(b"before").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let looping = tokio::spawn({
+        let (stop, done) = (stop.clone(), done.clone());
+        async move {
+            let mut failed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match tls_connect(on(port_a), "shared.example.test").await {
+                    Ok(mut conn) if conn.backend == "svc-a" => {
+                        conn.echo(b"ping").await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(conn) => failed.push(format!("reached {}", conn.backend)),
+                    Err(error) => failed.push(error.to_string()),
+                }
+            }
+            failed
+        }
+    });
+    // Load before, through and after each change.
+    let after = |n: u64| {
+        let done = done.clone();
+        crate::common::eventually(SWAP, "Gateway a's looping client goes on", move || {
+            let done = done.clone();
+            async move { (done.load(Ordering::Relaxed) >= n).then_some(()) }
+        })
+    };
+    after(10).await;
+    admin.apply(&gateway_of_one_listener("c", json!({}))).await;
+    admin
+        .apply(&route("on-c", "c", "c.example.test", "svc-b"))
+        .await;
+    let (_, port_c) = wait_gateway_service(&admin, "infra/c").await;
+    assert!(![port_a, port_b].contains(&port_c));
+    let bound = wait_routed(on(port_c), "c.example.test", "svc-b", SWAP).await;
+    let gone_at = tokio::time::Instant::now();
+    assert!(admin.delete(GW_API, "Gateway", Some("infra"), "c").await);
+    crate::common::eventually(SWAP, "Gateway c's Service deleted", || async {
+        gateway_service(&admin, "infra/c")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // Unbound: nothing listens on its port any more.
+    crate::common::eventually(SWAP, "Gateway c's listener unbound", || async {
+        tokio::net::TcpStream::connect(on(port_c))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    let unbound = gone_at.elapsed();
+    after(done.load(Ordering::Relaxed) + 10).await;
+    stop.store(true, Ordering::Relaxed);
+    let failed = looping.await.unwrap();
+    let ok = done.load(Ordering::Relaxed);
+    assert!(
+        failed.is_empty(),
+        "Gateway a's connections failed: {failed:?}"
+    );
+    held.echo(b"after").await;
+    // Gateway b is as it was.
+    assert_routes(on(port_b), "shared.example.test", "svc-b").await;
+    assert_eq!(wait_gateway_service(&admin, "infra/b").await.1, port_b);
+
+    // --- a restart: the new process binds what the Services say before it holds the Lease,
+    // and as the new leader rewrites none of them ---
+    let versions = |a: &Value, b: &Value| {
+        (
+            a["metadata"]["resourceVersion"].clone(),
+            b["metadata"]["resourceVersion"].clone(),
+        )
+    };
+    let before = versions(
+        &gateway_service(&admin, "infra/a").await.unwrap(),
+        &gateway_service(&admin, "infra/b").await.unwrap(),
+    );
+    let old_leader = format!("sniroute-{}", proxy.pid());
+    drop(proxy);
+    let (proxy, _dir2) = start_per_gateway(&server, range).await;
+    wait_routed(on(port_a), "shared.example.test", "svc-a", SWAP).await;
+    wait_routed(on(port_b), "shared.example.test", "svc-b", SWAP).await;
+    assert_eq!(
+        lease(&admin).await.0,
+        old_leader,
+        "served before taking the Lease"
+    );
+    let new_leader = format!("sniroute-{}", proxy.pid());
+    crate::common::eventually(
+        Duration::from_secs(60),
+        "the new process takes the Lease",
+        || async { (lease(&admin).await.0 == new_leader).then_some(()) },
+    )
+    .await;
+    // The new leader has written status (Programmed, its addresses) by now or soon; the
+    // Services stay as they were.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = versions(
+        &gateway_service(&admin, "infra/a").await.unwrap(),
+        &gateway_service(&admin, "infra/b").await.unwrap(),
+    );
+    assert_eq!(before, after, "a new leader rewrote a Gateway's Service");
+    assert_routes(on(port_a), "shared.example.test", "svc-a").await;
+    eprintln!(
+        "per-Gateway listeners under load: {ok} connections on Gateway a, none failed; \
+         Gateway c bound and routed {bound:?} after its Service, unbound {unbound:?} after \
+         its deletion"
     );
 }

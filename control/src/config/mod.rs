@@ -188,9 +188,20 @@ pub struct GatewayApiConfig {
     /// `controller_name`: the GatewayClasses with this `spec.controllerName` are sniroute's.
     pub controller_name: String,
     /// `addresses`: what every Gateway reports in `status.addresses` (the IPs or hostnames
-    /// of the Service in front of sniroute); none leaves Gateways not Programmed.
+    /// of the Service in front of sniroute) when `listener_ports` is not set; none leaves
+    /// Gateways not Programmed.
     pub addresses: Vec<String>,
+    /// `listener_ports`: the pod ports (`20000-20999`) Gateway listeners are given, each
+    /// Gateway its own Service and address; `None` serves every Gateway on the `listen`
+    /// listeners at `addresses`.
+    pub listener_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// `service_type`: the type of each Gateway's Service, `LoadBalancer` (the default) or
+    /// `ClusterIP`.
+    pub service_type: String,
 }
+
+/// `kubernetes.gateway_api.service_type` when the file does not say.
+pub const DEFAULT_GATEWAY_SERVICE_TYPE: &str = "LoadBalancer";
 
 /// `kubernetes.backends`: where a routed Service's connections go.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -69,6 +69,8 @@ pub(super) struct RawKubernetes {
 pub(super) struct RawGatewayApi {
     pub(super) controller_name: Option<Spanned<String>>,
     pub(super) addresses: Option<Vec<Spanned<String>>>,
+    pub(super) listener_ports: Option<Spanned<String>>,
+    pub(super) service_type: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -715,8 +715,16 @@ fn kubernetes_hypershift_and_gateway_api() {
         Some(GatewayApiConfig {
             controller_name: "sniroute.dev/gateway-controller".into(),
             addresses: vec!["198.18.0.10".into(), "ingress.example.com".into()],
+            listener_ports: None,
+            service_type: "LoadBalancer".into(),
         })
     );
+    let k = kubernetes(
+        "kubernetes:\n  gateway_api:\n    controller_name: a.dev/c\n    listener_ports: 20000-20999\n    service_type: ClusterIP\n",
+    );
+    let gateway = k.gateway_api.unwrap();
+    assert_eq!(gateway.listener_ports, Some(20000..=20999));
+    assert_eq!(gateway.service_type, "ClusterIP");
 }
 
 #[test]
@@ -742,4 +750,27 @@ fn kubernetes_gateway_api_problems() {
         "{MINIMAL}kubernetes: {{gateway_api: {{controller_name: a.dev/c, addresses: [\"not an address\"]}}}}\n"
     ))
     .contains("neither an IP address nor a hostname"));
+    for range in ["20000", "2-1", "0-5", "1-65536", "a-b"] {
+        let bad = one_problem(&format!(
+            "{MINIMAL}kubernetes: {{gateway_api: {{controller_name: a.dev/c, listener_ports: {range}}}}}\n"
+        ));
+        assert!(
+            bad.contains("listener_ports") && bad.contains("is not a port range"),
+            "{range}: {bad}"
+        );
+    }
+    let both = one_problem(&format!(
+        "{MINIMAL}kubernetes: {{gateway_api: {{controller_name: a.dev/c, addresses: [198.18.0.1], listener_ports: 20000-20001}}}}\n"
+    ));
+    assert!(
+        both.contains("addresses: not with listener_ports"),
+        "{both}"
+    );
+    let kind = one_problem(&format!(
+        "{MINIMAL}kubernetes: {{gateway_api: {{controller_name: a.dev/c, service_type: NodePort}}}}\n"
+    ));
+    assert!(
+        kind.contains("neither `LoadBalancer` nor `ClusterIP`"),
+        "{kind}"
+    );
 }

@@ -24,8 +24,9 @@ use super::{
     DEFAULT_CLIENT_BURST, DEFAULT_CLIENT_HELLO_MEMORY, DEFAULT_CLIENT_HELLO_TIMEOUT,
     DEFAULT_CLIENT_IPV6_PREFIX, DEFAULT_CLIENT_MAX_CONNECTIONS, DEFAULT_CLIENT_RATE,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_DEBUG, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_CLIENT_HELLO, DEFAULT_REVOKE_GRACE,
-    DEFAULT_SHUTDOWN_DELAY, MAX_DEBOUNCE, MAX_MAX_CLIENT_HELLO, MIN_MAX_CLIENT_HELLO, ROUTE_SOURCE,
+    DEFAULT_GATEWAY_SERVICE_TYPE, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG,
+    DEFAULT_MAX_CLIENT_HELLO, DEFAULT_REVOKE_GRACE, DEFAULT_SHUTDOWN_DELAY, MAX_DEBOUNCE,
+    MAX_MAX_CLIENT_HELLO, MIN_MAX_CLIENT_HELLO, ROUTE_SOURCE,
 };
 use crate::error::{Problem, RouteRef};
 
@@ -371,6 +372,11 @@ fn gateway_api(
         return None;
     }
     let mut addresses = Vec::new();
+    let first_address = raw
+        .addresses
+        .as_ref()
+        .and_then(|a| a.first())
+        .map(|a| a.referenced);
     for address in raw.addresses.unwrap_or_default() {
         let value = address.value.trim();
         if value.parse::<std::net::IpAddr>().is_err()
@@ -388,9 +394,56 @@ fn gateway_api(
         }
         addresses.push(value.to_owned());
     }
+    let listener_ports = raw.listener_ports.and_then(|v| {
+        let range = v.value.trim().split_once('-').and_then(|(low, high)| {
+            let low: u16 = low.trim().parse().ok()?;
+            let high: u16 = high.trim().parse().ok()?;
+            (low >= 1 && low <= high).then_some(low..=high)
+        });
+        if range.is_none() {
+            p.at(
+                v.referenced,
+                None,
+                format!(
+                    "kubernetes.gateway_api.listener_ports: {:?} is not a port range \
+                     LOW-HIGH (1 <= LOW <= HIGH <= 65535, e.g. 20000-20999)",
+                    v.value
+                ),
+            );
+        }
+        if let (Some(_), Some(first)) = (&range, first_address) {
+            p.at(
+                first,
+                None,
+                "kubernetes.gateway_api.addresses: not with listener_ports (each Gateway then \
+                 reports its own Service's address)"
+                    .to_owned(),
+            );
+        }
+        range
+    });
+    let service_type = match raw.service_type {
+        None => DEFAULT_GATEWAY_SERVICE_TYPE.to_owned(),
+        Some(v) => match v.value.as_str() {
+            "LoadBalancer" | "ClusterIP" => v.value,
+            other => {
+                p.at(
+                    v.referenced,
+                    None,
+                    format!(
+                        "kubernetes.gateway_api.service_type: {other:?} is neither \
+                         `LoadBalancer` nor `ClusterIP`"
+                    ),
+                );
+                DEFAULT_GATEWAY_SERVICE_TYPE.to_owned()
+            }
+        },
+    };
     Some(GatewayApiConfig {
         controller_name: name.value,
         addresses,
+        listener_ports,
+        service_type,
     })
 }
 

@@ -19,7 +19,13 @@
 //!    with the same protocol and hostname, `HostnameConflict` (`ListenerConditionConflicted`);
 //!    conflicted listeners are not accepted either. `allowedRoutes.kinds` other than TLSRoute
 //!    are left out of `supportedKinds` and make ResolvedRefs False `InvalidRouteKinds`.
-//! 3. **Gateway addresses.** sniroute reports the addresses it is configured with
+//! 3. **Gateway addresses.** With `kubernetes.gateway_api.listener_ports`, each accepted
+//!    Gateway has its own Service ([`infra`], GEP-1762) and reports its address; until it has
+//!    one the Gateway is not Programmed (`AddressNotAssigned`), a listener without a pod port
+//!    yet `Pending`, and `spec.addresses` cannot be asked for (`UnsupportedAddress`). Each
+//!    route is served only on the pod ports of the listeners it attached to
+//!    (`RouteSpec::port`), so a route of one Gateway is never served on another's address.
+//!    Without `listener_ports`, sniroute reports the addresses it is configured with
 //!    (`kubernetes.gateway_api.addresses`, the shared Service in front of every replica);
 //!    without any, the Gateway is not Programmed (`AddressNotAssigned`). A `spec.addresses`
 //!    entry that is not one of them makes the Gateway not Accepted (`UnsupportedAddress`).
@@ -65,16 +71,17 @@
 //! Every condition carries the object's `metadata.generation` as `observedGeneration`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use proxy::{Backend, BackendFacts, HostPattern, RouteSpec};
 
+use super::infra::{self, Allocation, GatewayService, ServiceSettings, Wanted};
+pub use super::objects::Key;
 use super::objects::{
-    BackendRef, Gateway, GatewayAddress, GatewayClass, Listener, ParentRef, ReferenceGrant,
-    RouteGroupKind, TlsRoute, GROUP,
+    BackendRef, Gateway, GatewayAddress, GatewayClass, GatewayInfrastructure, Listener, ParentRef,
+    ReferenceGrant, RouteGroupKind, TlsRoute, GROUP,
 };
 use crate::kube::mapping::{endpoints_of, Backends};
 use crate::kube::objects::{EndpointSlice, Service};
@@ -84,31 +91,6 @@ pub const BUNDLE_VERSION: &str = "v1.6.1";
 
 /// The route kind sniroute's listeners accept.
 pub const TLS_ROUTE: &str = "TLSRoute";
-
-/// A namespaced object's `namespace/name`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key {
-    /// `metadata.namespace`.
-    pub namespace: String,
-    /// `metadata.name`.
-    pub name: String,
-}
-
-impl Key {
-    /// `namespace/name`.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// Every object the mapping reads, as the watches last delivered them.
 #[derive(Debug, Default, Clone)]
@@ -128,6 +110,9 @@ pub struct Objects {
     /// EndpointSlices by the Service they name (`namespace/service`), then slice name;
     /// `None` when Services go to their ClusterIP.
     pub slices: Option<BTreeMap<Key, BTreeMap<String, EndpointSlice>>>,
+    /// Our Gateways' Services (in sniroute's namespace), by name: which listener port goes
+    /// to which pod port, and each Gateway's address ([`infra`]).
+    pub gateway_services: BTreeMap<String, GatewayService>,
 }
 
 /// What the mapping needs beyond the objects.
@@ -135,8 +120,12 @@ pub struct Objects {
 pub struct Settings {
     /// `kubernetes.gateway_api.controller_name`.
     pub controller_name: String,
-    /// `kubernetes.gateway_api.addresses`: what every Gateway's `status.addresses` reports.
+    /// `kubernetes.gateway_api.addresses`: what every Gateway's `status.addresses` reports,
+    /// without `services`.
     pub addresses: Vec<GatewayAddress>,
+    /// With `kubernetes.gateway_api.listener_ports`: each Gateway its own Service, address
+    /// and listener ports ([`infra`]); `None` serves every Gateway on the `listen` listeners.
+    pub services: Option<ServiceSettings>,
     /// This replica's zone, whose endpoints are preferred.
     pub zone: Option<String>,
 }
@@ -211,6 +200,10 @@ pub struct Graph {
     /// Attached TLSRoutes with no valid backend: in `routes` as refusing routes, their
     /// connections refused.
     pub refused: Vec<Refused>,
+    /// With `services`: what each accepted Gateway of ours wants of its Service.
+    pub wanted_services: BTreeMap<Key, Wanted>,
+    /// With `services`: the pod ports to bind, one per Gateway listener port that has one.
+    pub listeners: BTreeSet<u16>,
 }
 
 /// A TLSRoute whose connections are refused, and why.
@@ -237,6 +230,8 @@ struct JudgedListener<'g> {
     port: Option<i32>,
     /// Accepted, not conflicted, and TLSRoute among its kinds: routes may attach.
     usable: bool,
+    /// With per-Gateway Services: the pod port its Gateway's Service sends its port to.
+    target: Option<u16>,
     status: ListenerStatus,
 }
 
@@ -280,6 +275,10 @@ pub fn build(objects: &Objects, settings: &Settings) -> Graph {
         })
         .collect();
 
+    let allocations = settings
+        .services
+        .as_ref()
+        .map(|_| infra::allocations(&objects.gateway_services));
     let mut gateways: BTreeMap<&Key, Vec<JudgedListener<'_>>> = BTreeMap::new();
     for (key, gateway) in &objects.gateways {
         let class = gateway
@@ -288,7 +287,38 @@ pub fn build(objects: &Objects, settings: &Settings) -> Graph {
             .and_then(|s| s.gateway_class_name.as_deref())
             .unwrap_or_default();
         if ours.contains(class) {
-            gateways.insert(key, judge_listeners(gateway));
+            let mut listeners = judge_listeners(gateway);
+            if let Some(allocations) = &allocations {
+                let generation = gateway.metadata.generation.unwrap_or_default();
+                let ports = allocations.get(key).map(|a| &a.ports);
+                for listener in listeners.iter_mut().filter(|l| l.usable) {
+                    listener.target = listener.port.and_then(|port| ports?.get(&port).copied());
+                    if listener.target.is_none() {
+                        // Routes attach (and are counted), and are served once the port is.
+                        let programmed = cond(
+                            PROGRAMMED,
+                            false,
+                            "Pending",
+                            format!(
+                                "waiting for a pod port on Service {}/{} for port {}",
+                                settings
+                                    .services
+                                    .as_ref()
+                                    .map_or("", |s| s.namespace.as_str()),
+                                infra::service_name(key),
+                                listener.port.unwrap_or_default()
+                            ),
+                            generation,
+                        );
+                        for c in &mut listener.status.conditions {
+                            if c.kind == PROGRAMMED {
+                                *c = programmed.clone();
+                            }
+                        }
+                    }
+                }
+            }
+            gateways.insert(key, listeners);
         }
     }
 
@@ -305,11 +335,51 @@ pub fn build(objects: &Objects, settings: &Settings) -> Graph {
 
     for (key, listeners) in gateways {
         let gateway = &objects.gateways[key];
+        let allocation = allocations.as_ref().and_then(|a| a.get(key));
+        let wanted = Wanted {
+            ports: listeners
+                .iter()
+                .filter(|l| l.usable)
+                .filter_map(|l| l.port)
+                .collect(),
+            labels: infrastructure(gateway, |i| i.labels.as_ref()),
+            annotations: infrastructure(gateway, |i| i.annotations.as_ref()),
+        };
+        let targets: Vec<u16> = listeners.iter().filter_map(|l| l.target).collect();
+        let status = gateway_status(gateway, listeners, settings, allocation);
+        let accepted = status
+            .conditions
+            .iter()
+            .any(|c| c.kind == ACCEPTED && c.status);
+        if settings.services.is_some() && accepted {
+            graph.listeners.extend(targets);
+            graph.wanted_services.insert(key.clone(), wanted);
+        }
+        graph.gateways.insert(key.clone(), status);
+    }
+    if settings.services.is_some() {
+        // A Gateway no longer accepted keeps its Service until the Lease holder deletes it:
+        // its ports are not bound, and nothing is served there meanwhile.
+        let listeners = &graph.listeners;
         graph
-            .gateways
-            .insert(key.clone(), gateway_status(gateway, listeners, settings));
+            .routes
+            .retain(|r| r.port.is_some_and(|port| listeners.contains(&port)));
     }
     graph
+}
+
+/// `spec.infrastructure.labels` or `annotations` of `gateway`.
+fn infrastructure(
+    gateway: &Gateway,
+    field: impl Fn(&GatewayInfrastructure) -> Option<&BTreeMap<String, String>>,
+) -> BTreeMap<String, String> {
+    gateway
+        .spec
+        .as_ref()
+        .and_then(|s| s.infrastructure.as_ref())
+        .and_then(field)
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn cond(
@@ -521,6 +591,7 @@ fn judge_listeners(gateway: &Gateway) -> Vec<JudgedListener<'_>> {
                 hostname: hostname.ok().flatten(),
                 port: listener.port,
                 usable,
+                target: None,
                 status: ListenerStatus {
                     name,
                     supported_kinds,
@@ -532,14 +603,26 @@ fn judge_listeners(gateway: &Gateway) -> Vec<JudgedListener<'_>> {
         .collect()
 }
 
+/// The name of `gateway`'s Service.
+fn service_name_of(gateway: &Gateway) -> String {
+    let meta = &gateway.metadata;
+    infra::service_name(&Key::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    ))
+}
+
 /// The Gateway's own conditions and addresses, from its judged listeners.
 fn gateway_status(
     gateway: &Gateway,
     listeners: Vec<JudgedListener<'_>>,
     settings: &Settings,
+    allocation: Option<&Allocation>,
 ) -> GatewayStatus {
     let generation = gateway.metadata.generation.unwrap_or_default();
     let valid = listeners.iter().filter(|l| l.usable).count();
+    let per_gateway = settings.services.is_some();
+    // With per-Gateway Services the address is the Service's: none can be asked for.
     let unsupported_address = gateway
         .spec
         .as_ref()
@@ -547,11 +630,12 @@ fn gateway_status(
         .unwrap_or_default()
         .iter()
         .find(|asked| {
-            !settings.addresses.iter().any(|have| {
-                have.value == asked.value
-                    && have.kind.as_deref().unwrap_or("IPAddress")
-                        == asked.kind.as_deref().unwrap_or("IPAddress")
-            })
+            per_gateway
+                || !settings.addresses.iter().any(|have| {
+                    have.value == asked.value
+                        && have.kind.as_deref().unwrap_or("IPAddress")
+                            == asked.kind.as_deref().unwrap_or("IPAddress")
+                })
         })
         .map(|asked| asked.value.clone().unwrap_or_default());
     let parameters = gateway
@@ -580,9 +664,16 @@ fn gateway_status(
             ACCEPTED,
             false,
             "UnsupportedAddress",
-            format!(
-                "address {address:?} is not one of sniroute's (kubernetes.gateway_api.addresses)"
-            ),
+            if per_gateway {
+                format!(
+                    "address {address:?} cannot be asked for: each Gateway has its own \
+                     Service's address"
+                )
+            } else {
+                format!(
+                    "address {address:?} is not one of sniroute's (kubernetes.gateway_api.addresses)"
+                )
+            },
             generation,
         ));
         false
@@ -618,6 +709,15 @@ fn gateway_status(
         ));
         true
     };
+    let addresses = match (per_gateway, allocation) {
+        (false, _) => settings.addresses.clone(),
+        (true, Some(allocation)) => allocation.addresses.clone(),
+        (true, None) => Vec::new(),
+    };
+    let unserved = listeners
+        .iter()
+        .filter(|l| per_gateway && l.usable && l.target.is_none())
+        .count();
     if !accepted {
         conditions.push(cond(
             PROGRAMMED,
@@ -626,7 +726,26 @@ fn gateway_status(
             "gateway not accepted",
             generation,
         ));
-    } else if settings.addresses.is_empty() {
+    } else if per_gateway && addresses.is_empty() {
+        let service = settings.services.as_ref().map_or(String::new(), |s| {
+            format!("{}/{}", s.namespace, service_name_of(gateway))
+        });
+        conditions.push(cond(
+            PROGRAMMED,
+            false,
+            "AddressNotAssigned",
+            format!("waiting for Service {service} and its address"),
+            generation,
+        ));
+    } else if unserved > 0 {
+        conditions.push(cond(
+            PROGRAMMED,
+            false,
+            "Pending",
+            format!("{unserved} listeners wait for a pod port"),
+            generation,
+        ));
+    } else if addresses.is_empty() {
         conditions.push(cond(
             PROGRAMMED,
             false,
@@ -644,7 +763,7 @@ fn gateway_status(
         ));
     }
     GatewayStatus {
-        addresses: settings.addresses.clone(),
+        addresses,
         conditions,
         listeners: listeners.into_iter().map(|l| l.status).collect(),
     }
@@ -674,6 +793,9 @@ fn attach_route(
     let mut hostnames: Vec<HostPattern> = Vec::new();
     // The Gateways it is attached to, for `/routes` and `explain`.
     let mut attached_to: Vec<String> = Vec::new();
+    // With per-Gateway Services: each pod port it is served on, the Gateway listener that
+    // port is (`namespace/name:port`) and the names served there.
+    let mut on_ports: BTreeMap<u16, (String, Vec<HostPattern>)> = BTreeMap::new();
     // The API refuses a parentRef given twice; should one be, it counts once.
     let mut seen_parents = BTreeSet::new();
     for parent in spec.parent_refs.as_deref().unwrap_or_default() {
@@ -746,9 +868,20 @@ fn attach_route(
                     }
                     matched = true;
                     listener.status.attached_routes += 1;
+                    let mut served = match (settings.services.is_some(), listener.target) {
+                        (false, _) => Some(&mut hostnames),
+                        (true, Some(target)) => {
+                            let at = format!("{gateway_key}:{}", listener.port.unwrap_or_default());
+                            Some(&mut on_ports.entry(target).or_insert((at, Vec::new())).1)
+                        }
+                        // Attached, served once the Service gives the port a pod port.
+                        (true, None) => None,
+                    };
                     for name in names {
-                        if !hostnames.contains(&name) {
-                            hostnames.push(name);
+                        if let Some(served) = served.as_deref_mut() {
+                            if !served.contains(&name) {
+                                served.push(name);
+                            }
                         }
                     }
                 }
@@ -796,43 +929,59 @@ fn attach_route(
         parent.conditions.push(refs_cond.clone());
     }
     graph.routes_status.insert(key.clone(), parents);
-    if hostnames.is_empty() {
+    // Where it is served: the `listen` listeners, or each pod port of a Gateway listener.
+    let served: Vec<(Option<u16>, String, Vec<HostPattern>)> = if settings.services.is_none() {
+        if hostnames.is_empty() {
+            return;
+        }
+        vec![(None, attached_to.join(", "), hostnames)]
+    } else {
+        on_ports
+            .into_iter()
+            .map(|(target, (at, names))| (Some(target), format!("{at} (pod port {target})"), names))
+            .collect()
+    };
+    if served.is_empty() {
         return;
     }
-    let source = Arc::<str>::from(format!(
-        "tlsroute {key} on gateway {}",
-        attached_to.join(", ")
-    ));
-    if resolved.backends.backends.is_empty() {
-        let why = resolved
+    let no_backend = resolved.backends.backends.is_empty().then(|| {
+        resolved
             .problem
             .map(|(_, message)| message)
-            .unwrap_or_else(|| "no backend has a serving endpoint or a weight".into());
-        // In the table, holding its hostnames, so its connections are refused as the route's
-        // own (closed, no TLS alert), not as a name nobody routes.
-        graph.routes.push(RouteSpec::refusing(
-            key.to_string(),
-            hostnames,
-            why.as_str(),
-            source,
-        ));
+            .unwrap_or_else(|| "no backend has a serving endpoint or a weight".into())
+    });
+    if let Some(why) = &no_backend {
         graph.refused.push(Refused {
             route: key.clone(),
-            why,
+            why: why.clone(),
         });
-        return;
     }
-    let mut route_spec = RouteSpec::new(
-        key.to_string(),
-        hostnames,
-        resolved.backends.backends,
-        source,
-    );
-    if !resolved.backends.facts.is_empty() {
-        route_spec.facts = resolved.backends.facts;
-        route_spec.zone = settings.zone.as_deref().map(Into::into);
+    let one = served.len() == 1;
+    for (port, at, names) in served {
+        // One table route per listener port it is served on, named for the TLSRoute alone
+        // when there is one (the usual case, and every route without per-Gateway Services).
+        let name = match (one, port) {
+            (true, _) | (false, None) => key.to_string(),
+            (false, Some(_)) => format!("{key}@{}", at.split(' ').next().unwrap_or_default()),
+        };
+        let source = Arc::<str>::from(format!("tlsroute {key} on gateway {at}"));
+        let mut route_spec = match &no_backend {
+            // In the table, holding its hostnames, so its connections are refused as the
+            // route's own (closed, no TLS alert), not as a name nobody routes.
+            Some(why) => RouteSpec::refusing(name, names, why.as_str(), source),
+            None => {
+                let mut route_spec =
+                    RouteSpec::new(name, names, resolved.backends.backends.clone(), source);
+                if !resolved.backends.facts.is_empty() {
+                    route_spec.facts = resolved.backends.facts.clone();
+                    route_spec.zone = settings.zone.as_deref().map(Into::into);
+                }
+                route_spec
+            }
+        };
+        route_spec.port = port;
+        graph.routes.push(route_spec);
     }
-    graph.routes.push(route_spec);
 }
 
 /// The backends of a route and the first reference that does not resolve.

@@ -18,6 +18,7 @@ fn settings() -> Settings {
             value: Some("198.18.0.10".into()),
         }],
         zone: None,
+        services: None,
     }
 }
 
@@ -976,4 +977,249 @@ fn five_thousand_kamaji_tenants_build_into_one_table() {
     assert_eq!(route.name(), "tenants/tenant-4321");
     assert_eq!(route.backends()[0].to_string(), "198.19.17.72:6443");
     eprintln!("5,000 TLSRoutes mapped in {took:?} (debug build)");
+}
+
+// === per-Gateway Services (kubernetes.gateway_api.listener_ports) ===
+
+fn per_gateway() -> Settings {
+    Settings {
+        addresses: Vec::new(),
+        services: Some(ServiceSettings {
+            namespace: "sniroute".into(),
+            ports: 20000..=20099,
+            service_type: "ClusterIP".into(),
+        }),
+        ..settings()
+    }
+}
+
+/// Two Gateways of one listener on 443 (`infra/a`, `infra/b`, routes from All), and a
+/// route on each for `shared.example` to its own Service.
+fn two_gateways() -> Objects {
+    let mut objects = world();
+    let listener = json!([{"name": "tls", "port": 443, "protocol": "TLS",
+                           "tls": {"mode": "Passthrough"},
+                           "allowedRoutes": {"namespaces": {"from": "All"}}}]);
+    add_gateway(&mut objects, "infra", "a", listener.clone());
+    add_gateway(&mut objects, "infra", "b", listener);
+    add_service(&mut objects, "tenants", "svc-a", "198.19.0.21", &[443]);
+    add_service(&mut objects, "tenants", "svc-b", "198.19.0.22", &[443]);
+    for (route, gateway, service) in [("on-a", "a", "svc-a"), ("on-b", "b", "svc-b")] {
+        add_route(
+            &mut objects,
+            route_json(
+                "tenants",
+                route,
+                json!({"name": gateway, "namespace": "infra"}),
+                &["shared.example"],
+                json!([{"name": service, "port": 443}]),
+            ),
+        );
+    }
+    objects
+}
+
+/// Applies what the Lease holder would write, as the API server would store it.
+fn provision(objects: &mut Objects, graph: &Graph, ip_of: impl Fn(&Key) -> &'static str) {
+    let settings = per_gateway();
+    let plan = infra::plan(
+        &graph.wanted_services,
+        &objects.gateway_services,
+        settings.services.as_ref().unwrap(),
+    );
+    for (name, mut body) in plan.apply {
+        let gateway = body["metadata"]["annotations"][infra::GATEWAY_ANNOTATION]
+            .as_str()
+            .unwrap()
+            .split_once('/')
+            .map(|(ns, n)| Key::new(ns, n))
+            .unwrap();
+        body["spec"]["clusterIP"] = json!(ip_of(&gateway));
+        objects.gateway_services.insert(name, from(body));
+    }
+    for name in plan.delete {
+        objects.gateway_services.remove(&name);
+    }
+}
+
+#[test]
+fn each_gateway_gets_its_service_address_and_its_routes_are_served_on_its_port_only() {
+    let mut objects = two_gateways();
+    let settings = per_gateway();
+    // Before the Services exist: wanted, attached, served nowhere, not Programmed.
+    let before = build(&objects, &settings);
+    assert!(before.routes.is_empty(), "{:?}", before.routes);
+    assert!(before.listeners.is_empty());
+    let a = Key::new("infra", "a");
+    assert_eq!(before.wanted_services[&a].ports, [443].into());
+    let programmed = |graph: &Graph, key: &Key| {
+        graph.gateways[key]
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Programmed")
+            .map(|c| (c.status, c.reason))
+            .unwrap()
+    };
+    assert_eq!(programmed(&before, &a), (false, "AddressNotAssigned"));
+    assert_eq!(
+        listener(&before, ("infra", "a"), "tls")
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Programmed")
+            .map(|c| (c.status, c.reason)),
+        Some((false, "Pending"))
+    );
+
+    provision(&mut objects, &before, |gateway| {
+        match gateway.name.as_str() {
+            "a" => "198.19.1.1",
+            "b" => "198.19.1.2",
+            _ => "198.19.1.3",
+        }
+    });
+    let graph = build(&objects, &settings);
+    for (gateway, ip) in [("a", "198.19.1.1"), ("b", "198.19.1.2")] {
+        let key = Key::new("infra", gateway);
+        assert_eq!(programmed(&graph, &key), (true, "Programmed"), "{gateway}");
+        assert_eq!(
+            graph.gateways[&key].addresses,
+            [GatewayAddress {
+                kind: Some("IPAddress".into()),
+                value: Some(ip.into())
+            }]
+        );
+    }
+    // Each route on its Gateway's pod port, the same name to two backends.
+    let ports = infra::allocations(&objects.gateway_services);
+    let port_of = |gateway: &str| ports[&Key::new("infra", gateway)].ports[&443];
+    assert_ne!(port_of("a"), port_of("b"));
+    let served: BTreeMap<&str, (Option<u16>, String, String)> = graph
+        .routes
+        .iter()
+        .filter(|r| r.name.starts_with("tenants/on-"))
+        .map(|r| {
+            (
+                &*r.name,
+                (r.port, r.backends[0].to_string(), r.source.to_string()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        served["tenants/on-a"],
+        (
+            Some(port_of("a")),
+            "198.19.0.21:443".into(),
+            format!(
+                "tlsroute tenants/on-a on gateway infra/a:443 (pod port {})",
+                port_of("a")
+            )
+        )
+    );
+    assert_eq!(served["tenants/on-b"].0, Some(port_of("b")));
+    assert_eq!(served["tenants/on-b"].1, "198.19.0.22:443");
+    assert!(graph.listeners.contains(&port_of("a")) && graph.listeners.contains(&port_of("b")));
+    // Into one table without a conflict: one name, two listeners.
+    let (merged, conflicts) = crate::publish::merge([graph.routes.as_slice()]);
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    let table = proxy::Table::new(merged.unwrap()).unwrap();
+    let name = proxy::ServerName::parse(b"shared.example").unwrap();
+    let on = |port| {
+        table
+            .matching_on(Some(port), &name)
+            .map(|(r, _)| r.name().to_owned())
+    };
+    assert_eq!(on(port_of("a")).as_deref(), Some("tenants/on-a"));
+    assert_eq!(on(port_of("b")).as_deref(), Some("tenants/on-b"));
+    assert!(table.lookup(&name).is_none(), "not on the listen listeners");
+
+    // Gateway b goes: its Service is deleted, its port unbound; a's stay as they were.
+    objects.gateways.remove(&Key::new("infra", "b"));
+    let without_b = build(&objects, &settings);
+    assert!(!without_b.listeners.contains(&port_of("b")));
+    assert!(without_b.listeners.contains(&port_of("a")));
+    let plan = infra::plan(
+        &without_b.wanted_services,
+        &objects.gateway_services,
+        settings.services.as_ref().unwrap(),
+    );
+    assert_eq!(plan.delete, [infra::service_name(&Key::new("infra", "b"))]);
+    assert!(
+        plan.apply.is_empty(),
+        "a's Service is not rewritten: {:?}",
+        plan.apply
+    );
+}
+
+#[test]
+fn a_route_on_two_gateway_listeners_is_one_table_route_per_port() {
+    let mut objects = two_gateways();
+    add_route(
+        &mut objects,
+        json!({
+            "metadata": {"name": "both", "namespace": "tenants", "generation": 1,
+                         "creationTimestamp": "2026-12-02T00:00:00Z"},
+            "spec": {"parentRefs": [{"name": "a", "namespace": "infra"},
+                                    {"name": "b", "namespace": "infra"}],
+                     "hostnames": ["both.example"],
+                     "rules": [{"backendRefs": [{"name": "svc-a", "port": 443}]}]},
+        }),
+    );
+    let settings = per_gateway();
+    let before = build(&objects, &settings);
+    provision(&mut objects, &before, |_| "198.19.1.9");
+    let graph = build(&objects, &settings);
+    let mut both: Vec<&str> = graph
+        .routes
+        .iter()
+        .filter(|r| r.name.starts_with("tenants/both"))
+        .map(|r| &*r.name)
+        .collect();
+    both.sort_unstable();
+    assert_eq!(
+        both,
+        ["tenants/both@infra/a:443", "tenants/both@infra/b:443"]
+    );
+}
+
+#[test]
+fn infrastructure_labels_and_annotations_are_wanted_on_the_service_and_spec_addresses_refused() {
+    let mut objects = two_gateways();
+    let key = Key::new("infra", "a");
+    objects.gateways.insert(
+        key.clone(),
+        from(
+            json!({"metadata": {"name": "a", "namespace": "infra", "generation": 2},
+                    "spec": {"gatewayClassName": "sniroute",
+                             "infrastructure": {"labels": {"team": "edge"},
+                                                "annotations": {"lb.example/internal": "true"}},
+                             "listeners": [{"name": "tls", "port": 443, "protocol": "TLS",
+                                            "tls": {"mode": "Passthrough"}}]}}),
+        ),
+    );
+    let graph = build(&objects, &per_gateway());
+    let wanted = &graph.wanted_services[&key];
+    assert_eq!(wanted.labels["team"], "edge");
+    assert_eq!(wanted.annotations["lb.example/internal"], "true");
+    let b = Key::new("infra", "b");
+    let asking: Gateway = from(json!({
+        "metadata": {"name": "b", "namespace": "infra", "generation": 1},
+        "spec": {"gatewayClassName": "sniroute",
+                 "addresses": [{"type": "IPAddress", "value": "198.18.9.9"}],
+                 "listeners": [{"name": "tls", "port": 443, "protocol": "TLS",
+                                "tls": {"mode": "Passthrough"}}]}}));
+    objects.gateways.insert(b.clone(), asking);
+    let graph = build(&objects, &per_gateway());
+    let accepted = graph.gateways[&b]
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Accepted")
+        .unwrap();
+    assert_eq!(
+        (accepted.status, accepted.reason),
+        (false, "UnsupportedAddress")
+    );
+    assert!(
+        !graph.wanted_services.contains_key(&b),
+        "not accepted: no Service"
+    );
 }

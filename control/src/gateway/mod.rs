@@ -8,6 +8,7 @@
 //! where the object says something else.
 
 pub mod graph;
+pub mod infra;
 pub mod objects;
 pub mod source;
 pub mod status;

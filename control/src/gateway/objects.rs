@@ -17,8 +17,34 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::ClusterResourceScope;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
+use std::fmt;
 
 use crate::kube::objects::resource;
+
+/// A namespaced object's `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl Key {
+    /// `namespace/name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
 
 /// The API group of every Gateway API kind.
 pub const GROUP: &str = "gateway.networking.k8s.io";
@@ -144,14 +170,19 @@ pub struct GatewaySpec {
     pub listeners: Option<Vec<Listener>>,
     /// `addresses`: the addresses asked for.
     pub addresses: Option<Vec<GatewayAddress>>,
-    /// `infrastructure`: only its `parametersRef` is read (sniroute takes no parameters).
+    /// `infrastructure`: the labels and annotations for what sniroute creates for the
+    /// Gateway, and `parametersRef` (sniroute takes no parameters).
     pub infrastructure: Option<GatewayInfrastructure>,
 }
 
-/// `spec.infrastructure` of a Gateway.
+/// `spec.infrastructure` of a Gateway (GEP-1867).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayInfrastructure {
+    /// `labels`: for every object created for this Gateway (its Service).
+    pub labels: Option<BTreeMap<String, String>>,
+    /// `annotations`: likewise (a cloud load balancer's settings, say).
+    pub annotations: Option<BTreeMap<String, String>>,
     /// `parametersRef`: implementation-specific parameters for this Gateway.
     pub parameters_ref: Option<LocalParametersReference>,
 }

@@ -37,6 +37,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::graph::{self, Graph, Key, Objects, Settings};
+use super::infra::{self, GatewayService, ServiceSettings};
 use super::objects::{Gateway, GatewayAddress, GatewayClass, Namespace, ReferenceGrant, TlsRoute};
 use super::status;
 use crate::config::{BackendsMode, GatewayApiConfig, KubernetesConfig};
@@ -67,9 +68,10 @@ enum Kind {
     Namespace,
     Service,
     EndpointSlice,
+    GatewayService,
 }
 
-const KINDS: usize = 7;
+const KINDS: usize = 8;
 
 impl Kind {
     fn as_str(self) -> &'static str {
@@ -81,6 +83,7 @@ impl Kind {
             Self::Namespace => "Namespace",
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
+            Self::GatewayService => "Service (a Gateway's)",
         }
     }
 }
@@ -95,6 +98,7 @@ enum Object {
     Namespace(Guarded<Namespace>),
     Service(Guarded<Service>),
     EndpointSlice(Guarded<EndpointSlice>),
+    GatewayService(Guarded<GatewayService>),
 }
 
 type Events = Pin<Box<dyn Stream<Item = (Kind, Result<Event<Object>, watcher::Error>)> + Send>>;
@@ -125,6 +129,7 @@ impl Store {
             Object::Namespace(_) => Kind::Namespace,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::GatewayService(_) => Kind::GatewayService,
         }
     }
 
@@ -185,6 +190,10 @@ impl Store {
                 let key = key_of(g.meta());
                 put!(o.services, g, key)
             }
+            Object::GatewayService(g) => {
+                let name = g.meta().name.clone().unwrap_or_default();
+                put!(o.gateway_services, g, name)
+            }
             Object::EndpointSlice(g) => {
                 let meta = g.meta();
                 let service = meta
@@ -220,6 +229,7 @@ impl Store {
                     slices.clear();
                 }
             }
+            Kind::GatewayService => o.gateway_services.clear(),
         }
     }
 
@@ -282,7 +292,11 @@ impl GatewaySource {
     /// Watches until `shutdown`. Never fails: watch errors are logged and retried, and the
     /// last published routes stay in use.
     pub async fn run(self, shutdown: CancellationToken) {
-        let events = watch_all(&self.client, self.config.backends);
+        let events = watch_all(
+            &self.client,
+            self.config.backends,
+            self.gateway.listener_ports.is_some(),
+        );
         let (leader_tx, leader) = watch::channel(false);
         let lease = hold_lease(
             Api::namespaced(self.client.clone(), self.client.default_namespace()),
@@ -307,6 +321,7 @@ impl GatewaySource {
         }
         let mut listed = [false; KINDS];
         listed[Kind::EndpointSlice as usize] = self.config.backends == BackendsMode::Service;
+        listed[Kind::GatewayService as usize] = self.gateway.listener_ports.is_none();
         let settings = Settings {
             controller_name: self.gateway.controller_name.clone(),
             addresses: self
@@ -326,6 +341,15 @@ impl GatewaySource {
                 })
                 .collect(),
             zone: self.config.zone.clone(),
+            services: self
+                .gateway
+                .listener_ports
+                .clone()
+                .map(|ports| ServiceSettings {
+                    namespace: self.client.default_namespace().to_owned(),
+                    ports,
+                    service_type: self.gateway.service_type.clone(),
+                }),
         };
         let mut due: Option<Instant> = None;
         let mut published: Option<Graph> = None;
@@ -349,6 +373,7 @@ impl GatewaySource {
                     self.publish(&graph, published.as_ref());
                     if *leader.borrow() {
                         self.write_status(&store.objects, &graph).await;
+                        self.write_services(&store.objects, &graph, &settings).await;
                     }
                     published = Some(graph);
                 }
@@ -358,6 +383,7 @@ impl GatewaySource {
                     if now_leader {
                         if let Some(graph) = &published {
                             self.write_status(&store.objects, graph).await;
+                            self.write_services(&store.objects, graph, &settings).await;
                         }
                     }
                 }
@@ -401,14 +427,15 @@ impl GatewaySource {
         }
         self.publisher
             .source_failed(SourceKind::GatewayApi, newly_refused);
-        if before.is_some_and(|b| b.routes == graph.routes) {
+        if before.is_some_and(|b| b.routes == graph.routes && b.listeners == graph.listeners) {
             return;
         }
         // On failure the publisher has logged it and the table in use stays.
-        if let Ok(published) = self
-            .publisher
-            .update(SourceKind::GatewayApi, graph.routes.clone())
-        {
+        if let Ok(published) = self.publisher.update_with_listeners(
+            SourceKind::GatewayApi,
+            graph.routes.clone(),
+            graph.listeners.iter().copied().collect(),
+        ) {
             if before.is_none() {
                 tracing::info!(
                     routes = graph.routes.len(),
@@ -468,6 +495,49 @@ impl GatewaySource {
         if written > 0 {
             tracing::debug!(written, "gateway API status written");
         }
+    }
+}
+
+impl GatewaySource {
+    /// As the Lease holder, with per-Gateway Services: creates, updates and deletes our
+    /// Services so every accepted Gateway has one with a pod port for each listener port
+    /// ([`infra::plan`]). Failures are logged and counted; the next change retries.
+    async fn write_services(&self, objects: &Objects, graph: &Graph, settings: &Settings) {
+        let Some(services) = &settings.services else {
+            return;
+        };
+        let plan = infra::plan(&graph.wanted_services, &objects.gateway_services, services);
+        let api = Api::<GatewayService>::namespaced(self.client.clone(), &services.namespace);
+        let params = PatchParams::apply(infra::FIELD_MANAGER).force();
+        let mut failed = 0;
+        for (gateway, port) in &plan.exhausted {
+            tracing::warn!(gateway = %gateway, port, range = ?services.ports, "no pod port left in kubernetes.gateway_api.listener_ports: the listener is not served");
+        }
+        for (name, body) in &plan.apply {
+            match api.patch(name, &params, &Patch::Apply(body)).await {
+                Ok(_) => {
+                    tracing::info!(service = name, gateway = %body["metadata"]["annotations"][infra::GATEWAY_ANNOTATION], ports = %body["spec"]["ports"], "gateway Service applied")
+                }
+                Err(error) => {
+                    failed += 1;
+                    tracing::warn!(service = name, %error, "gateway Service not applied; retried at the next change");
+                }
+            }
+        }
+        for name in &plan.delete {
+            match api.delete(name, &Default::default()).await {
+                Ok(_) => tracing::info!(
+                    service = name,
+                    "gateway Service deleted: its Gateway is gone"
+                ),
+                Err(::kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => {
+                    failed += 1;
+                    tracing::warn!(service = name, %error, "gateway Service not deleted; retried at the next change");
+                }
+            }
+        }
+        self.publisher.source_failed(SourceKind::GatewayApi, failed);
     }
 }
 
@@ -592,34 +662,73 @@ async fn try_lease(
 }
 
 /// The watches, merged into one stream of events tagged with their kind.
-fn watch_all(client: &Client, backends: BackendsMode) -> Events {
+fn watch_all(client: &Client, backends: BackendsMode, gateway_services: bool) -> Events {
+    let all_of = watcher::Config::default;
     let mut all = vec![
         watch_kind(
             Api::all(client.clone()),
             Kind::GatewayClass,
             Object::GatewayClass,
+            all_of(),
         ),
-        watch_kind(Api::all(client.clone()), Kind::Gateway, Object::Gateway),
-        watch_kind(Api::all(client.clone()), Kind::TlsRoute, Object::TlsRoute),
+        watch_kind(
+            Api::all(client.clone()),
+            Kind::Gateway,
+            Object::Gateway,
+            all_of(),
+        ),
+        watch_kind(
+            Api::all(client.clone()),
+            Kind::TlsRoute,
+            Object::TlsRoute,
+            all_of(),
+        ),
         watch_kind(
             Api::all(client.clone()),
             Kind::ReferenceGrant,
             Object::ReferenceGrant,
+            all_of(),
         ),
-        watch_kind(Api::all(client.clone()), Kind::Namespace, Object::Namespace),
-        watch_kind(Api::all(client.clone()), Kind::Service, Object::Service),
+        watch_kind(
+            Api::all(client.clone()),
+            Kind::Namespace,
+            Object::Namespace,
+            all_of(),
+        ),
+        watch_kind(
+            Api::all(client.clone()),
+            Kind::Service,
+            Object::Service,
+            all_of(),
+        ),
     ];
     if backends == BackendsMode::Endpoints {
         all.push(watch_kind(
             Api::all(client.clone()),
             Kind::EndpointSlice,
             Object::EndpointSlice,
+            all_of(),
+        ));
+    }
+    if gateway_services {
+        // Ours only: sniroute's namespace, our label (and the whole object, which the
+        // cluster-wide Service watch slims down).
+        all.push(watch_kind(
+            Api::namespaced(client.clone(), client.default_namespace()),
+            Kind::GatewayService,
+            Object::GatewayService,
+            watcher::Config::default().labels(infra::SELECTOR),
         ));
     }
     Box::pin(stream::select_all(all))
 }
 
-fn watch_kind<K>(api: Api<Guarded<K>>, kind: Kind, wrap: fn(Guarded<K>) -> Object) -> Events
+fn watch_kind<K>(
+    api: Api<Guarded<K>>,
+    kind: Kind,
+    wrap: fn(Guarded<K>) -> Object,
+    config: watcher::Config,
+) -> Events
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -630,7 +739,7 @@ where
         + 'static,
 {
     Box::pin(
-        watcher::watcher(api, watcher::Config::default())
+        watcher::watcher(api, config)
             .default_backoff()
             .map(move |event| {
                 let event = event.map(|e| match e {
@@ -750,6 +859,8 @@ mod tests {
         let gateway = GatewayApiConfig {
             controller_name: "sniroute.dev/gateway-controller".into(),
             addresses: vec!["198.18.0.10".into()],
+            listener_ports: None,
+            service_type: "LoadBalancer".into(),
         };
         let source = GatewaySource::new(
             client,
