@@ -191,9 +191,8 @@ impl Publisher {
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(listeners) = listeners {
-            state.listeners.insert(source, listeners);
-        }
+        let previous_listeners =
+            listeners.map(|listeners| state.listeners.insert(source, listeners));
         let previous_routes = state.routes.insert(source, routes);
         let previous = self.shared.load();
         let (merged, conflicts) = merge_onto(
@@ -207,10 +206,16 @@ impl Publisher {
         let table = match merged.and_then(Table::new) {
             Ok(table) => table.with_listeners(listeners),
             Err(error) => {
-                // Put the source's last good routes back, so the next update merges those.
+                // Put the source's last good routes and listener ports back, so the next
+                // update merges those and the listener set stays the one the table in use has.
                 match previous_routes {
                     Some(previous) => state.routes.insert(source, previous),
                     None => state.routes.remove(&source),
+                };
+                match previous_listeners {
+                    Some(Some(previous)) => state.listeners.insert(source, previous),
+                    Some(None) => state.listeners.remove(&source),
+                    None => None,
                 };
                 tracing::error!(%error, %source, "merged routes do not make a table; keeping the table in use");
                 return Err(error);
@@ -464,6 +469,29 @@ pub(crate) mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_refused_update_keeps_the_listener_ports_of_the_table_in_use() {
+        let publisher = Publisher::new(Arc::default());
+        let good = vec![file("a", &["a.test"], &["10.0.0.1:1"])];
+        publisher
+            .update_with_listeners(SourceKind::GatewayApi, good, vec![20001])
+            .unwrap();
+        // No backend: Route::new refuses it, so the whole update is refused.
+        let bad = vec![file("b", &["b.test"], &[])];
+        assert!(publisher
+            .update_with_listeners(SourceKind::GatewayApi, bad, vec![20001, 20002])
+            .is_err());
+        assert_eq!(publisher.shared().load().table.listeners(), [20001]);
+        // Another source's next publish merges the last good ports, not the refused ones.
+        publisher
+            .update(
+                SourceKind::File,
+                vec![file("c", &["c.test"], &["10.0.0.1:3"])],
+            )
+            .unwrap();
+        assert_eq!(publisher.shared().load().table.listeners(), [20001]);
     }
 
     #[test]

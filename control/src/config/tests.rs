@@ -766,6 +766,23 @@ fn kubernetes_gateway_api_problems() {
         both.contains("addresses: not with listener_ports"),
         "{both}"
     );
+    for (listener, key) in [
+        ("listen: 0.0.0.0:20500\n", "listen"),
+        ("listen: 0.0.0.0:8443\nadmin: 127.0.0.1:20000\n", "admin"),
+        ("listen: 0.0.0.0:8443\ndebug: 127.0.0.1:20999\n", "debug"),
+        (
+            "listen: 0.0.0.0:8443\ncluster_id_listen: 0.0.0.0:20001\n",
+            "cluster_id_listen",
+        ),
+    ] {
+        let clash = one_problem(&format!(
+            "{listener}kubernetes: {{gateway_api: {{controller_name: a.dev/c, listener_ports: 20000-20999}}}}\n"
+        ));
+        assert!(
+            clash.contains("listener_ports: 20000-20999 holds") && clash.contains(key),
+            "{key}: {clash}"
+        );
+    }
     let kind = one_problem(&format!(
         "{MINIMAL}kubernetes: {{gateway_api: {{controller_name: a.dev/c, service_type: NodePort}}}}\n"
     ));

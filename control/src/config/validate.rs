@@ -85,6 +85,12 @@ impl RawConfig {
             &mut p,
         );
         let kubernetes = self.kubernetes.map(|k| kubernetes(k.value, &mut p));
+        if let Some(ports) = kubernetes
+            .as_ref()
+            .and_then(|k| k.gateway_api.as_ref()?.listener_ports.clone())
+        {
+            overlapping_listener_ports(&ports, &listeners, &mut p);
+        }
         let shutdown_delay = match self.shutdown_delay {
             // Zero is a real choice here (tests, or no load balancer in front).
             Some(v) if v.value.trim() == "0s" || v.value.trim() == "0" => Duration::ZERO,
@@ -215,6 +221,39 @@ fn listeners(
         debug,
         cluster_id_listen,
         listen_backlog,
+    }
+}
+
+/// Gateway listeners bind ports of `listener_ports` on the `listen` addresses' IPs as Gateways
+/// come: a range holding a fixed listener's port would fail that bind at run time, long after
+/// the config was accepted, so it is refused here.
+fn overlapping_listener_ports(
+    ports: &std::ops::RangeInclusive<u16>,
+    listeners: &Listeners,
+    p: &mut ProblemList<'_>,
+) {
+    let fixed = listeners
+        .listen
+        .iter()
+        .map(|a| ("listen", a))
+        .chain(std::iter::once(("admin", &listeners.admin)))
+        .chain(listeners.debug.iter().map(|a| ("debug", a)))
+        .chain(
+            listeners
+                .cluster_id_listen
+                .iter()
+                .map(|a| ("cluster_id_listen", a)),
+        );
+    for (key, addr) in fixed {
+        if addr.port() != 0 && ports.contains(&addr.port()) {
+            p.nowhere(format!(
+                "kubernetes.gateway_api.listener_ports: {}-{} holds {key}'s port {} ({addr}); \
+                 Gateway listeners need ports no other listener uses",
+                ports.start(),
+                ports.end(),
+                addr.port()
+            ));
+        }
     }
 }
 
