@@ -126,7 +126,9 @@ impl Collector for ReadyGauge {
 struct RoutesView<'a> {
     generation: u64,
     loaded_at: String,
-    routes: Vec<RouteView<'a>>,
+    /// Each route as [`crate::explain::route_json`] shows it, with its `backends` as written
+    /// and its `endpoints` now.
+    routes: Vec<serde_json::Value>,
     /// The Gateway listeners' pod ports the table has bound.
     #[serde(skip_serializing_if = "<[u16]>::is_empty")]
     gateway_listeners: &'a [u16],
@@ -138,22 +140,6 @@ struct EjectedView {
     endpoint: String,
     remaining_seconds: f64,
     failures: u32,
-}
-
-#[derive(Serialize)]
-struct RouteView<'a> {
-    name: &'a str,
-    hostnames: Vec<String>,
-    backends: Vec<String>,
-    /// Each backend as it stands here (zone, condition, ejection, open connections).
-    endpoints: Vec<serde_json::Value>,
-    source: &'a str,
-    /// Why the route refuses every connection (it has no backend on purpose), if it does.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    no_backend: Option<&'a str>,
-    /// The Gateway listener's pod port it is served on; absent: the `listen` listeners.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    listener_port: Option<u16>,
 }
 
 /// Which endpoints a listener serves.
@@ -320,19 +306,16 @@ fn routes(state: &State) -> Response<Full<Bytes>> {
             .table
             .routes()
             .iter()
-            .map(|route| RouteView {
-                name: route.name(),
-                hostnames: route.hostnames().iter().map(|h| h.to_string()).collect(),
-                backends: route.backends().iter().map(|b| b.to_string()).collect(),
-                endpoints: state
+            .map(|route| {
+                let mut view = crate::explain::route_json(route);
+                view["backends"] = route.backends().iter().map(|b| b.to_string()).collect();
+                view["endpoints"] = state
                     .proxy
                     .backends_now(route)
                     .iter()
                     .map(crate::explain::backend_json)
-                    .collect(),
-                source: route.source(),
-                no_backend: route.no_backend(),
-                listener_port: route.port(),
+                    .collect();
+                view
             })
             .collect(),
         gateway_listeners: snapshot.table.listeners(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use proxy::{Admitted, BackendNow, Explanation};
-use proxy::{ClientText, Proxy, ServerName};
+use proxy::{ClientText, Proxy, Route, ServerName};
 use serde_json::{json, Value};
 
 /// How long the command waits for the server.
@@ -57,19 +57,11 @@ pub fn answer(proxy: &Proxy, query: &str) -> Result<Value, String> {
 
 fn to_json(name: &ServerName, client: Option<IpAddr>, port: Option<u16>, e: &Explanation) -> Value {
     let route = e.route.as_ref().map(|facts| {
-        let route = &facts.route;
-        json!({
-            "name": route.name(),
-            "source": route.source(),
-            "matched": facts.matched,
-            "hostnames": route.hostnames().iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "allowed_cidrs": route.allowed_cidrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "max_connections": route.max_connections(),
-            "no_backend": route.no_backend(),
-            "listener_port": route.port(),
-            "open_connections": facts.open,
-            "backends": facts.backends.iter().map(backend_json).collect::<Vec<_>>(),
-        })
+        let mut view = route_json(&facts.route);
+        view["matched"] = json!(facts.matched);
+        view["open_connections"] = json!(facts.open);
+        view["backends"] = facts.backends.iter().map(backend_json).collect();
+        view
     });
     let verdict = match &e.verdict {
         Ok(admitted) => json!({
@@ -93,6 +85,21 @@ fn to_json(name: &ServerName, client: Option<IpAddr>, port: Option<u16>, e: &Exp
         "generation": e.generation,
         "route": route,
         "verdict": verdict,
+    })
+}
+
+/// One route as `/explain` and `/routes` show it: what the table says of it (each adds what
+/// it knows beyond that: the match and the next connection's order, or the endpoints now).
+pub fn route_json(route: &Route) -> Value {
+    json!({
+        "name": route.name(),
+        "source": route.source(),
+        "hostnames": route.hostnames().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "allowed_cidrs": route.allowed_cidrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "max_connections": route.max_connections(),
+        "cluster_id": route.cluster_id(),
+        "no_backend": route.no_backend(),
+        "listener_port": route.port(),
     })
 }
 

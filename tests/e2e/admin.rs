@@ -24,6 +24,8 @@ async fn health_readiness_and_routes() {
     let proxy = Sniroute::start(
         Cfg::new()
             .route("api", &["api.example.test"], &[b1.addr(), b2.addr()])
+            .route_key("allowed_cidrs", "[127.0.0.0/8]")
+            .route_key("max_connections", "100")
             .route_raw(None, &["*.example.test"], &[b2.addr().to_string()])
             .yaml(),
     );
@@ -51,6 +53,32 @@ async fn health_readiness_and_routes() {
         serde_json::json!([b1.addr().to_string(), b2.addr().to_string()])
     );
     assert_eq!(api["source"], "file");
+    assert_eq!(api["allowed_cidrs"], serde_json::json!(["127.0.0.0/8"]));
+    assert_eq!(api["max_connections"], 100);
+    // One view of a route: what /routes says of it is what explain says.
+    let (status, body) = http_get(
+        proxy.listener_addr("debug"),
+        "/explain?sni=api.example.test",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let explained: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for key in [
+        "name",
+        "source",
+        "hostnames",
+        "allowed_cidrs",
+        "max_connections",
+        "cluster_id",
+        "no_backend",
+        "listener_port",
+    ] {
+        assert!(api.get(key).is_some(), "/routes lacks {key}: {api}");
+        assert_eq!(
+            api[key], explained["route"][key],
+            "{key}: {api} vs {explained}"
+        );
+    }
     let wild = list
         .iter()
         .find(|r| r["hostnames"] == serde_json::json!(["*.example.test"]))
