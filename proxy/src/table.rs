@@ -628,37 +628,37 @@ impl Table {
     /// and rule, or why not. The one admission decision: connections are routed by it,
     /// revocation judges established ones by it, and `explain` reports it.
     pub fn admit(&self, key: &RouteKey, client: IpAddr) -> Result<Admission<'_>, Denial> {
-        match key {
-            RouteKey::Name(name) | RouteKey::OnPort(_, name) => {
-                let route = match key {
-                    RouteKey::OnPort(port, _) => {
-                        self.matching_on(Some(*port), name)
-                            .ok_or_else(|| Denial::UnknownOnPort(*port, name.clone()))?
-                            .0
-                    }
-                    _ => self
-                        .lookup(name)
-                        .ok_or_else(|| Denial::UnknownName(name.clone()))?,
-                };
-                let allowed = route.allowing(client).ok_or_else(|| Denial::NotAllowed {
-                    name: name.clone(),
-                    route: route.spec.name.clone(),
-                })?;
-                Ok(Admission {
-                    route,
-                    allowed: Some(allowed),
-                })
+        let (route, name) = match key {
+            RouteKey::Name(name) => {
+                let route = self
+                    .lookup(name)
+                    .ok_or_else(|| Denial::UnknownName(name.clone()))?;
+                (route, name)
+            }
+            RouteKey::OnPort(port, name) => {
+                let (route, _) = self
+                    .matching_on(Some(*port), name)
+                    .ok_or_else(|| Denial::UnknownOnPort(*port, name.clone()))?;
+                (route, name)
             }
             RouteKey::ClusterId(id) => {
                 let route = self
                     .lookup_cluster_id(id)
                     .ok_or_else(|| Denial::UnknownClusterId(id.clone()))?;
-                Ok(Admission {
+                return Ok(Admission {
                     route,
                     allowed: None,
-                })
+                });
             }
-        }
+        };
+        let allowed = route.allowing(client).ok_or_else(|| Denial::NotAllowed {
+            name: name.clone(),
+            route: route.spec.name.clone(),
+        })?;
+        Ok(Admission {
+            route,
+            allowed: Some(allowed),
+        })
     }
 
     /// The route a PROXY-v2 connection naming hosted-cluster `cluster_id` goes to.
